@@ -1,0 +1,3 @@
+from wanspec.cli.app import main
+
+main()

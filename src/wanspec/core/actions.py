@@ -1,0 +1,87 @@
+"""The vocabulary between state machines and their drivers: actions out, events in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Site(str, Enum):
+    """Where a draft forward pass runs; the split is the quantity wanspec exists to move."""
+
+    CONTROLLER = "controller"  # the busy site that also runs the target
+    WORKER = "worker"  # the remote, under-used site
+
+
+# ---- actions (state machine -> driver) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """One target forward pass.
+
+    The target's KV cache is first cut back to ``start`` tokens (rollback is implicit), then
+    ``tokens`` are fed at absolute positions ``start .. start+len-1``.  The driver answers with
+    :class:`TargetDone` holding the target's chosen token for the last ``want`` positions predicted,
+    i.e. for absolute positions ``start+len-want+1 .. start+len``.
+    """
+
+    op: int
+    start: int
+    tokens: tuple[int, ...]
+    want: int
+
+
+@dataclass(frozen=True)
+class RunDraft:
+    """One draft forward pass at ``site``: cut the draft cache to ``start``, feed ``tokens``,
+    propose the token for absolute position ``start + len(tokens)``.
+
+    Feeding several tokens in one pass is how a draft catches up on committed tokens cheaply.
+    """
+
+    op: int
+    site: Site
+    start: int
+    tokens: tuple[int, ...]
+
+    @property
+    def position(self) -> int:
+        return self.start + len(self.tokens)
+
+
+@dataclass(frozen=True)
+class EmitTokens:
+    """Tokens committed to the output, in order; they are final."""
+
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The request is complete; ``reason`` is one of ``eos``, ``max_tokens``, ``stop_string``."""
+
+    reason: str
+
+
+Action = RunTarget | RunDraft | EmitTokens | Finished
+
+
+# ---- events (driver -> state machine) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetDone:
+    op: int
+    choices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DraftDone:
+    op: int
+    token: int
+    entropy: float
+    top_prob: float
+
+
+Event = TargetDone | DraftDone

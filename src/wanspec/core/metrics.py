@@ -1,0 +1,130 @@
+"""Per-request metrics, recorded by the state machines from the ``now`` they are given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from wanspec.core.actions import Site
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), 0.0 for no values."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass
+class RequestMetrics:
+    """Counters and timestamps for one request.
+
+    Time per output token (TPOT) follows the usual serving definition: the gaps between token
+    arrivals after the first.  Tokens committed together by one verification share the gap
+    since the previous commit equally, so p50/p95 describe per-token latency as a streaming
+    client would experience it on average within a round.
+    """
+
+    start_time: float = 0.0
+    end_time: float | None = None
+    first_token_time: float | None = None
+    committed_tokens: int = 0
+    target_passes: int = 0
+    draft_passes: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Site})
+    drafted_tokens: int = 0  # draft tokens presented to a target verification
+    accepted_tokens: int = 0
+    verify_rounds: int = 0  # target passes that verified at least one draft token
+    tokens_from_verify: int = 0  # tokens committed by those rounds (accepted + correction/bonus)
+    position_attempts: list[int] = field(default_factory=list)
+    position_accepts: list[int] = field(default_factory=list)
+    token_gaps: list[float] = field(default_factory=list)
+    _last_commit: float | None = None
+
+    def on_start(self, now: float) -> None:
+        self.start_time = now
+
+    def on_target_pass(self) -> None:
+        self.target_passes += 1
+
+    def on_draft_pass(self, site: Site) -> None:
+        self.draft_passes[site.value] += 1
+
+    def on_verify(self, window: int, accepted: int, committed: int) -> None:
+        self.verify_rounds += 1
+        self.drafted_tokens += window
+        self.accepted_tokens += accepted
+        self.tokens_from_verify += committed
+        while len(self.position_attempts) < window:
+            self.position_attempts.append(0)
+            self.position_accepts.append(0)
+        for i in range(window):
+            self.position_attempts[i] += 1
+            if i < accepted:
+                self.position_accepts[i] += 1
+
+    def on_commit(self, n: int, now: float) -> None:
+        if n <= 0:
+            return
+        if self.first_token_time is None:
+            self.first_token_time = now
+            n_gaps = n - 1
+            gap = 0.0
+        else:
+            assert self._last_commit is not None
+            n_gaps = n
+            gap = (now - self._last_commit) / n
+        self.token_gaps.extend([gap] * n_gaps)
+        self.committed_tokens += n
+        self._last_commit = now
+
+    def on_finish(self, now: float) -> None:
+        self.end_time = now
+
+    # ---- derived ------------------------------------------------------------------------------
+    @property
+    def ttft(self) -> float:
+        return (self.first_token_time or self.start_time) - self.start_time
+
+    @property
+    def wall_time(self) -> float:
+        return (self.end_time if self.end_time is not None else self.start_time) - self.start_time
+
+    @property
+    def tpot_mean(self) -> float:
+        return sum(self.token_gaps) / len(self.token_gaps) if self.token_gaps else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """Tokens committed per verifying target pass (accepted drafts + the target's own token)."""
+        return self.tokens_from_verify / self.verify_rounds if self.verify_rounds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        busy = self.draft_passes[Site.CONTROLLER.value]
+        n = max(self.committed_tokens, 1)
+        return {
+            "committed_tokens": self.committed_tokens,
+            "target_passes": self.target_passes,
+            "draft_passes": dict(self.draft_passes),
+            "busy_site_draft_passes_per_token": busy / n,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "acceptance_rate": self.acceptance_rate,
+            "verify_rounds": self.verify_rounds,
+            "mean_acceptance_length": self.mean_acceptance_length,
+            "per_position_acceptance": [
+                a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_attempts)
+            ],
+            "ttft_s": self.ttft,
+            "tpot_s_mean": self.tpot_mean,
+            "tpot_s_p50": percentile(self.token_gaps, 50),
+            "tpot_s_p95": percentile(self.token_gaps, 95),
+            "wall_s": self.wall_time,
+        }

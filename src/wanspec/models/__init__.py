@@ -1,0 +1,1 @@
+"""Model execution: Hugging Face causal LMs behind a small forward/rollback interface."""

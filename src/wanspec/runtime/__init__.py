@@ -1,0 +1,1 @@
+"""Thin asyncio adapters that execute the sans-I/O state machines' actions."""

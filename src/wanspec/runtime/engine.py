@@ -1,0 +1,141 @@
+"""The single-site engine behind ``wanspec generate --mode {target,sd}``: models, devices, timing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from wanspec.core.actions import Site
+from wanspec.core.local import LocalDecoder, LocalMode
+from wanspec.core.stopping import StopCriteria
+from wanspec.errors import WanspecError
+from wanspec.models.backend import CausalLM
+from wanspec.models.fingerprint import check_compatible
+from wanspec.runtime.local import OnTokens, drive_local
+from wanspec.runtime.placed import PlacedModel
+from wanspec.sampling import SamplingParams
+from wanspec.timing import clock
+from wanspec.timing.device import Device, PassCost
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Measured timing (both costs None) or emulated device costs for target and draft passes."""
+
+    target: PassCost | None = None
+    draft: PassCost | None = None
+
+    def __post_init__(self) -> None:
+        if (self.target is None) != (self.draft is None):
+            raise WanspecError("emulated timing needs both a target and a draft cost "
+                               "(--target-ms and --draft-ms go together)")
+
+    @property
+    def emulated(self) -> bool:
+        return self.target is not None
+
+    @classmethod
+    def emulate(cls, target_ms: float, draft_ms: float, verify_per_token_ms: float = 0.0,
+                draft_per_token_ms: float = 0.0) -> "TimingConfig":
+        return cls(PassCost(target_ms, verify_per_token_ms), PassCost(draft_ms, draft_per_token_ms))
+
+    def describe(self) -> str:
+        if not self.emulated:
+            return "measured"
+        assert self.target and self.draft
+        return (f"emulated (target {self.target.base_ms:g} ms + {self.target.per_token_ms:g} ms/token, "
+                f"draft {self.draft.base_ms:g} ms)")
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+    mode: str
+    metrics: dict[str, Any]
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timing: str = "measured"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "prompt_tokens": self.prompt_tokens,
+            "finish_reason": self.finish_reason,
+            "mode": self.mode,
+            "timing": self.timing,
+            "metrics": {**self.metrics, "devices": self.devices},
+        }
+
+
+class LocalEngine:
+    """Target (and optionally a draft) at one site, sharing one device as on a single GPU."""
+
+    def __init__(self, target: CausalLM, draft: CausalLM | None = None,
+                 timing: TimingConfig | None = None) -> None:
+        if draft is not None:
+            check_compatible(target.tokenizer, draft.tokenizer, target_name=str(target.path),
+                             draft_name=str(draft.path))
+        self.target = target
+        self.draft = draft
+        self.timing = timing or TimingConfig()
+
+    def stop_criteria(self, max_tokens: int, stop_strings: Sequence[str] = (),
+                      ignore_eos: bool = False) -> StopCriteria:
+        return StopCriteria(
+            max_tokens=max_tokens,
+            eos_ids=frozenset() if ignore_eos else self.target.eos_ids,
+            stop_strings=tuple(stop_strings),
+            detokenize=self.target.decode if stop_strings else None,
+        )
+
+    def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        ids = self.target.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise WanspecError("the prompt is empty after tokenization")
+        return ids
+
+    async def agenerate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        mode: LocalMode | str = LocalMode.SD,
+        gamma: int = 4,
+        max_tokens: int = 64,
+        sampling: SamplingParams | None = None,
+        stop_strings: Sequence[str] = (),
+        ignore_eos: bool = False,
+        on_tokens: OnTokens | None = None,
+    ) -> GenerationResult:
+        mode = LocalMode(mode)
+        sampling = sampling or SamplingParams()
+        if mode is LocalMode.SD and self.draft is None:
+            raise WanspecError("mode 'sd' needs a draft model")
+        prompt_ids = self.encode_prompt(prompt)
+        stop = self.stop_criteria(max_tokens, stop_strings, ignore_eos)
+        decoder = LocalDecoder(prompt_ids, stop, mode=mode, gamma=gamma,
+                               draft_site=Site.CONTROLLER)
+        device = Device(Site.CONTROLLER.value)  # one busy-site accelerator for both models
+        target = PlacedModel(self.target, device, self.timing.target, "target")
+        draft = (PlacedModel(self.draft, device, self.timing.draft, "draft")
+                 if self.draft is not None and mode is LocalMode.SD else None)
+        reason = await drive_local(decoder, target, draft, sampling, on_tokens)
+        out = decoder.transcript.output
+        return GenerationResult(
+            text=self.target.decode(out),
+            token_ids=out,
+            prompt_tokens=len(prompt_ids),
+            finish_reason=reason,
+            mode=mode.value,
+            metrics=decoder.metrics.to_dict(),
+            devices={device.name: {"passes": device.stats.passes, "busy_s": device.stats.busy_s,
+                                   "compute_s": device.stats.compute_s,
+                                   "passes_by_model": dict(device.stats.by_model)}},
+            timing=self.timing.describe(),
+        )
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
+        """Synchronous wrapper; emulated timing runs on a virtual clock (fast, deterministic)."""
+        return clock.run(lambda: self.agenerate(prompt, **kwargs), virtual=self.timing.emulated)
