@@ -115,6 +115,20 @@ class CausalLM:
         )
         return self
 
+    def sibling(self, name: str) -> "CausalLM":
+        """Same weights, own executor: a second site's copy without a second load.
+
+        Forwards only read the weights and each request has its own KV cache, so two executors
+        may run them concurrently.
+        """
+        other = self.__class__.__new__(self.__class__)
+        other.__dict__.update(self.__dict__)
+        other.name = name
+        other.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"wanspec-{name}"
+        )
+        return other
+
     @property
     def eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()

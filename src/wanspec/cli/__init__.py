@@ -1,0 +1,1 @@
+"""The ``wanspec`` command line: one binary for generate, controller, worker and emulation."""

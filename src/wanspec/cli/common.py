@@ -1,0 +1,62 @@
+"""Shared CLI plumbing: model loading, validation, and turning errors into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+from wanspec.errors import WanspecError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (transformers warnings, progress bars) off the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a :class:`WanspecError` as one line and exit non-zero, with no traceback."""
+    try:
+        yield
+    except WanspecError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130)
+
+
+def check(cond: bool, message: str) -> None:
+    if not cond:
+        raise WanspecError(message)
+
+
+def configure_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        check(threads >= 1, f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

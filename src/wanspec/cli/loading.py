@@ -1,0 +1,33 @@
+"""Loading the model pair and timing configuration from CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wanspec.errors import WanspecError
+from wanspec.models.backend import CausalLM
+from wanspec.models.defaults import draft_path, target_path
+from wanspec.models.fingerprint import check_compatible
+from wanspec.runtime.engine import TimingConfig
+
+
+def timing_from_flags(target_ms: float | None, draft_ms: float | None,
+                      verify_per_token_ms: float = 0.0) -> TimingConfig:
+    if target_ms is None and draft_ms is None:
+        if verify_per_token_ms:
+            raise WanspecError("--verify-per-token-ms needs --target-ms and --draft-ms")
+        return TimingConfig()
+    if target_ms is None or draft_ms is None:
+        raise WanspecError("--target-ms and --draft-ms go together (emulated device timing)")
+    return TimingConfig.emulate(target_ms, draft_ms, verify_per_token_ms)
+
+
+def load_models(target: Path | None, draft: Path | None, *, need_draft: bool, dtype: str = "auto",
+                device: str = "auto") -> tuple[CausalLM, CausalLM | None]:
+    tgt = CausalLM(target_path(target), dtype=dtype, device=device, name="target")
+    drf = None
+    if need_draft or draft is not None:
+        drf = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
+        check_compatible(tgt.tokenizer, drf.tokenizer, target_name=str(tgt.path),
+                         draft_name=str(drf.path))
+    return tgt, drf

@@ -1,0 +1,84 @@
+"""The controller's view of the worker's draft chain, checked against the committed prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class DraftToken:
+    token: int
+    entropy: float = 0.0
+    top_prob: float = 1.0
+
+
+@dataclass
+class RemoteChain:
+    """The newest epoch's chain as received: drafts for positions ``base, base+1, ...``.
+
+    A draft is usable only if every earlier chain token that has since been committed equals the
+    committed token: the worker drafted it conditioned on the right prefix.  Once the committed
+    prefix disagrees with the chain, the chain is *dead* until a newer epoch arrives (the worker
+    rolls back when it receives our commit).
+    """
+
+    epoch: int = -1
+    base: int = 0
+    drafts: list[DraftToken] = field(default_factory=list)
+    dead: bool = True  # nothing received yet
+    received: int = 0
+    stale_dropped: int = 0
+    last_arrival: float | None = None
+
+    @property
+    def end(self) -> int:
+        """One past the last position the chain covers."""
+        return self.base + len(self.drafts)
+
+    def on_drafts(self, epoch: int, base: int, drafts: Sequence[DraftToken], now: float) -> bool:
+        """Add received drafts; False if they were stale or non-contiguous (dropped)."""
+        self.received += len(drafts)
+        if epoch < self.epoch or (epoch == self.epoch and self.dead):
+            self.stale_dropped += len(drafts)
+            return False
+        if epoch > self.epoch:
+            self.epoch, self.base, self.drafts, self.dead = epoch, base, [], False
+        if base != self.end:  # the worker streams a chain in order; anything else is a bug/loss
+            self.stale_dropped += len(drafts)
+            return False
+        self.drafts.extend(drafts)
+        self.last_arrival = now
+        return True
+
+    def sync(self, committed: Sequence[int]) -> None:
+        """Drop the part of the chain that is committed; mark dead on disagreement."""
+        if self.dead:
+            return
+        n = len(committed)
+        if self.base > n:  # cannot happen with an honest worker: it only knows our commits
+            self.dead = True
+            return
+        upto = min(n, self.end)
+        for pos in range(self.base, upto):
+            if self.drafts[pos - self.base].token != committed[pos]:
+                self.dead = True
+                self.drafts = []
+                return
+        # keep only drafts for uncommitted positions; shift the base forward
+        del self.drafts[: upto - self.base]
+        self.base = upto
+        if self.base < n:  # the chain has not reached the committed end yet; it may still
+            pass  # arrive (the worker drafts the committed positions first)
+
+    def window(self, n: int, k: int) -> list[DraftToken]:
+        """Up to ``k`` usable drafts for positions ``n, n+1, ...`` (requires :meth:`sync` first)."""
+        if self.dead or self.base != n:
+            return []
+        return self.drafts[:k]
+
+    def pending_catch_up(self, n: int) -> int:
+        """How many committed positions the live chain still has to cover before reaching ``n``."""
+        if self.dead:
+            return 0
+        return max(0, n - self.end)

@@ -1,0 +1,338 @@
+"""The controller's sans-I/O state machine: verify remote drafts, redundantly draft locally.
+
+It owns the committed output.  The busy-site accelerator runs one pass at a time (a target
+verification/step or a local draft pass); whenever it is free, the policy
+(:mod:`wanspec.core.policy`) chooses what to run next from the worker's usable drafts, the local
+draft model, and the link estimates.  Every commit is streamed to the worker, which keeps or
+discards its chain.  If the worker fails, the request goes on with local SD (or target-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from wanspec.core.actions import (
+    DraftDone,
+    EmitTokens,
+    Finished,
+    RunDraft,
+    RunTarget,
+    Site,
+    TargetDone,
+)
+from wanspec.core.chain import DraftToken, RemoteChain
+from wanspec.core.estimates import LinkEstimates
+from wanspec.core.metrics import RequestMetrics
+from wanspec.core.policy import Decision, Kind, PolicyConfig, View, decide
+from wanspec.core.stopping import StopCriteria, Transcript
+from wanspec.core.verify import accept_prefix
+from wanspec.errors import WanspecError
+from wanspec.protocol.messages import Cancel, Commit, Drafts, Message, SessionStart
+from wanspec.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class SendToWorker:
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Log:
+    """Something an operator should see once (e.g. why the worker was dropped)."""
+
+    message: str
+
+
+ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | SendToWorker | Log
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    gamma: int = 4
+    lookahead: int = 0  # worker lookahead cap; 0 = automatic (from RTT and draft cost)
+    policy: PolicyConfig = PolicyConfig()
+    wait_slack: float = 1.5  # multiplier on expected draft arrival times before giving up
+
+    def __post_init__(self) -> None:
+        if self.gamma < 1:
+            raise WanspecError(f"gamma must be >= 1, got {self.gamma}")
+        if self.lookahead < 0:
+            raise WanspecError(f"lookahead must be >= 0, got {self.lookahead}")
+
+
+@dataclass
+class ControllerStats:
+    remote_windows: int = 0
+    local_windows: int = 0
+    plain_steps: int = 0
+    remote_accepted: int = 0
+    remote_received: int = 0
+    stale_dropped: int = 0
+    stall_s: float = 0.0  # accelerator idle while waiting for the worker
+    worker_lost: str | None = None
+
+
+class ControllerCore:
+    """One request at the controller.  Drive with start / on_* / on_timer and execute actions."""
+
+    def __init__(
+        self,
+        rid: int,
+        prompt: Sequence[int],
+        stop: StopCriteria,
+        sampling: SamplingParams,
+        config: ControllerConfig,
+        *,
+        has_local_draft: bool,
+        use_worker: bool = True,
+        estimates: LinkEstimates | None = None,
+    ) -> None:
+        self.rid = rid
+        self.config = config
+        self.sampling = sampling
+        self.transcript = Transcript(prompt, stop)
+        self.metrics = RequestMetrics()
+        self.stats = ControllerStats()
+        self.est = estimates or LinkEstimates.with_priors()
+        self.has_local_draft = has_local_draft
+        self.worker_ok = use_worker
+        self.chain = RemoteChain()
+        self.finished = False
+        self._op = 0
+        self._busy: RunTarget | RunDraft | None = None
+        self._busy_since = 0.0
+        self._window: list[int] = []  # proposal under construction / being verified
+        self._window_remote = 0  # how many leading proposal tokens came from the worker
+        self._local_cache = 0  # local draft KV length
+        self._committed_sent = len(prompt)
+        self._wait_until: float | None = None
+        self._idle_since: float | None = None
+        self._expect_new_chain_by: float | None = None
+
+    # ---- public API ---------------------------------------------------------------------------
+    @property
+    def lookahead(self) -> int:
+        if self.config.lookahead:
+            return self.config.lookahead
+        # enough for one round trip of consumption plus two windows, as the worker drafts
+        per_token = max(self.est.draft_interval.get, 1e-4)
+        return max(2 * self.config.gamma, min(64, self.config.gamma + int(self.est.rtt.get / per_token) + 2))
+
+    def start(self, now: float) -> list[ControllerAction]:
+        self.metrics.on_start(now)
+        out: list[ControllerAction] = []
+        if self.worker_ok:
+            out.append(SendToWorker(self._session_start()))
+            self._expect_new_chain_by = now + self._first_chain_eta()
+        out.append(self._run(RunTarget(self._next_op(), 0, tuple(self.transcript.tokens), 1), now))
+        return out
+
+    def next_timer(self) -> float | None:
+        return self._wait_until if self._busy is None and not self.finished else None
+
+    def on_timer(self, now: float) -> list[ControllerAction]:
+        if self._wait_until is not None and now >= self._wait_until and self._busy is None:
+            self._wait_until = None
+            return self._schedule(now, timer_fired=True)
+        return []
+
+    def on_message(self, msg: Message, now: float) -> list[ControllerAction]:
+        if isinstance(msg, Drafts) and msg.rid == self.rid and self.worker_ok and not self.finished:
+            drafts = [DraftToken(t, e, p) for t, e, p in _zip_drafts(msg)]
+            if self.chain.last_arrival is not None and msg.epoch == self.chain.epoch:
+                self.est.draft_interval.update(max(now - self.chain.last_arrival, 0.0) / len(drafts))
+            self.chain.on_drafts(msg.epoch, msg.base, drafts, now)
+            self.stats.remote_received += len(drafts)
+            self.chain.sync(self.transcript.tokens)
+            if self._busy is None:
+                return self._schedule(now)
+        return []
+
+    def on_rtt_sample(self, rtt: float) -> None:
+        self.est.rtt.update(rtt)
+
+    def on_worker_lost(self, reason: str, now: float) -> list[ControllerAction]:
+        if not self.worker_ok or self.finished:
+            return []
+        self.worker_ok = False
+        self.stats.worker_lost = reason
+        self.chain.dead = True
+        fallback = "local speculative decoding" if self.has_local_draft else "target-only decoding"
+        out: list[ControllerAction] = [Log(f"worker lost ({reason}); continuing with {fallback}")]
+        if self._busy is None:
+            self._wait_until = None
+            out.extend(self._schedule(now))
+        return out
+
+    def on_target_done(self, ev: TargetDone, now: float) -> list[ControllerAction]:
+        run = self._finish_busy(ev.op, now)
+        assert isinstance(run, RunTarget)
+        self.est.target_pass.update(now - self._busy_since)
+        n_before = len(self.transcript.tokens)
+        window = self._window
+        if window:
+            accepted, nxt = accept_prefix(window, ev.choices)
+            taken = self.transcript.commit(window[:accepted] + [nxt])
+            self.metrics.on_verify(len(window), accepted, len(taken))
+            self.stats.remote_accepted += min(accepted, self._window_remote)
+            # per-token acceptance sample: accepted of the drafts actually tested (up to the miss)
+            tested = min(accepted + 1, len(window))
+            for i in range(tested):
+                self.est.acceptance.update(1.0 if i < accepted else 0.0)
+        else:
+            taken = self.transcript.commit([ev.choices[-1]])
+        self._local_cache = min(self._local_cache, n_before + _common_prefix(window, taken))
+        self._window, self._window_remote = [], 0
+        return self._after_commit(taken, now)
+
+    def on_draft_done(self, ev: DraftDone, now: float) -> list[ControllerAction]:
+        self._finish_busy(ev.op, now)
+        self.est.local_draft_pass.update(now - self._busy_since)
+        self._window.append(ev.token)
+        return self._schedule(now)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _next_op(self) -> int:
+        self._op += 1
+        return self._op
+
+    def _session_start(self) -> SessionStart:
+        s = self.sampling
+        return SessionStart(
+            rid=self.rid, prompt=tuple(self.transcript.tokens), temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p, seed=s.seed, lookahead=self.lookahead,
+            max_position=self.transcript.n_prompt + self.transcript.stop.max_tokens,
+        )
+
+    def _first_chain_eta(self) -> float:
+        return self.config.wait_slack * (self.est.rtt.get + 2 * self.est.draft_interval.get)
+
+    def _run(self, action: RunTarget | RunDraft, now: float) -> RunTarget | RunDraft:
+        self._busy, self._busy_since = action, now
+        if self._idle_since is not None:
+            self.stats.stall_s += now - self._idle_since
+            self._idle_since = None
+        if isinstance(action, RunTarget):
+            self.metrics.on_target_pass()
+        else:
+            self.metrics.on_draft_pass(Site.CONTROLLER)
+        return action
+
+    def _finish_busy(self, op: int, now: float) -> RunTarget | RunDraft:
+        run = self._busy
+        if run is None or run.op != op:
+            raise RuntimeError(f"unexpected completion of op {op}")
+        self._busy = None
+        return run
+
+    def _after_commit(self, taken: list[int], now: float) -> list[ControllerAction]:
+        out: list[ControllerAction] = []
+        if taken:
+            self.metrics.on_commit(len(taken), now)
+            out.append(EmitTokens(tuple(taken)))
+            was_live = not self.chain.dead
+            self.chain.sync(self.transcript.tokens)
+            if self.worker_ok:
+                out.append(SendToWorker(Commit(self.rid, max(self.chain.epoch, 0),
+                                               self._committed_sent, tuple(taken))))
+                self._committed_sent += len(taken)
+                if was_live and self.chain.dead:
+                    # the worker learns of this in RTT/2 and needs a pass before drafting again
+                    self._expect_new_chain_by = now + self._first_chain_eta()
+        if self.transcript.finished:
+            self.finished = True
+            self.metrics.on_finish(now)
+            if self.worker_ok:
+                out.append(SendToWorker(Cancel(self.rid, "done")))
+            out.append(Finished(self.transcript.finish_reason or "eos"))
+            return out
+        out.extend(self._schedule(now))
+        return out
+
+    def _expect_remote_by(self, k: int, gamma: int) -> float | None:
+        if not self.worker_ok:
+            return None
+        slack = self.config.wait_slack
+        if self.chain.dead:
+            return self._expect_new_chain_by
+        if k >= gamma:
+            return None
+        last = self.chain.last_arrival
+        if last is None:
+            return self._expect_new_chain_by
+        missing = gamma - k + self.chain.pending_catch_up(len(self.transcript.tokens))
+        return last + slack * missing * self.est.draft_interval.get
+
+    def _schedule(self, now: float, timer_fired: bool = False) -> list[ControllerAction]:
+        if self._busy is not None or self.finished:
+            return []
+        n = len(self.transcript.tokens)
+        gamma = max(0, min(self.config.gamma, self.transcript.remaining - 1))
+        if gamma == 0:
+            self._window, self._window_remote = [], 0
+            return [self._run(RunTarget(self._next_op(), n - 1, (self.transcript.tokens[-1],), 1), now)]
+        remote = self.chain.window(n, gamma) if self.worker_ok else []
+        local_count = len(self._window) - self._window_remote if self._window else 0
+        expect = self._expect_remote_by(len(remote), gamma)
+        view = View(
+            now=now, gamma=gamma,
+            remote=remote if not self._window else remote[: self._window_remote],
+            local=local_count, chain_live=not self.chain.dead,
+            chain_behind=self.chain.pending_catch_up(n), worker_ok=self.worker_ok,
+            has_local_draft=self.has_local_draft,
+            expect_remote_by=None if timer_fired and (expect is None or expect <= now) else expect,
+            entropy_threshold=self.config.policy.entropy_threshold,
+            alpha=self.est.acceptance.get, target_pass_s=self.est.target_pass.get,
+        )
+        decision = decide(self.config.policy, view)
+        return self._apply(decision, view, n, now)
+
+    def _apply(self, d: Decision, v: View, n: int, now: float) -> list[ControllerAction]:
+        seq = self.transcript.tokens
+        if d.kind is Kind.WAIT:
+            assert d.until is not None
+            self._wait_until = d.until
+            if self._idle_since is None:
+                self._idle_since = now
+            return []
+        self._wait_until = None
+        if d.kind is Kind.VERIFY_REMOTE:
+            self._window = [t.token for t in v.remote[: v.gamma]]
+            self._window_remote = len(self._window)
+            self.stats.remote_windows += 1
+            return [self._verify(n, now)]
+        if d.kind is Kind.PLAIN:
+            self._window, self._window_remote = [], 0
+            self.stats.plain_steps += 1
+            return [self._run(RunTarget(self._next_op(), n - 1, (seq[n - 1],), 1), now)]
+        if d.kind is Kind.VERIFY_LOCAL:
+            self.stats.local_windows += 1
+            return [self._verify(n, now)]
+        # LOCAL_DRAFT: extend the proposal (the worker's usable prefix, then local drafts)
+        if not self._window:
+            self._window = [t.token for t in v.remote]
+            self._window_remote = len(self._window)
+        full = seq + self._window
+        start = min(self._local_cache, len(full) - 1)
+        self._local_cache = len(full)
+        return [self._run(RunDraft(self._next_op(), Site.CONTROLLER, start, tuple(full[start:])), now)]
+
+    def _verify(self, n: int, now: float) -> RunTarget:
+        seq = self.transcript.tokens
+        feed = (seq[n - 1], *self._window)
+        return self._run(RunTarget(self._next_op(), n - 1, feed, len(feed)), now)  # type: ignore[return-value]
+
+
+def _zip_drafts(msg: Drafts):
+    n = len(msg.tokens)
+    ent = msg.entropy if len(msg.entropy) == n else (0.0,) * n
+    top = msg.top_prob if len(msg.top_prob) == n else (1.0,) * n
+    return zip(msg.tokens, ent, top)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    k = 0
+    while k < len(a) and k < len(b) and a[k] == b[k]:
+        k += 1
+    return k

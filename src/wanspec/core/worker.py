@@ -1,0 +1,160 @@
+"""The worker's sans-I/O state machine: draft ahead continuously, roll back on divergence.
+
+Per session the worker knows the committed prefix (prompt + commits received) and its own
+*chain* of drafts beyond it.  It drafts whenever the chain is shorter than the lookahead cap,
+streaming each draft at once, without waiting for verification.  A commit either consumes the
+head of the chain (every committed token equals the chain's token: keep drafting, same epoch)
+or not (roll back to the committed prefix, start a new chain under ``epoch + 1``).  A pass that
+was in flight across a rollback is wasted and its result dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wanspec.core.actions import DraftDone, RunDraft, Site
+from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart
+
+
+@dataclass(frozen=True)
+class DraftFor:
+    """Run ``run`` on the draft model with session ``rid``'s KV cache."""
+
+    rid: int
+    run: RunDraft
+
+
+@dataclass(frozen=True)
+class Send:
+    msg: Drafts
+
+
+@dataclass(frozen=True)
+class Release:
+    """Free session ``rid``'s KV cache (its in-flight pass, if any, is dropped when done)."""
+
+    rid: int
+
+
+WorkerAction = DraftFor | Send | Release
+
+
+@dataclass
+class WorkerStats:
+    passes: int = 0
+    drafted: int = 0  # draft tokens streamed to the controller
+    wasted_passes: int = 0  # passes whose result was void by the time it came back
+    rollbacks: int = 0
+    sessions: int = 0
+
+
+@dataclass
+class _Session:
+    start: SessionStart
+    committed: list[int]
+    chain: list[int] = field(default_factory=list)
+    epoch: int = 0
+    cache_len: int = 0
+    inflight: RunDraft | None = None
+    inflight_epoch: int = 0
+    closed: bool = False
+
+    @property
+    def next_position(self) -> int:
+        return len(self.committed) + len(self.chain)
+
+
+class WorkerCore:
+    """Many concurrent sessions; at most one draft pass in flight per session."""
+
+    def __init__(self, *, max_sessions: int = 64, max_lookahead: int = 64,
+                 max_context: int = 1 << 16) -> None:
+        self.max_sessions = max_sessions
+        self.max_lookahead = max_lookahead
+        self.max_context = max_context
+        self.sessions: dict[int, _Session] = {}
+        self.stats = WorkerStats()
+        self._next_op = 0
+
+    # ---- messages from the controller ---------------------------------------------------------
+    def on_start(self, msg: SessionStart) -> list[WorkerAction]:
+        if msg.rid in self.sessions:
+            raise ValueError(f"session {msg.rid} already exists")
+        if len(self.sessions) >= self.max_sessions:
+            raise ValueError(f"worker is at its limit of {self.max_sessions} sessions")
+        if not msg.prompt:
+            raise ValueError("empty prompt")
+        if len(msg.prompt) > self.max_context:
+            raise ValueError(f"prompt of {len(msg.prompt)} tokens exceeds {self.max_context}")
+        s = _Session(start=msg, committed=list(msg.prompt))
+        self.sessions[msg.rid] = s
+        self.stats.sessions += 1
+        return self._maybe_draft(msg.rid, s)
+
+    def on_commit(self, msg: Commit) -> list[WorkerAction]:
+        s = self.sessions.get(msg.rid)
+        if s is None or s.closed:
+            return []
+        n = len(s.committed)
+        if msg.base != n:
+            raise ValueError(f"session {msg.rid}: commit at {msg.base}, expected {n}")
+        tokens = list(msg.tokens)
+        match = 0
+        while match < len(tokens) and match < len(s.chain) and s.chain[match] == tokens[match]:
+            match += 1
+        s.committed.extend(tokens)
+        if match == len(tokens):
+            del s.chain[:match]  # the head of our chain was committed: keep going
+        else:
+            # divergence (or the commit ran past our chain): start a new chain from the prefix
+            s.cache_len = min(s.cache_len, n + match)
+            s.chain = []
+            s.epoch += 1
+            self.stats.rollbacks += 1
+        return self._maybe_draft(msg.rid, s)
+
+    def on_cancel(self, msg: Cancel) -> list[WorkerAction]:
+        return self.drop(msg.rid)
+
+    def drop(self, rid: int) -> list[WorkerAction]:
+        s = self.sessions.pop(rid, None)
+        if s is None:
+            return []
+        s.closed = True
+        return [Release(rid)]
+
+    # ---- results of draft passes ----------------------------------------------------------------
+    def on_draft_done(self, rid: int, ev: DraftDone) -> list[WorkerAction]:
+        self.stats.passes += 1
+        s = self.sessions.get(rid)
+        if s is None or s.inflight is None or s.inflight.op != ev.op:
+            self.stats.wasted_passes += 1
+            return []
+        run, s.inflight = s.inflight, None
+        if s.inflight_epoch != s.epoch or run.position != s.next_position:
+            self.stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
+            return self._maybe_draft(rid, s)
+        s.chain.append(ev.token)
+        self.stats.drafted += 1
+        out: list[WorkerAction] = [Send(Drafts(rid, s.epoch, run.position, (ev.token,),
+                                               (ev.entropy,), (ev.top_prob,)))]
+        out.extend(self._maybe_draft(rid, s))
+        return out
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _maybe_draft(self, rid: int, s: _Session) -> list[WorkerAction]:
+        if s.closed or s.inflight is not None:
+            return []
+        lookahead = max(1, min(s.start.lookahead, self.max_lookahead))
+        if len(s.chain) >= lookahead:
+            return []
+        pos = s.next_position
+        if (s.start.max_position and pos >= s.start.max_position) or pos >= self.max_context:
+            return []
+        full = s.committed + s.chain
+        start = s.cache_len
+        s.cache_len = len(full)
+        self._next_op += 1
+        run = RunDraft(self._next_op, Site.WORKER, start, tuple(full[start:]))
+        s.inflight, s.inflight_epoch = run, s.epoch
+        return [DraftFor(rid, run)]

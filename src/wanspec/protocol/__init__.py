@@ -1,0 +1,28 @@
+"""The controller <-> worker wire protocol: typed messages and sans-I/O length-prefixed framing."""
+
+from wanspec.protocol.codec import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    ProtocolError,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
+from wanspec.protocol.messages import (
+    Cancel,
+    Commit,
+    Drafts,
+    Error,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    SessionStart,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "FrameDecoder", "ProtocolError", "decode_message",
+    "encode_frame", "encode_message", "Cancel", "Commit", "Drafts", "Error", "Hello", "Message",
+    "Ping", "Pong", "SessionStart",
+]

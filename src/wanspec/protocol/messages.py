@@ -1,0 +1,107 @@
+"""Protocol messages.  Positions are absolute token indices; epochs only ever grow.
+
+Flow for one request (``rid``)::
+
+    controller                                   worker
+      Hello  ───────────────────────────────────▶        (version, tokenizer fingerprint)
+             ◀─────────────────────────────────── Hello
+      SessionStart(rid, prompt, sampling, ...) ──▶        prefill + draft ahead
+             ◀────────── Drafts(rid, epoch, base, tokens, entropy, top_prob)   (streamed)
+      Commit(rid, epoch, base, tokens) ─────────▶        keep or roll back (new epoch)
+      Cancel(rid) ──────────────────────────────▶        free the session
+      Ping(t) ──────────────────────────────────▶ Pong(t)
+
+A worker's *epoch* for a session grows by one every time it discards its draft chain.  Its chain
+of epoch ``e`` starts at position ``base`` and is streamed in order, so the controller always
+knows it contiguously and can check every draft against the committed prefix: drafts of an old
+epoch, or of a chain that disagrees with what was committed, are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message each way: who I am and whether we can work together."""
+
+    version: int
+    role: str  # "controller" or "worker"
+    model: str = ""  # draft model name at the worker, target name at the controller
+    tokenizer: str = ""  # tokenizer fingerprint; must match for drafts to mean anything
+    vocab_size: int = 0
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """Start drafting for a request: the worker prefills ``prompt`` and drafts ahead."""
+
+    rid: int
+    prompt: tuple[int, ...]
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    lookahead: int = 8  # how far beyond the committed prefix the worker may draft
+    max_position: int = 0  # never draft at or past this absolute position (0 = unbounded)
+
+
+@dataclass(frozen=True)
+class Drafts:
+    """Draft tokens for positions ``base .. base+len-1`` of the worker's epoch-``epoch`` chain."""
+
+    rid: int
+    epoch: int
+    base: int
+    tokens: tuple[int, ...]
+    entropy: tuple[float, ...] = ()
+    top_prob: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Tokens committed at positions ``base .. base+len-1`` (contiguous with earlier commits).
+
+    ``epoch`` is the worker epoch the controller had seen when committing (diagnostic only: the
+    worker decides itself whether its chain survives, by comparing tokens).
+    """
+
+    rid: int
+    epoch: int
+    base: int
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The request ended (or was abandoned): free its state."""
+
+    rid: int
+    reason: str = "done"
+
+
+@dataclass(frozen=True)
+class Ping:
+    t: float
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Pong:
+    t: float  # echoed from the Ping: the sender computes RTT from its own clock
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Error:
+    """A fatal (rid == -1) or per-session problem, in words a person can act on."""
+
+    message: str
+    rid: int = -1
+    code: str = "error"
+    details: dict[str, str] = field(default_factory=dict)
+
+
+Message = Hello | SessionStart | Drafts | Commit | Cancel | Ping | Pong | Error

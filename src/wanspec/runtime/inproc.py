@@ -1,0 +1,78 @@
+"""Controller and worker in one process over an in-process WAN link (``--mode remote``, emulate).
+
+Each site has its own device: the worker's draft passes never contend with the busy site's
+target, while the controller's local draft copy shares the target's device, as on one GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Sequence
+
+from wanspec.core.controller import ControllerConfig
+from wanspec.models.backend import CausalLM
+from wanspec.runtime.controller import RemoteEngine, WorkerLink
+from wanspec.runtime.engine import GenerationResult, TimingConfig
+from wanspec.runtime.worker import WorkerService
+from wanspec.timing.device import Device
+from wanspec.transport.base import Connection, ConnectionClosed
+from wanspec.transport.inproc import InprocConnection, LinkParams, inproc_pair
+
+
+class InprocDeployment:
+    """A worker site and a controller site joined by an emulated link; use as ``async with``."""
+
+    def __init__(self, target: CausalLM, draft: CausalLM, *, link: LinkParams,
+                 timing: TimingConfig | None = None, config: ControllerConfig | None = None,
+                 local_draft: bool = True) -> None:
+        self.params = link
+        self.timing = timing or TimingConfig()
+        self.worker_device = Device("worker")
+        self.service = WorkerService(draft.sibling("worker-draft"), cost=self.timing.draft,
+                                     device=self.worker_device)
+        self.worker_alive = True
+        self._ends: list[InprocConnection] = []
+        self._handlers: list[asyncio.Task[None]] = []
+        self._seed = link.seed
+        self.link = WorkerLink(self._connect, RemoteEngine.hello_for(target))
+        self.engine = RemoteEngine(target, self.link,
+                                   local_draft=draft.sibling("local-draft") if local_draft else None,
+                                   timing=self.timing, config=config,
+                                   rtt_prior_s=link.rtt_ms / 1000.0)
+
+    async def _connect(self) -> Connection:
+        if not self.worker_alive:
+            raise ConnectionClosed("worker is down")
+        params = LinkParams(**{**self.params.__dict__, "seed": self._seed})
+        self._seed += 1
+        controller_end, worker_end = inproc_pair(params)
+        self._ends += [controller_end, worker_end]
+        self._handlers.append(asyncio.create_task(self.service.handle(worker_end)))
+        return controller_end
+
+    def kill_worker(self) -> None:
+        """The worker site dies: links cut, nothing in flight arrives, no reconnection."""
+        self.worker_alive = False
+        for end in self._ends:
+            end.kill()
+
+    async def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
+        result = await self.engine.agenerate(prompt, **kwargs)
+        result.devices[self.worker_device.name] = {
+            "passes": self.worker_device.stats.passes, "busy_s": self.worker_device.stats.busy_s,
+            "compute_s": self.worker_device.stats.compute_s,
+            "passes_by_model": dict(self.worker_device.stats.by_model),
+        }
+        result.metrics["draft_passes"]["worker"] = self.worker_device.stats.passes
+        return result
+
+    async def __aenter__(self) -> "InprocDeployment":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.link.close()
+        for end in self._ends:
+            await end.close()
+        for t in self._handlers:
+            t.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)

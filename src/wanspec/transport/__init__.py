@@ -1,0 +1,1 @@
+"""Transports: one message-oriented interface over in-process links, TCP and QUIC."""
