@@ -27,6 +27,7 @@ console = Console(highlight=False)
 class GenerateMode(str, Enum):
     target = "target"
     sd = "sd"
+    remote = "remote"
 
 
 def _version(value: bool) -> None:
@@ -46,7 +47,10 @@ def _root(
 @app.command()
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text."),
-    mode: GenerateMode = typer.Option(GenerateMode.sd, "--mode", help="target: target-only; sd: standard speculative decoding at one site."),
+    mode: GenerateMode = typer.Option(GenerateMode.sd, "--mode", help="target: target-only; sd: standard SD at one site; remote: controller + worker in one process over an emulated link."),
+    rtt: str = typer.Option("0ms", "--rtt", help="remote mode: round-trip time of the emulated link (e.g. 40ms)."),
+    jitter: str = typer.Option("0ms", "--jitter", help="remote mode: one-way jitter (never reorders)."),
+    policy: str = typer.Option("entropy", "--policy", help="remote mode: remote, always or entropy."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
@@ -79,16 +83,71 @@ def generate(
         check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
         timing = timing_from_flags(target_ms, draft_ms, verify_per_token_ms)
         configure_threads(threads)
-        tgt, drf = load_models(target, draft, need_draft=mode is GenerateMode.sd, dtype=dtype,
+        tgt, drf = load_models(target, draft, need_draft=mode is not GenerateMode.target, dtype=dtype,
                                device=device)
-        engine = LocalEngine(tgt, drf, timing)
-        result = engine.generate(prompt, mode=mode.value, gamma=gamma, max_tokens=max_tokens,
-                                 sampling=sampling, stop_strings=stop or (),
-                                 ignore_eos=ignore_eos).to_dict()
+        kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop_strings=stop or (),
+                      ignore_eos=ignore_eos)
+        if mode is GenerateMode.remote:
+            from wanspec.cli.units import parse_duration_ms
+            from wanspec.runtime.inproc import remote_generate
+
+            assert drf is not None
+            result = remote_generate(
+                tgt, drf, prompt, rtt_ms=parse_duration_ms(rtt, "--rtt"),
+                jitter_ms=parse_duration_ms(jitter, "--jitter"), policy=policy, gamma=gamma,
+                timing=timing, **kwargs).to_dict()
+        else:
+            engine = LocalEngine(tgt, drf, timing)
+            result = engine.generate(prompt, mode=mode.value, gamma=gamma, **kwargs).to_dict()
     if as_json:
         print(json.dumps(result))
     else:
         print_generation(result, console)
+
+
+@app.command()
+def emulate(
+    rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated RTTs in ms, e.g. 0,10,20,30,50,70,100,150 (overrides --rtt)."),
+    jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message (never reorders)."),
+    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
+    loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
+    target_ms: float = typer.Option(30.0, "--target-ms", help="Emulated ms per target pass (default: 70B-class target)."),
+    draft_ms: float = typer.Option(4.0, "--draft-ms", help="Emulated ms per draft pass (default: 1B-class draft)."),
+    verify_per_token_ms: float = typer.Option(0.5, "--verify-per-token-ms", help="Extra ms per extra token in a target pass."),
+    measured: bool = typer.Option(False, "--measured", help="Use this machine's real pass times instead of emulated costs."),
+    policy: str = typer.Option("all", "--policy", help="remote, always, entropy, or all."),
+    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
+    entropy_threshold: float = typer.Option(1.0, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line); default: 16 held-out prompts."),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Use only the first N prompts."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="New tokens per prompt."),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: int = typer.Option(0, "--seed"),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: shipped pair)."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped pair)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (RTT, mode) instead of tables."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also draw latency and busy-site pass ratios vs RTT (PNG)."),
+) -> None:
+    """Compare target-only, standard SD and every remote policy over an emulated WAN."""
+    quiet_libraries()
+    with user_errors():
+        from wanspec.cli.emulate import run_emulate
+
+        ok = run_emulate(
+            rtt=rtt, sweep=sweep, jitter=jitter, bandwidth=bandwidth, loss=loss,
+            target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
+            measured=measured, policy=policy, gamma=gamma, entropy_threshold=entropy_threshold,
+            prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
+            draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
+            plot_path=plot_path, console=console)
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

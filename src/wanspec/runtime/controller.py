@@ -251,6 +251,7 @@ class RemoteEngine:
                                         "compute_s": self.device.stats.compute_s - compute0,
                                         "passes_by_model": dict(self.device.stats.by_model)}},
             timing=self.timing.describe(),
+            token_gaps=list(core.metrics.token_gaps),
         )
 
     async def _drive(self, core: ControllerCore, queue: asyncio.Queue[Any],

@@ -57,6 +57,7 @@ class GenerationResult:
     metrics: dict[str, Any]
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     timing: str = "measured"
+    token_gaps: list[float] = field(default_factory=list, repr=False)  # per-token latencies (s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +135,7 @@ class LocalEngine:
                                    "compute_s": device.stats.compute_s,
                                    "passes_by_model": dict(device.stats.by_model)}},
             timing=self.timing.describe(),
+            token_gaps=list(decoder.metrics.token_gaps),
         )
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:

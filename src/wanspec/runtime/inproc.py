@@ -76,3 +76,29 @@ class InprocDeployment:
         for t in self._handlers:
             t.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
+
+
+def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[int], *,
+                    rtt_ms: float, jitter_ms: float = 0.0, policy: str = "entropy",
+                    gamma: int = 4, timing: TimingConfig | None = None,
+                    **kwargs: Any) -> GenerationResult:
+    """One request through controller + worker over an in-process link (virtual time if emulated)."""
+    from wanspec.core.policy import PolicyConfig, PolicyName
+    from wanspec.errors import WanspecError
+    from wanspec.timing import clock
+
+    try:
+        name = PolicyName(policy)
+    except ValueError:
+        raise WanspecError(f"unknown policy {policy!r}; choose from "
+                           f"{', '.join(p.value for p in PolicyName)}") from None
+    timing = timing or TimingConfig()
+    config = ControllerConfig(gamma=gamma, policy=PolicyConfig(name))
+    link = LinkParams(rtt_ms=rtt_ms, jitter_ms=jitter_ms)
+
+    async def main() -> GenerationResult:
+        async with InprocDeployment(target, draft, link=link, timing=timing, config=config,
+                                    local_draft=name is not PolicyName.REMOTE) as dep:
+            return await dep.generate(prompt, **kwargs)
+
+    return clock.run(main, virtual=timing.emulated)

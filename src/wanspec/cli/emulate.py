@@ -1,0 +1,93 @@
+"""``wanspec emulate``: flag handling, progress, tables, and the losslessness verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from wanspec.cli.common import check, configure_threads
+from wanspec.cli.loading import load_models
+from wanspec.cli.units import parse_duration_ms, parse_rate_bps
+from wanspec.emulate.prompts import load_prompts
+from wanspec.emulate.report import plot, rtt_table, write_csv, write_json
+from wanspec.emulate.runner import POLICIES, Emulation, EmulationConfig
+from wanspec.errors import WanspecError
+from wanspec.runtime.engine import TimingConfig
+from wanspec.sampling import SamplingParams
+
+
+def parse_sweep(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v.strip().removesuffix("ms")) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise WanspecError(f"invalid --sweep {text!r}: use comma-separated ms, e.g. 0,10,20,50") from None
+    check(bool(values), "--sweep needs at least one RTT")
+    check(all(v >= 0 for v in values), "RTTs must be >= 0 ms")
+    return values
+
+
+def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, loss: float,
+                target_ms: float, draft_ms: float, verify_per_token_ms: float, measured: bool,
+                policy: str, gamma: int, entropy_threshold: float, prompts: Path | None,
+                num_prompts: int | None, max_tokens: int, temperature: float, top_p: float,
+                top_k: int, seed: int, target: Path | None, draft: Path | None,
+                threads: int | None, as_json: bool, csv_path: Path | None,
+                plot_path: Path | None, console: Console) -> bool:
+    """Run the comparison; returns False if any output differed from target-only."""
+    rtts = parse_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
+    check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
+    check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
+    check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
+    policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
+    for p in policies:
+        check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
+    timing = TimingConfig() if measured else TimingConfig.emulate(target_ms, draft_ms,
+                                                                  verify_per_token_ms)
+    cfg = EmulationConfig(
+        rtts_ms=rtts, jitter_ms=parse_duration_ms(jitter, "--jitter"),
+        bandwidth_bps=parse_rate_bps(bandwidth), spike_prob=loss,
+        spike_ms=max(rtts) if loss else 0.0, timing=timing, policies=policies, gamma=gamma,
+        max_tokens=max_tokens, entropy_threshold=entropy_threshold,
+        sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+        seed=seed)
+    prompt_list = load_prompts(prompts, num_prompts)
+    configure_threads(threads)
+    tgt, drf = load_models(target, draft, need_draft=True)
+    assert drf is not None
+    emu = Emulation(tgt, drf, cfg)
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True,
+                  disable=as_json and not err.is_terminal) as progress:
+        task = progress.add_task("emulating", total=emu.total_requests(len(prompt_list)))
+
+        def tick(label: str) -> None:
+            progress.update(task, advance=1, description=label)
+
+        emu.progress = tick
+        records = emu.run(prompt_list)
+
+    identical = all(r["identical_to_target_only"] for r in records)
+    if csv_path:
+        write_csv(records, csv_path)
+    if plot_path:
+        plot(records, plot_path, title=f"{timing.describe()}, gamma={gamma}, "
+                                       f"{len(prompt_list)} prompts x {max_tokens} tokens")
+    if as_json:
+        print(write_json(records, None))
+    else:
+        console.print(f"[bold]wanspec emulate[/]: {len(prompt_list)} prompts x {max_tokens} tokens, "
+                      f"gamma={gamma}, timing {timing.describe()}, jitter {cfg.jitter_ms:g} ms")
+        for r in rtts:
+            console.print(rtt_table(records, r))
+        if identical:
+            console.print(f"[green]All {len(records) and len(prompt_list)} prompts x every mode: output "
+                          "token-identical to target-only decoding.[/]")
+        else:
+            bad = sorted({f"{r['mode']}@{r['rtt_ms']:g}ms" for r in records
+                          if not r["identical_to_target_only"]})
+            console.print(f"[bold red]LOSSLESSNESS VIOLATED: outputs differ from target-only in "
+                          f"{', '.join(bad)}[/]")
+    return identical

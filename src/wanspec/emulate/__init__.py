@@ -1,0 +1,1 @@
+"""``wanspec emulate``: every decoding mode on the same prompts over an emulated WAN."""

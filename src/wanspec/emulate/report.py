@@ -1,0 +1,94 @@
+"""Tables, JSON/CSV and plots of emulation records."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.table import Table
+
+COLUMNS = [
+    "rtt_ms", "mode", "requests", "tokens", "tpot_ms_mean", "tpot_ms_p95", "ttft_ms_mean",
+    "e2e_ms_per_token", "speedup_vs_target", "latency_vs_standard_sd",
+    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_standard_sd",
+    "worker_draft_passes_per_token", "target_passes_per_token", "wasted_drafts_per_token",
+    "stall_ms_per_token", "acceptance_rate", "mean_acceptance_length", "identical_to_target_only",
+]
+
+
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def rtt_table(records: Sequence[dict[str, Any]], rtt: float, title_extra: str = "") -> Table:
+    t = Table(title=f"RTT {rtt:g} ms{title_extra}", header_style="bold", show_lines=False)
+    for name, justify in [
+        ("mode", "left"), ("TPOT mean", "right"), ("TPOT p95", "right"), ("speedup vs target", "right"),
+        ("latency vs SD", "right"), ("busy draft passes/tok", "right"), ("busy passes vs SD", "right"),
+        ("worker passes/tok", "right"), ("wasted drafts/tok", "right"), ("stall ms/tok", "right"),
+        ("acceptance", "right"), ("identical", "center"),
+    ]:
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in records:
+        if r["rtt_ms"] != rtt:
+            continue
+        t.add_row(
+            r["mode"], f"{r['tpot_ms_mean']:.2f} ms", f"{r['tpot_ms_p95']:.2f} ms",
+            _f(r["speedup_vs_target"], "{:.2f}x"), _f(r["latency_vs_standard_sd"], "{:.3f}"),
+            f"{r['busy_site_draft_passes_per_token']:.2f}",
+            _f(r["busy_site_draft_passes_vs_standard_sd"], "{:.2f}"),
+            f"{r['worker_draft_passes_per_token']:.2f}", f"{r['wasted_drafts_per_token']:.2f}",
+            f"{r['stall_ms_per_token']:.2f}", f"{r['acceptance_rate']:.3f}",
+            "[green]yes[/]" if r["identical_to_target_only"] else "[bold red]NO[/]",
+        )
+    return t
+
+
+def write_json(records: Sequence[dict[str, Any]], path: Path | None) -> str:
+    text = json.dumps(list(records), indent=2)
+    if path is not None:
+        path.write_text(text + "\n")
+    return text
+
+
+def write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow(r)
+
+
+def plot(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Latency ratio and busy-site draft-pass ratio vs RTT, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in dict.fromkeys(r["mode"] for r in records)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode in modes:
+        rs = sorted((r for r in records if r["mode"] == mode), key=lambda r: r["rtt_ms"])
+        x = [r["rtt_ms"] for r in rs]
+        style = "--" if mode in ("target", "sd") else "-"
+        marker = "" if mode in ("target", "sd") else "o"
+        label = {"target": "target-only", "sd": "standard SD"}.get(mode, mode)
+        axes[0].plot(x, [r["latency_vs_standard_sd"] for r in rs], style, marker=marker, label=label)
+        axes[1].plot(x, [r["busy_site_draft_passes_vs_standard_sd"] or 0.0 for r in rs], style,
+                     marker=marker, label=label)
+    axes[0].set_ylabel("time per output token / standard SD")
+    axes[1].set_ylabel("busy-site draft passes / standard SD")
+    for ax in axes:
+        ax.set_xlabel("RTT (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(1.05, color="grey", lw=0.8, ls=":")
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,165 @@
+"""Run target-only, standard SD and each remote policy on the same prompts, per RTT.
+
+Everything runs on a virtual clock with emulated device costs (or measured, if asked), so the
+figures describe the configured deployment, not this machine.  Target-only and standard SD do
+not depend on the RTT; they run once and serve as the baselines of every RTT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from wanspec.core.controller import ControllerConfig
+from wanspec.core.metrics import percentile
+from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.models.backend import CausalLM
+from wanspec.runtime.engine import GenerationResult, LocalEngine, TimingConfig
+from wanspec.runtime.inproc import InprocDeployment
+from wanspec.sampling import SamplingParams
+from wanspec.timing import clock
+from wanspec.transport.inproc import LinkParams
+
+BASELINES = ("target", "sd")
+POLICIES = tuple(p.value for p in PolicyName)
+
+
+@dataclass(frozen=True)
+class EmulationConfig:
+    rtts_ms: tuple[float, ...] = (40.0,)
+    jitter_ms: float = 0.0
+    bandwidth_bps: float = 0.0
+    spike_prob: float = 0.0
+    spike_ms: float = 0.0
+    timing: TimingConfig = field(default_factory=lambda: TimingConfig.emulate(30.0, 4.0, 0.5))
+    policies: tuple[str, ...] = POLICIES
+    gamma: int = 4
+    max_tokens: int = 64
+    entropy_threshold: float = 1.0
+    sampling: SamplingParams = SamplingParams()
+    seed: int = 0
+
+
+@dataclass
+class ModeRuns:
+    """All requests of one mode at one RTT."""
+
+    mode: str
+    rtt_ms: float | None
+    results: list[GenerationResult] = field(default_factory=list)
+
+
+def _aggregate(runs: ModeRuns, reference: Sequence[list[int]]) -> dict[str, Any]:
+    gaps: list[float] = []
+    tokens = busy = worker = target = drafted = accepted = wasted = 0
+    stall = ttft = wall = 0.0
+    identical = True
+    for r, ref in zip(runs.results, reference):
+        m = r.metrics
+        n = m["committed_tokens"]
+        tokens += n
+        gaps.extend(r.token_gaps)  # pooled over requests: mean and p95 per output token
+        busy += m["draft_passes"]["controller"]
+        worker += m["draft_passes"]["worker"]
+        target += m["target_passes"]
+        drafted += m["drafted_tokens"]
+        accepted += m["accepted_tokens"]
+        wasted += m.get("wasted_remote_drafts", 0)
+        stall += m.get("stall_s", 0.0)
+        ttft += m["ttft_s"]
+        wall += m["wall_s"]
+        identical &= r.token_ids == ref
+    n_req = max(len(runs.results), 1)
+    per_tok = max(tokens, 1)
+    return {
+        "rtt_ms": runs.rtt_ms,
+        "mode": runs.mode,
+        "requests": len(runs.results),
+        "tokens": tokens,
+        "tpot_ms_mean": 1000 * (sum(gaps) / len(gaps) if gaps else 0.0),
+        "tpot_ms_p95": 1000 * percentile(gaps, 95),
+        "ttft_ms_mean": 1000 * ttft / n_req,
+        "e2e_ms_per_token": 1000 * wall / per_tok,
+        "busy_site_draft_passes_per_token": busy / per_tok,
+        "worker_draft_passes_per_token": worker / per_tok,
+        "target_passes_per_token": target / per_tok,
+        "wasted_drafts_per_token": wasted / per_tok,
+        "stall_ms_per_token": 1000 * stall / per_tok,
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "mean_acceptance_length": tokens / target if target else 0.0,
+        "identical_to_target_only": identical,
+    }
+
+
+def _with_ratios(rec: dict[str, Any], target: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b else None
+
+    rec["speedup_vs_target"] = ratio(target["tpot_ms_mean"], rec["tpot_ms_mean"])
+    rec["latency_vs_standard_sd"] = ratio(rec["tpot_ms_mean"], sd["tpot_ms_mean"])
+    rec["busy_site_draft_passes_vs_standard_sd"] = ratio(
+        rec["busy_site_draft_passes_per_token"], sd["busy_site_draft_passes_per_token"])
+    return rec
+
+
+class Emulation:
+    """Holds the models and runs the comparison; ``progress`` is called after each request."""
+
+    def __init__(self, target: CausalLM, draft: CausalLM, config: EmulationConfig,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.target, self.draft, self.config = target, draft, config
+        self.progress = progress or (lambda _label: None)
+
+    def total_requests(self, n_prompts: int) -> int:
+        return n_prompts * (len(BASELINES) + len(self.config.rtts_ms) * len(self.config.policies))
+
+    def _gen_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return {"max_tokens": c.max_tokens, "sampling": c.sampling}
+
+    def _run_local(self, mode: str, prompts: Sequence[str]) -> ModeRuns:
+        c = self.config
+        engine = LocalEngine(self.target, self.draft if mode == "sd" else None, c.timing)
+        runs = ModeRuns(mode, None)
+        for p in prompts:
+            r = engine.generate(p, mode=mode, gamma=c.gamma, **self._gen_kwargs())
+            runs.results.append(r)
+            self.progress(mode)
+        return runs
+
+    def _run_remote(self, policy: str, rtt: float, prompts: Sequence[str]) -> ModeRuns:
+        c = self.config
+        link = LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms, bandwidth_bps=c.bandwidth_bps,
+                          spike_prob=c.spike_prob, spike_ms=c.spike_ms, seed=c.seed)
+        cfg = ControllerConfig(gamma=c.gamma, policy=PolicyConfig(PolicyName(policy),
+                                                                   c.entropy_threshold))
+        runs = ModeRuns(policy, rtt)
+
+        async def main() -> None:
+            async with InprocDeployment(self.target, self.draft, link=link, timing=c.timing,
+                                        config=cfg, local_draft=policy != "remote") as dep:
+                for p in prompts:
+                    w0 = dep.worker_device.stats.passes
+                    r = await dep.generate(p, **self._gen_kwargs())
+                    r.metrics["draft_passes"]["worker"] = dep.worker_device.stats.passes - w0
+                    runs.results.append(r)
+                    self.progress(f"{policy} @ {rtt:g} ms")
+
+        clock.run(main, virtual=c.timing.emulated)
+        return runs
+
+    def run(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
+        """One record per (RTT, mode), baselines included at every RTT."""
+        target = self._run_local("target", prompts)
+        reference = [r.token_ids for r in target.results]
+        sd = self._run_local("sd", prompts)
+        base_t, base_sd = _aggregate(target, reference), _aggregate(sd, reference)
+        records: list[dict[str, Any]] = []
+        for rtt in self.config.rtts_ms:
+            for base in (base_t, base_sd):
+                records.append(_with_ratios({**base, "rtt_ms": rtt}, base_t, base_sd))
+            for policy in self.config.policies:
+                runs = self._run_remote(policy, rtt, prompts)
+                records.append(_with_ratios(_aggregate(runs, reference), base_t, base_sd))
+        return records
+

@@ -1,0 +1,412 @@
+"""QUIC transport (aioquic): TLS 1.3 always, ALPN ``wanspec/1``, one bidirectional control stream.
+
+Why one stream: every QUIC connection carries exactly one client-initiated bidirectional stream
+(stream 0) with the same length-prefixed frames as TCP.  Requests are multiplexed inside it by
+``rid``.  Head-of-line blocking across requests is acceptable: drafts are tiny, and the protocol
+needs ordered delivery anyway (a draft chain is streamed in order from its base, commits must
+follow each other).  What QUIC buys over TCP+TLS here is a 1-RTT handshake, connection IDs that
+survive NAT rebinding, and no kernel-level head-of-line blocking tied to one TCP connection.
+
+Lifecycle details:
+
+* The client opens stream 0 with its first message (QUIC cannot open a stream without data), so
+  the server's ``send()`` waits until the client has spoken; the controller speaks first anyway
+  (its Hello).
+* ``close()`` sends FIN on the stream and waits (briefly) for the peer's FIN, which the peer
+  sends automatically on receiving ours: that proves everything we sent was received before the
+  CONNECTION_CLOSE that follows discards the connection's state.
+* The client sends a QUIC PING every third of the idle timeout, so a quiet but healthy link stays
+  up while a dead peer is detected after ``IDLE_TIMEOUT_S`` without any packet.
+* UDP has no "connection refused": an unreachable server is reported when ``timeout`` expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import ssl
+from pathlib import Path
+from typing import Any, Callable
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from wanspec.protocol.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from wanspec.protocol.messages import Message
+from wanspec.transport.base import (
+    ConnectError,
+    Connection,
+    ConnectionClosed,
+    ConnectionHandler,
+    Server,
+)
+from wanspec.transport.common import Inbox, Traffic, log, run_handler
+from wanspec.transport.tcp import format_address
+from wanspec.transport.tls import _require_file
+
+ALPN = "wanspec/1"
+CONTROL_STREAM = 0  # the first client-initiated bidirectional stream
+IDLE_TIMEOUT_S = 60.0
+KEEPALIVE_S = IDLE_TIMEOUT_S / 3
+LINGER_S = 3.0  # close(): how long to wait for the peer to confirm it got everything
+_ERR_PROTOCOL = 0x1  # application close code: the peer broke the wanspec protocol
+
+
+def _addr_text(addr: Any) -> str:
+    host, port = str(addr[0]), int(addr[1])
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            host = str(ip.ipv4_mapped)
+    return format_address(host, port)
+
+
+class QuicMessageConnection(Connection):
+    """Protocol messages over the control stream of one QUIC connection."""
+
+    def __init__(self, protocol: "_Protocol", *, is_client: bool, max_frame: int) -> None:
+        self.peer = "?"
+        self.sent = Traffic()
+        self.received = Traffic()
+        self._protocol = protocol
+        self._quic: QuicConnection = protocol._quic
+        self._is_client = is_client
+        self._max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._inbox: Inbox[Message] = Inbox()
+        self._closed = False  # no more sending
+        self._fin_sent = False
+        self._peer_fin = asyncio.Event()
+        self._stream_ready = asyncio.Event()  # the control stream exists (or never will)
+        self._terminated = asyncio.Event()
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.close_reason = ""
+        self.udp_transport: asyncio.DatagramTransport | None = None  # client only: ours to close
+        self._keepalive: asyncio.TimerHandle | None = None
+        if is_client:
+            self._stream_ready.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, msg: Message) -> None:
+        if self._closed:
+            raise ConnectionClosed(f"QUIC connection to {self.peer} is closed")
+        frame = encode_frame(msg, self._max_frame)
+        if not self._stream_ready.is_set():
+            await self._stream_ready.wait()  # the server may only answer on the client's stream
+            if self._closed:
+                raise ConnectionClosed(f"QUIC connection to {self.peer} is closed")
+        try:
+            self._quic.send_stream_data(CONTROL_STREAM, frame)
+        except ValueError as exc:  # stream finished underneath us
+            self._closed = True
+            raise ConnectionClosed(f"QUIC connection to {self.peer} is closed") from exc
+        self._protocol.transmit()
+        self.sent.add(len(frame))
+
+    async def recv(self) -> Message:
+        return await self._inbox.get()
+
+    async def close(self) -> None:
+        self._inbox.abort(ConnectionClosed(f"QUIC connection to {self.peer} closed"))
+        if not self._terminated.is_set():
+            if self._send_fin():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._peer_fin.wait(), LINGER_S)
+            self.abort("closed")
+            if self._is_client:  # wait out the closing period so the UDP socket goes last
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._terminated.wait(), 1.0)
+        self._release(final=True)
+
+    def abort(self, reason: str = "closed", error_code: int = 0) -> None:
+        """Close the QUIC connection now (CONNECTION_CLOSE), without waiting for the peer."""
+        self._closed = True
+        self._stream_ready.set()
+        if not self._terminated.is_set():
+            self._protocol.close(error_code=error_code, reason_phrase=reason)
+
+    # ---- called from the protocol's event dispatch --------------------------------------------
+
+    def _on_handshake(self, event: events.HandshakeCompleted) -> None:
+        if event.alpn_protocol != ALPN:
+            self.abort(f"expected ALPN {ALPN}", _ERR_PROTOCOL)
+            return
+        if not self.handshake.done():
+            self.handshake.set_result(None)
+        if self._is_client:
+            self._arm_keepalive()
+
+    def _on_data(self, event: events.StreamDataReceived) -> None:
+        if event.stream_id != CONTROL_STREAM:
+            self._fail(ProtocolError(f"peer opened unexpected QUIC stream {event.stream_id}"))
+            return
+        self._stream_ready.set()
+        if event.data:
+            self.received.bytes += len(event.data)
+            try:
+                for msg in self._decoder.feed(event.data):
+                    self.received.messages += 1
+                    self._inbox.put(msg)
+            except ProtocolError as exc:
+                self._fail(exc)
+                return
+        if event.end_stream:
+            self._inbox.finish(ConnectionClosed(f"{self.peer} closed the connection"))
+            self._send_fin()  # no half-close in our protocol: confirm and stop sending
+            self._closed = True
+            self._peer_fin.set()
+
+    def _on_reset(self, event: events.StreamReset) -> None:
+        self._inbox.finish(ConnectionClosed(f"{self.peer} reset the connection"))
+        self.abort("stream reset")
+        self._peer_fin.set()
+
+    def _on_terminated(self, event: events.ConnectionTerminated) -> None:
+        self.close_reason = event.reason_phrase or f"error code {event.error_code}"
+        detail = "" if event.error_code == 0 else f": {self.close_reason}"
+        self._inbox.finish(ConnectionClosed(f"QUIC connection to {self.peer} closed{detail}"))
+        self._closed = True
+        for ev in (self._terminated, self._peer_fin, self._stream_ready):
+            ev.set()
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectError(self.close_reason))
+            self.handshake.exception()  # retrieved: nobody may be waiting any more
+        self._release()
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _fail(self, exc: ProtocolError) -> None:
+        log.warning("closing QUIC connection from %s: %s", self.peer, exc)
+        self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
+        self.abort(str(exc)[:200], _ERR_PROTOCOL)
+
+    def _send_fin(self) -> bool:
+        """FIN our side of the control stream once; False if there is no stream to finish."""
+        if self._fin_sent or not self._stream_ready.is_set() or self._terminated.is_set():
+            return self._fin_sent
+        if self._is_client and self.sent.messages == 0:
+            return False  # never opened: nothing to finish
+        self._fin_sent = True
+        try:
+            self._quic.send_stream_data(CONTROL_STREAM, b"", end_stream=True)
+        except ValueError:
+            return False
+        self._protocol.transmit()
+        return True
+
+    def _arm_keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._keepalive = loop.call_later(KEEPALIVE_S, self._ping)
+
+    def _ping(self) -> None:
+        if self._terminated.is_set():
+            return
+        self._quic.send_ping(0)  # the uid is unused: the ACK itself is what keeps the link up
+        self._protocol.transmit()
+        self._arm_keepalive()
+
+    def _release(self, final: bool = False) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self.udp_transport is not None and (final or self._terminated.is_set()):
+            self.udp_transport.close()
+            self.udp_transport = None
+
+
+class _Protocol(QuicConnectionProtocol):
+    """Routes aioquic events to a :class:`QuicMessageConnection`."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: Any = None,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        on_ready: Callable[[QuicMessageConnection], None] | None = None,
+    ) -> None:
+        super().__init__(quic)
+        self.conn = QuicMessageConnection(
+            self, is_client=quic.configuration.is_client, max_frame=max_frame
+        )
+        self._on_ready = on_ready
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.conn.peer == "?":
+            self.conn.peer = _addr_text(addr)
+        super().datagram_received(data, addr)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        conn = self.conn
+        if isinstance(event, events.StreamDataReceived):
+            conn._on_data(event)
+        elif isinstance(event, events.HandshakeCompleted):
+            conn._on_handshake(event)
+            if self._on_ready is not None and not conn.closed:
+                self._on_ready(conn)
+        elif isinstance(event, events.StreamReset):
+            conn._on_reset(event)
+        elif isinstance(event, events.ConnectionTerminated):
+            conn._on_terminated(event)
+
+
+def _client_config(
+    host: str, ca: Path | None, insecure: bool, server_name: str | None
+) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        idle_timeout=IDLE_TIMEOUT_S,
+        server_name=server_name or host,
+    )
+    if insecure:
+        config.verify_mode = ssl.CERT_NONE
+    elif ca is not None:
+        config.load_verify_locations(cafile=str(_require_file(ca, "CA certificate")))
+    return config
+
+
+async def connect_quic(
+    host: str,
+    port: int,
+    *,
+    ca: Path | None = None,
+    insecure: bool = False,
+    server_name: str | None = None,
+    timeout: float = 5.0,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    role: str = "worker",
+) -> QuicMessageConnection:
+    """Connect over QUIC, verifying the server against ``ca`` (system store if None).
+
+    Raises :class:`ConnectError` within ``timeout``: no answer, TLS refusal, ALPN mismatch.
+    """
+    where = f"{role} at {format_address(host, port)}"
+    config = _client_config(host, ca, insecure, server_name)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), timeout
+        )
+    except TimeoutError as exc:
+        raise ConnectError(f"cannot reach {where}: name lookup timed out") from exc
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot reach {where}: unknown host ({exc.strerror})") from exc
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _Protocol(QuicConnection(configuration=config), max_frame=max_frame),
+            sock=sock,
+        )
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(f"cannot reach {where}: {exc.strerror or exc}") from exc
+    assert isinstance(protocol, _Protocol)
+    conn = protocol.conn
+    conn.peer = format_address(host, port)
+    conn.udp_transport = transport  # type: ignore[assignment]
+    try:
+        protocol.connect(addr)
+        await asyncio.wait_for(asyncio.shield(conn.handshake), max(0.0, deadline - loop.time()))
+    except TimeoutError as exc:
+        conn.abort("timeout")
+        transport.close()
+        raise ConnectError(
+            f"cannot reach {where} over QUIC: no answer within {timeout:g} s "
+            f"(is it running, and is UDP port {port} open?)"
+        ) from exc
+    except ConnectError as exc:
+        transport.close()
+        raise ConnectError(
+            f"QUIC handshake with {where} failed: {exc} "
+            "(wrong CA, wrong server name, or not a wanspec QUIC server?)"
+        ) from exc
+    except BaseException:
+        conn.abort("cancelled")
+        transport.close()
+        raise
+    return conn
+
+
+class QuicServer(Server):
+    """Serves each QUIC connection (after its handshake) with the handler."""
+
+    def __init__(self, handler: ConnectionHandler, *, max_frame: int) -> None:
+        self._handler = handler
+        self._max_frame = max_frame
+        self._server: Any = None  # aioquic.asyncio.server.QuicServer
+        self._address: tuple[str, int] = ("", 0)
+        self._tasks: dict[asyncio.Task[None], QuicMessageConnection] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._address
+
+    def _create_protocol(self, quic: QuicConnection, stream_handler: Any = None) -> _Protocol:
+        return _Protocol(quic, max_frame=self._max_frame, on_ready=self._accept)
+
+    def _accept(self, conn: QuicMessageConnection) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(conn))
+        self._tasks[task] = conn
+        task.add_done_callback(lambda t: self._tasks.pop(t, None))
+
+    async def _serve(self, conn: QuicMessageConnection) -> None:
+        try:
+            await run_handler(self._handler, conn)
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        for task, conn in list(self._tasks.items()):
+            conn.abort("server shutting down")
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+async def serve_quic(
+    host: str,
+    port: int,
+    handler: ConnectionHandler,
+    *,
+    cert: Path,
+    key: Path,
+    max_frame: int = DEFAULT_MAX_FRAME,
+) -> QuicServer:
+    """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``)."""
+    from aioquic.asyncio.server import serve as _aioquic_serve
+
+    cert = _require_file(cert, "TLS certificate")
+    key = _require_file(key, "TLS private key")
+    config = QuicConfiguration(
+        is_client=False, alpn_protocols=[ALPN], idle_timeout=IDLE_TIMEOUT_S
+    )
+    try:
+        config.load_cert_chain(str(cert), str(key))
+    except (ValueError, TypeError) as exc:
+        raise ConnectError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from exc
+    server = QuicServer(handler, max_frame=max_frame)
+    try:
+        server._server = await _aioquic_serve(
+            host, port, configuration=config, create_protocol=server._create_protocol
+        )
+    except OSError as exc:
+        raise ConnectError(
+            f"cannot listen on {format_address(host, port)}/udp: {exc.strerror or exc}"
+        ) from exc
+    name = server._server._transport.get_extra_info("sockname")
+    server._address = (str(name[0]), int(name[1]))
+    return server
