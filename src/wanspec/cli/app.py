@@ -150,6 +150,103 @@ def emulate(
         raise typer.Exit(1)
 
 
+class Transport(str, Enum):
+    tcp = "tcp"
+    quic = "quic"
+
+
+@app.command()
+def worker(
+    listen: str = typer.Option("127.0.0.1:7700", "--listen", help="HOST:PORT to listen on (port 0 = any free port)."),
+    transport: Transport = typer.Option(Transport.tcp, "--transport"),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped draft)."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="TLS certificate (PEM); QUIC requires one."),
+    key: Optional[Path] = typer.Option(None, "--key", help="TLS private key (PEM)."),
+    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per draft pass (floor on real time)."),
+    max_sessions: int = typer.Option(64, "--max-sessions", help="Concurrent sessions per connection."),
+    dtype: str = typer.Option("auto", "--dtype"),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve drafts at the under-used site: draft ahead continuously for each controller session."""
+    quiet_libraries()
+    with user_errors():
+        from wanspec.cli.sites import run_worker, setup_logging
+
+        setup_logging(verbose)
+        configure_threads(threads)
+        run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
+                   draft_ms=draft_ms, max_sessions=max_sessions, dtype=dtype, device=device,
+                   console=console)
+
+
+@app.command()
+def controller(
+    worker_addr: str = typer.Option(..., "--worker", help="Worker HOST:PORT."),
+    transport: Transport = typer.Option(Transport.tcp, "--transport"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n"),
+    gamma: int = typer.Option(4, "--gamma"),
+    policy: str = typer.Option("entropy", "--policy", help="remote, always or entropy."),
+    local_draft: bool = typer.Option(True, "--local-draft/--no-local-draft", help="Load a local draft copy (redundancy and fallback)."),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: int = typer.Option(0, "--seed"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop"),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos"),
+    target: Optional[Path] = typer.Option(None, "--target"),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Local draft copy (default: shipped draft)."),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate to trust for the worker's TLS certificate."),
+    tls: bool = typer.Option(False, "--tls", help="Use TLS over TCP (QUIC always uses TLS)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Do not verify the worker's certificate (testing only)."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the worker to connect/handshake."),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms"),
+    draft_ms: Optional[float] = typer.Option(None, "--draft-ms"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    as_json: bool = typer.Option(False, "--json"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Decode at the busy site: verify the worker's drafts with the target; lossless."""
+    quiet_libraries()
+    with user_errors():
+        from wanspec.cli.common import check
+        from wanspec.cli.sites import run_controller, setup_logging
+        from wanspec.emulate.prompts import load_prompts
+        from wanspec.sampling import SamplingParams
+
+        setup_logging(verbose)
+        check((prompt is None) != (prompts is None), "give exactly one of --prompt or --prompts")
+        prompt_list = [prompt] if prompt is not None else load_prompts(prompts)
+        configure_threads(threads)
+        run_controller(
+            worker=worker_addr, transport=transport.value, target=target, draft=draft,
+            local_draft=local_draft, prompts=prompt_list, max_tokens=max_tokens, gamma=gamma,
+            policy=policy, sampling=SamplingParams(temperature, top_k, top_p, seed),
+            stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
+            tls=tls, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
+            device=device, as_json=as_json, console=console)
+
+
+@app.command()
+def certs(
+    directory: Path = typer.Argument(..., help="Where to write ca.pem, ca.key, server.pem, server.key."),
+    host: Optional[List[str]] = typer.Option(None, "--host", help="Extra DNS name or IP for the server certificate (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Create a self-signed CA and a worker certificate for TLS/QUIC on first use."""
+    with user_errors():
+        from wanspec.transport.certs import DEFAULT_HOSTS, create_certs
+
+        paths = create_certs(directory, hosts=(*DEFAULT_HOSTS, *(host or ())), overwrite=overwrite)
+        console.print(f"CA certificate (give to controllers with --ca): {paths.ca_cert}")
+        console.print(f"worker certificate / key (--cert / --key): {paths.cert} {paths.key}")
+
+
 def main() -> None:
     app()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wanspec.core.actions import DraftDone, RunDraft, Site
-from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart
+from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart, SessionStats
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class DraftFor:
 
 @dataclass(frozen=True)
 class Send:
-    msg: Drafts
+    msg: Drafts | SessionStats
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class _Session:
     inflight: RunDraft | None = None
     inflight_epoch: int = 0
     closed: bool = False
+    passes: int = 0
+    drafted: int = 0
+    wasted: int = 0
+    rollbacks: int = 0
 
     @property
     def next_position(self) -> int:
@@ -110,11 +114,16 @@ class WorkerCore:
             s.cache_len = min(s.cache_len, n + match)
             s.chain = []
             s.epoch += 1
+            s.rollbacks += 1
             self.stats.rollbacks += 1
         return self._maybe_draft(msg.rid, s)
 
     def on_cancel(self, msg: Cancel) -> list[WorkerAction]:
-        return self.drop(msg.rid)
+        s = self.sessions.get(msg.rid)
+        if s is None:
+            return []
+        stats = SessionStats(msg.rid, s.passes, s.drafted, s.wasted, s.rollbacks)
+        return [*self.drop(msg.rid), Send(stats)]
 
     def drop(self, rid: int) -> list[WorkerAction]:
         s = self.sessions.pop(rid, None)
@@ -131,10 +140,13 @@ class WorkerCore:
             self.stats.wasted_passes += 1
             return []
         run, s.inflight = s.inflight, None
+        s.passes += 1
         if s.inflight_epoch != s.epoch or run.position != s.next_position:
             self.stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
+            s.wasted += 1
             return self._maybe_draft(rid, s)
         s.chain.append(ev.token)
+        s.drafted += 1
         self.stats.drafted += 1
         out: list[WorkerAction] = [Send(Drafts(rid, s.epoch, run.position, (ev.token,),
                                                (ev.entropy,), (ev.top_prob,)))]

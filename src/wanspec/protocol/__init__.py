@@ -19,10 +19,11 @@ from wanspec.protocol.messages import (
     Ping,
     Pong,
     SessionStart,
+    SessionStats,
 )
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "FrameDecoder", "ProtocolError", "decode_message",
     "encode_frame", "encode_message", "Cancel", "Commit", "Drafts", "Error", "Hello", "Message",
-    "Ping", "Pong", "SessionStart",
+    "Ping", "Pong", "SessionStart", "SessionStats",
 ]

@@ -25,6 +25,7 @@ from wanspec.protocol.messages import (
     Ping,
     Pong,
     SessionStart,
+    SessionStats,
 )
 
 PROTOCOL_VERSION = 1
@@ -33,6 +34,7 @@ _HEADER = struct.Struct(">I")
 
 _TAGS: dict[type, int] = {
     Hello: 1, SessionStart: 2, Drafts: 3, Commit: 4, Cancel: 5, Ping: 6, Pong: 7, Error: 8,
+    SessionStats: 9,
 }
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _TUPLE_FIELDS = {

@@ -83,6 +83,17 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class SessionStats:
+    """The worker's account of a finished session (sent after a Cancel): its own pass counts."""
+
+    rid: int
+    passes: int
+    drafted: int
+    wasted: int
+    rollbacks: int
+
+
+@dataclass(frozen=True)
 class Ping:
     t: float
     seq: int = 0
@@ -104,4 +115,4 @@ class Error:
     details: dict[str, str] = field(default_factory=dict)
 
 
-Message = Hello | SessionStart | Drafts | Commit | Cancel | Ping | Pong | Error
+Message = Hello | SessionStart | Drafts | Commit | Cancel | SessionStats | Ping | Pong | Error

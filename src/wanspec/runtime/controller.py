@@ -22,7 +22,7 @@ from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.fingerprint import check_compatible, tokenizer_fingerprint
 from wanspec.protocol.codec import PROTOCOL_VERSION, ProtocolError, check_hello
-from wanspec.protocol.messages import Error, Hello, Message, Ping, Pong
+from wanspec.protocol.messages import Error, Hello, Message, Ping, Pong, SessionStats
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.local import OnTokens
 from wanspec.runtime.placed import PlacedModel
@@ -55,6 +55,8 @@ class WorkerLink:
         self._delay = self.backoff_min
         self._ping_seq = itertools.count(1)
         self._logged: set[str] = set()
+        self.session_stats: dict[int, SessionStats] = {}
+        self._stats_event: asyncio.Event | None = None
 
     @property
     def up(self) -> bool:
@@ -127,6 +129,11 @@ class WorkerLink:
                     for q in self._routes.values():
                         q.put_nowait(("rtt", rtt))
                     continue
+                if isinstance(msg, SessionStats):
+                    self.session_stats[msg.rid] = msg
+                    if self._stats_event is not None:
+                        self._stats_event.set()
+                    continue
                 if isinstance(msg, Error) and msg.rid < 0:
                     reason = f"worker error: {msg.message}"
                     break
@@ -160,6 +167,18 @@ class WorkerLink:
             await conn.close()
         except Exception:
             pass
+
+    async def wait_stats(self, rids: Sequence[int], timeout: float) -> dict[int, SessionStats]:
+        """Wait (bounded) for the worker's accounts of finished sessions; returns those that came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.up and not all(r in self.session_stats for r in rids):
+            self._stats_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._stats_event.wait(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                break
+        return {r: self.session_stats[r] for r in rids if r in self.session_stats}
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -241,7 +260,7 @@ class RemoteEngine:
             "remote_drafts_accepted": st.remote_accepted,
             "wasted_remote_drafts": max(st.remote_received - st.remote_accepted, 0),
             "stall_s": st.stall_s, "worker_lost": st.worker_lost,
-            "worker_used": worker_ok,
+            "worker_used": worker_ok, "request_id": rid,
         })
         return GenerationResult(
             text=self.target.decode(out), token_ids=out, prompt_tokens=len(ids),

@@ -158,8 +158,8 @@ async def connect_tcp(
         raise ConnectError(f"cannot reach {where}: no answer within {timeout:g} s") from exc
     except _ssl.SSLCertVerificationError as exc:
         raise ConnectError(
-            f"cannot trust {where}: {exc.verify_message} "
-            "(pass the CA that signed the worker's certificate)"
+            f"cannot trust {where}: {exc.verify_message} (is the CA the one that signed its "
+            "certificate, and is the name you dial in that certificate?)"
         ) from exc
     except _ssl.SSLError as exc:
         raise ConnectError(
@@ -167,6 +167,12 @@ async def connect_tcp(
         ) from exc
     except ConnectionRefusedError as exc:
         raise ConnectError(f"cannot reach {where}: connection refused") from exc
+    except (ConnectionResetError, ConnectionAbortedError) as exc:
+        if ssl is None:
+            raise ConnectError(f"cannot reach {where}: connection reset") from exc
+        raise ConnectError(
+            f"TLS handshake with {where} failed: connection reset (does it serve TLS?)"
+        ) from exc
     except socket.gaierror as exc:
         raise ConnectError(f"cannot reach {where}: unknown host ({exc.strerror})") from exc
     except OSError as exc:
