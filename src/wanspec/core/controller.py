@@ -21,10 +21,11 @@ from wanspec.core.actions import (
     Site,
     TargetDone,
 )
+from wanspec.core.calibration import EntropyCalibration
 from wanspec.core.chain import DraftToken, RemoteChain
 from wanspec.core.estimates import LinkEstimates
 from wanspec.core.metrics import RequestMetrics
-from wanspec.core.policy import Decision, Kind, PolicyConfig, View, decide
+from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, View, decide, optimal_gamma
 from wanspec.core.stopping import StopCriteria, Transcript
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
@@ -53,6 +54,8 @@ class ControllerConfig:
     lookahead: int = 0  # worker lookahead cap; 0 = automatic (from RTT and draft cost)
     policy: PolicyConfig = PolicyConfig()
     wait_slack: float = 1.5  # multiplier on expected draft arrival times before giving up
+    max_window: int = 0  # adaptive: longest window of worker drafts to verify (0 = 2 * gamma)
+    verify_per_token_s: float = 0.0  # known extra target cost per extra token (for pricing)
 
     def __post_init__(self) -> None:
         if self.gamma < 1:
@@ -98,6 +101,8 @@ class ControllerCore:
         self.has_local_draft = has_local_draft
         self.worker_ok = use_worker
         self.chain = RemoteChain()
+        self.calibration = EntropyCalibration()
+        self._window_entropy: list[float] = []
         self.finished = False
         self._op = 0
         self._busy: RunTarget | RunDraft | None = None
@@ -180,10 +185,12 @@ class ControllerCore:
             tested = min(accepted + 1, len(window))
             for i in range(tested):
                 self.est.acceptance.update(1.0 if i < accepted else 0.0)
+                if i < len(self._window_entropy):
+                    self.calibration.update(self._window_entropy[i], i < accepted)
         else:
             taken = self.transcript.commit([ev.choices[-1]])
         self._local_cache = min(self._local_cache, n_before + _common_prefix(window, taken))
-        self._window, self._window_remote = [], 0
+        self._window, self._window_remote, self._window_entropy = [], 0, []
         return self._after_commit(taken, now)
 
     def on_draft_done(self, ev: DraftDone, now: float) -> list[ControllerAction]:
@@ -272,9 +279,20 @@ class ControllerCore:
         if gamma == 0:
             self._window, self._window_remote = [], 0
             return [self._run(RunTarget(self._next_op(), n - 1, (self.transcript.tokens[-1],), 1), now)]
-        remote = self.chain.window(n, gamma) if self.worker_ok else []
+        adaptive = self.config.policy.name is PolicyName.ADAPTIVE
+        cap = gamma
+        if adaptive:
+            cap = max(1, min(self.config.max_window or 2 * self.config.gamma,
+                             self.transcript.remaining - 1))
+        remote = self.chain.window(n, cap) if self.worker_ok else []
         local_count = len(self._window) - self._window_remote if self._window else 0
-        expect = self._expect_remote_by(len(remote), gamma)
+        expect = self._expect_remote_by(min(len(remote), gamma), gamma)
+        local_gamma = gamma
+        if adaptive:
+            local_gamma = min(cap, optimal_gamma(self.est.acceptance.get, self.est.target_pass.get,
+                                                 self.est.local_draft_pass.get,
+                                                 self.config.verify_per_token_s,
+                                                 max_gamma=2 * self.config.gamma))
         view = View(
             now=now, gamma=gamma,
             remote=remote if not self._window else remote[: self._window_remote],
@@ -284,6 +302,9 @@ class ControllerCore:
             expect_remote_by=None if timer_fired and (expect is None or expect <= now) else expect,
             entropy_threshold=self.config.policy.entropy_threshold,
             alpha=self.est.acceptance.get, target_pass_s=self.est.target_pass.get,
+            remote_accept_p=tuple(self.calibration.p_accept(d.entropy) for d in remote),
+            verify_per_token_s=self.config.verify_per_token_s,
+            local_draft_s=self.est.local_draft_pass.get, local_gamma=local_gamma,
         )
         decision = decide(self.config.policy, view)
         return self._apply(decision, view, n, now)
@@ -298,7 +319,9 @@ class ControllerCore:
             return []
         self._wait_until = None
         if d.kind is Kind.VERIFY_REMOTE:
-            self._window = [t.token for t in v.remote[: v.gamma]]
+            take = d.window if d.window is not None else v.gamma
+            self._window = [t.token for t in v.remote[:take]]
+            self._window_entropy = [t.entropy for t in v.remote[:take]]
             self._window_remote = len(self._window)
             self.stats.remote_windows += 1
             return [self._verify(n, now)]
@@ -311,7 +334,9 @@ class ControllerCore:
             return [self._verify(n, now)]
         # LOCAL_DRAFT: extend the proposal (the worker's usable prefix, then local drafts)
         if not self._window:
-            self._window = [t.token for t in v.remote]
+            keep = v.remote[: max(v.local_gamma - 1, 0)] if adaptive_round(self) else v.remote
+            self._window = [t.token for t in keep]
+            self._window_entropy = [t.entropy for t in keep]
             self._window_remote = len(self._window)
         full = seq + self._window
         start = min(self._local_cache, len(full) - 1)
@@ -322,6 +347,10 @@ class ControllerCore:
         seq = self.transcript.tokens
         feed = (seq[n - 1], *self._window)
         return self._run(RunTarget(self._next_op(), n - 1, feed, len(feed)), now)  # type: ignore[return-value]
+
+
+def adaptive_round(core: "ControllerCore") -> bool:
+    return core.config.policy.name is PolicyName.ADAPTIVE
 
 
 def _zip_drafts(msg: Drafts):

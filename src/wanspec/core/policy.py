@@ -10,6 +10,12 @@ verifies and *when*, never what the target commits.
 * ``entropy`` - local drafting only when a rejection is likely: after a rejection until the
                 worker's re-synchronised chain arrives, or when the worker's next drafts are
                 uncertain (entropy above a threshold) -- then verify early instead of waiting.
+* ``adaptive`` - prices every option (verify the worker's drafts now, wait for more, draft
+                locally, plain target step) as expected cost per committed token, using the
+                online entropy->acceptance calibration, the measured RTT, pass times and draft
+                arrival rate; a busy-site draft pass is charged its device time times
+                ``busy_pass_weight``.  Picks the cheapest, tunes the window length, and so falls
+                back to local SD (high RTT) or target-only (useless drafts) by itself.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class PolicyName(str, Enum):
     REMOTE = "remote"
     ALWAYS = "always"
     ENTROPY = "entropy"
+    ADAPTIVE = "adaptive"
 
 
 class Kind(str, Enum):
@@ -38,6 +45,7 @@ class Kind(str, Enum):
 class Decision:
     kind: Kind
     until: float | None = None
+    window: int | None = None  # VERIFY_REMOTE: how many of the usable drafts to verify
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,11 @@ class View:
     entropy_threshold: float
     alpha: float = 0.7  # estimated per-token acceptance of the worker's drafts
     target_pass_s: float = 0.03  # estimated cost of one target pass
+    # adaptive only
+    remote_accept_p: tuple[float, ...] = ()  # calibrated acceptance of each usable remote draft
+    verify_per_token_s: float = 0.0  # extra target-pass cost per extra token
+    local_draft_s: float = 0.004  # cost of one local draft pass
+    local_gamma: int = 4  # window length local rounds aim for
 
 
 def expected_tokens(alpha: float, window: int) -> float:
@@ -80,6 +93,7 @@ def worth_waiting(v: View, have: int) -> bool:
 class PolicyConfig:
     name: PolicyName = PolicyName.ENTROPY
     entropy_threshold: float = 1.0  # nats
+    busy_pass_weight: float = 1.0  # adaptive: price of a busy-site draft pass, x its device time
 
 
 def decide(policy: PolicyConfig, v: View) -> Decision:
@@ -93,6 +107,8 @@ def decide(policy: PolicyConfig, v: View) -> Decision:
     if v.local == 0 and k >= v.gamma:
         return Decision(Kind.VERIFY_REMOTE)
 
+    if policy.name is PolicyName.ADAPTIVE:
+        return decide_adaptive(v, policy.busy_pass_weight)
     name = policy.name if v.has_local_draft else PolicyName.REMOTE
     if name is PolicyName.ALWAYS:
         return Decision(Kind.LOCAL_DRAFT if proposal < v.gamma else Kind.VERIFY_LOCAL)
@@ -113,3 +129,60 @@ def decide(policy: PolicyConfig, v: View) -> Decision:
     if k > 0:
         return Decision(Kind.VERIFY_REMOTE)
     return Decision(Kind.PLAIN)
+
+
+def expected_run(ps: "tuple[float, ...] | list[float]") -> float:
+    """Expected tokens committed by verifying drafts with acceptance probabilities ``ps`` (+1)."""
+    total, run = 1.0, 1.0
+    for p in ps:
+        run *= p
+        total += run
+    return total
+
+
+def decide_adaptive(v: View, busy_pass_weight: float = 1.0) -> Decision:
+    """Pick the option with the lowest expected cost per committed token.
+
+    cost = (time the busy accelerator is occupied or idle) + weight * (busy-site draft time),
+    divided by the expected tokens the resulting verification commits.
+    """
+    k = len(v.remote)
+    ps = list(v.remote_accept_p[:k]) if len(v.remote_accept_p) >= k else [v.alpha] * k
+    a = min(max(v.alpha, 0.0), 0.999)
+
+    def tv(w: int) -> float:
+        return v.target_pass_s + v.verify_per_token_s * max(w, 0)
+
+    if v.local > 0:  # finish the local round under way
+        return Decision(Kind.LOCAL_DRAFT if k + v.local < v.local_gamma else Kind.VERIFY_LOCAL)
+
+    if not v.worker_ok and not v.has_local_draft:
+        return Decision(Kind.PLAIN)
+
+    options: list[tuple[float, Decision]] = []
+    if v.worker_ok and k > 0:
+        # best prefix of what is here: long windows are cheap, unlikely tails are not
+        best_w = max(range(1, k + 1), key=lambda w: expected_run(ps[:w]) / tv(w))
+        options.append((tv(best_w) / expected_run(ps[:best_w]),
+                        Decision(Kind.VERIFY_REMOTE, window=best_w)))
+    options.append((tv(0), Decision(Kind.PLAIN)))
+    if v.has_local_draft:
+        g = max(v.local_gamma, k + 1)
+        extra = g - k
+        cost = extra * v.local_draft_s * (1.0 + busy_pass_weight) + tv(g)
+        options.append((cost / expected_run(ps + [a] * extra), Decision(Kind.LOCAL_DRAFT)))
+    if v.worker_ok and v.expect_remote_by is not None and v.now < v.expect_remote_by:
+        g = max(v.gamma, k + 1)
+        wait = v.expect_remote_by - v.now
+        options.append(((wait + tv(g)) / expected_run(ps + [a] * (g - k)),
+                        Decision(Kind.WAIT, until=v.expect_remote_by)))
+    return min(options, key=lambda o: o[0])[1]
+
+
+def optimal_gamma(alpha: float, target_s: float, draft_s: float, per_token_s: float = 0.0,
+                  max_gamma: int = 16) -> int:
+    """Window length maximising tokens per unit time for local SD (classic SD analysis)."""
+    def rate(g: int) -> float:
+        return expected_tokens(alpha, g) / (g * draft_s + target_s + per_token_s * g)
+
+    return max(range(1, max_gamma + 1), key=rate)

@@ -10,6 +10,7 @@ completes with identical output by local SD or target-only decoding, and the rea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from typing import Any, Awaitable, Callable, Sequence
@@ -202,7 +203,11 @@ class RemoteEngine:
         self.local_draft = local_draft
         self.link = link
         self.timing = timing or TimingConfig()
-        self.config = config or ControllerConfig()
+        config = config or ControllerConfig()
+        if self.timing.target is not None and not config.verify_per_token_s:
+            config = dataclasses.replace(
+                config, verify_per_token_s=self.timing.target.per_token_ms / 1000.0)
+        self.config = config
         self.rtt_prior_s = rtt_prior_s
         self._rids = itertools.count(1)
         self.device = Device(Site.CONTROLLER.value)

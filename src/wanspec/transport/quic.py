@@ -46,7 +46,7 @@ from wanspec.transport.base import (
 )
 from wanspec.transport.common import Inbox, Traffic, log, run_handler
 from wanspec.transport.tcp import format_address
-from wanspec.transport.tls import _require_file
+from wanspec.transport.tls import require_file
 
 ALPN = "wanspec/1"
 CONTROL_STREAM = 0  # the first client-initiated bidirectional stream
@@ -269,7 +269,7 @@ def _client_config(
     if insecure:
         config.verify_mode = ssl.CERT_NONE
     elif ca is not None:
-        config.load_verify_locations(cafile=str(_require_file(ca, "CA certificate")))
+        config.load_verify_locations(cafile=str(require_file(ca, "CA certificate")))
     return config
 
 
@@ -389,8 +389,8 @@ async def serve_quic(
     """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``)."""
     from aioquic.asyncio.server import serve as _aioquic_serve
 
-    cert = _require_file(cert, "TLS certificate")
-    key = _require_file(key, "TLS private key")
+    cert = require_file(cert, "TLS certificate")
+    key = require_file(key, "TLS private key")
     config = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=IDLE_TIMEOUT_S
     )

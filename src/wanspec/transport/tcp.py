@@ -205,6 +205,10 @@ class TcpServer(Server):
         self._tasks.add(task)
         try:
             await run_handler(self._handler, conn)
+        except asyncio.CancelledError:
+            # only close() cancels this task; ending it normally matters because Python 3.11's
+            # start_server callback calls task.exception() on it, which raises if cancelled
+            pass
         finally:
             self._connections.discard(conn)
             self._tasks.discard(task)

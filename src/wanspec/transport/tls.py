@@ -13,7 +13,7 @@ from pathlib import Path
 from wanspec.errors import WanspecError
 
 
-def _require_file(path: Path, what: str) -> Path:
+def require_file(path: Path, what: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WanspecError(f"{what} not found: {path} (create one with `wanspec certs DIR`)")
@@ -22,8 +22,8 @@ def _require_file(path: Path, what: str) -> Path:
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     """Server side: present ``cert`` (PEM chain) with its private ``key``; TLS 1.2 at least."""
-    cert = _require_file(cert, "TLS certificate")
-    key = _require_file(key, "TLS private key")
+    cert = require_file(cert, "TLS certificate")
+    key = require_file(key, "TLS private key")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -41,7 +41,7 @@ def client_ssl_context(ca: Path | None, *, insecure: bool = False) -> ssl.SSLCon
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
-        ca = _require_file(ca, "CA certificate")
+        ca = require_file(ca, "CA certificate")
         try:
             ctx.load_verify_locations(cafile=str(ca))
         except (ssl.SSLError, ValueError) as exc:
