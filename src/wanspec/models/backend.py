@@ -141,6 +141,19 @@ class CausalLM:
             ids.add(int(self.tokenizer.eos_token_id))
         return frozenset(ids)
 
+    @property
+    def max_context(self) -> int:
+        """Longest sequence (prompt + output) the model's positions cover."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 20)
+
+    def check_fits(self, prompt_len: int, max_tokens: int) -> None:
+        from wanspec.errors import WanspecError
+
+        if prompt_len + max_tokens > self.max_context:
+            raise WanspecError(
+                f"prompt ({prompt_len} tokens) + max tokens ({max_tokens}) exceeds the context "
+                f"of {self.name} ({self.max_context} tokens)")
+
     def new_cache(self) -> KVCache:
         return KVCache()
 

@@ -239,6 +239,9 @@ class RemoteEngine:
         ids = self.target.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise WanspecError("the prompt is empty after tokenization")
+        fits = getattr(self.target, "check_fits", None)  # duck-typed models may lack it
+        if fits is not None:
+            fits(len(ids), max_tokens)
         stop = StopCriteria(max_tokens=max_tokens,
                             eos_ids=frozenset() if ignore_eos else self.target.eos_ids,
                             stop_strings=tuple(stop_strings),

@@ -115,6 +115,9 @@ class LocalEngine:
         if mode is LocalMode.SD and self.draft is None:
             raise WanspecError("mode 'sd' needs a draft model")
         prompt_ids = self.encode_prompt(prompt)
+        fits = getattr(self.target, "check_fits", None)  # duck-typed models may lack it
+        if fits is not None:
+            fits(len(prompt_ids), max_tokens)
         stop = self.stop_criteria(max_tokens, stop_strings, ignore_eos)
         decoder = LocalDecoder(prompt_ids, stop, mode=mode, gamma=gamma,
                                draft_site=Site.CONTROLLER)

@@ -66,7 +66,8 @@ class _Session:
     def __init__(self, service: WorkerService, conn: Connection) -> None:
         self.svc = service
         self.conn = conn
-        self.core = WorkerCore(max_sessions=service.max_sessions)
+        self.core = WorkerCore(max_sessions=service.max_sessions,
+                               max_context=getattr(service.draft, "max_context", 1 << 16))
         service.cores.append(self.core)
         self.caches: dict[int, KVCache] = {}
         self.sampling: dict[int, SamplingParams] = {}

@@ -114,6 +114,7 @@ class QuicMessageConnection(Connection):
         return await self._inbox.get()
 
     async def close(self) -> None:
+        self._closed = True  # before the FIN: nothing may be written after it
         self._inbox.abort(ConnectionClosed(f"QUIC connection to {self.peer} closed"))
         if not self._terminated.is_set():
             if self._send_fin():
@@ -170,7 +171,8 @@ class QuicMessageConnection(Connection):
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
         self.close_reason = event.reason_phrase or f"error code {event.error_code}"
-        detail = "" if event.error_code == 0 else f": {self.close_reason}"
+        normal = event.error_code == 0 and event.reason_phrase in ("", "closed")
+        detail = "" if normal else f": {self.close_reason}"
         self._inbox.finish(ConnectionClosed(f"QUIC connection to {self.peer} closed{detail}"))
         self._closed = True
         for ev in (self._terminated, self._peer_fin, self._stream_ready):
@@ -194,6 +196,7 @@ class QuicMessageConnection(Connection):
         if self._is_client and self.sent.messages == 0:
             return False  # never opened: nothing to finish
         self._fin_sent = True
+        self._closed = True
         try:
             self._quic.send_stream_data(CONTROL_STREAM, b"", end_stream=True)
         except ValueError:

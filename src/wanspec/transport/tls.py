@@ -37,7 +37,7 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def client_ssl_context(ca: Path | None, *, insecure: bool = False) -> ssl.SSLContext:
-    """Client side: trust ``ca`` (or the system store when None); ``insecure`` skips verification."""
+    """Client side: trust ``ca`` (system store if None); ``insecure`` skips verification."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
