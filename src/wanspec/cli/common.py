@@ -26,6 +26,7 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("quic").setLevel(logging.ERROR)  # aioquic's own handshake chatter
 
 
 def fail(message: str, code: int = 2) -> None:

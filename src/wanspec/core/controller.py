@@ -111,6 +111,8 @@ class ControllerCore:
         self._window_remote = 0  # how many leading proposal tokens came from the worker
         self._local_cache = 0  # local draft KV length
         self._committed_sent = len(prompt)
+        self._last_commit_base = len(prompt)  # worker-known prefix before the latest commit
+        self._last_commit_time = 0.0
         self._wait_until: float | None = None
         self._idle_since: float | None = None
         self._expect_new_chain_by: float | None = None
@@ -122,7 +124,8 @@ class ControllerCore:
             return self.config.lookahead
         # enough for one round trip of consumption plus two windows, as the worker drafts
         per_token = max(self.est.draft_interval.get, 1e-4)
-        return max(2 * self.config.gamma, min(64, self.config.gamma + int(self.est.rtt.get / per_token) + 2))
+        window = self.config.max_window or 2 * self.config.gamma
+        return max(2 * window, min(64, window + self.config.gamma + int(self.est.rtt.get / per_token) + 2))
 
     def start(self, now: float) -> list[ControllerAction]:
         self.metrics.on_start(now)
@@ -243,6 +246,7 @@ class ControllerCore:
             if self.worker_ok:
                 out.append(SendToWorker(Commit(self.rid, max(self.chain.epoch, 0),
                                                self._committed_sent, tuple(taken))))
+                self._last_commit_base, self._last_commit_time = self._committed_sent, now
                 self._committed_sent += len(taken)
                 if was_live and self.chain.dead:
                     # the worker learns of this in RTT/2 and needs a pass before drafting again
@@ -269,6 +273,9 @@ class ControllerCore:
         if last is None:
             return self._expect_new_chain_by
         missing = gamma - k + self.chain.pending_catch_up(len(self.transcript.tokens))
+        if self.chain.end - self._last_commit_base >= self.lookahead:
+            # the worker was held at its lookahead cap: it resumes when our last commit lands
+            last = max(last, self._last_commit_time + self.est.rtt.get)
         return last + slack * missing * self.est.draft_interval.get
 
     def _schedule(self, now: float, timer_fired: bool = False) -> list[ControllerAction]:
@@ -285,6 +292,10 @@ class ControllerCore:
             cap = max(1, min(self.config.max_window or 2 * self.config.gamma,
                              self.transcript.remaining - 1))
         remote = self.chain.window(n, cap) if self.worker_ok else []
+        if adaptive and self._window and len(remote) >= max(len(self._window) + 1, gamma):
+            # the worker caught up during a local round: its drafts are free, switch to them
+            self._local_cache = min(self._local_cache, n)
+            self._window, self._window_remote, self._window_entropy = [], 0, []
         local_count = len(self._window) - self._window_remote if self._window else 0
         expect = self._expect_remote_by(min(len(remote), gamma), gamma)
         local_gamma = gamma

@@ -98,6 +98,8 @@ class PolicyConfig:
 
 def decide(policy: PolicyConfig, v: View) -> Decision:
     """The policy's move for an idle busy-site accelerator."""
+    if policy.name is PolicyName.ADAPTIVE:
+        return decide_adaptive(v, policy.busy_pass_weight)
     k = len(v.remote)
     proposal = k + v.local
     if not v.worker_ok:  # fallback: plain local SD, or target-only without a local draft
@@ -107,8 +109,6 @@ def decide(policy: PolicyConfig, v: View) -> Decision:
     if v.local == 0 and k >= v.gamma:
         return Decision(Kind.VERIFY_REMOTE)
 
-    if policy.name is PolicyName.ADAPTIVE:
-        return decide_adaptive(v, policy.busy_pass_weight)
     name = policy.name if v.has_local_draft else PolicyName.REMOTE
     if name is PolicyName.ALWAYS:
         return Decision(Kind.LOCAL_DRAFT if proposal < v.gamma else Kind.VERIFY_LOCAL)

@@ -185,7 +185,7 @@ class QuicMessageConnection(Connection):
     # ---- internals -----------------------------------------------------------------------------
 
     def _fail(self, exc: ProtocolError) -> None:
-        log.warning("closing QUIC connection from %s: %s", self.peer, exc)
+        log.warning("closing QUIC connection with %s: %s", self.peer, exc)
         self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
         self.abort(str(exc)[:200], _ERR_PROTOCOL)
 

@@ -97,8 +97,7 @@ class TcpConnection(Connection):
         self._inbox.abort(ConnectionClosed(f"connection to {self.peer} closed"))
         self._shutdown()
         self._read_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._read_task
+        await asyncio.wait([self._read_task])  # unlike awaiting it, never swallows our own cancel
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._writer.wait_closed(), _CLOSE_GRACE_S)
 
@@ -120,7 +119,7 @@ class TcpConnection(Connection):
                     self.received.messages += 1
                     self._inbox.put(msg)
         except ProtocolError as exc:
-            log.warning("closing connection from %s: %s", self.peer, exc)
+            log.warning("closing connection with %s: %s", self.peer, exc)
             self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
         except (ConnectionError, OSError, _ssl.SSLError) as exc:
             self._inbox.finish(ConnectionClosed(f"connection to {self.peer} lost: {exc}"))
