@@ -78,13 +78,15 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     if as_json:
         print(write_json(records, None))
     else:
+        if not console.is_terminal:
+            console = Console(width=130, highlight=False)  # files and pipes: no squeezing
         console.print(f"[bold]wanspec emulate[/]: {len(prompt_list)} prompts x {max_tokens} tokens, "
                       f"gamma={gamma}, timing {timing.describe()}, jitter {cfg.jitter_ms:g} ms")
         for r in rtts:
             console.print(rtt_table(records, r))
         if identical:
-            console.print(f"[green]All {len(records) and len(prompt_list)} prompts x every mode: output "
-                          "token-identical to target-only decoding.[/]")
+            console.print(f"[green]Lossless: all {len(prompt_list)} prompts, every mode and RTT: "
+                          "output token-identical to target-only decoding.[/]")
         else:
             bad = sorted({f"{r['mode']}@{r['rtt_ms']:g}ms" for r in records
                           if not r["identical_to_target_only"]})

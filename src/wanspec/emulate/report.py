@@ -23,19 +23,19 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 
 
 def rtt_table(records: Sequence[dict[str, Any]], rtt: float, title_extra: str = "") -> Table:
-    t = Table(title=f"RTT {rtt:g} ms{title_extra}", header_style="bold", show_lines=False)
-    for name, justify in [
-        ("mode", "left"), ("TPOT mean", "right"), ("TPOT p95", "right"), ("speedup vs target", "right"),
-        ("latency vs SD", "right"), ("busy draft passes/tok", "right"), ("busy passes vs SD", "right"),
-        ("worker passes/tok", "right"), ("wasted drafts/tok", "right"), ("stall ms/tok", "right"),
-        ("acceptance", "right"), ("identical", "center"),
-    ]:
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    t = Table(title=f"RTT {rtt:g} ms{title_extra}", header_style="bold", show_lines=False,
+              caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
+                      "wrk: at the worker; /tok: per committed token; /SD: relative to standard SD.",
+              caption_justify="left")
+    for name in ("mode", "TPOT", "p95", "x target", "lat/SD", "busy/tok", "busy/SD", "wrk/tok",
+                 "wasted/tok", "stall/tok", "accept", "identical"):
+        t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
     for r in records:
         if r["rtt_ms"] != rtt:
             continue
         t.add_row(
-            r["mode"], f"{r['tpot_ms_mean']:.2f} ms", f"{r['tpot_ms_p95']:.2f} ms",
+            {"target": "target-only", "sd": "standard SD"}.get(r["mode"], r["mode"]),
+            f"{r['tpot_ms_mean']:.2f}", f"{r['tpot_ms_p95']:.2f}",
             _f(r["speedup_vs_target"], "{:.2f}x"), _f(r["latency_vs_standard_sd"], "{:.3f}"),
             f"{r['busy_site_draft_passes_per_token']:.2f}",
             _f(r["busy_site_draft_passes_vs_standard_sd"], "{:.2f}"),
