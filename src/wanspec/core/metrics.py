@@ -87,7 +87,8 @@ class RequestMetrics:
     # ---- derived ------------------------------------------------------------------------------
     @property
     def ttft(self) -> float:
-        return (self.first_token_time or self.start_time) - self.start_time
+        first = self.first_token_time if self.first_token_time is not None else self.start_time
+        return first - self.start_time
 
     @property
     def wall_time(self) -> float:

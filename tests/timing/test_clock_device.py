@@ -1,0 +1,199 @@
+"""The timing model: virtual clock, emulated pass costs, serialisation on one device."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import time
+
+import pytest
+
+from wanspec.errors import WanspecError
+from wanspec.timing import clock
+from wanspec.timing.device import Device, PassCost
+
+
+@pytest.fixture
+def executor():
+    ex = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+def test_pass_cost_formula():
+    c = PassCost(30, 1)
+    assert c.seconds(1) == 0.030
+    assert c.seconds(5) == 34 / 1000
+    assert c.seconds(0) == 0.030  # never below the base cost
+    assert PassCost(4).seconds(9) == 0.004
+    with pytest.raises(WanspecError):
+        PassCost(-1)
+    with pytest.raises(WanspecError):
+        PassCost(1, -0.5)
+
+
+def test_virtual_loop_starts_at_zero_and_jumps_over_sleeps():
+    async def main():
+        assert clock.is_virtual()
+        t0 = clock.now()
+        await asyncio.sleep(1000.0)  # would take 17 minutes on a real clock
+        t1 = clock.now()
+        await clock.sleep_until(1500.0)
+        await clock.sleep_until(100.0)  # in the past: returns at once
+        return t0, t1, clock.now()
+
+    t0, t1, t2 = clock.run(main, virtual=True)
+    assert t0 == 0.0
+    assert math.isclose(t1, 1000.0, rel_tol=1e-12)
+    assert math.isclose(t2, 1500.0, rel_tol=1e-12)
+
+
+def test_real_loop_is_not_virtual():
+    async def main():
+        return clock.is_virtual(), clock.now()
+
+    virtual, t = clock.run(main)
+    assert virtual is False and t > 0
+
+
+@pytest.mark.parametrize("k, n", [(1, 1), (7, 3), (25, 1), (12, 9)])
+def test_emulated_device_charges_exact_costs(executor, k, n):
+    cost = PassCost(30, 1)
+
+    async def main():
+        dev = Device("gpu")
+        results = []
+        for i in range(k):
+            results.append(await dev.run(lambda i=i: i * i, executor=executor, cost=cost,
+                                         n_tokens=n, label="target"))
+        return dev, results, clock.now()
+
+    dev, results, end = clock.run(main, virtual=True)
+    expected = 0.0
+    for _ in range(k):
+        expected += cost.seconds(n)
+    assert results == [i * i for i in range(k)]
+    assert dev.stats.passes == k
+    assert dev.stats.by_model == {"target": k}
+    assert math.isclose(dev.stats.busy_s, expected, rel_tol=1e-12)
+    assert math.isclose(end, expected, rel_tol=1e-12)
+    assert dev.stats.compute_s >= 0.0
+
+
+def test_virtual_time_stands_still_during_real_compute(executor):
+    """Off-loop compute is invisible on the virtual clock: emulated cost only."""
+
+    def slow():
+        time.sleep(0.05)
+        return "done"
+
+    async def main():
+        dev = Device("gpu")
+        r1 = await dev.run(slow, executor=executor, cost=PassCost(2), n_tokens=1)
+        t1 = clock.now()
+        r2 = await dev.run(slow, executor=executor, cost=None, n_tokens=1)  # measured
+        return dev, (r1, r2), t1, clock.now()
+
+    dev, results, t1, t2 = clock.run(main, virtual=True)
+    assert results == ("done", "done")
+    assert math.isclose(t1, 0.002, rel_tol=1e-12)  # not 0.05 + 0.002
+    assert t2 == t1  # measured compute on the virtual clock costs no virtual time
+    assert math.isclose(dev.stats.busy_s, 0.002, rel_tol=1e-12)
+    assert dev.stats.compute_s >= 0.1  # the real compute is still recorded
+
+
+def test_two_devices_overlap_in_virtual_time():
+    exa = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    exb = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    ca, cb = PassCost(30, 1), PassCost(10)
+
+    async def worker(dev, ex, cost, k, n):
+        for _ in range(k):
+            await dev.run(lambda: None, executor=ex, cost=cost, n_tokens=n)
+
+    async def main():
+        a, b = Device("a"), Device("b")
+        await asyncio.gather(worker(a, exa, ca, 3, 2), worker(b, exb, cb, 5, 1))
+        return a, b, clock.now()
+
+    try:
+        a, b, end = clock.run(main, virtual=True)
+    finally:
+        exa.shutdown()
+        exb.shutdown()
+    busy_a = 0.0
+    for _ in range(3):
+        busy_a += ca.seconds(2)
+    busy_b = 0.0
+    for _ in range(5):
+        busy_b += cb.seconds(1)
+    assert math.isclose(a.stats.busy_s, busy_a, rel_tol=1e-12)  # 0.093
+    assert math.isclose(b.stats.busy_s, busy_b, rel_tol=1e-12)  # 0.050
+    assert math.isclose(end, max(busy_a, busy_b), rel_tol=1e-12)  # overlap, not the sum
+
+
+def test_one_device_serialises_concurrent_passes():
+    ex1 = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    ex2 = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    spans: list[tuple[str, float, float]] = []
+
+    async def worker(dev, ex, cost, k, label):
+        for _ in range(k):
+            t0 = clock.now()
+            await dev.run(lambda: None, executor=ex, cost=cost, n_tokens=1, label=label)
+            spans.append((label, t0, clock.now()))
+
+    async def main():
+        dev = Device("busy-site")
+        await asyncio.gather(worker(dev, ex1, PassCost(30), 3, "target"),
+                             worker(dev, ex2, PassCost(4), 4, "draft"))
+        return dev, clock.now()
+
+    try:
+        dev, end = clock.run(main, virtual=True)
+    finally:
+        ex1.shutdown()
+        ex2.shutdown()
+    expected = 0.0
+    for c in [0.030] * 3 + [0.004] * 4:
+        expected += c
+    assert math.isclose(end, expected, rel_tol=1e-12)  # the sum: 0.106
+    assert math.isclose(dev.stats.busy_s, expected, rel_tol=1e-12)
+    assert dev.stats.passes == 7 and dev.stats.by_model == {"target": 3, "draft": 4}
+    # no two passes' device occupancy overlaps: sorted by end time, each pass ends at least its
+    # own cost after the previous one ended
+    ends = sorted((e, lbl) for lbl, _, e in spans)
+    prev = 0.0
+    for e, lbl in ends:
+        cost = 0.030 if lbl == "target" else 0.004
+        assert e - prev >= cost - 1e-12
+        prev = e
+
+
+def test_measured_mode_records_real_compute(executor):
+    def work():
+        time.sleep(0.02)
+        return 5
+
+    async def main():
+        dev = Device("gpu")
+        r = [await dev.run(work, executor=executor, cost=None, n_tokens=3, label="m")
+             for _ in range(2)]
+        return dev, r
+
+    dev, r = clock.run(main)  # real time
+    assert r == [5, 5]
+    assert dev.stats.passes == 2 and dev.stats.by_model == {"m": 2}
+    # lower bounds only: the passes really took at least their sleep
+    assert dev.stats.compute_s >= 0.04
+    assert dev.stats.busy_s >= 0.04
+
+
+def test_hold_is_a_no_op_on_a_real_loop():
+    async def main():
+        with clock.hold():
+            await asyncio.sleep(0)
+        return True
+
+    assert clock.run(main)
