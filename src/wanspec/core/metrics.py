@@ -38,6 +38,7 @@ class RequestMetrics:
     drafted_tokens: int = 0  # draft tokens presented to a target verification
     accepted_tokens: int = 0
     verify_rounds: int = 0  # target passes that verified at least one draft token
+    rejections: int = 0  # verifications that rejected a draft (the rest accepted all)
     tokens_from_verify: int = 0  # tokens committed by those rounds (accepted + correction/bonus)
     position_attempts: list[int] = field(default_factory=list)
     position_accepts: list[int] = field(default_factory=list)
@@ -55,6 +56,8 @@ class RequestMetrics:
 
     def on_verify(self, window: int, accepted: int, committed: int) -> None:
         self.verify_rounds += 1
+        if accepted < window:
+            self.rejections += 1
         self.drafted_tokens += window
         self.accepted_tokens += accepted
         self.tokens_from_verify += committed
@@ -103,6 +106,16 @@ class RequestMetrics:
         return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
 
     @property
+    def per_token_acceptance(self) -> float:
+        """Acceptance probability per *tested* draft token (those up to the first rejection).
+
+        Unlike accepted/drafted, this does not count drafts after a rejection, which the target
+        never judged; it estimates the i.i.d. alpha of the SD analysis.
+        """
+        tested = self.accepted_tokens + self.rejections
+        return self.accepted_tokens / tested if tested else 0.0
+
+    @property
     def mean_acceptance_length(self) -> float:
         """Tokens committed per verifying target pass (accepted drafts + the target's own token)."""
         return self.tokens_from_verify / self.verify_rounds if self.verify_rounds else 0.0
@@ -118,7 +131,9 @@ class RequestMetrics:
             "drafted_tokens": self.drafted_tokens,
             "accepted_tokens": self.accepted_tokens,
             "acceptance_rate": self.acceptance_rate,
+            "per_token_acceptance": self.per_token_acceptance,
             "verify_rounds": self.verify_rounds,
+            "verify_rejections": self.rejections,
             "mean_acceptance_length": self.mean_acceptance_length,
             "per_position_acceptance": [
                 a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_attempts)
