@@ -30,7 +30,8 @@ def quiet_libraries() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False,
+                      soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
 
 

@@ -292,10 +292,17 @@ class ControllerCore:
             cap = max(1, min(self.config.max_window or 2 * self.config.gamma,
                              self.transcript.remaining - 1))
         remote = self.chain.window(n, cap) if self.worker_ok else []
-        if adaptive and self._window and len(remote) >= max(len(self._window) + 1, gamma):
-            # the worker caught up during a local round: its drafts are free, switch to them
+        if (adaptive and len(self._window) > self._window_remote
+                and len(remote) >= max(len(self._window), gamma)):
+            # the worker caught up during a local round: its drafts are free, verify them now
             self._local_cache = min(self._local_cache, n)
             self._window, self._window_remote, self._window_entropy = [], 0, []
+            self.stats.remote_windows += 1
+            self._window = [t.token for t in remote]
+            self._window_entropy = [t.entropy for t in remote]
+            self._window_remote = len(self._window)
+            self._wait_until = None
+            return [self._verify(n, now)]
         local_count = len(self._window) - self._window_remote if self._window else 0
         expect = self._expect_remote_by(min(len(remote), gamma), gamma)
         local_gamma = gamma
@@ -345,9 +352,8 @@ class ControllerCore:
             return [self._verify(n, now)]
         # LOCAL_DRAFT: extend the proposal (the worker's usable prefix, then local drafts)
         if not self._window:
-            keep = v.remote[: max(v.local_gamma - 1, 0)] if adaptive_round(self) else v.remote
-            self._window = [t.token for t in keep]
-            self._window_entropy = [t.entropy for t in keep]
+            self._window = [t.token for t in v.remote]
+            self._window_entropy = [t.entropy for t in v.remote]
             self._window_remote = len(self._window)
         full = seq + self._window
         start = min(self._local_cache, len(full) - 1)
@@ -358,10 +364,6 @@ class ControllerCore:
         seq = self.transcript.tokens
         feed = (seq[n - 1], *self._window)
         return self._run(RunTarget(self._next_op(), n - 1, feed, len(feed)), now)  # type: ignore[return-value]
-
-
-def adaptive_round(core: "ControllerCore") -> bool:
-    return core.config.policy.name is PolicyName.ADAPTIVE
 
 
 def _zip_drafts(msg: Drafts):

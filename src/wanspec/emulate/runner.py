@@ -139,10 +139,7 @@ class Emulation:
             async with InprocDeployment(self.target, self.draft, link=link, timing=c.timing,
                                         config=cfg, local_draft=policy != "remote") as dep:
                 for p in prompts:
-                    w0 = dep.worker_device.stats.passes
-                    r = await dep.generate(p, **self._gen_kwargs())
-                    r.metrics["draft_passes"]["worker"] = dep.worker_device.stats.passes - w0
-                    runs.results.append(r)
+                    runs.results.append(await dep.generate(p, **self._gen_kwargs()))
                     self.progress(f"{policy} @ {rtt:g} ms")
 
         clock.run(main, virtual=c.timing.emulated)

@@ -57,6 +57,7 @@ class WorkerLink:
         self._ping_seq = itertools.count(1)
         self._logged: set[str] = set()
         self.session_stats: dict[int, SessionStats] = {}
+        self._connect_lock: asyncio.Lock | None = None
         self._stats_event: asyncio.Event | None = None
 
     @property
@@ -64,9 +65,20 @@ class WorkerLink:
         return self.conn is not None and not self.conn.closed
 
     async def ensure(self) -> bool:
-        """Connect (or reconnect, respecting backoff); False if the worker is unusable now."""
+        """Connect (or reconnect, respecting backoff); False if the worker is unusable now.
+
+        Concurrent callers share one attempt: requests that start together use one connection.
+        """
         if self.up:
             return True
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self.up:
+                return True
+            return await self._connect_once()
+
+    async def _connect_once(self) -> bool:
         loop = asyncio.get_running_loop()
         if loop.time() < self._next_attempt:
             return False
@@ -94,6 +106,8 @@ class WorkerLink:
         self.conn, self.peer_hello = conn, reply
         self._delay = self.backoff_min
         self.last_error = None
+        for t in self._tasks:  # the previous connection's reader/pinger, if any
+            t.cancel()
         self._tasks = [asyncio.create_task(self._reader(conn)), asyncio.create_task(self._pinger(conn))]
         return True
 
@@ -159,9 +173,10 @@ class WorkerLink:
             pass
 
     async def _lost(self, conn: Connection, reason: str) -> None:
-        if self.conn is conn:
-            self.conn = None
-            self._fail(reason)
+        if self.conn is not conn:  # an old connection: its requests were already told
+            return
+        self.conn = None
+        self._fail(reason)
         for q in self._routes.values():
             q.put_nowait(("lost", reason))
         try:

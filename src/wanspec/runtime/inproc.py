@@ -57,13 +57,24 @@ class InprocDeployment:
             end.kill()
 
     async def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
+        """One request; worker figures are this request's (the worker's own session account)."""
+        st = self.worker_device.stats
+        passes0, busy0, compute0 = st.passes, st.busy_s, st.compute_s
         result = await self.engine.agenerate(prompt, **kwargs)
+        rid = result.metrics["request_id"]
+        stats = {}
+        if result.metrics["worker_used"] and self.link.up:
+            # the worker reports after our Cancel: about one RTT later (virtual time if emulated)
+            stats = await self.link.wait_stats([rid], timeout=2 * self.params.rtt_ms / 1000 + 1.0)
+        passes = stats[rid].passes if rid in stats else st.passes - passes0
+        result.metrics["draft_passes"]["worker"] = passes
+        if rid in stats:
+            result.metrics["worker_wasted_passes"] = stats[rid].wasted
         result.devices[self.worker_device.name] = {
-            "passes": self.worker_device.stats.passes, "busy_s": self.worker_device.stats.busy_s,
-            "compute_s": self.worker_device.stats.compute_s,
-            "passes_by_model": dict(self.worker_device.stats.by_model),
+            "passes": st.passes - passes0, "busy_s": st.busy_s - busy0,
+            "compute_s": st.compute_s - compute0,
+            "passes_by_model": dict(st.by_model),
         }
-        result.metrics["draft_passes"]["worker"] = self.worker_device.stats.passes
         return result
 
     async def __aenter__(self) -> "InprocDeployment":

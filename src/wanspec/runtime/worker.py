@@ -56,6 +56,8 @@ class WorkerService:
             pass
         except ProtocolError as exc:
             log.warning("dropping %s: %s", conn.peer, exc)
+        except asyncio.TimeoutError:
+            log.warning("dropping %s: no Hello within %.0f s", conn.peer, HELLO_TIMEOUT_S)
         finally:
             await conn.close()
 

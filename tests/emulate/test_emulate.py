@@ -1,0 +1,151 @@
+"""``wanspec emulate``: records per (RTT, mode), losslessness verdict, CSV and PNG outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import save_tiny_model
+from wanspec.cli.app import app
+from wanspec.emulate.runner import POLICIES, Emulation, EmulationConfig
+from wanspec.runtime.engine import TimingConfig
+from wanspec.sampling import SamplingParams
+
+REQUIRED_KEYS = {
+    "rtt_ms", "mode", "tpot_ms_mean", "tpot_ms_p95", "latency_vs_standard_sd",
+    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_standard_sd",
+    "worker_draft_passes_per_token", "identical_to_target_only",
+}
+PROMPTS = ["To be, or not to be", "whether 'tis nobler in the mind"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, target, near_draft):
+    root = tmp_path_factory.mktemp("emulate")
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    return {"target": save_tiny_model(target, root / "target"),
+            "draft": save_tiny_model(near_draft, root / "draft"),
+            "prompts": prompts, "root": root}
+
+
+def emulate(setup, *args: str):
+    r = CliRunner().invoke(app, ["emulate", "--target", str(setup["target"]), "--draft",
+                                 str(setup["draft"]), "--prompts", str(setup["prompts"]),
+                                 "--max-tokens", "8", *args])
+    return r
+
+
+@pytest.fixture(scope="module")
+def sweep(setup):
+    """One sweep with every output at once (JSON on stdout, CSV and PNG files)."""
+    png, csv_path = setup["root"] / "sweep.png", setup["root"] / "sweep.csv"
+    r = emulate(setup, "--sweep", "0,50", "--json", "--plot", str(png), "--csv", str(csv_path))
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout), png, csv_path
+
+
+def test_one_record_per_rtt_and_mode(sweep):
+    records, _, _ = sweep
+    modes = ["target", "sd", *POLICIES]
+    assert {"remote", "always", "entropy"} <= set(POLICIES)
+    pairs = [(r["rtt_ms"], r["mode"]) for r in records]
+    assert len(pairs) == len(set(pairs)) == 2 * len(modes)
+    assert set(pairs) == {(rtt, m) for rtt in (0.0, 50.0) for m in modes}
+
+
+def test_records_have_the_required_keys_and_are_lossless(sweep):
+    records, _, _ = sweep
+    for r in records:
+        assert REQUIRED_KEYS <= set(r), REQUIRED_KEYS - set(r)
+        assert r["identical_to_target_only"] is True
+        assert r["tokens"] == 8 * len(PROMPTS)
+        assert r["tpot_ms_mean"] > 0 and r["tpot_ms_p95"] >= 0
+        assert r["busy_site_draft_passes_per_token"] >= 0
+        assert r["worker_draft_passes_per_token"] >= 0
+
+
+def test_baselines_and_ratios(sweep):
+    records, _, _ = sweep
+    by = {(r["rtt_ms"], r["mode"]): r for r in records}
+    for rtt in (0.0, 50.0):
+        t, sd = by[(rtt, "target")], by[(rtt, "sd")]
+        assert t["busy_site_draft_passes_per_token"] == 0
+        assert t["worker_draft_passes_per_token"] == 0 and sd["worker_draft_passes_per_token"] == 0
+        assert sd["latency_vs_standard_sd"] == pytest.approx(1.0)
+        assert sd["busy_site_draft_passes_vs_standard_sd"] == pytest.approx(1.0)
+        remote = by[(rtt, "remote")]
+        assert remote["busy_site_draft_passes_per_token"] == 0
+        assert remote["busy_site_draft_passes_vs_standard_sd"] == pytest.approx(0.0)
+        assert remote["worker_draft_passes_per_token"] > 0
+        for m in POLICIES:
+            r = by[(rtt, m)]
+            assert r["latency_vs_standard_sd"] == pytest.approx(
+                r["tpot_ms_mean"] / sd["tpot_ms_mean"])
+    # baselines do not depend on the RTT
+    for m in ("target", "sd"):
+        a, b = by[(0.0, m)], by[(50.0, m)]
+        assert a["tpot_ms_mean"] == b["tpot_ms_mean"]
+
+
+def test_plot_is_a_png(sweep):
+    _, png, _ = sweep
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_csv_has_one_row_per_record(sweep):
+    records, _, path = sweep
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(records)
+    assert REQUIRED_KEYS <= set(rows[0])
+    assert [(float(r["rtt_ms"]), r["mode"]) for r in rows] == [
+        (r["rtt_ms"], r["mode"]) for r in records]
+    assert all(r["identical_to_target_only"] == "True" for r in rows)
+
+
+def test_policy_subset_and_single_rtt(setup):
+    r = emulate(setup, "--rtt", "30ms", "--policy", "remote,entropy", "--json",
+                "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--jitter", "5ms")
+    assert r.exit_code == 0, r.output
+    records = json.loads(r.stdout)
+    assert [(x["rtt_ms"], x["mode"]) for x in records] == [
+        (30.0, "target"), (30.0, "sd"), (30.0, "remote"), (30.0, "entropy")]
+    assert all(x["identical_to_target_only"] for x in records)
+
+
+def test_tables_report_losslessness(setup):
+    r = emulate(setup, "--rtt", "20", "--policy", "always")
+    assert r.exit_code == 0, r.output
+    assert "token-identical to target-only" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sweep", "0,abc"], "invalid --sweep"),
+    (["--sweep", "-5"], "RTTs must be >= 0"),
+    (["--policy", "bogus"], "unknown policy"),
+    (["--loss", "2"], "--loss must be between 0 and 1"),
+    (["--gamma", "0"], "--gamma must be >= 1"),
+])
+def test_bad_values(args, needle, setup):
+    r = emulate(setup, *args)
+    assert r.exit_code == 2, r.output
+    assert needle in " ".join(r.stderr.split())
+    assert "Traceback" not in r.output
+
+
+def test_emulation_class_directly(target, random_draft):
+    """The runner with a poor drafter, sampling and a lossy, jittery link: still identical."""
+    cfg = EmulationConfig(rtts_ms=(80.0,), jitter_ms=20.0, spike_prob=0.2, spike_ms=80.0,
+                          bandwidth_bps=1e6, timing=TimingConfig.emulate(30, 4, 0.5),
+                          policies=POLICIES, max_tokens=10,
+                          sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=4))
+    seen: list[str] = []
+    emu = Emulation(target, random_draft, cfg, progress=seen.append)
+    records = emu.run(PROMPTS)
+    assert len(records) == 2 + len(POLICIES)
+    assert all(r["identical_to_target_only"] for r in records)
+    assert len(seen) == emu.total_requests(len(PROMPTS))
