@@ -91,9 +91,9 @@ def worth_waiting(v: View, have: int) -> bool:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    name: PolicyName = PolicyName.ENTROPY
+    name: PolicyName = PolicyName.ADAPTIVE
     entropy_threshold: float = 1.0  # nats
-    busy_pass_weight: float = 1.0  # adaptive: price of a busy-site draft pass, x its device time
+    busy_pass_weight: float = 2.5  # adaptive: price of a busy-site draft pass, x its device time
 
 
 def decide(policy: PolicyConfig, v: View) -> Decision:

@@ -90,7 +90,7 @@ class InprocDeployment:
 
 
 def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[int], *,
-                    rtt_ms: float, jitter_ms: float = 0.0, policy: str = "entropy",
+                    rtt_ms: float, jitter_ms: float = 0.0, policy: str = "adaptive",
                     gamma: int = 4, timing: TimingConfig | None = None,
                     **kwargs: Any) -> GenerationResult:
     """One request through controller + worker over an in-process link (virtual time if emulated)."""

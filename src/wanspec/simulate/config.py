@@ -1,0 +1,150 @@
+"""Simulation parameters: one frozen record per sweep point, validated with one-line errors.
+
+Why one flat dataclass: a sweep varies *any* parameter, so every parameter has a name, a unit, a
+type and a valid range in one table (:data:`PARAMS`) that the CLI, the sweep parser, the record
+columns and the docs all share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from wanspec.core.policy import PolicyName
+from wanspec.errors import WanspecError
+
+POLICIES: tuple[str, ...] = tuple(p.value for p in PolicyName)
+MATCH_MODELS = ("iid", "markov", "trace")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A sweepable parameter: ``name`` on the command line, ``field`` in :class:`SimConfig`."""
+
+    name: str
+    field: str
+    kind: type  # int or float
+    lo: float
+    hi: float  # inclusive bounds
+    unit: str
+    help: str
+    hi_open: bool = False  # ``hi`` itself is not allowed
+
+
+PARAMS: dict[str, Param] = {p.name: p for p in [
+    Param("rtt", "rtt_ms", float, 0, 1e5, "ms", "round-trip time controller<->worker"),
+    Param("jitter", "jitter_ms", float, 0, 1e5, "ms", "extra one-way delay, uniform in [0, jitter]"),
+    Param("bandwidth", "bandwidth_mbit", float, 0, 1e6, "Mbit/s", "per direction (0 = unlimited)"),
+    Param("loss", "loss", float, 0, 1, "prob", "chance a message is hit by a retransmission spike"),
+    Param("spike", "spike_ms", float, 0, 1e5, "ms", "delay of a loss spike (default: one RTT)"),
+    Param("target_ms", "target_ms", float, 0, 1e5, "ms", "target pass, base cost"),
+    Param("draft_ms", "draft_ms", float, 0, 1e5, "ms", "draft pass, base cost (both sites)"),
+    Param("verify_per_token_ms", "verify_per_token_ms", float, 0, 1e5, "ms",
+          "extra target cost per extra token fed"),
+    Param("draft_per_token_ms", "draft_per_token_ms", float, 0, 1e5, "ms",
+          "extra draft cost per extra token fed"),
+    Param("gamma", "gamma", int, 1, 64, "tokens", "draft tokens per verification window"),
+    Param("lookahead", "lookahead", int, 0, 64, "tokens", "worker lookahead cap (0 = automatic)"),
+    Param("entropy_threshold", "entropy_threshold", float, 0, 100, "nats",
+          "entropy policy: rejection predicted above this"),
+    Param("busy_pass_weight", "busy_pass_weight", float, 0, 100, "x",
+          "adaptive policy: price of a busy-site draft pass"),
+    Param("alpha", "alpha", float, 0, 1, "prob", "per-token acceptance of drafts", hi_open=True),
+    Param("burst", "burst", float, 0, 1, "corr", "markov: lag-1 correlation of outcomes",
+          hi_open=True),
+    Param("separation", "separation", float, 0, 100, "nats",
+          "entropy: mean(rejected) - mean(accepted)"),
+    Param("entropy_sd", "entropy_sd", float, 0, 100, "nats", "entropy: spread of each class"),
+    Param("max_tokens", "max_tokens", int, 1, 1_000_000, "tokens", "new tokens per request"),
+    Param("requests", "requests", int, 1, 1_000_000, "", "requests per mode and point"),
+    Param("prompt_tokens", "prompt_tokens", int, 1, 1_000_000, "tokens", "prompt length"),
+    Param("seed", "seed", int, 0, 2**63 - 1, "", "seed of every synthetic sequence"),
+]}
+ALIASES = {"rtt_ms": "rtt", "jitter_ms": "jitter", "bandwidth_mbit": "bandwidth",
+           "spike_ms": "spike", "target": "target_ms", "draft": "draft_ms"}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything one simulation point depends on (times in ms, as on the command line)."""
+
+    # link (the in-process transport's model)
+    rtt_ms: float = 40.0
+    jitter_ms: float = 0.0
+    bandwidth_mbit: float = 0.0
+    loss: float = 0.0
+    spike_ms: float | None = None  # None: one RTT
+    up_share: float = 0.5
+    # devices (wanspec.timing.device.PassCost)
+    target_ms: float = 30.0
+    draft_ms: float = 4.0
+    verify_per_token_ms: float = 0.5
+    draft_per_token_ms: float = 0.0
+    # decoding and policies
+    gamma: int = 4
+    lookahead: int = 0
+    entropy_threshold: float = 1.0
+    busy_pass_weight: float = 1.0
+    # synthetic models
+    match: str = "iid"
+    alpha: float = 0.8
+    burst: float = 0.5
+    separation: float = 1.0
+    entropy_sd: float = 0.35
+    entropy_base: float = 0.5  # mean entropy of drafts that will be accepted (nats)
+    vocab: int = 32000
+    # workload
+    max_tokens: int = 128
+    requests: int = 16
+    prompt_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for p in PARAMS.values():
+            value = getattr(self, p.field)
+            if value is None and p.field == "spike_ms":
+                continue
+            check_value(p, value)
+        if self.match not in MATCH_MODELS:
+            raise WanspecError(f"unknown match model {self.match!r}; choose from "
+                               f"{', '.join(MATCH_MODELS)}")
+        if not 0.0 <= self.up_share <= 1.0:
+            raise WanspecError(f"up_share must be between 0 and 1, got {self.up_share}")
+        if self.vocab < 2:
+            raise WanspecError("vocab must be >= 2")
+
+    def with_values(self, values: dict[str, Any]) -> "SimConfig":
+        return dataclasses.replace(self, **{PARAMS[k].field: v for k, v in values.items()})
+
+    @property
+    def spike(self) -> float:
+        return self.rtt_ms if self.spike_ms is None else self.spike_ms
+
+    def describe(self) -> str:
+        model = {"iid": f"iid alpha={self.alpha:g}",
+                 "markov": f"markov alpha={self.alpha:g} burst={self.burst:g}",
+                 "trace": "trace replay"}[self.match]
+        return (f"{model}, gamma={self.gamma}, target {self.target_ms:g}+"
+                f"{self.verify_per_token_ms:g}/tok ms, draft {self.draft_ms:g} ms, "
+                f"{self.requests} req x {self.max_tokens} tok")
+
+
+def resolve(name: str) -> Param:
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in PARAMS:
+        raise WanspecError(f"unknown parameter {name!r}; sweepable: {', '.join(PARAMS)}")
+    return PARAMS[key]
+
+
+def check_value(p: Param, value: Any) -> None:
+    """Raise a one-line error unless ``value`` is a valid ``p``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WanspecError(f"{p.name} must be a number, got {value!r}")
+    if p.kind is int and value != int(value):
+        raise WanspecError(f"{p.name} must be a whole number, got {value!r}")
+    if not math.isfinite(value) or value < p.lo or value > p.hi or (p.hi_open and value >= p.hi):
+        upper = f"< {p.hi:g}" if p.hi_open else f"<= {p.hi:g}"
+        raise WanspecError(f"{p.name} must be >= {p.lo:g} and {upper}, got {value:g}")

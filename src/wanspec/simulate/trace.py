@@ -1,0 +1,157 @@
+"""Acceptance traces: what real worker drafts did, replayed as a match model.
+
+Why: the i.i.d. and Markov models are assumptions; a trace recorded from real models (later by
+``wanspec emulate --record``) replays the actual acceptance pattern and entropy signal, so the
+simulator can be checked against the emulator and used on real text statistics.
+
+Format (JSONL, UTF-8, one JSON object per line; blank lines are ignored)::
+
+    {"wanspec_trace": 1, "source": "emulate", ...}          optional header, free metadata
+    {"request": 0, "prompt_tokens": 17, "drafts": [[17, true, 0.21], [18, false, 2.4], ...]}
+    {"request": 1, "prompt_tokens": 9,  "drafts": [...]}
+
+One line per request.  ``drafts`` lists the *worker* drafts a verification tested: for each
+verified window, its drafts up to and including the first rejected one (drafts after a rejection
+were never judged).  Each entry is ``[position, accepted, entropy]``: the absolute position
+(prompt included, as in the protocol), whether the target accepted it (true/false or 1/0) and the
+worker's entropy for it in nats (or null if unknown).  A draft at a given position on the
+committed prefix is deterministic, so a repeated position carries the same outcome; the first
+entry wins.
+
+Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N`` and its
+prompt length.  A position in the trace gets its recorded outcome and entropy; any other position
+(never tested in the recorded run) is drawn i.i.d. with the trace's overall per-token acceptance
+and the configured entropy model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable, Sequence
+
+from wanspec.errors import WanspecError
+from wanspec.simulate.config import SimConfig
+from wanspec.simulate.models import RequestWorld, build_request, iid_matches, stream
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TraceRequest:
+    prompt_tokens: int
+    drafts: dict[int, tuple[bool, float | None]] = field(default_factory=dict)
+
+    def add(self, position: int, accepted: bool, entropy: float | None) -> None:
+        self.drafts.setdefault(position, (bool(accepted), entropy))
+
+    def add_window(self, base: int, entropies: Sequence[float], accepted: int) -> None:
+        """Record one verification of worker drafts for positions ``base, base+1, ...``.
+
+        ``entropies`` are the worker drafts' entropies in window order; ``accepted`` is how many
+        leading drafts the target accepted.  Only tested drafts are recorded.
+        """
+        for i in range(min(accepted + 1, len(entropies))):
+            self.add(base + i, i < accepted, entropies[i])
+
+
+@dataclass
+class Trace:
+    requests: list[TraceRequest]
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> float | None:
+        """Per-token acceptance over every tested draft (None for an empty trace)."""
+        tested = sum(len(r.drafts) for r in self.requests)
+        accepted = sum(a for r in self.requests for a, _ in r.drafts.values())
+        return accepted / tested if tested else None
+
+
+def _bad(where: str, why: str) -> WanspecError:
+    return WanspecError(f"invalid trace {where}: {why}")
+
+
+def _parse_request(obj: Any, where: str) -> TraceRequest:
+    if not isinstance(obj, dict):
+        raise _bad(where, "each line must be a JSON object")
+    p = obj.get("prompt_tokens", 1)
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise _bad(where, f"prompt_tokens must be an integer >= 1, got {p!r}")
+    req = TraceRequest(p)
+    drafts = obj.get("drafts", [])
+    if not isinstance(drafts, list):
+        raise _bad(where, "drafts must be a list of [position, accepted, entropy]")
+    for d in drafts:
+        if not isinstance(d, list) or len(d) not in (2, 3):
+            raise _bad(where, f"draft entry {d!r} is not [position, accepted, entropy]")
+        pos, acc = d[0], d[1]
+        ent = d[2] if len(d) == 3 else None
+        if isinstance(pos, bool) or not isinstance(pos, int) or pos < p:
+            raise _bad(where, f"draft position {pos!r} must be an integer >= prompt_tokens ({p})")
+        if acc not in (True, False, 0, 1):
+            raise _bad(where, f"accepted must be true/false or 1/0, got {acc!r}")
+        if ent is not None and (isinstance(ent, bool) or not isinstance(ent, (int, float))
+                                or ent < 0):
+            raise _bad(where, f"entropy must be a number >= 0 or null, got {ent!r}")
+        req.add(pos, bool(acc), None if ent is None else float(ent))
+    return req
+
+
+def read_trace(path: Path | str) -> Trace:
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise WanspecError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    header: dict[str, Any] = {}
+    requests: list[TraceRequest] = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _bad(where, f"not JSON ({exc.msg})") from None
+        if isinstance(obj, dict) and "wanspec_trace" in obj:
+            if requests or header:
+                raise _bad(where, "the header must be the first line")
+            if obj["wanspec_trace"] != FORMAT_VERSION:
+                raise _bad(where, f"unsupported version {obj['wanspec_trace']!r}")
+            header = obj
+            continue
+        requests.append(_parse_request(obj, where))
+    if not requests:
+        raise WanspecError(f"trace {path} holds no requests")
+    return Trace(requests, header)
+
+
+def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
+                header: dict[str, Any] | None = None) -> None:
+    """Write a trace (what ``emulate --record`` will call, one TraceRequest per request)."""
+    if not hasattr(out, "write"):
+        with open(out, "w", encoding="utf-8") as fh:  # type: ignore[arg-type]
+            write_trace(fh, requests, header)
+        return
+    fh: IO[str] = out  # type: ignore[assignment]
+    fh.write(json.dumps({"wanspec_trace": FORMAT_VERSION, **(header or {})}) + "\n")
+    for i, r in enumerate(requests):
+        drafts = [[p, a, e] for p, (a, e) in sorted(r.drafts.items())]
+        fh.write(json.dumps({"request": i, "prompt_tokens": r.prompt_tokens, "drafts": drafts})
+                 + "\n")
+
+
+def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
+    """Request ``request`` of a simulation replaying ``trace`` (see the module docstring)."""
+    rec = trace.requests[request % len(trace.requests)]
+    n = rec.prompt_tokens + cfg.max_tokens + 8
+    alpha = trace.alpha if trace.alpha is not None else cfg.alpha
+    matches = iid_matches(stream(cfg, request, "match"), n, alpha)
+    entropies: list[float | None] = [None] * n
+    for pos, (acc, ent) in rec.drafts.items():
+        if pos < n:
+            matches[pos] = acc
+            entropies[pos] = ent
+    return build_request(cfg, request, rec.prompt_tokens, matches, entropies)
