@@ -152,6 +152,55 @@ def emulate(
         raise typer.Exit(1)
 
 
+@app.command()
+def simulate(
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (ms); bandwidth (Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); busy_pass_weight; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
+    rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
+    jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message, uniform in [0, jitter] (never reorders)."),
+    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
+    loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
+    spike: Optional[str] = typer.Option(None, "--spike", help="Delay of a loss spike (default: one RTT)."),
+    target_ms: float = typer.Option(30.0, "--target-ms", help="ms per target pass (base cost; default: 70B-class target)."),
+    draft_ms: float = typer.Option(4.0, "--draft-ms", help="ms per draft pass, at either site (default: 1B-class draft)."),
+    verify_per_token_ms: float = typer.Option(0.5, "--verify-per-token-ms", help="Extra ms per extra token in a target pass."),
+    draft_per_token_ms: float = typer.Option(0.0, "--draft-per-token-ms", help="Extra ms per extra token fed to a draft pass (catch-up)."),
+    policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
+    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
+    lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
+    entropy_threshold: float = typer.Option(1.0, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
+    busy_pass_weight: float = typer.Option(1.0, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, times its device time."),
+    match: str = typer.Option("iid", "--match", help="Acceptance model: iid (each draft accepted with probability alpha), markov (bursty, see --burst) or trace (replay --trace)."),
+    alpha: float = typer.Option(0.8, "--alpha", help="Per-token probability that a draft on the right prefix is accepted."),
+    burst: float = typer.Option(0.5, "--burst", help="markov: lag-1 correlation of accept/reject outcomes (0 = iid, towards 1 = long easy/hard stretches)."),
+    separation: float = typer.Option(1.0, "--separation", help="Draft entropy of rejected minus accepted drafts, in nats (0 = entropy says nothing)."),
+    entropy_sd: float = typer.Option(0.35, "--entropy-sd", help="Spread (sd, nats) of the draft entropy within each class."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Replay acceptance and entropy from a JSONL trace (docs/simulator.md); implies --match trace."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="New tokens per request."),
+    requests: int = typer.Option(16, "--requests", help="Requests per mode and point (run one after another)."),
+    prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Prompt length in tokens (trace replay uses the trace's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every synthetic sequence and of the link's jitter."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0 = automatic: all CPUs for big sweeps). Results do not depend on it."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (point, mode) instead of tables."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also plot latency and busy-site passes vs standard SD, and stall, against the first swept parameter (PNG)."),
+) -> None:
+    """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
+    with user_errors():
+        from wanspec.cli.simulate import run_simulate
+
+        ok = run_simulate(
+            rtt=rtt, sweep=sweep or [], jitter=jitter, bandwidth=bandwidth, loss=loss,
+            spike=spike, target_ms=target_ms, draft_ms=draft_ms,
+            verify_per_token_ms=verify_per_token_ms, draft_per_token_ms=draft_per_token_ms,
+            policy=policy, gamma=gamma, lookahead=lookahead, entropy_threshold=entropy_threshold,
+            busy_pass_weight=busy_pass_weight, match=match, alpha=alpha, burst=burst,
+            separation=separation, entropy_sd=entropy_sd, trace=trace, max_tokens=max_tokens,
+            requests=requests, prompt_tokens=prompt_tokens, seed=seed, jobs=jobs,
+            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console)
+    if not ok:
+        raise typer.Exit(1)
+
+
 class Transport(str, Enum):
     tcp = "tcp"
     quic = "quic"

@@ -140,7 +140,8 @@ class ControllerCore:
         return self._wait_until if self._busy is None and not self.finished else None
 
     def on_timer(self, now: float) -> list[ControllerAction]:
-        if self._wait_until is not None and now >= self._wait_until and self._busy is None:
+        # event loops may fire a timer a hair early (asyncio: within its clock resolution)
+        if self._wait_until is not None and now >= self._wait_until - 1e-6 and self._busy is None:
             self._wait_until = None
             return self._schedule(now, timer_fired=True)
         return []
@@ -317,7 +318,7 @@ class ControllerCore:
             local=local_count, chain_live=not self.chain.dead,
             chain_behind=self.chain.pending_catch_up(n), worker_ok=self.worker_ok,
             has_local_draft=self.has_local_draft,
-            expect_remote_by=None if timer_fired and (expect is None or expect <= now) else expect,
+            expect_remote_by=None if timer_fired and (expect is None or expect <= now + 1e-6) else expect,
             entropy_threshold=self.config.policy.entropy_threshold,
             alpha=self.est.acceptance.get, target_pass_s=self.est.target_pass.get,
             remote_accept_p=tuple(self.calibration.p_accept(d.entropy) for d in remote),

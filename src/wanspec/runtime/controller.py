@@ -342,7 +342,9 @@ class RemoteEngine:
                         kind, payload = await asyncio.wait_for(
                             queue.get(), max(deadline - loop.time(), 0.0))
                 except asyncio.TimeoutError:
-                    actions = core.on_timer(loop.time())
+                    # asyncio may wake a timer up to its clock resolution early: it fired at
+                    # its deadline as far as the state machine is concerned
+                    actions = core.on_timer(max(loop.time(), deadline))
                     continue
                 now = loop.time()
                 if kind == "target":

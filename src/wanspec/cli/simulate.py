@@ -1,0 +1,106 @@
+"""``wanspec simulate``: flag handling, progress, tables, and the losslessness verdict.
+
+Kept free of torch-heavy imports beyond what the cores need, and of ``quiet_libraries`` (no
+transformers here), so the command starts quickly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from wanspec.cli.common import check
+from wanspec.cli.units import parse_duration_ms, parse_rate_bps
+from wanspec.errors import WanspecError
+from wanspec.simulate.config import MATCH_MODELS, POLICIES, SimConfig
+from wanspec.simulate.records import lossless
+from wanspec.simulate.report import mode_table, plot, sweep_table, write_csv, write_json
+from wanspec.simulate.sweep import parse_sweep, run_sweep, swept_names
+from wanspec.simulate.trace import read_trace
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    policies = POLICIES if text.strip() == "all" else tuple(
+        dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    check(bool(policies), "--policy needs at least one policy")
+    for p in policies:
+        check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
+    return policies
+
+
+def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, loss: float,
+                 spike: str | None, target_ms: float, draft_ms: float,
+                 verify_per_token_ms: float, draft_per_token_ms: float, policy: str, gamma: int,
+                 lookahead: int, entropy_threshold: float, busy_pass_weight: float, match: str,
+                 alpha: float, burst: float, separation: float, entropy_sd: float,
+                 trace: Path | None, max_tokens: int, requests: int, prompt_tokens: int,
+                 seed: int, jobs: int, as_json: bool, csv_path: Path | None,
+                 plot_path: Path | None, console: Console) -> bool:
+    """Run the sweep and print/write its records; returns False if any output was not lossless."""
+    if trace is not None:
+        check(match in ("iid", "trace"), f"--trace replays a trace; it cannot be combined with "
+                                         f"--match {match}")
+        match = "trace"
+    check(match in MATCH_MODELS, f"unknown --match {match!r}; choose from {', '.join(MATCH_MODELS)}")
+    check(match != "trace" or trace is not None, "--match trace needs --trace FILE")
+    check(jobs >= 0, f"--jobs must be >= 0 (0 = automatic), got {jobs}")
+    policies = parse_policies(policy)
+    sweeps = [parse_sweep(s) for s in sweep]
+    base = SimConfig(
+        rtt_ms=parse_duration_ms(rtt, "--rtt"), jitter_ms=parse_duration_ms(jitter, "--jitter"),
+        bandwidth_mbit=parse_rate_bps(bandwidth) / 1e6, loss=loss,
+        spike_ms=None if spike is None else parse_duration_ms(spike, "--spike"),
+        target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
+        draft_per_token_ms=draft_per_token_ms, gamma=gamma, lookahead=lookahead,
+        entropy_threshold=entropy_threshold, busy_pass_weight=busy_pass_weight, match=match,
+        alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,
+        max_tokens=max_tokens, requests=requests, prompt_tokens=prompt_tokens, seed=seed)
+    loaded = read_trace(trace) if match == "trace" and trace is not None else None
+    err = Console(stderr=True)
+    t0 = time.perf_counter()
+    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        task = progress.add_task("simulating", total=None)
+
+        def tick(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        records = run_sweep(base, sweeps, policies, trace=loaded, jobs=jobs, progress=tick)
+    wall = time.perf_counter() - t0
+    swept = swept_names(sweeps)
+    ok = lossless(records)
+    if csv_path:
+        _write(lambda: write_csv(records, csv_path), csv_path)
+    if plot_path:
+        _write(lambda: plot(records, plot_path, swept, policies, title=base.describe()), plot_path)
+    if as_json:
+        print(write_json(records, None))
+        return ok
+    if not console.is_terminal:
+        console = Console(width=150, highlight=False)  # files and pipes: no squeezing
+    n_points = len(records) // (2 + len(policies))
+    console.print(f"[bold]wanspec simulate[/]: {base.describe()}; {n_points} point(s) in "
+                  f"{wall:.2f} s")
+    if n_points == 1:
+        console.print(mode_table(records, f"RTT {base.rtt_ms:g} ms" if not swept
+                                 else ", ".join(f"{k}={records[0][k]:g}" for k in swept)))
+    else:
+        console.print(sweep_table(records, swept, policies))
+    if ok:
+        console.print("[green]Lossless: every request of every mode and point equals the "
+                      "synthetic target's own sequence.[/]")
+    else:
+        bad = sorted({r["mode"] for r in records if not r["identical_to_target_only"]})
+        console.print(f"[bold red]LOSSLESSNESS VIOLATED in {', '.join(bad)}[/]")
+    return ok
+
+
+def _write(fn, path: Path) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except OSError as exc:
+        raise WanspecError(f"cannot write {path}: {exc.strerror or exc}") from None

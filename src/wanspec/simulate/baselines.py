@@ -1,0 +1,56 @@
+"""Target-only and standard SD at one site: :class:`~wanspec.core.local.LocalDecoder` on a clock.
+
+Why no event heap: at one site exactly one pass is outstanding at a time, so virtual time is a
+running sum of pass costs (as ``LocalEngine`` charges them on one device).  Same synthetic models
+as the remote runs, so every point compares the modes on identical sequences.
+"""
+
+from __future__ import annotations
+
+from wanspec.core.actions import DraftDone, EmitTokens, Finished, RunDraft, RunTarget, Site, TargetDone
+from wanspec.core.local import LocalDecoder, LocalMode
+from wanspec.core.stopping import StopCriteria
+from wanspec.simulate.config import SimConfig
+from wanspec.simulate.models import DraftCache, RequestWorld
+from wanspec.simulate.records import ModeResult, RequestResult
+
+
+def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld]) -> ModeResult:
+    """``mode`` is ``target`` (target-only) or ``sd`` (standard SD, draft on the same device)."""
+    local_mode = LocalMode(mode)
+    stop = StopCriteria(max_tokens=cfg.max_tokens)
+    tb, tp = cfg.target_ms, cfg.verify_per_token_ms
+    db, dp = cfg.draft_ms, cfg.draft_per_token_ms
+    result = ModeResult(mode)
+    for world in requests:
+        dec = LocalDecoder(world.prompt, stop, mode=local_mode, gamma=cfg.gamma,
+                           draft_site=Site.CONTROLLER)
+        cache = DraftCache()
+        out: list[int] = []
+        now = 0.0
+        actions = dec.start(now)
+        while True:
+            run = None
+            for a in actions:
+                kind = type(a)
+                if kind is RunTarget or kind is RunDraft:
+                    run = a
+                elif kind is EmitTokens:
+                    out.extend(a.tokens)
+                elif kind is Finished:
+                    break
+            if run is None:
+                break
+            n = len(run.tokens)
+            if type(run) is RunTarget:
+                now += (tb + tp * (n - 1)) / 1000.0
+                first = run.start + n - run.want + 1  # type: ignore[union-attr]
+                ev: TargetDone | DraftDone = TargetDone(run.op, world.choices(first, run.want))  # type: ignore[union-attr]
+            else:
+                now += (db + dp * (n - 1)) / 1000.0
+                tok, ent, top = world.draft(cache, run.start, run.tokens)
+                ev = DraftDone(run.op, tok, ent, top)
+            actions = dec.on_event(ev, now)
+        ref = world.reference(cfg.max_tokens)
+        result.requests.append(RequestResult(dec.metrics, dec.transcript.output == ref and out == ref))
+    return result

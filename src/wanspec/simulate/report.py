@@ -1,0 +1,156 @@
+"""Tables, CSV/JSON and plots of simulation records.
+
+Why two table shapes: one point reads best as the emulator's per-mode table (every metric); a
+sweep reads best as one row per point with, per policy, the three numbers the design is about
+(latency relative to standard SD, busy-site draft passes relative to standard SD, stall).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.table import Table
+
+from wanspec.simulate.config import PARAMS
+from wanspec.simulate.records import BASELINES
+
+PARAM_COLUMNS = [p.field for p in PARAMS.values()] + ["match"]
+METRIC_COLUMNS = [
+    "mode", "requests", "tokens", "tpot_ms_mean", "tpot_ms_p95", "ttft_ms_mean",
+    "e2e_ms_per_token", "speedup_vs_target", "latency_vs_standard_sd",
+    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_standard_sd",
+    "worker_draft_passes_per_token", "worker_wasted_passes_per_token", "target_passes_per_token",
+    "wasted_drafts_per_token", "stall_ms_per_token", "acceptance_rate", "per_token_acceptance",
+    "mean_acceptance_length", "tokens_per_verify_round", "verify_rounds", "remote_windows",
+    "local_windows", "plain_steps", "link_bytes_per_token", "identical_to_target_only",
+]
+COLUMNS = PARAM_COLUMNS + METRIC_COLUMNS
+LABELS = {"target": "target-only", "sd": "standard SD"}
+
+
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def point_label(rec: dict[str, Any], swept: Sequence[str]) -> str:
+    return ", ".join(f"{k}={rec[k]:g}" for k in swept) if swept else f"rtt_ms={rec['rtt_ms']:g}"
+
+
+def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
+    """Every mode of one point (the emulator's table, plus per-token acceptance)."""
+    t = Table(title=title, header_style="bold",
+              caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
+                      "wrk: at the worker; /tok: per committed token; /SD: relative to standard SD.",
+              caption_justify="left")
+    for name in ("mode", "TPOT", "p95", "x target", "lat/SD", "busy/tok", "busy/SD", "wrk/tok",
+                 "wasted/tok", "stall/tok", "accept", "tok/round", "identical"):
+        t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
+    for r in records:
+        t.add_row(
+            LABELS.get(r["mode"], r["mode"]), f"{r['tpot_ms_mean']:.2f}", f"{r['tpot_ms_p95']:.2f}",
+            _f(r["speedup_vs_target"], "{:.2f}x"), _f(r["latency_vs_standard_sd"], "{:.3f}"),
+            f"{r['busy_site_draft_passes_per_token']:.2f}",
+            _f(r["busy_site_draft_passes_vs_standard_sd"], "{:.2f}"),
+            _f(r["worker_draft_passes_per_token"]), f"{r['wasted_drafts_per_token']:.2f}",
+            f"{r['stall_ms_per_token']:.2f}", f"{r['per_token_acceptance']:.3f}",
+            f"{r['tokens_per_verify_round']:.2f}",
+            "[green]yes[/]" if r["identical_to_target_only"] else "[bold red]NO[/]",
+        )
+    return t
+
+
+def sweep_table(records: Sequence[dict[str, Any]], swept: Sequence[str],
+                policies: Sequence[str]) -> Table:
+    """One row per point: baselines' TPOT, then lat/SD, busy/SD and stall per policy."""
+    t = Table(title="wanspec simulate", header_style="bold",
+              caption="lat: TPOT / standard SD. busy: busy-site draft passes / standard SD. "
+                      "stall: ms per token the busy site idled waiting for the worker.",
+              caption_justify="left")
+    for name in swept or ["rtt_ms"]:
+        t.add_column(name, justify="right", no_wrap=True)
+    t.add_column("target", justify="right")
+    t.add_column("SD", justify="right")
+    for p in policies:
+        t.add_column(f"{p}\nlat busy stall", justify="right", no_wrap=True)
+    t.add_column("ok", justify="center")
+    for i in range(0, len(records), len(BASELINES) + len(policies)):
+        row = records[i : i + len(BASELINES) + len(policies)]
+        cells = [f"{row[0][k]:g}" for k in (swept or ["rtt_ms"])]
+        cells += [f"{row[0]['tpot_ms_mean']:.2f}", f"{row[1]['tpot_ms_mean']:.2f}"]
+        for r in row[2:]:
+            cells.append(f"{_f(r['latency_vs_standard_sd'], '{:.3f}')} "
+                         f"{_f(r['busy_site_draft_passes_vs_standard_sd'])} "
+                         f"{r['stall_ms_per_token']:5.2f}")
+        ok = all(r["identical_to_target_only"] for r in row)
+        cells.append("[green]yes[/]" if ok else "[bold red]NO[/]")
+        t.add_row(*cells)
+    return t
+
+
+def write_json(records: Sequence[dict[str, Any]], path: Path | None) -> str:
+    text = json.dumps(list(records), indent=2)
+    if path is not None:
+        path.write_text(text + "\n")
+    return text
+
+
+def write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow(r)
+
+
+def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
+         policies: Sequence[str], title: str = "") -> None:
+    """Three panels against the first swept parameter: latency / SD, busy-site draft passes /
+    SD, stall per token; one colour per policy, one line style per value of the other sweeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = swept[0] if swept else "rtt_ms"
+    others = list(swept[1:])
+    groups = list(dict.fromkeys(tuple(r[k] for k in others) for r in records))
+    styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "v", "D", "x", "+", "*"]
+    colors = {m: f"C{i}" for i, m in enumerate([*BASELINES, *policies])}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for gi, g in enumerate(groups):
+        suffix = ", ".join(f"{k}={v:g}" for k, v in zip(others, g))
+        for mode in [*BASELINES, *policies]:
+            rs = [r for r in records if r["mode"] == mode and tuple(r[k] for k in others) == g]
+            rs.sort(key=lambda r: r[x_key])
+            if not rs:
+                continue
+            x = [r[x_key] for r in rs]
+            base = mode in BASELINES
+            kw = dict(color=colors[mode], ls="--" if base else styles[gi % len(styles)],
+                      marker=None if base else markers[gi % len(markers)], ms=4, lw=1.2 if base else 1.6)
+            label = LABELS.get(mode, mode) + (f" ({suffix})" if suffix else "")
+            axes[0].plot(x, [r["latency_vs_standard_sd"] or 0.0 for r in rs], label=label, **kw)
+            if mode != "target":
+                axes[1].plot(x, [r["busy_site_draft_passes_vs_standard_sd"] or 0.0 for r in rs],
+                             label=label, **kw)
+            if not base:
+                axes[2].plot(x, [r["stall_ms_per_token"] for r in rs], label=label, **kw)
+    axes[0].set_ylabel("time per output token / standard SD")
+    axes[1].set_ylabel("busy-site draft passes / standard SD")
+    axes[2].set_ylabel("busy-site stall (ms per token)")
+    unit = {"rtt_ms": "RTT (ms)"}.get(x_key, x_key)
+    for ax in axes:
+        ax.set_xlabel(unit)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(1.05, color="grey", lw=0.8, ls=":")
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,183 @@
+"""Sweeps: ``name=start:stop:step`` or ``name=v1,v2,...``, their grid, and running it.
+
+Why tasks of one (point, mode) each: they are independent and deterministic (every random stream
+is keyed by the point's parameters), so they can run in any order, in parallel processes, and
+give the same records.  Baselines do not depend on the link or the policy parameters, so they
+run once per distinct model/cost setting and are copied to every point that shares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from wanspec.errors import WanspecError
+from wanspec.simulate.baselines import simulate_local
+from wanspec.simulate.config import Param, SimConfig, check_value, resolve
+from wanspec.simulate.engine import simulate_remote
+from wanspec.simulate.records import BASELINES, aggregate, point_columns, with_ratios
+from wanspec.simulate.trace import Trace
+from wanspec.simulate.worlds import worlds
+
+MAX_VALUES = 10_000
+MAX_POINTS = 20_000
+
+
+@dataclass(frozen=True)
+class Sweep:
+    param: Param
+    values: tuple[Any, ...]
+
+
+def _number(text: str, p: Param, spec: str) -> float:
+    t = text.strip().lower()
+    if p.unit and t.endswith(p.unit.lower()):
+        t = t[: -len(p.unit)].strip()
+    try:
+        x = float(t)
+    except ValueError:
+        raise WanspecError(f"invalid --sweep {spec!r}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(x):
+        raise WanspecError(f"invalid --sweep {spec!r}: {text.strip()!r} is not a finite number")
+    return x
+
+
+def _range(a: float, b: float, step: float, spec: str) -> list[float]:
+    if step <= 0:
+        raise WanspecError(f"invalid --sweep {spec!r}: the step must be > 0")
+    if b < a:
+        raise WanspecError(f"invalid --sweep {spec!r}: stop is below start")
+    n = math.floor((b - a) / step * (1 + 1e-12) + 1e-9) + 1  # stop included when it lands on it
+    if n > MAX_VALUES:
+        raise WanspecError(f"invalid --sweep {spec!r}: {n} values, at most {MAX_VALUES}")
+    return [round(a + i * step, 10) for i in range(n)]
+
+
+def parse_sweep(spec: str) -> Sweep:
+    """``rtt=0:150:10`` (start:stop:step, stop included if it lands on it) or ``alpha=0.6,0.8``.
+
+    Without ``NAME=`` the values are RTTs (``--sweep 0,10,20`` as for ``wanspec emulate``).
+    """
+    name, sep, rest = spec.partition("=")
+    if not sep:
+        name, sep, rest = "rtt", "=", spec
+    if not name.strip() or not rest.strip():
+        raise WanspecError(f"invalid --sweep {spec!r}: use NAME=START:STOP:STEP or NAME=V1,V2,...")
+    p = resolve(name)
+    if ":" in rest:
+        parts = rest.split(":")
+        if len(parts) != 3:
+            raise WanspecError(f"invalid --sweep {spec!r}: a range is START:STOP:STEP")
+        a, b, step = (_number(x, p, spec) for x in parts)
+        raw = _range(a, b, step, spec)
+    else:
+        items = [x for x in rest.split(",")]
+        if any(not x.strip() for x in items):
+            raise WanspecError(f"invalid --sweep {spec!r}: empty value in the list")
+        raw = [_number(x, p, spec) for x in items]
+    values: list[Any] = []
+    for x in raw:
+        try:
+            check_value(p, x)
+        except WanspecError as exc:
+            raise WanspecError(f"invalid --sweep {spec!r}: {exc}") from None
+        v = int(round(x)) if p.kind is int else x
+        if v not in values:
+            values.append(v)
+    return Sweep(p, tuple(values))
+
+
+def grid(base: SimConfig, sweeps: Sequence[Sweep]) -> list[SimConfig]:
+    """Every combination, the first sweep varying slowest; ``[base]`` without sweeps."""
+    seen = set()
+    for s in sweeps:
+        if s.param.name in seen:
+            raise WanspecError(f"--sweep {s.param.name} given twice")
+        seen.add(s.param.name)
+    total = math.prod(len(s.values) for s in sweeps) if sweeps else 1
+    if total > MAX_POINTS:
+        raise WanspecError(f"the sweep has {total} points, at most {MAX_POINTS}")
+    points = []
+    for combo in itertools.product(*(s.values for s in sweeps)):
+        points.append(base.with_values({s.param.name: v for s, v in zip(sweeps, combo)}))
+    return points
+
+
+# ---- running -------------------------------------------------------------------------------
+_TRACE: Trace | None = None  # set in the parent before forking workers (never pickled per task)
+
+
+def _baseline_key(cfg: SimConfig) -> SimConfig:
+    """The point with everything baselines ignore reset: equal keys share one baseline run."""
+    return dataclasses.replace(cfg, rtt_ms=0.0, jitter_ms=0.0, bandwidth_mbit=0.0, loss=0.0,
+                               spike_ms=None, up_share=0.5, lookahead=0,
+                               entropy_threshold=1.0, busy_pass_weight=1.0)
+
+
+def run_task(task: tuple[SimConfig, str]) -> dict[str, Any]:
+    cfg, mode = task
+    reqs = worlds(cfg, _TRACE)
+    res = simulate_local(cfg, mode, reqs) if mode in BASELINES else simulate_remote(cfg, mode, reqs)
+    return aggregate(res, cfg)
+
+
+def default_jobs(n_tasks: int, tokens: int) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return 1 if tokens < 60_000 or cpus < 2 else max(1, min(cpus, n_tasks))
+
+
+def _execute(tasks: list[tuple[SimConfig, str]], jobs: int) -> Iterator[dict[str, Any]]:
+    if jobs <= 1 or len(tasks) <= 1:
+        yield from map(run_task, tasks)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                      else None)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        yield from pool.map(run_task, tasks, chunksize=max(1, len(tasks) // (8 * jobs)))
+
+
+def run_sweep(base: SimConfig, sweeps: Sequence[Sweep], policies: Sequence[str], *,
+              trace: Trace | None = None, jobs: int = 0,
+              progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """One record per (point, mode): target-only, standard SD, then each policy."""
+    global _TRACE
+    points = grid(base, sweeps)
+    keys = list(dict.fromkeys(_baseline_key(p) for p in points))
+    tasks = [(k, m) for k in keys for m in BASELINES] + [(p, pol) for p in points for pol in policies]
+    if jobs <= 0:
+        jobs = default_jobs(len(tasks), len(tasks) * base.requests * base.max_tokens)
+    _TRACE = trace
+    try:
+        out: list[dict[str, Any]] = []
+        for i, rec in enumerate(_execute(tasks, jobs), 1):
+            out.append(rec)
+            if progress is not None:
+                progress(i, len(tasks))
+    finally:
+        _TRACE = None
+    base_recs = {(k, m): out[i * len(BASELINES) + j] for i, k in enumerate(keys)
+                 for j, m in enumerate(BASELINES)}
+    remote = iter(out[len(keys) * len(BASELINES):])
+    records: list[dict[str, Any]] = []
+    for p in points:
+        cols = point_columns(p)
+        key = _baseline_key(p)
+        t_rec = {**base_recs[(key, "target")], **cols}
+        sd_rec = {**base_recs[(key, "sd")], **cols}
+        row = [t_rec, sd_rec] + [next(remote) for _ in policies]
+        records.extend(with_ratios(r, t_rec, sd_rec) for r in row)
+    return records
+
+
+def swept_names(sweeps: Sequence[Sweep]) -> list[str]:
+    return [s.param.field for s in sweeps]
