@@ -537,8 +537,8 @@ def _check(sim: Sim) -> None:
     assert m.draft_passes[Site.CONTROLLER.value] == 0 or sim.has_local
 
 
-# the three policies of the design; ``adaptive`` livelocks (see test_adaptive_local_round_livelock)
-SIM_POLICIES = [PolicyName.REMOTE, PolicyName.ALWAYS, PolicyName.ENTROPY]
+# every policy of the design (adaptive once livelocked: see test_adaptive_local_round_livelock)
+SIM_POLICIES = [PolicyName.REMOTE, PolicyName.ALWAYS, PolicyName.ENTROPY, PolicyName.ADAPTIVE]
 
 
 @st.composite

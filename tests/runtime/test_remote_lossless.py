@@ -28,7 +28,7 @@ MAX_TOKENS = 24
 GREEDY = SamplingParams()
 SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, seed=1234)
 SAMPLINGS = {"greedy": GREEDY, "sampled": SAMPLED}
-POLICIES = ["remote", "always", "entropy"]
+POLICIES = ["remote", "always", "entropy", "adaptive"]
 # output offsets (after the prompt) where the oracle drafter is wrong
 ORACLE_WRONG_OFFSETS = (1, 4, 5, 9, 10, 11, 17)
 
