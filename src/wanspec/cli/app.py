@@ -13,6 +13,7 @@ from rich.console import Console
 from wanspec import __version__
 from wanspec.cli.common import configure_threads, quiet_libraries, user_errors
 from wanspec.cli.render import print_generation
+from wanspec.core.policy import PolicyConfig
 
 app = typer.Typer(
     name="wanspec",
@@ -167,8 +168,8 @@ def simulate(
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
-    entropy_threshold: float = typer.Option(1.0, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
-    busy_pass_weight: float = typer.Option(1.0, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, times its device time."),
+    entropy_threshold: float = typer.Option(PolicyConfig().entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
+    busy_pass_weight: float = typer.Option(PolicyConfig().busy_pass_weight, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, in multiples of its device time."),
     match: str = typer.Option("iid", "--match", help="Acceptance model: iid (each draft accepted with probability alpha), markov (bursty, see --burst) or trace (replay --trace)."),
     alpha: float = typer.Option(0.8, "--alpha", help="Per-token probability that a draft on the right prefix is accepted."),
     burst: float = typer.Option(0.5, "--burst", help="markov: lag-1 correlation of accept/reject outcomes (0 = iid, towards 1 = long easy/hard stretches)."),

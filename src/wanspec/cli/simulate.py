@@ -76,7 +76,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     if csv_path:
         _write(lambda: write_csv(records, csv_path), csv_path)
     if plot_path:
-        _write(lambda: plot(records, plot_path, swept, policies, title=base.describe()), plot_path)
+        title = base.describe() + (f"; swept: {', '.join(swept)}" if swept else "")
+        _write(lambda: plot(records, plot_path, swept, policies, title=title), plot_path)
     if as_json:
         print(write_json(records, None))
         return ok

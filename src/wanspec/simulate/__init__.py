@@ -8,7 +8,8 @@ sweep over RTT, acceptance, costs and policies take seconds, and makes the regim
 policy wins explicit.
 
 Modules: :mod:`.config` (parameters), :mod:`.models` (synthetic target/draft), :mod:`.trace`
-(acceptance traces), :mod:`.link` (the in-process transport's latency model, pure),
+(acceptance traces), :mod:`.worlds` (sequences shared by all modes of a point),
+:mod:`.link` (the in-process transport's latency model, pure),
 :mod:`.engine` (discrete-event loop, remote policies), :mod:`.baselines` (target-only and
 standard SD via :class:`~wanspec.core.local.LocalDecoder`), :mod:`.records` (metrics),
 :mod:`.sweep` (grids, parallel runs), :mod:`.report` (tables, CSV/JSON, plots).

@@ -7,7 +7,9 @@ as the remote runs, so every point compares the modes on identical sequences.
 
 from __future__ import annotations
 
-from wanspec.core.actions import DraftDone, EmitTokens, Finished, RunDraft, RunTarget, Site, TargetDone
+from wanspec.core.actions import (
+    DraftDone, EmitTokens, Finished, RunDraft, RunTarget, Site, TargetDone,
+)
 from wanspec.core.local import LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
 from wanspec.simulate.config import SimConfig
@@ -42,10 +44,11 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld]) -> M
             if run is None:
                 break
             n = len(run.tokens)
-            if type(run) is RunTarget:
+            ev: TargetDone | DraftDone
+            if isinstance(run, RunTarget):
                 now += (tb + tp * (n - 1)) / 1000.0
-                first = run.start + n - run.want + 1  # type: ignore[union-attr]
-                ev: TargetDone | DraftDone = TargetDone(run.op, world.choices(first, run.want))  # type: ignore[union-attr]
+                first = run.start + n - run.want + 1
+                ev = TargetDone(run.op, world.choices(first, run.want))
             else:
                 now += (db + dp * (n - 1)) / 1000.0
                 tok, ent, top = world.draft(cache, run.start, run.tokens)

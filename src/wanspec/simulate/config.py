@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from wanspec.core.policy import PolicyName
+from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
 
 POLICIES: tuple[str, ...] = tuple(p.value for p in PolicyName)
+_POLICY_DEFAULTS = PolicyConfig()  # thresholds default to what the real controller uses
 MATCH_MODELS = ("iid", "markov", "trace")
 
 
@@ -85,8 +86,8 @@ class SimConfig:
     # decoding and policies
     gamma: int = 4
     lookahead: int = 0
-    entropy_threshold: float = 1.0
-    busy_pass_weight: float = 1.0
+    entropy_threshold: float = _POLICY_DEFAULTS.entropy_threshold
+    busy_pass_weight: float = _POLICY_DEFAULTS.busy_pass_weight
     # synthetic models
     match: str = "iid"
     alpha: float = 0.8

@@ -79,7 +79,7 @@ class RemoteSim:
         self.wcaches: dict[int, DraftCache] = {}
         self.worker_free = 0.0
         self.worker_busy = 0.0
-        self._draft_s = (cfg.draft_ms + cfg.draft_per_token_ms * 0) / 1000.0  # PassCost(1 token)
+        self._draft_s = cfg.draft_ms / 1000.0  # PassCost.seconds(1): a one-token feed
         self.core: ControllerCore | None = None
         self.world: RequestWorld | None = None
         self.local_cache = DraftCache()
@@ -132,65 +132,68 @@ class RemoteSim:
     def _c_exec(self, actions: list, now: float) -> None:
         core = self.core
         assert core is not None and self.world is not None
-        world = self.world
-        cfg = self.cfg
-        for a in actions:
-            tp = type(a)
-            if tp is SendToWorker:
-                self._send_up(now, a.msg)
-            elif tp is RunTarget:
-                n = len(a.tokens)
-                first = a.start + n - a.want + 1
-                cost = (cfg.target_ms + cfg.verify_per_token_ms * (n - 1)) / 1000.0
-                self._at(now + cost, self._c_done, TargetDone(a.op, world.choices(first, a.want)))
-            elif tp is RunDraft:
-                tok, ent, top = world.draft(self.local_cache, a.start, a.tokens)
-                cost = (cfg.draft_ms + cfg.draft_per_token_ms * (len(a.tokens) - 1)) / 1000.0
-                self._at(now + cost, self._c_done, DraftDone(a.op, tok, ent, top))
-            elif tp is EmitTokens:
-                self.out.extend(a.tokens)
-            elif tp is Finished:
-                self._finished(now)
-            elif tp is Log:
-                self.logs.append(a.message)
+        if actions:
+            world = self.world
+            cfg = self.cfg
+            for a in actions:
+                tp = type(a)
+                if tp is SendToWorker:
+                    self._send_up(now, a.msg)
+                elif tp is RunTarget:
+                    n = len(a.tokens)
+                    first = a.start + n - a.want + 1
+                    cost = (cfg.target_ms + cfg.verify_per_token_ms * (n - 1)) / 1000.0
+                    self._at(now + cost, self._c_done,
+                             TargetDone(a.op, world.choices(first, a.want)))
+                elif tp is RunDraft:
+                    tok, ent, top = world.draft(self.local_cache, a.start, a.tokens)
+                    cost = (cfg.draft_ms + cfg.draft_per_token_ms * (len(a.tokens) - 1)) / 1000.0
+                    self._at(now + cost, self._c_done, DraftDone(a.op, tok, ent, top))
+                elif tp is EmitTokens:
+                    self.out.extend(a.tokens)
+                elif tp is Finished:
+                    self._finished(now)
+                elif tp is Log:
+                    self.logs.append(a.message)
+        # re-arm the wait timer after every event, as RemoteEngine._drive re-enters wait_for
         self.tgen += 1
         deadline = core.next_timer()
         if deadline is not None:
             self._at(deadline if deadline > now else now, self._c_timer, self.tgen)
 
-    def _c_done(self, now: float, ev: TargetDone | DraftDone) -> None:
+    def _c_done(self, now: float, ev: Any) -> None:
         core = self.core
         assert core is not None
         if type(ev) is TargetDone:
-            self._c_exec(core.on_target_done(ev, now), now)  # type: ignore[arg-type]
+            self._c_exec(core.on_target_done(ev, now), now)
         else:
-            self._c_exec(core.on_draft_done(ev, now), now)  # type: ignore[arg-type]
+            self._c_exec(core.on_draft_done(ev, now), now)
 
     def _c_timer(self, now: float, gen: int) -> None:
         core = self.core
         if gen == self.tgen and core is not None and not core.finished:
             self._c_exec(core.on_timer(now), now)
 
-    def _c_msg(self, now: float, msg: Message) -> None:
+    def _c_msg(self, now: float, msg: Any) -> None:  # Any: dispatched on its type
         tp = type(msg)
         core = self.core
         if tp is Drafts:
-            if core is not None and msg.rid == core.rid and not core.finished:  # type: ignore[union-attr]
+            if core is not None and msg.rid == core.rid and not core.finished:
                 self._c_exec(core.on_message(msg, now), now)
         elif tp is Pong:
-            rtt = now - msg.t  # type: ignore[union-attr]
+            rtt = now - msg.t
             self.link_rtt = rtt if self.link_rtt is None else 0.8 * self.link_rtt + 0.2 * rtt
             if core is not None and not core.finished:
                 core.on_rtt_sample(rtt)
         elif tp is SessionStats:
-            if 0 < msg.rid <= len(self.results):  # type: ignore[union-attr]
-                self.results[msg.rid - 1].worker = msg  # type: ignore[union-attr,assignment]
-            if self.waiting_stats == msg.rid:  # type: ignore[union-attr]
+            if 0 < msg.rid <= len(self.results):
+                self.results[msg.rid - 1].worker = msg
+            if self.waiting_stats == msg.rid:
                 self.waiting_stats = None
                 self._next_request(now)
         elif tp is Error:
-            if core is not None and msg.rid == core.rid and not core.finished:  # type: ignore[union-attr]
-                reason = f"worker refused the request: {msg.message}"  # type: ignore[union-attr]
+            if core is not None and msg.rid == core.rid and not core.finished:
+                reason = f"worker refused the request: {msg.message}"
                 self._c_exec(core.on_worker_lost(reason, now), now)
         elif tp is Hello:
             self.link_rtt = now - self.hello_sent
@@ -222,26 +225,26 @@ class RemoteSim:
             self._start_request(now)
 
     # ---- worker site ---------------------------------------------------------------------
-    def _w_msg(self, now: float, msg: Message) -> None:
+    def _w_msg(self, now: float, msg: Any) -> None:
         w = self.worker
         tp = type(msg)
         if tp is Commit:
             try:
-                actions = w.on_commit(msg)  # type: ignore[arg-type]
+                actions = w.on_commit(msg)
             except ValueError as exc:
-                self._send_down(now, Error(str(exc), rid=msg.rid, code="session"))  # type: ignore[union-attr]
-                actions = w.drop(msg.rid)  # type: ignore[union-attr]
+                self._send_down(now, Error(str(exc), rid=msg.rid, code="session"))
+                actions = w.drop(msg.rid)
         elif tp is SessionStart:
             try:
-                actions = w.on_start(msg)  # type: ignore[arg-type]
+                actions = w.on_start(msg)
             except Exception as exc:
-                self._send_down(now, Error(str(exc), rid=msg.rid, code="session"))  # type: ignore[union-attr]
+                self._send_down(now, Error(str(exc), rid=msg.rid, code="session"))
                 return
-            self.wcaches[msg.rid] = DraftCache()  # type: ignore[union-attr]
+            self.wcaches[msg.rid] = DraftCache()
         elif tp is Cancel:
-            actions = w.on_cancel(msg)  # type: ignore[arg-type]
+            actions = w.on_cancel(msg)
         elif tp is Ping:
-            self._send_down(now, Pong(msg.t, msg.seq))  # type: ignore[union-attr]
+            self._send_down(now, Pong(msg.t, msg.seq))
             return
         elif tp is Hello:
             self._send_down(now, WORKER_HELLO)

@@ -19,29 +19,32 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import msgpack
 
 from wanspec.protocol.codec import encode_message
-from wanspec.protocol.messages import Commit, Drafts, Message
+from wanspec.protocol.messages import Commit, Drafts
 from wanspec.transport.inproc import LinkParams
 
 HEADER_BYTES = 4
 _packb = msgpack.packb
 
 
-def frame_size(msg: Message) -> int:
+def frame_size(msg: Any) -> int:
     """Bytes ``encode_frame(msg)`` puts on the wire (header included)."""
     tp = type(msg)
-    if tp is Drafts and len(msg.tokens) == 1:  # type: ignore[union-attr]
-        # the hottest message: [3, rid, epoch, base, [tok], [entropy], [top_prob]], floats are
-        # float64 (9 bytes), so only the four integers vary in size
-        return 27 + _isz(msg.rid) + _isz(msg.epoch) + _isz(msg.base) + _isz(msg.tokens[0])  # type: ignore[union-attr]
+    if (tp is Drafts and len(msg.tokens) == 1 and len(msg.entropy) == 1
+            and len(msg.top_prob) == 1 and type(msg.entropy[0]) is float
+            and type(msg.top_prob[0]) is float):
+        # the hottest message: [3, rid, epoch, base, [tok], [entropy], [top_prob]] with floats
+        # packed as float64 (9 bytes), so only the four integers vary in size
+        return 27 + _isz(msg.rid) + _isz(msg.epoch) + _isz(msg.base) + _isz(msg.tokens[0])
     if tp is Drafts:
-        body = _packb([3, msg.rid, msg.epoch, msg.base, msg.tokens, msg.entropy,  # type: ignore[union-attr]
-                       msg.top_prob], use_bin_type=True)  # type: ignore[union-attr]
+        body = _packb([3, msg.rid, msg.epoch, msg.base, msg.tokens, msg.entropy,
+                       msg.top_prob], use_bin_type=True)
     elif tp is Commit:
-        body = _packb([4, msg.rid, msg.epoch, msg.base, msg.tokens], use_bin_type=True)  # type: ignore[union-attr]
+        body = _packb([4, msg.rid, msg.epoch, msg.base, msg.tokens], use_bin_type=True)
     else:
         body = encode_message(msg)
     return HEADER_BYTES + len(body)

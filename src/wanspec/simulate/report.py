@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from rich.table import Table
 
-from wanspec.simulate.config import PARAMS
+from wanspec.simulate.config import PARAMS, POLICIES
 from wanspec.simulate.records import BASELINES
 
 PARAM_COLUMNS = [p.field for p in PARAMS.values()] + ["match"]
@@ -119,21 +119,48 @@ def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
     groups = list(dict.fromkeys(tuple(r[k] for k in others) for r in records))
     styles = ["-", "--", "-.", ":"]
     markers = ["o", "s", "^", "v", "D", "x", "+", "*"]
-    colors = {m: f"C{i}" for i, m in enumerate([*BASELINES, *policies])}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    order = [*BASELINES, *POLICIES]  # one colour per mode in every figure
+    colors = {m: f"C{order.index(m)}" if m in order else "k" for m in [*BASELINES, *policies]}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    # target-only is usually far above everything else: draw it only if it does not squash
+    # the panel, else name its ratio in a corner
+    t_lat = [r["latency_vs_standard_sd"] or 0.0 for r in records if r["mode"] == "target"]
+    rest = [r["latency_vs_standard_sd"] or 0.0 for r in records if r["mode"] != "target"]
+    show_target = not t_lat or not rest or max(t_lat) <= 1.4 * max(rest)
+    if not show_target:
+        lo, hi = min(t_lat), max(t_lat)
+        span = f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}-{hi:.2f}"
+        axes[0].text(0.02, 0.97, f"target-only: {span} x standard SD (off scale)",
+                     transform=axes[0].transAxes, va="top", fontsize=8, color=colors["target"])
+    def series(mode: str, g: tuple) -> list[dict[str, Any]]:
+        rs = [r for r in records if r["mode"] == mode and tuple(r[k] for k in others) == g]
+        return sorted(rs, key=lambda r: r[x_key])
+
+    # baselines that do not depend on the other swept parameters are drawn (and named) once
+    def plotted(mode: str, g: tuple) -> list[tuple[Any, Any]]:
+        return [(r["latency_vs_standard_sd"], r["busy_site_draft_passes_vs_standard_sd"])
+                for r in series(mode, g)]
+
+    def same(mode: str) -> bool:
+        return all(plotted(mode, g) == plotted(mode, groups[0]) for g in groups)
+
+    once = {m for m in BASELINES if same(m)}
     for gi, g in enumerate(groups):
         suffix = ", ".join(f"{k}={v:g}" for k, v in zip(others, g))
         for mode in [*BASELINES, *policies]:
-            rs = [r for r in records if r["mode"] == mode and tuple(r[k] for k in others) == g]
-            rs.sort(key=lambda r: r[x_key])
+            if mode in once and gi > 0:
+                continue
+            rs = series(mode, g)
             if not rs:
                 continue
             x = [r[x_key] for r in rs]
             base = mode in BASELINES
             kw = dict(color=colors[mode], ls="--" if base else styles[gi % len(styles)],
                       marker=None if base else markers[gi % len(markers)], ms=4, lw=1.2 if base else 1.6)
-            label = LABELS.get(mode, mode) + (f" ({suffix})" if suffix else "")
-            axes[0].plot(x, [r["latency_vs_standard_sd"] or 0.0 for r in rs], label=label, **kw)
+            label = LABELS.get(mode, mode) + (f" ({suffix})" if suffix and mode not in once else "")
+            if mode != "target" or show_target:
+                axes[0].plot(x, [r["latency_vs_standard_sd"] or 0.0 for r in rs], label=label,
+                             **kw)
             if mode != "target":
                 axes[1].plot(x, [r["busy_site_draft_passes_vs_standard_sd"] or 0.0 for r in rs],
                              label=label, **kw)
@@ -148,9 +175,12 @@ def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
         ax.grid(alpha=0.3)
     axes[0].axhline(1.05, color="grey", lw=0.8, ls=":")
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    ncol = min(len(labels), 6) or 1
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.01, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -108,7 +108,12 @@ def grid(base: SimConfig, sweeps: Sequence[Sweep]) -> list[SimConfig]:
 
 
 # ---- running -------------------------------------------------------------------------------
-_TRACE: Trace | None = None  # set in the parent before forking workers (never pickled per task)
+_TRACE: Trace | None = None  # the sweep's trace, in this process (never pickled per task)
+
+
+def _set_trace(trace: Trace | None) -> None:
+    global _TRACE
+    _TRACE = trace
 
 
 def _baseline_key(cfg: SimConfig) -> SimConfig:
@@ -133,7 +138,8 @@ def default_jobs(n_tasks: int, tokens: int) -> int:
     return 1 if tokens < 60_000 or cpus < 2 else max(1, min(cpus, n_tasks))
 
 
-def _execute(tasks: list[tuple[SimConfig, str]], jobs: int) -> Iterator[dict[str, Any]]:
+def _execute(tasks: list[tuple[SimConfig, str]], jobs: int,
+             trace: Trace | None) -> Iterator[dict[str, Any]]:
     if jobs <= 1 or len(tasks) <= 1:
         yield from map(run_task, tasks)
         return
@@ -142,7 +148,8 @@ def _execute(tasks: list[tuple[SimConfig, str]], jobs: int) -> Iterator[dict[str
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else None)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_set_trace,
+                             initargs=(trace,)) as pool:
         yield from pool.map(run_task, tasks, chunksize=max(1, len(tasks) // (8 * jobs)))
 
 
@@ -150,21 +157,20 @@ def run_sweep(base: SimConfig, sweeps: Sequence[Sweep], policies: Sequence[str],
               trace: Trace | None = None, jobs: int = 0,
               progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """One record per (point, mode): target-only, standard SD, then each policy."""
-    global _TRACE
     points = grid(base, sweeps)
     keys = list(dict.fromkeys(_baseline_key(p) for p in points))
     tasks = [(k, m) for k in keys for m in BASELINES] + [(p, pol) for p in points for pol in policies]
     if jobs <= 0:
         jobs = default_jobs(len(tasks), len(tasks) * base.requests * base.max_tokens)
-    _TRACE = trace
+    _set_trace(trace)
     try:
         out: list[dict[str, Any]] = []
-        for i, rec in enumerate(_execute(tasks, jobs), 1):
+        for i, rec in enumerate(_execute(tasks, jobs, trace), 1):
             out.append(rec)
             if progress is not None:
                 progress(i, len(tasks))
     finally:
-        _TRACE = None
+        _set_trace(None)
     base_recs = {(k, m): out[i * len(BASELINES) + j] for i, k in enumerate(keys)
                  for j, m in enumerate(BASELINES)}
     remote = iter(out[len(keys) * len(BASELINES):])

@@ -131,16 +131,15 @@ def read_trace(path: Path | str) -> Trace:
 def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
                 header: dict[str, Any] | None = None) -> None:
     """Write a trace (what ``emulate --record`` will call, one TraceRequest per request)."""
-    if not hasattr(out, "write"):
-        with open(out, "w", encoding="utf-8") as fh:  # type: ignore[arg-type]
+    if isinstance(out, (str, Path)):
+        with open(out, "w", encoding="utf-8") as fh:
             write_trace(fh, requests, header)
         return
-    fh: IO[str] = out  # type: ignore[assignment]
-    fh.write(json.dumps({"wanspec_trace": FORMAT_VERSION, **(header or {})}) + "\n")
+    out.write(json.dumps({"wanspec_trace": FORMAT_VERSION, **(header or {})}) + "\n")
     for i, r in enumerate(requests):
         drafts = [[p, a, e] for p, (a, e) in sorted(r.drafts.items())]
-        fh.write(json.dumps({"request": i, "prompt_tokens": r.prompt_tokens, "drafts": drafts})
-                 + "\n")
+        out.write(json.dumps({"request": i, "prompt_tokens": r.prompt_tokens, "drafts": drafts})
+                  + "\n")
 
 
 def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:

@@ -1,0 +1,103 @@
+"""The simulator's synthetic models behind the runtime's model interface (duck-typed CausalLM).
+
+With these, ``wanspec.emulate.runner.Emulation`` (asyncio adapters, in-process link, emulated
+devices on a virtual clock) decodes exactly the sequences the simulator decodes, so the two
+drivers of the same cores can be compared number for number.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from wanspec.simulate.models import DraftCache, RequestWorld
+
+
+class _Tokenizer:
+    eos_token_id = None
+    bos_token_id = None
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.world: RequestWorld | None = None
+        self.draft = DraftCache()
+        self.length = 0
+
+
+def _top_prob_for(entropy: float, vocab: int) -> float:
+    """p such that a distribution (p, then (1-p)/(V-1) each) has ``entropy`` nats."""
+    def h(p: float) -> float:
+        q = (1.0 - p) / (vocab - 1)
+        return -(p * math.log(p)) - ((vocab - 1) * q * math.log(q) if q > 0 else 0.0)
+
+    lo, hi = 1.0 / vocab, 1.0 - 1e-15
+    if entropy >= h(lo):
+        return lo
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if h(mid) > entropy:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+class SyntheticLM:
+    """``role`` is "target" (one-hot logits of the target sequence) or "draft" (the synthetic
+    draft's proposal, with a distribution whose entropy is the simulated one)."""
+
+    def __init__(self, worlds: Sequence[RequestWorld], role: str, vocab: int, name: str = "") -> None:
+        self.worlds = list(worlds)
+        self._by_prompt = {tuple(w.prompt): w for w in self.worlds}
+        self.role = role
+        self.vocab_size = vocab
+        self.name = name or role
+        self.path = Path("<synthetic>")
+        self.tokenizer = _Tokenizer()
+        self.eos_ids: frozenset[int] = frozenset()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+
+    def sibling(self, name: str) -> "SyntheticLM":
+        return SyntheticLM(self.worlds, self.role, self.vocab_size, name)
+
+    def new_cache(self) -> _Cache:
+        return _Cache()
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(map(str, ids))
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError("synthetic models take token ids")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def forward(self, cache: _Cache, start: int, tokens: Sequence[int]) -> torch.Tensor:
+        if start > cache.length:
+            raise ValueError(f"cache holds {cache.length} tokens, cannot feed at {start}")
+        if cache.world is None:
+            assert start == 0
+            n_prompt = len(self.worlds[0].prompt)
+            cache.world = self._by_prompt[tuple(tokens[:n_prompt])]
+        w = cache.world
+        cache.length = start + len(tokens)
+        n = len(tokens)
+        if self.role == "target":
+            logits = torch.full((n, self.vocab_size), -10.0, dtype=torch.float64)
+            for i in range(n):
+                logits[i, w.target[start + i + 1]] = 10.0
+            return logits
+        tok, ent, _ = w.draft(cache.draft, start, tokens)
+        p = _top_prob_for(ent, self.vocab_size)
+        logits = torch.full((n, self.vocab_size), math.log((1.0 - p) / (self.vocab_size - 1)),
+                            dtype=torch.float64)
+        logits[-1, tok] = math.log(p)
+        return logits
