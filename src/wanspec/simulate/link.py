@@ -1,14 +1,8 @@
 """The in-process transport's WAN latency model as a pure object, plus exact frame sizes.
 
-Why a copy and not a refactor of :mod:`wanspec.transport.inproc`: its ``_Pipe`` is bound to
-asyncio timers; the simulator needs only the arithmetic.  :class:`FifoLink` performs the very
-same computation with the very same random draws (same ``random.Random`` seed string, same order
-of ``uniform``/``random`` calls), so for the same pushes it returns bit-identical arrival times;
-``tests/simulate/test_link.py`` checks this against ``_Pipe`` itself.  Per direction::
-
-    tx_done = max(now, link_free) + bytes * 8 / bandwidth      # only if bandwidth > 0
-    arrival = max(previous_arrival,
-                  tx_done + one_way + U(0, jitter) + (spike if rand < spike_prob))
+The arithmetic itself, :class:`~wanspec.transport.latency.FifoLink`, is the very object the
+in-process transport schedules its asyncio timers from, so the simulator's arrival times are the
+transport's, bit for bit (``tests/simulate/test_link.py`` checks this against the transport).
 
 Frame sizes are the real wire sizes: 4-byte header + the msgpack body that
 :func:`wanspec.protocol.codec.encode_message` would produce, packed with the same packer (a
@@ -17,15 +11,15 @@ hand-written field list for the two hot message types, the generic encoder for t
 
 from __future__ import annotations
 
-import math
-import random
 from typing import Any
 
 import msgpack
 
 from wanspec.protocol.codec import encode_message
 from wanspec.protocol.messages import Commit, Drafts
-from wanspec.transport.inproc import LinkParams
+from wanspec.transport.latency import FifoLink, LinkParams, link_pair
+
+__all__ = ["HEADER_BYTES", "FifoLink", "LinkParams", "frame_size", "link_pair"]
 
 HEADER_BYTES = 4
 _packb = msgpack.packb
@@ -61,44 +55,3 @@ def _isz(v: int) -> int:
     if v < 65536:
         return 3
     return 5 if v < 4294967296 else 9
-
-
-class FifoLink:
-    """One direction of the link (a FIFO stream); :meth:`push` returns the arrival time (s)."""
-
-    __slots__ = ("_one_way_s", "_rng", "_bw", "_jitter_ms", "_spike_prob", "_spike_ms",
-                 "_link_free", "_last_arrival", "messages", "bytes")
-
-    def __init__(self, params: LinkParams, one_way_ms: float, name: str) -> None:
-        self._one_way_s = one_way_ms / 1000.0
-        self._rng = random.Random(f"wanspec-link:{params.seed}:{name}")
-        self._bw = params.bandwidth_bps
-        self._jitter_ms = params.jitter_ms
-        self._spike_prob = params.spike_prob
-        self._spike_ms = params.spike_ms
-        self._link_free = -math.inf
-        self._last_arrival = -math.inf
-        self.messages = 0
-        self.bytes = 0
-
-    def push(self, now: float, nbytes: int) -> float:
-        """Send a frame of ``nbytes`` (header included) at ``now``; returns when it arrives."""
-        self.messages += 1
-        self.bytes += nbytes
-        tx_done = now
-        if self._bw > 0:
-            tx_done = max(now, self._link_free) + nbytes * 8.0 / self._bw
-            self._link_free = tx_done
-        delay = self._one_way_s
-        if self._jitter_ms > 0:
-            delay += self._rng.uniform(0.0, self._jitter_ms) / 1000.0
-        if self._spike_prob > 0 and self._rng.random() < self._spike_prob:
-            delay += self._spike_ms / 1000.0
-        arrival = max(self._last_arrival, tx_done + delay)
-        self._last_arrival = arrival
-        return arrival
-
-
-def link_pair(params: LinkParams) -> tuple[FifoLink, FifoLink]:
-    """``(up, down)``: controller->worker and worker->controller, as ``inproc_pair`` builds them."""
-    return FifoLink(params, params.up_ms, "up"), FifoLink(params, params.down_ms, "down")

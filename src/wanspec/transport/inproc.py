@@ -22,50 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
-import random
-from dataclasses import dataclass
 
-from wanspec.errors import WanspecError
 from wanspec.protocol.codec import DEFAULT_MAX_FRAME, decode_message, encode_frame
 from wanspec.protocol.messages import Message
 from wanspec.transport.base import Connection, ConnectionClosed
 from wanspec.transport.common import Inbox, Traffic
+from wanspec.transport.latency import FifoLink, LinkParams
+
+__all__ = ["InprocConnection", "LinkParams", "inproc_pair"]
 
 _HEADER_BYTES = 4
-
-
-@dataclass(frozen=True)
-class LinkParams:
-    """WAN characteristics of an in-process link (all times in milliseconds)."""
-
-    rtt_ms: float = 0.0
-    jitter_ms: float = 0.0  # extra one-way delay, uniform in [0, jitter_ms], per message
-    bandwidth_bps: float = 0.0  # per direction; 0 = unlimited
-    spike_prob: float = 0.0  # probability that a message is hit by a delay spike (loss + resend)
-    spike_ms: float = 0.0
-    up_share: float = 0.5  # fraction of the RTT spent controller -> worker
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("rtt_ms", "jitter_ms", "bandwidth_bps", "spike_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise WanspecError(f"link {name} must be a non-negative number, got {value!r}")
-        for name in ("spike_prob", "up_share"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise WanspecError(f"link {name} must be between 0 and 1, got {value!r}")
-
-    @property
-    def up_ms(self) -> float:
-        """One-way base delay controller -> worker."""
-        return self.rtt_ms * self.up_share
-
-    @property
-    def down_ms(self) -> float:
-        """One-way base delay worker -> controller."""
-        return self.rtt_ms * (1.0 - self.up_share)
 
 
 class _Pipe:
@@ -77,11 +43,7 @@ class _Pipe:
     """
 
     def __init__(self, params: LinkParams, one_way_ms: float, name: str) -> None:
-        self._params = params
-        self._one_way_s = one_way_ms / 1000.0
-        self._rng = random.Random(f"wanspec-link:{params.seed}:{name}")
-        self._link_free = -math.inf
-        self._last_arrival = -math.inf
+        self._schedule = FifoLink(params, one_way_ms, name)  # the delay arithmetic
         self._pending: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -92,26 +54,13 @@ class _Pipe:
 
     def push(self, body: bytes) -> float:
         """Put one frame body on the link; returns its arrival time."""
-        loop = self._use_loop()
-        now = loop.time()
         nbytes = len(body) + _HEADER_BYTES
         self.sent.add(nbytes)
-        p = self._params
-        tx_done = now
-        if p.bandwidth_bps > 0:
-            tx_done = max(now, self._link_free) + nbytes * 8.0 / p.bandwidth_bps
-            self._link_free = tx_done
-        delay = self._one_way_s
-        if p.jitter_ms > 0:
-            delay += self._rng.uniform(0.0, p.jitter_ms) / 1000.0
-        if p.spike_prob > 0 and self._rng.random() < p.spike_prob:
-            delay += p.spike_ms / 1000.0
-        return self._enqueue(max(self._last_arrival, tx_done + delay), body)
+        return self._enqueue(self._schedule.push(self._use_loop().time(), nbytes), body)
 
     def push_eof(self) -> None:
         """The sender closed: the peer learns it one base delay later, after the data in flight."""
-        now = self._use_loop().time()
-        self._enqueue(max(self._last_arrival, now + self._one_way_s), None)
+        self._enqueue(self._schedule.eof_arrival(self._use_loop().time()), None)
 
     def drop(self) -> None:
         """Lose everything in flight (the link was cut)."""
@@ -126,7 +75,6 @@ class _Pipe:
         return self._loop
 
     def _enqueue(self, arrival: float, body: bytes | None) -> float:
-        self._last_arrival = arrival
         self._pending.append((arrival, body))
         self._arm()
         return arrival
@@ -214,7 +162,7 @@ def inproc_pair(
 ) -> tuple[InprocConnection, InprocConnection]:
     """A connected ``(controller_end, worker_end)`` pair over an emulated WAN link."""
     params = params or LinkParams()
-    up = _Pipe(params, params.up_ms, "up")
+    up = _Pipe(params, params.up_ms, "up")  # same names as latency.link_pair: same random draws
     down = _Pipe(params, params.down_ms, "down")
     controller = InprocConnection("worker", up, down, max_frame)
     worker = InprocConnection("controller", down, up, max_frame)
