@@ -19,6 +19,7 @@ COLUMNS = [
 
 
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    """A number, or a dash where a ratio has no baseline."""
     return "–" if x is None else fmt.format(x)
 
 
@@ -53,9 +54,10 @@ def write_json(records: Sequence[dict[str, Any]], path: Path | None) -> str:
     return text
 
 
-def write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
+def write_csv(records: Sequence[dict[str, Any]], path: Path,
+              columns: Sequence[str] = COLUMNS) -> None:
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in records:
             w.writerow(r)

@@ -92,7 +92,9 @@ def _aggregate(runs: ModeRuns, reference: Sequence[list[int]]) -> dict[str, Any]
     }
 
 
-def _with_ratios(rec: dict[str, Any], target: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
+def with_ratios(rec: dict[str, Any], target: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
+    """Add the ratios to the target-only and standard-SD records of the same point."""
+
     def ratio(a: float, b: float) -> float | None:
         return a / b if b else None
 
@@ -155,9 +157,9 @@ class Emulation:
         records: list[dict[str, Any]] = []
         for rtt in self.config.rtts_ms:
             for base in (base_t, base_sd):
-                records.append(_with_ratios({**base, "rtt_ms": rtt}, base_t, base_sd))
+                records.append(with_ratios({**base, "rtt_ms": rtt}, base_t, base_sd))
             for policy in self.config.policies:
                 runs = self._run_remote(policy, rtt, prompts)
-                records.append(_with_ratios(_aggregate(runs, reference), base_t, base_sd))
+                records.append(with_ratios(_aggregate(runs, reference), base_t, base_sd))
         return records
 

@@ -13,10 +13,12 @@ from typing import Any, Sequence
 
 from wanspec.core.controller import ControllerStats
 from wanspec.core.metrics import RequestMetrics, percentile
+from wanspec.emulate.runner import BASELINES, with_ratios
 from wanspec.protocol.messages import SessionStats
 from wanspec.simulate.config import PARAMS, SimConfig
 
-BASELINES = ("target", "sd")
+
+__all__ = ["BASELINES", "aggregate", "lossless", "point_columns", "with_ratios"]
 
 
 @dataclass
@@ -112,16 +114,6 @@ def aggregate(res: ModeResult, cfg: SimConfig) -> dict[str, Any]:
     }
 
 
-def with_ratios(rec: dict[str, Any], target: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if b else None
-
-    rec["speedup_vs_target"] = ratio(target["tpot_ms_mean"], rec["tpot_ms_mean"])
-    rec["latency_vs_standard_sd"] = ratio(rec["tpot_ms_mean"], sd["tpot_ms_mean"])
-    rec["busy_site_draft_passes_vs_standard_sd"] = ratio(
-        rec["busy_site_draft_passes_per_token"], sd["busy_site_draft_passes_per_token"])
-    return rec
-
-
 def lossless(records: Sequence[dict[str, Any]]) -> bool:
     return all(r["identical_to_target_only"] for r in records)
+

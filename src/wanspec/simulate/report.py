@@ -7,13 +7,13 @@ sweep reads best as one row per point with, per policy, the three numbers the de
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from rich.table import Table
 
+from wanspec.emulate import report as emulate_report
+from wanspec.emulate.report import _f, write_json
 from wanspec.simulate.config import PARAMS, POLICIES
 from wanspec.simulate.records import BASELINES
 
@@ -30,9 +30,7 @@ METRIC_COLUMNS = [
 COLUMNS = PARAM_COLUMNS + METRIC_COLUMNS
 LABELS = {"target": "target-only", "sd": "standard SD"}
 
-
-def _f(x: Any, fmt: str = "{:.2f}") -> str:
-    return "–" if x is None else fmt.format(x)
+__all__ = ["mode_table", "plot", "sweep_table", "write_csv", "write_json"]
 
 
 def point_label(rec: dict[str, Any], swept: Sequence[str]) -> str:
@@ -90,19 +88,9 @@ def sweep_table(records: Sequence[dict[str, Any]], swept: Sequence[str],
     return t
 
 
-def write_json(records: Sequence[dict[str, Any]], path: Path | None) -> str:
-    text = json.dumps(list(records), indent=2)
-    if path is not None:
-        path.write_text(text + "\n")
-    return text
-
-
 def write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in records:
-            w.writerow(r)
+    """The emulator's CSV writer with the simulator's columns."""
+    emulate_report.write_csv(records, path, COLUMNS)
 
 
 def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
