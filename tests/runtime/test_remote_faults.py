@@ -10,69 +10,29 @@ import asyncio
 import contextlib
 
 import pytest
+from helpers import free_tcp_port
+from remote_support import (
+    MAX_TOKENS,
+    POLICIES,
+    PROMPT,
+    SAMPLED,
+    TIMING,
+    config,
+    real,
+    tcp_engine,
+    virtual,
+)
 
-from helpers import free_tcp_port, tiny_llama_with_tokenizer
-from wanspec.core.controller import ControllerConfig
-from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import IncompatibleModelsError
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import Hello
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
-from wanspec.runtime.engine import LocalEngine, TimingConfig
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.runtime.worker import WorkerService
 from wanspec.sampling import SamplingParams
 from wanspec.timing import clock
 from wanspec.transport import factory
 from wanspec.transport.inproc import LinkParams, inproc_pair
-
-TIMING = TimingConfig.emulate(30, 4)
-PROMPT = "To be, or not to be, that is"
-MAX_TOKENS = 32
-SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, seed=99)
-POLICIES = ["remote", "always", "entropy"]
-BOUND_S = 120  # no test may hang: every async main runs under this bound (real seconds)
-
-
-def reference(target, sampling=SamplingParams(), timing=TIMING, max_tokens=MAX_TOKENS):
-    return LocalEngine(target, timing=timing).generate(PROMPT, mode="target", max_tokens=max_tokens,
-                                                       sampling=sampling, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def ref_greedy(target):
-    return reference(target)
-
-
-@pytest.fixture(scope="module")
-def ref_sampled(target):
-    return reference(target, SAMPLED)
-
-
-@pytest.fixture(scope="module")
-def other_tok_draft():
-    lm = tiny_llama_with_tokenizer(5, 280, name="other-tokenizer")
-    yield lm
-    lm.close()
-
-
-def config(policy: str, gamma: int = 4) -> ControllerConfig:
-    return ControllerConfig(gamma=gamma, policy=PolicyConfig(PolicyName(policy)))
-
-
-def virtual(main):
-    async def bounded():
-        return await asyncio.wait_for(main(), BOUND_S)
-
-    return clock.run(bounded, virtual=True)
-
-
-def real(main):
-    async def bounded():
-        return await asyncio.wait_for(main(), BOUND_S)
-
-    return asyncio.run(bounded())
-
 
 # ---- the worker dies mid-request ----------------------------------------------------------------
 
@@ -236,25 +196,12 @@ def test_no_worker_at_all(target, same_draft, ref_greedy):
 # ---- real TCP sockets on 127.0.0.1 --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ref_measured(target):
-    return reference(target, timing=TimingConfig(), max_tokens=16)
-
-
-def _tcp_engine(target, local, address: str, *, hello_timeout: float = 5.0):
-    async def connector():
-        return await factory.connect("tcp", address, timeout=2.0)
-
-    link = WorkerLink(connector, RemoteEngine.hello_for(target), hello_timeout=hello_timeout)
-    return link, RemoteEngine(target, link, local_draft=local, config=config("entropy"))
-
-
 @pytest.mark.parametrize("local", [True, False], ids=["local-sd", "target-only"])
 def test_unreachable_worker_over_tcp(local, target, same_draft, ref_measured):
     port = free_tcp_port()
 
     async def main():
-        link, engine = _tcp_engine(target, same_draft if local else None, f"127.0.0.1:{port}")
+        link, engine = tcp_engine(target, same_draft if local else None, f"127.0.0.1:{port}")
         try:
             r1 = await engine.agenerate(PROMPT, max_tokens=16, ignore_eos=True)
             r2 = await engine.agenerate(PROMPT, max_tokens=16, ignore_eos=True)  # in backoff
@@ -288,7 +235,7 @@ def test_wrong_protocol_peer_over_tcp(behaviour, target, same_draft, ref_measure
     async def main():
         server = await asyncio.start_server(http_peer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        link, engine = _tcp_engine(target, same_draft, f"127.0.0.1:{port}", hello_timeout=1.0)
+        link, engine = tcp_engine(target, same_draft, f"127.0.0.1:{port}", hello_timeout=1.0)
         try:
             r = await engine.agenerate(PROMPT, max_tokens=16, ignore_eos=True)
             return r, link.last_error
@@ -313,7 +260,7 @@ def test_real_tcp_worker_stopped_mid_request(target, near_draft, ref_measured):
         service = WorkerService(near_draft.sibling("tcp-worker"))
         server = await factory.serve("tcp", "127.0.0.1:0", service.handle)
         host, port = server.address
-        link, engine = _tcp_engine(target, near_draft, f"{host}:{port}")
+        link, engine = tcp_engine(target, near_draft, f"{host}:{port}")
         stopping: list[asyncio.Task] = []
 
         def on_tokens(tokens):
@@ -342,7 +289,7 @@ def test_real_tcp_worker_serves_a_request(target, same_draft, ref_measured):
         service = WorkerService(same_draft.sibling("tcp-worker"))
         server = await factory.serve("tcp", "127.0.0.1:0", service.handle)
         host, port = server.address
-        link, engine = _tcp_engine(target, None, f"{host}:{port}")
+        link, engine = tcp_engine(target, None, f"{host}:{port}")
         try:
             r = await engine.agenerate(PROMPT, max_tokens=16, ignore_eos=True)
             stats = await link.wait_stats([r.metrics["request_id"]], timeout=5.0)
@@ -357,142 +304,6 @@ def test_real_tcp_worker_serves_a_request(target, same_draft, ref_measured):
     assert passes > 0
     (st,) = stats.values()
     assert st.passes == passes
-
-
-# ---- the worker side: peers that misbehave ----------------------------------------------------
-
-
-def _served(service: WorkerService):
-    """A controller-side connection to ``service.handle`` over an instant in-process link."""
-    ours, theirs = inproc_pair(LinkParams())
-    task = asyncio.create_task(service.handle(theirs))
-    return ours, task
-
-
-def test_worker_refuses_a_peer_that_does_not_start_with_hello(same_draft):
-    from wanspec.protocol.messages import Error, SessionStart
-
-    async def main():
-        service = WorkerService(same_draft.sibling("w"))
-        conn, task = _served(service)
-        await conn.send(SessionStart(1, (1, 2, 3)))
-        reply = await asyncio.wait_for(conn.recv(), 5)
-        await asyncio.wait_for(task, 5)
-        return reply, service.cores
-
-    reply, cores = real(main)
-    assert isinstance(reply, Error) and reply.code == "handshake" and "Hello" in reply.message
-    assert all(c.stats.sessions == 0 for c in cores)
-
-
-def test_worker_refuses_a_controller_with_another_tokenizer(target, other_tok_draft):
-    from wanspec.protocol.messages import Error
-
-    async def main():
-        service = WorkerService(other_tok_draft.sibling("w"))
-        conn, task = _served(service)
-        await conn.send(RemoteEngine.hello_for(target))
-        reply = await asyncio.wait_for(conn.recv(), 5)
-        await asyncio.wait_for(task, 5)
-        return reply
-
-    reply = real(main)
-    assert isinstance(reply, Error) and "tokenizer mismatch" in reply.message
-
-
-def test_worker_refuses_bad_sessions_but_keeps_serving(target, same_draft):
-    from wanspec.protocol.messages import Cancel, Commit, Drafts, Error, Ping, Pong, SessionStart
-
-    async def main():
-        service = WorkerService(same_draft.sibling("w"))
-        conn, task = _served(service)
-        await conn.send(RemoteEngine.hello_for(target))
-        hello = await conn.recv()
-        recv = lambda: asyncio.wait_for(conn.recv(), 10)  # noqa: E731
-        await conn.send(SessionStart(1, (1, 2, 3), temperature=-1.0))
-        bad_params = await recv()
-        await conn.send(SessionStart(2, (1, 2, 3), lookahead=2))
-        drafts = [await recv(), await recv()]
-        await conn.send(Commit(2, 0, 9, (1,)))  # not contiguous: the session is dropped
-        bad_commit = await recv()
-        await conn.send(Ping(1.5, 7))
-        pong = await recv()
-        await conn.send(Cancel(2))  # already dropped: ignored
-        await conn.close()
-        await asyncio.wait_for(task, 5)
-        return hello, bad_params, drafts, bad_commit, pong, service.cores
-
-    hello, bad_params, drafts, bad_commit, pong, cores = real(main)
-    assert isinstance(hello, Hello) and hello.role == "worker"
-    assert isinstance(bad_params, Error) and bad_params.rid == 1 and bad_params.code == "session"
-    assert "temperature" in bad_params.message
-    assert [type(d) for d in drafts] == [Drafts, Drafts]
-    assert [(d.rid, d.epoch, d.base) for d in drafts] == [(2, 0, 3), (2, 0, 4)]
-    assert isinstance(bad_commit, Error) and bad_commit.rid == 2 and "expected 3" in bad_commit.message
-    assert pong == Pong(1.5, 7)
-    assert all(c.sessions == {} for c in cores)
-
-
-def test_worker_releases_sessions_when_the_controller_goes_away(target, same_draft):
-    from wanspec.protocol.messages import SessionStart
-
-    async def main():
-        service = WorkerService(same_draft.sibling("w"))
-        conn, task = _served(service)
-        await conn.send(RemoteEngine.hello_for(target))
-        await conn.recv()
-        await conn.send(SessionStart(1, (1, 2, 3), lookahead=4))
-        await conn.send(SessionStart(2, (4, 5), lookahead=4))
-        await asyncio.wait_for(conn.recv(), 10)  # drafting has begun
-        await conn.close()
-        await asyncio.wait_for(task, 10)
-        return service.cores
-
-    (core,) = real(main)
-    assert core.stats.sessions == 2 and core.sessions == {}
-
-
-def test_worker_handles_a_silent_peer_without_raising(same_draft, monkeypatch):
-    import wanspec.runtime.worker as worker_mod
-
-    monkeypatch.setattr(worker_mod, "HELLO_TIMEOUT_S", 0.2)
-
-    async def main():
-        service = WorkerService(same_draft.sibling("w"))
-        conn, task = _served(service)
-        try:
-            await asyncio.wait_for(task, 5)  # raises if handle() raised
-        finally:
-            await conn.close()
-
-    real(main)
-
-
-def test_worker_survives_garbage_and_serves_the_next_controller(target, same_draft, ref_measured):
-    async def main():
-        service = WorkerService(same_draft.sibling("tcp-worker"))
-        server = await factory.serve("tcp", "127.0.0.1:0", service.handle)
-        host, port = server.address
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: worker\r\n\r\n")
-            await writer.drain()
-            # the worker drops us (oversize 'frame'): EOF, bounded
-            rest = await asyncio.wait_for(reader.read(), 10)
-            writer.close()
-            link, engine = _tcp_engine(target, None, f"{host}:{port}")
-            try:
-                r = await engine.agenerate(PROMPT, max_tokens=16, ignore_eos=True)
-            finally:
-                await link.close()
-            return rest, r
-        finally:
-            await server.close()
-
-    rest, r = real(main)
-    assert rest == b""
-    assert r.token_ids == ref_measured.token_ids
-    assert r.metrics["worker_used"] is True and r.metrics["worker_lost"] is None
 
 
 def test_controller_reconnects_after_the_worker_restarts(target, same_draft, ref_measured):
