@@ -281,3 +281,33 @@ def test_worker_process_killed_mid_run(workers, dirs):
     assert any(r["metrics"]["worker_lost"] for r in results) or not all(
         r["metrics"]["worker_used"] for r in results)
     assert not results[-1]["metrics"]["worker_used"]
+
+
+@pytest.mark.parametrize("transport,drafter", [("tcp", "identical"), ("quic", "random")])
+def test_every_drafter_over_real_sockets(transport, drafter, dirs, certdir, random_draft):
+    """The foundation's drafter spectrum over real sockets: the worker serves a draft equal to
+    the target (all accepted) or an unrelated one (nothing accepted); output stays identical."""
+    root = dirs["root"]
+    draft_dir = dirs["target"] if drafter == "identical" else save_tiny_model(
+        random_draft, root / "random-draft")
+    tls = (("--cert", str(certdir / "server.pem"), "--key", str(certdir / "server.key"))
+           if transport == "quic" else ())
+    worker = WorkerProcess("--transport", transport, "--draft", str(draft_dir), *tls,
+                           log=root / f"{transport}-{drafter}-worker.log")
+    try:
+        worker.wait_listening()
+        ca = ("--ca", str(certdir / "ca.pem")) if transport == "quic" else ()
+        proc = start_controller(worker.address, transport, dirs, "--prompt", PROMPTS[0],
+                                "--max-tokens", "24", "--policy", "remote", "--no-local-draft",
+                                *ca)
+        rc, out, err = finish(proc)
+    finally:
+        worker.stop()
+    assert rc == 0, err
+    results = results_of(out)
+    _check_results(results, dirs, PROMPTS[:1], 24)
+    m = results[0]["metrics"]
+    if drafter == "identical":
+        assert m["acceptance_rate"] == 1.0
+    else:  # the worker's chain keeps dying: rollbacks over the wire, output unaffected
+        assert m["acceptance_rate"] < 0.5
