@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from helpers import perturbed_copy, tiny_llama, tiny_tokenizer
+
 from wanspec.models.backend import CausalLM
 
 TARGET_SEED = 3  # its greedy outputs are varied (seed 0 collapses into one repeated token)
@@ -65,3 +65,26 @@ def eos_pair(target):
     yield t, d
     t.close()
     d.close()
+
+
+# ---- CLI tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def narrow_stderr():
+    """Pin the error console to 80 columns (a pipe or a plain terminal), whatever runs pytest."""
+    from wanspec.cli import common
+
+    saved = common.err_console._width
+    common.err_console.width = 80
+    try:
+        yield
+    finally:
+        common.err_console._width = saved

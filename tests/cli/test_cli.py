@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 from helpers import save_tiny_model, tiny_llama_with_tokenizer
+
 from wanspec import __version__
-from wanspec.cli import common
 from wanspec.cli.app import app
 
 PROMPT = "To be, or not to be"
@@ -31,22 +29,6 @@ def model_dirs(tmp_path_factory, target, near_draft):
                 "root": root}
     finally:
         other.close()
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
-def narrow_stderr():
-    """Pin the error console to 80 columns (a pipe or a plain terminal), whatever runs pytest."""
-    saved = common.err_console._width
-    common.err_console.width = 80
-    try:
-        yield
-    finally:
-        common.err_console._width = saved
 
 
 def invoke(runner, *args: str):

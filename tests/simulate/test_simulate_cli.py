@@ -7,29 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from wanspec.cli import common
 from wanspec.cli.app import app
 from wanspec.simulate.config import POLICIES
 
 FAST = ["--requests", "2", "--max-tokens", "24"]
 TRACE = Path(__file__).parent / "data" / "small_trace.jsonl"
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
-def narrow_stderr():
-    saved = common.err_console._width
-    common.err_console.width = 80
-    try:
-        yield
-    finally:
-        common.err_console._width = saved
 
 
 def invoke(runner, *args: str):
