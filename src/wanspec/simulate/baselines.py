@@ -20,12 +20,11 @@ from wanspec.simulate.records import ModeResult, RequestResult
 def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld]) -> ModeResult:
     """``mode`` is ``target`` (target-only) or ``sd`` (standard SD, draft on the same device)."""
     local_mode = LocalMode(mode)
-    stop = StopCriteria(max_tokens=cfg.max_tokens)
     tb, tp = cfg.target_ms, cfg.verify_per_token_ms
     db, dp = cfg.draft_ms, cfg.draft_per_token_ms
     result = ModeResult(mode)
     for world in requests:
-        dec = LocalDecoder(world.prompt, stop, mode=local_mode, gamma=cfg.gamma,
+        dec = LocalDecoder(world.prompt, StopCriteria(max_tokens=world.max_tokens), mode=local_mode, gamma=cfg.gamma,
                            draft_site=Site.CONTROLLER)
         cache = DraftCache()
         out: list[int] = []
@@ -54,6 +53,6 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld]) -> M
                 tok, ent, top = world.draft(cache, run.start, run.tokens)
                 ev = DraftDone(run.op, tok, ent, top)
             actions = dec.on_event(ev, now)
-        ref = world.reference(cfg.max_tokens)
+        ref = world.reference()
         result.requests.append(RequestResult(dec.metrics, dec.transcript.output == ref and out == ref))
     return result

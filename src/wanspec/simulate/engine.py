@@ -71,7 +71,6 @@ class RemoteSim:
         self.worlds = requests
         self.ccfg = controller_config(cfg, policy)
         self.has_local = policy != PolicyName.REMOTE.value
-        self.stop = StopCriteria(max_tokens=cfg.max_tokens)
         self.up, self.down = link_pair(link_params(cfg))
         self.heap: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
         self._seq = itertools.count()
@@ -125,7 +124,8 @@ class RemoteSim:
         est = LinkEstimates.with_priors(self.link_rtt if self.link_rtt is not None else 0.05,
                                         cfg.target_ms / 1000.0, cfg.draft_ms / 1000.0)
         self.world, self.out, self.local_cache = world, [], DraftCache()
-        self.core = ControllerCore(self.index + 1, world.prompt, self.stop, GREEDY, self.ccfg,
+        stop = StopCriteria(max_tokens=world.max_tokens)
+        self.core = ControllerCore(self.index + 1, world.prompt, stop, GREEDY, self.ccfg,
                                    has_local_draft=self.has_local, use_worker=True, estimates=est)
         self._c_exec(self.core.start(now), now)
 
@@ -209,7 +209,7 @@ class RemoteSim:
     def _finished(self, now: float) -> None:
         core, world = self.core, self.world
         assert core is not None and world is not None
-        ref = world.reference(self.cfg.max_tokens)
+        ref = world.reference()
         ok = core.transcript.output == ref and self.out == ref
         self.results.append(RequestResult(core.metrics, ok, core.stats))
         if core.worker_ok:

@@ -57,14 +57,15 @@ class RequestWorld:
     top: list[float]
     entropy_bad: list[float]
     top_bad: list[float]
+    max_tokens: int  # output length (a replayed request keeps its recorded length)
 
     @property
     def prompt(self) -> list[int]:
         return self.target[: self.n_prompt]
 
-    def reference(self, max_tokens: int) -> list[int]:
+    def reference(self) -> list[int]:
         """What target-only decoding outputs (no EOS in the synthetic vocabulary)."""
-        return self.target[self.n_prompt : self.n_prompt + max_tokens]
+        return self.target[self.n_prompt : self.n_prompt + self.max_tokens]
 
     def choices(self, first: int, want: int) -> tuple[int, ...]:
         return tuple(self.target[first : first + want])
@@ -123,10 +124,12 @@ def stream(cfg: SimConfig, request: int, name: str) -> random.Random:
 
 def build_request(cfg: SimConfig, request: int, n_prompt: int,
                   matches: list[bool] | None = None,
-                  entropies: list[float | None] | None = None) -> RequestWorld:
+                  entropies: list[float | None] | None = None,
+                  max_tokens: int | None = None) -> RequestWorld:
     """One request's sequences; ``matches``/``entropies`` (trace replay) override the models.
 
     ``matches`` must cover every position; ``entropies`` entries of None are drawn.
+    ``max_tokens`` (default ``cfg.max_tokens``) is this request's output length.
     """
     n = n_prompt + cfg.max_tokens + 8
     v = cfg.vocab
@@ -150,4 +153,5 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
         ent = [e if e is not None else d for e, d in zip(entropies, ent)]
     ent_bad = [abs(gauss_b(base + sep, sd)) for _ in range(n)]
     return RequestWorld(n_prompt, target, wrong, matches, ent, [math.exp(-e) for e in ent],
-                        ent_bad, [math.exp(-e) for e in ent_bad])
+                        ent_bad, [math.exp(-e) for e in ent_bad],
+                        cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens))

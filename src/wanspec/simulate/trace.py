@@ -42,6 +42,7 @@ FORMAT_VERSION = 1
 class TraceRequest:
     prompt_tokens: int
     drafts: dict[int, tuple[bool, float | None]] = field(default_factory=dict)
+    output_tokens: int | None = None  # the recorded output's length (None: unknown)
 
     def add(self, position: int, accepted: bool, entropy: float | None) -> None:
         self.drafts.setdefault(position, (bool(accepted), entropy))
@@ -79,7 +80,10 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
     p = obj.get("prompt_tokens", 1)
     if isinstance(p, bool) or not isinstance(p, int) or p < 1:
         raise _bad(where, f"prompt_tokens must be an integer >= 1, got {p!r}")
-    req = TraceRequest(p)
+    out = obj.get("output_tokens")
+    if out is not None and (isinstance(out, bool) or not isinstance(out, int) or out < 1):
+        raise _bad(where, f"output_tokens must be an integer >= 1 or absent, got {out!r}")
+    req = TraceRequest(p, output_tokens=out)
     drafts = obj.get("drafts", [])
     if not isinstance(drafts, list):
         raise _bad(where, "drafts must be a list of [position, accepted, entropy]")
@@ -138,8 +142,11 @@ def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
     out.write(json.dumps({"wanspec_trace": FORMAT_VERSION, **(header or {})}) + "\n")
     for i, r in enumerate(requests):
         drafts = [[p, a, e] for p, (a, e) in sorted(r.drafts.items())]
-        out.write(json.dumps({"request": i, "prompt_tokens": r.prompt_tokens, "drafts": drafts})
-                  + "\n")
+        line: dict[str, Any] = {"request": i, "prompt_tokens": r.prompt_tokens}
+        if r.output_tokens is not None:
+            line["output_tokens"] = r.output_tokens
+        line["drafts"] = drafts
+        out.write(json.dumps(line) + "\n")
 
 
 def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
@@ -153,4 +160,4 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
         if pos < n:
             matches[pos] = acc
             entropies[pos] = ent
-    return build_request(cfg, request, rec.prompt_tokens, matches, entropies)
+    return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens)
