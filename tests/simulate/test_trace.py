@@ -110,6 +110,10 @@ def test_add_window_records_only_tested_drafts():
     ('{"prompt_tokens": 3, "drafts": [[3, true, -1]]}\n', "entropy must be"),
     ('{"prompt_tokens": 3, "drafts": [3, true]}\n', "is not \\[position"),
     ('{"wanspec_trace": 1}\n', "holds no requests"),
+    ('{"wanspec_trace": 1, "target_ms": "fast"}\n{"prompt_tokens": 3}\n', "header target_ms must"),
+    ('{"wanspec_trace": 1, "draft_ms": -1}\n{"prompt_tokens": 3}\n', "header draft_ms must"),
+    ('{"wanspec_trace": 1, "gamma": 0}\n{"prompt_tokens": 3}\n', "header gamma must"),
+    ('{"prompt_tokens": 3, "output_tokens": 0}\n', "output_tokens must be"),
 ])
 def test_bad_traces_are_one_line_errors(text, message):
     with pytest.raises(WanspecError, match=message) as e:
@@ -130,3 +134,19 @@ def test_trace_replay_in_parallel_processes_equals_one_process():
     sweeps = [parse_sweep("rtt=0,30")]
     assert run_sweep(cfg, sweeps, POLICIES, trace=t, jobs=2) == \
         run_sweep(cfg, sweeps, POLICIES, trace=t, jobs=1)
+
+
+def test_output_tokens_round_trip_and_cap_the_replayed_request():
+    reqs = [TraceRequest(5, {5: (True, 0.1), 6: (False, 2.0)}, output_tokens=7), TraceRequest(4)]
+    buf = io.StringIO()
+    write_trace(buf, reqs, {"target_ms": 12.5})
+    t = _read_text(buf.getvalue())
+    assert [r.output_tokens for r in t.requests] == [7, None]
+    assert t.header["target_ms"] == 12.5
+    cfg = SimConfig(match="trace", max_tokens=20, requests=2)
+    w0, w1 = (replay_request(cfg, t, i) for i in range(2))
+    assert (w0.max_tokens, len(w0.reference())) == (7, 7)
+    assert (w1.max_tokens, len(w1.reference())) == (20, 20)
+    res = simulate_remote(cfg, "adaptive", [w0, w1])
+    assert [r.metrics.committed_tokens for r in res.requests] == [7, 20]
+    assert all(r.lossless for r in res.requests)

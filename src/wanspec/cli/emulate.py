@@ -16,6 +16,7 @@ from wanspec.emulate.runner import POLICIES, Emulation, EmulationConfig
 from wanspec.errors import WanspecError
 from wanspec.runtime.engine import TimingConfig
 from wanspec.sampling import SamplingParams
+from wanspec.simulate.trace import Trace, write_trace
 
 
 def parse_sweep(text: str) -> tuple[float, ...]:
@@ -34,7 +35,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 num_prompts: int | None, max_tokens: int, temperature: float, top_p: float,
                 top_k: int, seed: int, target: Path | None, draft: Path | None,
                 threads: int | None, as_json: bool, csv_path: Path | None,
-                plot_path: Path | None, console: Console) -> bool:
+                plot_path: Path | None, console: Console, record: Path | None = None) -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
@@ -54,6 +55,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         busy_pass_weight=busy_pass_weight,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         seed=seed)
+    if record is not None:  # fail before minutes of emulation, not after
+        check(record.parent.is_dir(), f"cannot write {record}: no directory {record.parent}")
     prompt_list = load_prompts(prompts, num_prompts)
     configure_threads(threads)
     tgt, drf = load_models(target, draft, need_draft=True)
@@ -72,6 +75,16 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         records = emu.run(prompt_list)
 
     identical = all(r["identical_to_target_only"] for r in records)
+    if record:
+        header, trace = emu.trace()
+        try:
+            write_trace(record, trace, header)
+        except OSError as exc:
+            raise WanspecError(f"cannot write {record}: {exc.strerror or exc}") from None
+        alpha = Trace(trace).alpha
+        Console(stderr=True).print(
+            f"recorded {len(trace)} requests to {record} (draft per-token acceptance "
+            f"{alpha if alpha is not None else 0:.3f}); replay: wanspec simulate --trace {record}")
     if csv_path:
         write_csv(records, csv_path)
     if plot_path:

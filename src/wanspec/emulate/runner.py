@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.metrics import percentile
 from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.emulate.record import record_trace, trace_header
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.engine import GenerationResult, LocalEngine, TimingConfig
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.sampling import SamplingParams
+from wanspec.simulate.trace import TraceRequest
 from wanspec.timing import clock
 from wanspec.transport.inproc import LinkParams
 
@@ -112,6 +114,8 @@ class Emulation:
                  progress: Callable[[str], None] | None = None) -> None:
         self.target, self.draft, self.config = target, draft, config
         self.progress = progress or (lambda _label: None)
+        self.target_only: ModeRuns | None = None  # the reference runs of the last :meth:`run`
+        self._prompts: list[str] = []
 
     def total_requests(self, n_prompts: int) -> int:
         return n_prompts * (len(BASELINES) + len(self.config.rtts_ms) * len(self.config.policies))
@@ -151,6 +155,7 @@ class Emulation:
     def run(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
         """One record per (RTT, mode), baselines included at every RTT."""
         target = self._run_local("target", prompts)
+        self.target_only, self._prompts = target, list(prompts)
         reference = [r.token_ids for r in target.results]
         sd = self._run_local("sd", prompts)
         base_t, base_sd = _aggregate(target, reference), _aggregate(sd, reference)
@@ -162,4 +167,14 @@ class Emulation:
                 runs = self._run_remote(policy, rtt, prompts)
                 records.append(with_ratios(_aggregate(runs, reference), base_t, base_sd))
         return records
+
+    def trace(self) -> tuple[dict[str, Any], list[TraceRequest]]:
+        """The acceptance trace of the last :meth:`run` (``--record``): header and requests."""
+        if self.target_only is None:
+            raise RuntimeError("trace() needs a run() first")
+        c = self.config
+        ids = [self.target.encode(p) for p in self._prompts]
+        header = trace_header(self.target, self.draft, c.timing, c.gamma, c.max_tokens,
+                              c.sampling)
+        return header, record_trace(self.draft, ids, self.target_only.results, c.sampling)
 

@@ -1,32 +1,36 @@
-"""Acceptance traces: what real worker drafts did, replayed as a match model.
+"""Acceptance traces: what real drafts did, replayed as a match model.
 
-Why: the i.i.d. and Markov models are assumptions; a trace recorded from real models (later by
-``wanspec emulate --record``) replays the actual acceptance pattern and entropy signal, so the
+Why: the i.i.d. and Markov models are assumptions; a trace recorded from real models
+(``wanspec emulate --record``) replays the actual acceptance pattern and entropy signal, so the
 simulator can be checked against the emulator and used on real text statistics.
 
 Format (JSONL, UTF-8, one JSON object per line; blank lines are ignored)::
 
-    {"wanspec_trace": 1, "source": "emulate", ...}          optional header, free metadata
-    {"request": 0, "prompt_tokens": 17, "drafts": [[17, true, 0.21], [18, false, 2.4], ...]}
+    {"wanspec_trace": 1, "source": "...", "target_ms": 30, "draft_ms": 4, ...}   optional header
+    {"request": 0, "prompt_tokens": 17, "output_tokens": 64, "drafts": [[17, true, 0.21], ...]}
     {"request": 1, "prompt_tokens": 9,  "drafts": [...]}
 
-One line per request.  ``drafts`` lists the *worker* drafts a verification tested: for each
-verified window, its drafts up to and including the first rejected one (drafts after a rejection
-were never judged).  Each entry is ``[position, accepted, entropy]``: the absolute position
-(prompt included, as in the protocol), whether the target accepted it (true/false or 1/0) and the
-worker's entropy for it in nats (or null if unknown).  A draft at a given position on the
-committed prefix is deterministic, so a repeated position carries the same outcome; the first
-entry wins.
+One line per request.  Each ``drafts`` entry is ``[position, accepted, entropy]``: the absolute
+position (prompt included, as in the protocol), whether a draft conditioned on the committed
+prefix proposes the target's token there (true/false or 1/0), and the draft's entropy in nats (or
+null if unknown).  Such a draft is deterministic, so a repeated position carries the same outcome;
+the first entry wins.  ``emulate --record`` writes every output position (one teacher-forced draft
+pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only the drafts some
+verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
+recorded output's length: a replayed request stops there.  The header is free metadata, except
+that ``target_ms``, ``verify_per_token_ms``, ``draft_ms``, ``draft_per_token_ms`` and ``gamma``,
+when present, are the defaults ``wanspec simulate --trace`` runs with.
 
-Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N`` and its
-prompt length.  A position in the trace gets its recorded outcome and entropy; any other position
-(never tested in the recorded run) is drawn i.i.d. with the trace's overall per-token acceptance
-and the configured entropy model.
+Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
+prompt length and output length.  A position in the trace gets its recorded outcome and entropy;
+any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+configured entropy model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
@@ -103,6 +107,21 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
     return req
 
 
+RECORDED_COSTS = ("target_ms", "verify_per_token_ms", "draft_ms", "draft_per_token_ms")
+
+
+def _check_header(obj: dict[str, Any], where: str) -> None:
+    """The values a replay reuses (device costs, gamma) must be usable as they are."""
+    for key in RECORDED_COSTS:
+        v = obj.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v) or v < 0):
+            raise _bad(where, f"header {key} must be a number >= 0, got {v!r}")
+    g = obj.get("gamma")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+        raise _bad(where, f"header gamma must be an integer >= 1, got {g!r}")
+
+
 def read_trace(path: Path | str) -> Trace:
     path = Path(path)
     try:
@@ -124,6 +143,7 @@ def read_trace(path: Path | str) -> Trace:
                 raise _bad(where, "the header must be the first line")
             if obj["wanspec_trace"] != FORMAT_VERSION:
                 raise _bad(where, f"unsupported version {obj['wanspec_trace']!r}")
+            _check_header(obj, where)
             header = obj
             continue
         requests.append(_parse_request(obj, where))

@@ -1,0 +1,61 @@
+"""``wanspec emulate --record``: turn an emulated run into an acceptance trace for the simulator.
+
+What a trace must hold, per request, is the one fact the simulator's synthetic models need at
+every output position ``j``: *would a draft conditioned on the committed prefix propose the
+target's token?* (and with what entropy).  The emulated runs only test some positions (a window
+stops at its first rejection, plain steps test none), so instead of logging verifications the
+recorder asks the draft model directly: one teacher-forced pass over ``prompt + output`` gives the
+draft's proposal for every position on exactly the prefix the real worker drafts on, with the
+same coupled sampling noise keyed by (seed, position) when sampling.  The simulator then replays
+the real pattern of acceptances (runs, bursts, entropy) everywhere, not only where one policy
+happened to look.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from wanspec.models.backend import CausalLM
+from wanspec.runtime.engine import GenerationResult, TimingConfig
+from wanspec.sampling import SamplingParams, draft_choice
+from wanspec.simulate.trace import TraceRequest
+
+
+def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int],
+                   sampling: SamplingParams) -> TraceRequest:
+    """Every output position's outcome for a draft on the committed prefix (one draft pass)."""
+    n_prompt = len(prompt)
+    rec = TraceRequest(n_prompt, output_tokens=len(output) or None)
+    if not output:
+        return rec
+    seq = [*prompt, *output]
+    # row i of the logits predicts position i + 1: rows n_prompt-1 .. len-2 cover the output
+    logits = draft.forward(draft.new_cache(), 0, seq[:-1])
+    for j in range(n_prompt, len(seq)):
+        c = draft_choice(logits[j - 1], j, sampling)
+        rec.add(j, c.token == seq[j], round(c.entropy, 6))
+    return rec
+
+
+def record_trace(draft: CausalLM, prompts: Sequence[Sequence[int]],
+                 results: Sequence[GenerationResult],
+                 sampling: SamplingParams) -> list[TraceRequest]:
+    """One trace request per prompt, from the target-only outputs ``results``."""
+    for p, r in zip(prompts, results):
+        if len(p) != r.prompt_tokens:
+            raise ValueError(f"prompt of {len(p)} tokens recorded as {r.prompt_tokens}")
+    return [record_request(draft, p, r.token_ids, sampling) for p, r in zip(prompts, results)]
+
+
+def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma: int,
+                 max_tokens: int, sampling: SamplingParams) -> dict[str, Any]:
+    """What the run was, so a replay can use the same device costs (``simulate`` reads these)."""
+    head: dict[str, Any] = {"source": "wanspec emulate --record", "target": target.name,
+                            "draft": draft.name, "gamma": gamma, "max_tokens": max_tokens,
+                            "sampling": sampling.to_dict()}
+    if timing.emulated:
+        assert timing.target is not None and timing.draft is not None
+        head.update(target_ms=timing.target.base_ms,
+                    verify_per_token_ms=timing.target.per_token_ms,
+                    draft_ms=timing.draft.base_ms, draft_per_token_ms=timing.draft.per_token_ms)
+    return head
