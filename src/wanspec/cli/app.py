@@ -134,6 +134,7 @@ def emulate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (RTT, mode) instead of tables."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also draw latency and busy-site pass ratios vs RTT (PNG)."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Also write the draft's per-position acceptance and entropy on these prompts as a trace for wanspec simulate --trace (JSONL)."),
 ) -> None:
     """Compare target-only, standard SD and every remote policy over an emulated WAN."""
     quiet_libraries()
@@ -148,7 +149,7 @@ def emulate(
             prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
-            plot_path=plot_path, console=console)
+            plot_path=plot_path, record=record, console=console)
     if not ok:
         raise typer.Exit(1)
 
@@ -161,12 +162,12 @@ def simulate(
     bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
     spike: Optional[str] = typer.Option(None, "--spike", help="Delay of a loss spike (default: one RTT)."),
-    target_ms: float = typer.Option(30.0, "--target-ms", help="ms per target pass (base cost; default: 70B-class target)."),
-    draft_ms: float = typer.Option(4.0, "--draft-ms", help="ms per draft pass, at either site (default: 1B-class draft)."),
-    verify_per_token_ms: float = typer.Option(0.5, "--verify-per-token-ms", help="Extra ms per extra token in a target pass."),
-    draft_per_token_ms: float = typer.Option(0.0, "--draft-per-token-ms", help="Extra ms per extra token fed to a draft pass (catch-up)."),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="ms per target pass (base cost) [default: 30, a 70B-class target; with --trace: the recorded value]."),
+    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="ms per draft pass, at either site [default: 4, a 1B-class draft; with --trace: the recorded value]."),
+    verify_per_token_ms: Optional[float] = typer.Option(None, "--verify-per-token-ms", help="Extra ms per extra token in a target pass [default: 0.5; with --trace: the recorded value]."),
+    draft_per_token_ms: Optional[float] = typer.Option(None, "--draft-per-token-ms", help="Extra ms per extra token fed to a draft pass (catch-up) [default: 0; with --trace: the recorded value]."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
-    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
+    gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window [default: 4; with --trace: the recorded value]."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
     entropy_threshold: float = typer.Option(PolicyConfig().entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
     busy_pass_weight: float = typer.Option(PolicyConfig().busy_pass_weight, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, in multiples of its device time."),
@@ -175,9 +176,9 @@ def simulate(
     burst: float = typer.Option(0.5, "--burst", help="markov: lag-1 correlation of accept/reject outcomes (0 = iid, towards 1 = long easy/hard stretches)."),
     separation: float = typer.Option(1.0, "--separation", help="Draft entropy of rejected minus accepted drafts, in nats (0 = entropy says nothing)."),
     entropy_sd: float = typer.Option(0.35, "--entropy-sd", help="Spread (sd, nats) of the draft entropy within each class."),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Replay acceptance and entropy from a JSONL trace (docs/simulator.md); implies --match trace."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Replay acceptance and entropy from a JSONL trace (wanspec emulate --record; docs/simulator.md); implies --match trace."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="New tokens per request."),
-    requests: int = typer.Option(16, "--requests", help="Requests per mode and point (run one after another)."),
+    requests: Optional[int] = typer.Option(None, "--requests", help="Requests per mode and point, run one after another [default: 16; with --trace: one per recorded request]."),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Prompt length in tokens (trace replay uses the trace's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every synthetic sequence and of the link's jitter."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0 = automatic: all CPUs for big sweeps). Results do not depend on it."),

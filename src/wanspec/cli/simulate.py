@@ -32,11 +32,12 @@ def parse_policies(text: str) -> tuple[str, ...]:
 
 
 def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, loss: float,
-                 spike: str | None, target_ms: float, draft_ms: float,
-                 verify_per_token_ms: float, draft_per_token_ms: float, policy: str, gamma: int,
+                 spike: str | None, target_ms: float | None, draft_ms: float | None,
+                 verify_per_token_ms: float | None, draft_per_token_ms: float | None,
+                 policy: str, gamma: int | None,
                  lookahead: int, entropy_threshold: float, busy_pass_weight: float, match: str,
                  alpha: float, burst: float, separation: float, entropy_sd: float,
-                 trace: Path | None, max_tokens: int, requests: int, prompt_tokens: int,
+                 trace: Path | None, max_tokens: int, requests: int | None, prompt_tokens: int,
                  seed: int, jobs: int, as_json: bool, csv_path: Path | None,
                  plot_path: Path | None, console: Console) -> bool:
     """Run the sweep and print/write its records; returns False if any output was not lossless."""
@@ -49,6 +50,19 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     check(jobs >= 0, f"--jobs must be >= 0 (0 = automatic), got {jobs}")
     policies = parse_policies(policy)
     sweeps = [parse_sweep(s) for s in sweep]
+    loaded = read_trace(trace) if match == "trace" and trace is not None else None
+    # unset costs and gamma: the trace's recorded values (so a replay matches its emulate run)
+    recorded = loaded.header if loaded is not None else {}
+
+    def pick(value, name: str, default):  # type: ignore[no-untyped-def]
+        return value if value is not None else recorded.get(name, default)
+
+    target_ms, draft_ms = pick(target_ms, "target_ms", 30.0), pick(draft_ms, "draft_ms", 4.0)
+    verify_per_token_ms = pick(verify_per_token_ms, "verify_per_token_ms", 0.5)
+    draft_per_token_ms = pick(draft_per_token_ms, "draft_per_token_ms", 0.0)
+    gamma = pick(gamma, "gamma", 4)
+    if requests is None:
+        requests = len(loaded.requests) if loaded is not None else 16
     base = SimConfig(
         rtt_ms=parse_duration_ms(rtt, "--rtt"), jitter_ms=parse_duration_ms(jitter, "--jitter"),
         bandwidth_mbit=parse_rate_bps(bandwidth) / 1e6, loss=loss,
@@ -58,7 +72,6 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         entropy_threshold=entropy_threshold, busy_pass_weight=busy_pass_weight, match=match,
         alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,
         max_tokens=max_tokens, requests=requests, prompt_tokens=prompt_tokens, seed=seed)
-    loaded = read_trace(trace) if match == "trace" and trace is not None else None
     err = Console(stderr=True)
     t0 = time.perf_counter()
     with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),

@@ -129,7 +129,8 @@ class SimConfig:
                  "trace": "trace replay"}[self.match]
         return (f"{model}, gamma={self.gamma}, target {self.target_ms:g}+"
                 f"{self.verify_per_token_ms:g}/tok ms, draft {self.draft_ms:g} ms, "
-                f"{self.requests} req x {self.max_tokens} tok")
+                f"{self.requests} req x {'<= ' if self.match == 'trace' else ''}"
+                f"{self.max_tokens} tok")
 
 
 def resolve(name: str) -> Param:

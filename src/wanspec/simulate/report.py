@@ -41,10 +41,12 @@ def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
     """Every mode of one point (the emulator's table, plus per-token acceptance)."""
     t = Table(title=title, header_style="bold",
               caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
-                      "wrk: at the worker; /tok: per committed token; /SD: relative to standard SD.",
+                      "wrk: at the worker; /tok: per committed token; /SD: relative to standard SD. "
+                      "accept: accepted / verified drafts (as emulate); tok acc: per-token "
+                      "acceptance of the drafts a verification tested (the SD analysis' alpha).",
               caption_justify="left")
     for name in ("mode", "TPOT", "p95", "x target", "lat/SD", "busy/tok", "busy/SD", "wrk/tok",
-                 "wasted/tok", "stall/tok", "accept", "tok/round", "identical"):
+                 "wasted/tok", "stall/tok", "accept", "tok acc", "tok/round", "identical"):
         t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
     for r in records:
         t.add_row(
@@ -53,7 +55,8 @@ def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
             f"{r['busy_site_draft_passes_per_token']:.2f}",
             _f(r["busy_site_draft_passes_vs_standard_sd"], "{:.2f}"),
             _f(r["worker_draft_passes_per_token"]), f"{r['wasted_drafts_per_token']:.2f}",
-            f"{r['stall_ms_per_token']:.2f}", f"{r['per_token_acceptance']:.3f}",
+            f"{r['stall_ms_per_token']:.2f}", f"{r['acceptance_rate']:.3f}",
+            f"{r['per_token_acceptance']:.3f}",
             f"{r['tokens_per_verify_round']:.2f}",
             "[green]yes[/]" if r["identical_to_target_only"] else "[bold red]NO[/]",
         )
