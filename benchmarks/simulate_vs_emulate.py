@@ -1,0 +1,133 @@
+"""Validate ``wanspec simulate`` against ``wanspec emulate`` on a trace recorded from the same run.
+
+    .venv/bin/python benchmarks/simulate_vs_emulate.py            # shipped pair, 16 prompts x 64
+    .venv/bin/python benchmarks/simulate_vs_emulate.py --num-prompts 4 --max-tokens 32 --quick
+
+1. ``emulate`` (the asyncio runtime, real models, virtual clock, emulated device costs) sweeps the
+   RTTs with every policy and records the draft's per-position outcomes (``--record``);
+2. ``simulate`` replays that trace with the trace's device costs over the same RTTs;
+3. prints, per (RTT, mode), both TPOTs and busy-site draft passes per token and their relative
+   difference, writes ``benchmarks/results/simulate_vs_emulate.json`` and a plot.
+
+Not a test (minutes of emulation); ``tests/simulate/test_validation.py`` checks a short trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+RTTS = (0.0, 10.0, 20.0, 30.0, 50.0, 70.0, 100.0, 150.0)
+MODES = ("target", "sd", "remote", "always", "entropy", "adaptive")
+
+
+def rel(a: float, b: float) -> float:
+    """Relative difference of ``a`` (simulated) from ``b`` (emulated); 0 when both are 0."""
+    return 0.0 if a == b else (a - b) / b if b else float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rtts", default=",".join(f"{r:g}" for r in RTTS))
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--quick", action="store_true", help="do not write results or plots")
+    args = ap.parse_args()
+
+    from wanspec.cli.loading import load_models
+    from wanspec.emulate.prompts import load_prompts
+    from wanspec.emulate.runner import Emulation, EmulationConfig
+    from wanspec.sampling import SamplingParams
+    from wanspec.simulate.config import POLICIES, SimConfig
+    from wanspec.simulate.sweep import parse_sweep, run_sweep
+    from wanspec.simulate.trace import read_trace, write_trace
+
+    rtts = tuple(float(x) for x in args.rtts.split(","))
+    target, draft = load_models(None, None, need_draft=True)
+    cfg = EmulationConfig(rtts_ms=rtts, max_tokens=args.max_tokens,
+                          sampling=SamplingParams(temperature=args.temperature, seed=1))
+    emu = Emulation(target, draft, cfg)
+    t0 = time.perf_counter()
+    emulated = emu.run(load_prompts(None, args.num_prompts))
+    t_emu = time.perf_counter() - t0
+    header, reqs = emu.trace()
+    trace_path = RESULTS / "shipped_pair_trace.jsonl"
+    if args.quick:
+        trace_path = Path("/tmp") / "wanspec_trace.jsonl"
+    write_trace(trace_path, reqs, header)
+    trace = read_trace(trace_path)
+
+    sim_cfg = SimConfig(match="trace", requests=len(trace.requests), max_tokens=args.max_tokens,
+                        target_ms=header["target_ms"], draft_ms=header["draft_ms"],
+                        verify_per_token_ms=header["verify_per_token_ms"],
+                        draft_per_token_ms=header["draft_per_token_ms"], gamma=header["gamma"])
+    t0 = time.perf_counter()
+    simulated = run_sweep(sim_cfg, [parse_sweep("rtt=" + args.rtts)], POLICIES, trace=trace, jobs=1)
+    t_sim = time.perf_counter() - t0
+
+    sim = {(r["rtt_ms"], r["mode"]): r for r in simulated}
+    rows: list[dict[str, Any]] = []
+    print(f"trace: {len(trace.requests)} requests, per-token acceptance {trace.alpha:.3f}; "
+          f"emulate {t_emu:.0f} s, simulate {t_sim:.2f} s")
+    print(f"{'rtt':>5s} {'mode':9s} {'TPOT emu':>9s} {'TPOT sim':>9s} {'diff':>7s} "
+          f"{'busy emu':>9s} {'busy sim':>9s} {'diff':>7s}")
+    for e in emulated:
+        s = sim[(e["rtt_ms"], e["mode"])]
+        row = {"rtt_ms": e["rtt_ms"], "mode": e["mode"],
+               "tpot_ms_emulate": e["tpot_ms_mean"], "tpot_ms_simulate": s["tpot_ms_mean"],
+               "tpot_rel_diff": rel(s["tpot_ms_mean"], e["tpot_ms_mean"]),
+               "busy_emulate": e["busy_site_draft_passes_per_token"],
+               "busy_simulate": s["busy_site_draft_passes_per_token"],
+               "busy_rel_diff": rel(s["busy_site_draft_passes_per_token"],
+                                    e["busy_site_draft_passes_per_token"]),
+               "lossless_both": e["identical_to_target_only"] and s["identical_to_target_only"]}
+        rows.append(row)
+        print(f"{e['rtt_ms']:5g} {e['mode']:9s} {row['tpot_ms_emulate']:9.2f} "
+              f"{row['tpot_ms_simulate']:9.2f} {100 * row['tpot_rel_diff']:+6.2f}% "
+              f"{row['busy_emulate']:9.3f} {row['busy_simulate']:9.3f} "
+              f"{100 * row['busy_rel_diff']:+6.2f}%")
+    worst_t = max(abs(r["tpot_rel_diff"]) for r in rows)
+    worst_b = max(abs(r["busy_rel_diff"]) for r in rows)
+    print(f"largest difference: TPOT {100 * worst_t:.2f}%, busy-site passes {100 * worst_b:.2f}%")
+    if args.quick:
+        return
+    out = {"trace": str(trace_path.relative_to(Path(__file__).parent.parent)),
+           "trace_alpha": trace.alpha, "header": header, "emulate_s": t_emu, "simulate_s": t_sim,
+           "max_abs_tpot_rel_diff": worst_t, "max_abs_busy_rel_diff": worst_b, "rows": rows}
+    (RESULTS / "simulate_vs_emulate.json").write_text(json.dumps(out, indent=2) + "\n")
+    plot(rows, Path(__file__).parent.parent / "docs" / "img" / "simulate_vs_emulate.png",
+         f"shipped pair, {len(trace.requests)} prompts x {args.max_tokens} tokens, "
+         f"target {header['target_ms']:g} ms, draft {header['draft_ms']:g} ms")
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, mode in enumerate(MODES):
+        rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["rtt_ms"])
+        x = [r["rtt_ms"] for r in rs]
+        color = f"C{i}"
+        ax1.plot(x, [r["tpot_ms_emulate"] for r in rs], "o", color=color, label=f"{mode} (emulate)")
+        ax1.plot(x, [r["tpot_ms_simulate"] for r in rs], "-", color=color, label=f"{mode} (simulate)")
+        ax2.plot(x, [r["busy_emulate"] for r in rs], "o", color=color)
+        ax2.plot(x, [r["busy_simulate"] for r in rs], "-", color=color)
+    ax1.set(xlabel="RTT (ms)", ylabel="time per output token (ms)", title="TPOT")
+    ax2.set(xlabel="RTT (ms)", ylabel="draft passes per token", title="busy-site draft passes")
+    ax1.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"simulate (lines) vs emulate (dots) on the emulated run's trace: {title}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
