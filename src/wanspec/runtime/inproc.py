@@ -28,7 +28,11 @@ class InprocDeployment:
         self.params = link
         self.timing = timing or TimingConfig()
         self.worker_device = Device("worker")
-        self.service = WorkerService(draft.sibling("worker-draft"), cost=self.timing.draft,
+        # each site runs its passes on its own thread; the threads end with the deployment
+        worker_draft = draft.sibling("worker-draft")
+        local = draft.sibling("local-draft") if local_draft else None
+        self._siblings = [m for m in (worker_draft, local) if m is not None]
+        self.service = WorkerService(worker_draft, cost=self.timing.draft,
                                      device=self.worker_device)
         self.worker_alive = True
         self._ends: list[InprocConnection] = []
@@ -36,7 +40,7 @@ class InprocDeployment:
         self._seed = link.seed
         self.link = WorkerLink(self._connect, RemoteEngine.hello_for(target))
         self.engine = RemoteEngine(target, self.link,
-                                   local_draft=draft.sibling("local-draft") if local_draft else None,
+                                   local_draft=local,
                                    timing=self.timing, config=config,
                                    rtt_prior_s=link.rtt_ms / 1000.0)
 
@@ -87,6 +91,8 @@ class InprocDeployment:
         for t in self._handlers:
             t.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        for lm in self._siblings:
+            lm.close()  # a pass still running finishes; its thread then exits
 
 
 def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[int], *,
