@@ -14,11 +14,16 @@ coincide often (coupled sampling), which keeps acceptance high without ever touc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from wanspec.errors import WanspecError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it, not here: SamplingParams and position_key
+# are all the sans-I/O cores and ``wanspec simulate`` need, and importing torch costs ~1 s (per
+# process of a parallel sweep).
 
 _MASK64 = (1 << 64) - 1
 
@@ -61,6 +66,8 @@ def position_key(seed: int, position: int) -> int:
 
 def gumbel_noise(seed: int, position: int, vocab: int) -> torch.Tensor:
     """Gumbel(0, 1) noise for one position, float64 on the CPU, identical on every machine."""
+    import torch
+
     gen = torch.Generator(device="cpu").manual_seed(position_key(seed, position))
     u = torch.rand(vocab, generator=gen, dtype=torch.float64)
     u = u.clamp_(min=torch.finfo(torch.float64).tiny, max=1.0 - 1e-16)
@@ -73,6 +80,8 @@ def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Te
     ``logits`` is ``[n, vocab]``.  For greedy params the temperature is taken as 1 (the
     distribution is only used for entropy/confidence signals then).
     """
+    import torch
+
     x = logits.detach().to(device="cpu", dtype=torch.float64)
     if not params.greedy:
         x = x / params.temperature
@@ -92,6 +101,8 @@ def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Te
 
 def choose_tokens(logits: torch.Tensor, positions: Sequence[int], params: SamplingParams) -> list[int]:
     """The target's token for each absolute position; row ``i`` of ``logits`` predicts ``positions[i]``."""
+    import torch
+
     if logits.size(0) != len(positions):
         raise ValueError("one logits row per position")
     if params.greedy:
@@ -114,6 +125,8 @@ class DraftChoice:
 
 def draft_choice(logits: torch.Tensor, position: int, params: SamplingParams) -> DraftChoice:
     """The draft's proposal for ``position`` from its logits row, coupled to the target's noise."""
+    import torch
+
     row = logits.reshape(1, -1)
     logp = processed_logprobs(row, params)[0]
     p = logp.exp()

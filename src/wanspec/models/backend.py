@@ -13,27 +13,34 @@ import concurrent.futures
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from wanspec.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used, not at module level: the runtime imports this module for
+# its types, and ``wanspec simulate`` (via the emulate records it shares) must not pay ~1 s of
+# torch import per process.
+
 log = logging.getLogger(__name__)
 
-_DTYPES = {
+_DTYPES = {  # name -> torch attribute
     "auto": None,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
 }
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -48,10 +55,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose from {', '.join(_DTYPES)}")
-    chosen = _DTYPES[dtype]
-    if chosen is None:  # auto: half precision is slow or unsupported for CPU matmuls
-        chosen = torch.float32 if device.type == "cpu" else torch.bfloat16
-    return chosen
+    import torch
+
+    name = _DTYPES[dtype]
+    if name is None:  # auto: half precision is slow or unsupported for CPU matmuls
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return getattr(torch, name)
 
 
 class KVCache:
@@ -157,22 +166,24 @@ class CausalLM:
     def new_cache(self) -> KVCache:
         return KVCache()
 
-    @torch.inference_mode()
     def forward(self, cache: KVCache, start: int, tokens: Sequence[int]) -> torch.Tensor:
         """Cut ``cache`` back to ``start`` tokens, feed ``tokens``; logits ``[len(tokens), vocab]``."""
+        import torch
+
         if not tokens:
             raise ValueError("forward needs at least one token")
-        cache.crop(start)
-        if cache.length != start:
-            raise ValueError(f"cache holds {cache.length} tokens, cannot feed at position {start}")
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-        pos = torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0)
-        out = self.model(input_ids=ids, position_ids=pos, past_key_values=cache.cache,
-                         use_cache=True)
-        cache.length = start + len(tokens)
-        logits = out.logits[0].float()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        with torch.inference_mode():
+            cache.crop(start)
+            if cache.length != start:
+                raise ValueError(f"cache holds {cache.length} tokens, cannot feed at position {start}")
+            ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+            pos = torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0)
+            out = self.model(input_ids=ids, position_ids=pos, past_key_values=cache.cache,
+                             use_cache=True)
+            cache.length = start + len(tokens)
+            logits = out.logits[0].float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         return logits
 
     def encode(self, text: str) -> list[int]:
