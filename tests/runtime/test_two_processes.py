@@ -308,6 +308,8 @@ def test_every_drafter_over_real_sockets(transport, drafter, dirs, certdir, rand
     _check_results(results, dirs, PROMPTS[:1], 24)
     m = results[0]["metrics"]
     if drafter == "identical":
-        assert m["acceptance_rate"] == 1.0
+        # real clocks: on a loaded machine the worker can lag behind the target for a whole
+        # short request and never be verified; whatever was verified was accepted
+        assert m["accepted_tokens"] == m["drafted_tokens"]
     else:  # the worker's chain keeps dying: rollbacks over the wire, output unaffected
         assert m["acceptance_rate"] < 0.5
