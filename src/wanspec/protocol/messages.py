@@ -48,7 +48,11 @@ class SessionStart:
     max_position: int = 0  # never draft at or past this absolute position (0 = unbounded)
 
 
-@dataclass(frozen=True)
+# Drafts and Commit are sent once per draft pass and per commit: slotted, non-frozen dataclasses
+# because they construct ~4x faster than frozen ones.  Treat them as immutable all the same.
+
+
+@dataclass(slots=True)
 class Drafts:
     """Draft tokens for positions ``base .. base+len-1`` of the worker's epoch-``epoch`` chain."""
 
@@ -60,7 +64,7 @@ class Drafts:
     top_prob: tuple[float, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Commit:
     """Tokens committed at positions ``base .. base+len-1`` (contiguous with earlier commits).
 
