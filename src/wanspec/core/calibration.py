@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Iterable
 
 DEFAULT_EDGES = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -23,6 +24,8 @@ class EntropyCalibration:
     total_accepts: float = 0.0
     total_trials: float = 0.0
     prior_alpha: float = 0.7
+    # p_accept of every bucket, valid until the next update (see p_accepts)
+    _table: list[float] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.edges) + 1
@@ -38,6 +41,7 @@ class EntropyCalibration:
         return (self.total_accepts + w * self.prior_alpha) / (self.total_trials + w)
 
     def update(self, entropy: float, accepted: bool) -> None:
+        self._table = None
         b = self.bucket(entropy)
         self.trials[b] += 1
         self.total_trials += 1
@@ -46,6 +50,20 @@ class EntropyCalibration:
             self.total_accepts += 1
 
     def p_accept(self, entropy: float) -> float:
-        b = self.bucket(entropy)
+        return self.p_accept_bucket(self.bucket(entropy))
+
+    def p_accepts(self, entropies: Iterable[float]) -> tuple[float, ...]:
+        """:meth:`p_accept` of each entropy (identical values).
+
+        Why: the adaptive policy asks for every usable draft at every decision, while the counts
+        change only at verifications; the per-bucket values are computed once per update.
+        """
+        table = self._table
+        if table is None:
+            table = self._table = [self.p_accept_bucket(b) for b in range(len(self.trials))]
+        edges = self.edges
+        return tuple([table[bisect.bisect_right(edges, e)] for e in entropies])
+
+    def p_accept_bucket(self, b: int) -> float:
         w = self.prior_weight
         return (self.accepts[b] + w * self.overall) / (self.trials[b] + w)

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # a value (treat as immutable); not frozen: built once per received draft
 class DraftToken:
     token: int
     entropy: float = 0.0
     top_prob: float = 1.0
 
 
-@dataclass
+@dataclass(slots=True)
 class RemoteChain:
     """The newest epoch's chain as received: drafts for positions ``base, base+1, ...``.
 
@@ -56,6 +56,8 @@ class RemoteChain:
         if self.dead:
             return
         n = len(committed)
+        if self.base == n:  # the usual case: nothing of the chain is committed yet
+            return
         if self.base > n:  # cannot happen with an honest worker: it only knows our commits
             self.dead = True
             return

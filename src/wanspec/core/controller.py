@@ -33,12 +33,12 @@ from wanspec.protocol.messages import Cancel, Commit, Drafts, Message, SessionSt
 from wanspec.sampling import SamplingParams
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # a value (treat as immutable); slotted, not frozen: cheaper to build
 class SendToWorker:
     msg: Message
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Log:
     """Something an operator should see once (e.g. why the worker was dropped)."""
 
@@ -148,12 +148,13 @@ class ControllerCore:
 
     def on_message(self, msg: Message, now: float) -> list[ControllerAction]:
         if isinstance(msg, Drafts) and msg.rid == self.rid and self.worker_ok and not self.finished:
-            drafts = [DraftToken(t, e, p) for t, e, p in _zip_drafts(msg)]
-            if self.chain.last_arrival is not None and msg.epoch == self.chain.epoch:
-                self.est.draft_interval.update(max(now - self.chain.last_arrival, 0.0) / len(drafts))
-            self.chain.on_drafts(msg.epoch, msg.base, drafts, now)
+            drafts = _draft_tokens(msg)
+            chain = self.chain
+            if chain.last_arrival is not None and msg.epoch == chain.epoch:
+                self.est.draft_interval.update(max(now - chain.last_arrival, 0.0) / len(drafts))
+            chain.on_drafts(msg.epoch, msg.base, drafts, now)
             self.stats.remote_received += len(drafts)
-            self.chain.sync(self.transcript.tokens)
+            chain.sync(self.transcript.tokens)
             if self._busy is None:
                 return self._schedule(now)
         return []
@@ -321,7 +322,9 @@ class ControllerCore:
             expect_remote_by=None if timer_fired and (expect is None or expect <= now + 1e-6) else expect,
             entropy_threshold=self.config.policy.entropy_threshold,
             alpha=self.est.acceptance.get, target_pass_s=self.est.target_pass.get,
-            remote_accept_p=tuple(self.calibration.p_accept(d.entropy) for d in remote),
+            # only the adaptive policy reads these, and not while a local round is under way
+            remote_accept_p=(self.calibration.p_accepts([d.entropy for d in remote])
+                             if adaptive and not local_count else ()),
             verify_per_token_s=self.config.verify_per_token_s,
             local_draft_s=self.est.local_draft_pass.get, local_gamma=local_gamma,
         )
@@ -367,11 +370,14 @@ class ControllerCore:
         return self._run(RunTarget(self._next_op(), n - 1, feed, len(feed)), now)  # type: ignore[return-value]
 
 
-def _zip_drafts(msg: Drafts):
-    n = len(msg.tokens)
+def _draft_tokens(msg: Drafts) -> list[DraftToken]:
+    tokens = msg.tokens
+    n = len(tokens)
     ent = msg.entropy if len(msg.entropy) == n else (0.0,) * n
     top = msg.top_prob if len(msg.top_prob) == n else (1.0,) * n
-    return zip(msg.tokens, ent, top)
+    if n == 1:  # the usual message (the worker streams each draft at once)
+        return [DraftToken(tokens[0], ent[0], top[0])]
+    return list(map(DraftToken, tokens, ent, top))
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
