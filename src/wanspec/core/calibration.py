@@ -24,8 +24,8 @@ class EntropyCalibration:
     total_accepts: float = 0.0
     total_trials: float = 0.0
     prior_alpha: float = 0.7
-    # p_accept of every bucket, valid until the next update (see p_accepts)
-    _table: list[float] | None = field(default=None, init=False, repr=False, compare=False)
+    # p_accept per bucket (None: not computed yet), valid until the next update (see p_accepts)
+    _table: list[float | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.edges) + 1
@@ -56,13 +56,20 @@ class EntropyCalibration:
         """:meth:`p_accept` of each entropy (identical values).
 
         Why: the adaptive policy asks for every usable draft at every decision, while the counts
-        change only at verifications; the per-bucket values are computed once per update.
+        change only at verifications; each bucket's value is computed once per update, when needed.
         """
         table = self._table
         if table is None:
-            table = self._table = [self.p_accept_bucket(b) for b in range(len(self.trials))]
+            table = self._table = [None] * len(self.trials)
         edges = self.edges
-        return tuple([table[bisect.bisect_right(edges, e)] for e in entropies])
+        out = []
+        for e in entropies:
+            b = bisect.bisect_right(edges, e)
+            p = table[b]
+            if p is None:
+                p = table[b] = self.p_accept_bucket(b)
+            out.append(p)
+        return tuple(out)
 
     def p_accept_bucket(self, b: int) -> float:
         w = self.prior_weight

@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 
+def feed_from(committed: Sequence[int], proposal: Sequence[int], start: int) -> tuple[int, ...]:
+    """``tuple((committed + proposal)[start:])`` without building the whole sequence.
+
+    What a draft pass feeds when its KV cache holds the first ``start`` tokens; drafting runs
+    once per draft token, and the committed prefix (the prompt and all output) only grows.
+    """
+    n = len(committed)
+    if start >= n:
+        return tuple(proposal[start - n:])
+    return (*committed[start:], *proposal)
+
+
 @dataclass(slots=True)  # a value (treat as immutable); not frozen: built once per received draft
 class DraftToken:
     token: int
@@ -44,7 +56,9 @@ class RemoteChain:
             return False
         if epoch > self.epoch:
             self.epoch, self.base, self.drafts, self.dead = epoch, base, [], False
-        if base != self.end:  # the worker streams a chain in order; anything else is a bug/loss
+        # (base != self.end, spelt out: this runs for every received message)
+        # the worker streams a chain in order; anything else is a bug/loss
+        if base != self.base + len(self.drafts):
             self.stale_dropped += len(drafts)
             return False
         self.drafts.extend(drafts)

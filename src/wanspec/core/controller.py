@@ -22,7 +22,7 @@ from wanspec.core.actions import (
     TargetDone,
 )
 from wanspec.core.calibration import EntropyCalibration
-from wanspec.core.chain import DraftToken, RemoteChain
+from wanspec.core.chain import DraftToken, RemoteChain, feed_from
 from wanspec.core.estimates import LinkEstimates
 from wanspec.core.metrics import RequestMetrics
 from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, View, decide, optimal_gamma
@@ -46,6 +46,12 @@ class Log:
 
 
 ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | SendToWorker | Log
+
+# Enum members as module constants: ``Kind.WAIT`` is a ~60 ns class attribute lookup on Python
+# 3.11, and the decision path compares several per decision.
+_ADAPTIVE = PolicyName.ADAPTIVE
+_WAIT, _VERIFY_REMOTE, _PLAIN, _VERIFY_LOCAL = Kind.WAIT, Kind.VERIFY_REMOTE, Kind.PLAIN, Kind.VERIFY_LOCAL
+_CONTROLLER = Site.CONTROLLER
 
 
 @dataclass(frozen=True)
@@ -179,21 +185,23 @@ class ControllerCore:
         run = self._finish_busy(ev.op, now)
         assert isinstance(run, RunTarget)
         self.est.target_pass.update(now - self._busy_since)
-        n_before = len(self.transcript.tokens)
+        transcript = self.transcript
+        n_before = len(transcript.tokens)
         window = self._window
         if window:
             accepted, nxt = accept_prefix(window, ev.choices)
-            taken = self.transcript.commit(window[:accepted] + [nxt])
+            taken = transcript.commit(window[:accepted] + [nxt])
             self.metrics.on_verify(len(window), accepted, len(taken))
             self.stats.remote_accepted += min(accepted, self._window_remote)
             # per-token acceptance sample: accepted of the drafts actually tested (up to the miss)
             tested = min(accepted + 1, len(window))
+            acceptance, entropies = self.est.acceptance, self._window_entropy
             for i in range(tested):
-                self.est.acceptance.update(1.0 if i < accepted else 0.0)
-                if i < len(self._window_entropy):
-                    self.calibration.update(self._window_entropy[i], i < accepted)
+                acceptance.update(1.0 if i < accepted else 0.0)
+                if i < len(entropies):
+                    self.calibration.update(entropies[i], i < accepted)
         else:
-            taken = self.transcript.commit([ev.choices[-1]])
+            taken = transcript.commit([ev.choices[-1]])
         self._local_cache = min(self._local_cache, n_before + _common_prefix(window, taken))
         self._window, self._window_remote, self._window_entropy = [], 0, []
         return self._after_commit(taken, now)
@@ -225,10 +233,10 @@ class ControllerCore:
         if self._idle_since is not None:
             self.stats.stall_s += now - self._idle_since
             self._idle_since = None
-        if isinstance(action, RunTarget):
+        if type(action) is RunTarget:
             self.metrics.on_target_pass()
         else:
-            self.metrics.on_draft_pass(Site.CONTROLLER)
+            self.metrics.on_draft_pass(_CONTROLLER)
         return action
 
     def _finish_busy(self, op: int, now: float) -> RunTarget | RunDraft:
@@ -240,17 +248,19 @@ class ControllerCore:
 
     def _after_commit(self, taken: list[int], now: float) -> list[ControllerAction]:
         out: list[ControllerAction] = []
+        chain = self.chain
         if taken:
             self.metrics.on_commit(len(taken), now)
-            out.append(EmitTokens(tuple(taken)))
-            was_live = not self.chain.dead
-            self.chain.sync(self.transcript.tokens)
+            committed = tuple(taken)
+            out.append(EmitTokens(committed))
+            was_live = not chain.dead
+            chain.sync(self.transcript.tokens)
             if self.worker_ok:
-                out.append(SendToWorker(Commit(self.rid, max(self.chain.epoch, 0),
-                                               self._committed_sent, tuple(taken))))
+                out.append(SendToWorker(Commit(self.rid, max(chain.epoch, 0),
+                                               self._committed_sent, committed)))
                 self._last_commit_base, self._last_commit_time = self._committed_sent, now
                 self._committed_sent += len(taken)
-                if was_live and self.chain.dead:
+                if was_live and chain.dead:
                     # the worker learns of this in RTT/2 and needs a pass before drafting again
                     self._expect_new_chain_by = now + self._first_chain_eta()
         if self.transcript.finished:
@@ -266,36 +276,38 @@ class ControllerCore:
     def _expect_remote_by(self, k: int, gamma: int) -> float | None:
         if not self.worker_ok:
             return None
-        slack = self.config.wait_slack
-        if self.chain.dead:
+        chain = self.chain
+        if chain.dead:
             return self._expect_new_chain_by
         if k >= gamma:
             return None
-        last = self.chain.last_arrival
+        last = chain.last_arrival
         if last is None:
             return self._expect_new_chain_by
-        missing = gamma - k + self.chain.pending_catch_up(len(self.transcript.tokens))
-        if self.chain.end - self._last_commit_base >= self.lookahead:
+        missing = gamma - k + chain.pending_catch_up(len(self.transcript.tokens))
+        if chain.end - self._last_commit_base >= self.lookahead:
             # the worker was held at its lookahead cap: it resumes when our last commit lands
             last = max(last, self._last_commit_time + self.est.rtt.get)
-        return last + slack * missing * self.est.draft_interval.get
+        return last + self.config.wait_slack * missing * self.est.draft_interval.get
 
     def _schedule(self, now: float, timer_fired: bool = False) -> list[ControllerAction]:
         if self._busy is not None or self.finished:
             return []
-        n = len(self.transcript.tokens)
-        gamma = max(0, min(self.config.gamma, self.transcript.remaining - 1))
+        config, transcript, chain, est = self.config, self.transcript, self.chain, self.est
+        n = len(transcript.tokens)
+        budget = transcript.remaining - 1  # a verification commits up to its window + 1 tokens
+        gamma = max(0, min(config.gamma, budget))
         if gamma == 0:
             self._window, self._window_remote = [], 0
-            return [self._run(RunTarget(self._next_op(), n - 1, (self.transcript.tokens[-1],), 1), now)]
-        adaptive = self.config.policy.name is PolicyName.ADAPTIVE
+            return [self._run(RunTarget(self._next_op(), n - 1, (transcript.tokens[-1],), 1), now)]
+        adaptive = config.policy.name is _ADAPTIVE
         cap = gamma
         if adaptive:
-            cap = max(1, min(self.config.max_window or 2 * self.config.gamma,
-                             self.transcript.remaining - 1))
-        remote = self.chain.window(n, cap) if self.worker_ok else []
-        if (adaptive and len(self._window) > self._window_remote
-                and len(remote) >= max(len(self._window), gamma)):
+            cap = max(1, min(config.max_window or 2 * config.gamma, budget))
+        remote = chain.window(n, cap) if self.worker_ok else []
+        window = self._window
+        if (adaptive and len(window) > self._window_remote
+                and len(remote) >= max(len(window), gamma)):
             # the worker caught up during a local round: its drafts are free, verify them now
             self._local_cache = min(self._local_cache, n)
             self._window, self._window_remote, self._window_entropy = [], 0, []
@@ -305,53 +317,52 @@ class ControllerCore:
             self._window_remote = len(self._window)
             self._wait_until = None
             return [self._verify(n, now)]
-        local_count = len(self._window) - self._window_remote if self._window else 0
+        local_count = len(window) - self._window_remote if window else 0
         expect = self._expect_remote_by(min(len(remote), gamma), gamma)
+        if timer_fired and (expect is None or expect <= now + 1e-6):
+            expect = None  # the wait is over
+        alpha, target_s, draft_s = est.acceptance.get, est.target_pass.get, est.local_draft_pass.get
         local_gamma = gamma
+        accept_p: tuple[float, ...] = ()
         if adaptive:
-            local_gamma = min(cap, optimal_gamma(self.est.acceptance.get, self.est.target_pass.get,
-                                                 self.est.local_draft_pass.get,
-                                                 self.config.verify_per_token_s,
-                                                 max_gamma=2 * self.config.gamma))
+            local_gamma = min(cap, optimal_gamma(alpha, target_s, draft_s, config.verify_per_token_s,
+                                                 max_gamma=2 * config.gamma))
+            if not local_count:  # (not read while a local round is under way)
+                accept_p = self.calibration.p_accepts([d.entropy for d in remote])
         view = View(
-            now=now, gamma=gamma,
-            remote=remote if not self._window else remote[: self._window_remote],
-            local=local_count, chain_live=not self.chain.dead,
-            chain_behind=self.chain.pending_catch_up(n), worker_ok=self.worker_ok,
-            has_local_draft=self.has_local_draft,
-            expect_remote_by=None if timer_fired and (expect is None or expect <= now + 1e-6) else expect,
-            entropy_threshold=self.config.policy.entropy_threshold,
-            alpha=self.est.acceptance.get, target_pass_s=self.est.target_pass.get,
-            # only the adaptive policy reads these, and not while a local round is under way
-            remote_accept_p=(self.calibration.p_accepts([d.entropy for d in remote])
-                             if adaptive and not local_count else ()),
-            verify_per_token_s=self.config.verify_per_token_s,
-            local_draft_s=self.est.local_draft_pass.get, local_gamma=local_gamma,
+            now=now, gamma=gamma, remote=remote if not window else remote[: self._window_remote],
+            local=local_count, chain_live=not chain.dead, chain_behind=chain.pending_catch_up(n),
+            worker_ok=self.worker_ok, has_local_draft=self.has_local_draft,
+            expect_remote_by=expect, entropy_threshold=config.policy.entropy_threshold,
+            alpha=alpha, target_pass_s=target_s, remote_accept_p=accept_p,
+            verify_per_token_s=config.verify_per_token_s, local_draft_s=draft_s,
+            local_gamma=local_gamma,
         )
-        decision = decide(self.config.policy, view)
-        return self._apply(decision, view, n, now)
+        return self._apply(decide(config.policy, view), view, n, now)
 
     def _apply(self, d: Decision, v: View, n: int, now: float) -> list[ControllerAction]:
-        seq = self.transcript.tokens
-        if d.kind is Kind.WAIT:
+        kind = d.kind
+        if kind is _WAIT:
             assert d.until is not None
             self._wait_until = d.until
             if self._idle_since is None:
                 self._idle_since = now
             return []
         self._wait_until = None
-        if d.kind is Kind.VERIFY_REMOTE:
+        if kind is _VERIFY_REMOTE:
             take = d.window if d.window is not None else v.gamma
-            self._window = [t.token for t in v.remote[:take]]
-            self._window_entropy = [t.entropy for t in v.remote[:take]]
+            remote = v.remote[:take]
+            self._window = [t.token for t in remote]
+            self._window_entropy = [t.entropy for t in remote]
             self._window_remote = len(self._window)
             self.stats.remote_windows += 1
             return [self._verify(n, now)]
-        if d.kind is Kind.PLAIN:
+        seq = self.transcript.tokens
+        if kind is _PLAIN:
             self._window, self._window_remote = [], 0
             self.stats.plain_steps += 1
             return [self._run(RunTarget(self._next_op(), n - 1, (seq[n - 1],), 1), now)]
-        if d.kind is Kind.VERIFY_LOCAL:
+        if kind is _VERIFY_LOCAL:
             self.stats.local_windows += 1
             return [self._verify(n, now)]
         # LOCAL_DRAFT: extend the proposal (the worker's usable prefix, then local drafts)
@@ -359,10 +370,11 @@ class ControllerCore:
             self._window = [t.token for t in v.remote]
             self._window_entropy = [t.entropy for t in v.remote]
             self._window_remote = len(self._window)
-        full = seq + self._window
-        start = min(self._local_cache, len(full) - 1)
-        self._local_cache = len(full)
-        return [self._run(RunDraft(self._next_op(), Site.CONTROLLER, start, tuple(full[start:])), now)]
+        length = len(seq) + len(self._window)
+        start = min(self._local_cache, length - 1)
+        self._local_cache = length
+        feed = feed_from(seq, self._window, start)
+        return [self._run(RunDraft(self._next_op(), _CONTROLLER, start, feed), now)]
 
     def _verify(self, n: int, now: float) -> RunTarget:
         seq = self.transcript.tokens

@@ -43,6 +43,16 @@ class StopCriteria:
             return "max_tokens"
         return None
 
+    def reason_after_token(self, last: int, n_output: int) -> str | None:
+        """:meth:`reason_after` for criteria without stop strings, from the newest token and the
+        output length alone (no copy of the output: it runs once per committed token)."""
+        assert not self.stop_strings
+        if last in self.eos_ids:
+            return "eos"
+        if n_output >= self.max_tokens:
+            return "max_tokens"
+        return None
+
 
 class Transcript:
     """Prompt plus committed output; commits apply stop criteria one token at a time."""
@@ -65,7 +75,7 @@ class Transcript:
 
     @property
     def remaining(self) -> int:
-        return self.stop.max_tokens - self.n_output
+        return self.stop.max_tokens - (len(self.tokens) - self.n_prompt)
 
     @property
     def finished(self) -> bool:
@@ -76,10 +86,14 @@ class Transcript:
         if self.finished:
             return []
         taken: list[int] = []
+        tokens, stop = self.tokens, self.stop
         for tok in new:
-            self.tokens.append(tok)
+            tokens.append(tok)
             taken.append(tok)
-            reason = self.stop.reason_after(self.output)
+            if stop.stop_strings:
+                reason = stop.reason_after(self.output)
+            else:
+                reason = stop.reason_after_token(tok, len(tokens) - self.n_prompt)
             if reason is not None:
                 self.finish_reason = reason
                 break

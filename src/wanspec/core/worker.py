@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wanspec.core.actions import DraftDone, RunDraft, Site
+from wanspec.core.chain import feed_from
 from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart, SessionStats
 
 
@@ -41,6 +42,8 @@ class Release:
 
 
 WorkerAction = DraftFor | Send | Release
+
+_WORKER = Site.WORKER  # (an Enum class attribute lookup costs ~60 ns on Python 3.11)
 
 
 @dataclass(slots=True)
@@ -177,11 +180,9 @@ class WorkerCore:
         pos = n + len(chain)
         if pos >= s.end:
             return None
-        # feed committed + chain from the cache's valid length, without copying the whole sequence
         start = s.cache_len
-        feed = tuple(chain[start - n:]) if start >= n else (*s.committed[start:], *chain)
         s.cache_len = pos
         self._next_op += 1
-        run = RunDraft(self._next_op, Site.WORKER, start, feed)
+        run = RunDraft(self._next_op, _WORKER, start, feed_from(s.committed, chain, start))
         s.inflight, s.inflight_epoch = run, s.epoch
         return DraftFor(rid, run)
