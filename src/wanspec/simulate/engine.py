@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from heapq import heappush
 from typing import Any, Callable
 
 from wanspec.core.actions import DraftDone, EmitTokens, Finished, RunDraft, RunTarget, TargetDone
@@ -92,6 +93,12 @@ class RemoteSim:
         self.logs: list[str] = []
         self.done = False
         self._ping_seq = itertools.count(1)
+        # event handlers as bound once (``self._c_msg`` builds a new bound method per access)
+        self._on_c_msg = self._c_msg
+        self._on_w_msg = self._w_msg
+        self._on_c_done = self._c_done
+        self._on_w_done = self._w_done
+        self._on_c_timer = self._c_timer
 
     # ---- loop ------------------------------------------------------------------------------
     def _at(self, t: float, fn: Callable[[float, Any], None], arg: Any) -> None:
@@ -100,9 +107,11 @@ class RemoteSim:
     def run(self) -> ModeResult:
         self._send_up(0.0, CONTROLLER_HELLO)
         heap, pop = self.heap, heapq.heappop
-        while heap and not self.done:
+        while heap:
             t, _, fn, arg = pop(heap)
             fn(t, arg)
+            if self.done:
+                break
         if not self.done:
             raise RuntimeError(f"simulation stalled ({self.policy}, request {self.index})")
         res = ModeResult(self.policy, self.results)
@@ -112,10 +121,10 @@ class RemoteSim:
         return res
 
     def _send_up(self, now: float, msg: Message) -> None:
-        self._at(self.up.push(now, frame_size(msg)), self._w_msg, msg)
+        self._at(self.up.push(now, frame_size(msg)), self._on_w_msg, msg)
 
     def _send_down(self, now: float, msg: Message) -> None:
-        self._at(self.down.push(now, frame_size(msg)), self._c_msg, msg)
+        self._at(self.down.push(now, frame_size(msg)), self._on_c_msg, msg)
 
     # ---- controller site -----------------------------------------------------------------
     def _start_request(self, now: float) -> None:
@@ -143,12 +152,12 @@ class RemoteSim:
                     n = len(a.tokens)
                     first = a.start + n - a.want + 1
                     cost = (cfg.target_ms + cfg.verify_per_token_ms * (n - 1)) / 1000.0
-                    self._at(now + cost, self._c_done,
+                    self._at(now + cost, self._on_c_done,
                              TargetDone(a.op, world.choices(first, a.want)))
                 elif tp is RunDraft:
                     tok, ent, top = world.draft(self.local_cache, a.start, a.tokens)
                     cost = (cfg.draft_ms + cfg.draft_per_token_ms * (len(a.tokens) - 1)) / 1000.0
-                    self._at(now + cost, self._c_done, DraftDone(a.op, tok, ent, top))
+                    self._at(now + cost, self._on_c_done, DraftDone(a.op, tok, ent, top))
                 elif tp is EmitTokens:
                     self.out.extend(a.tokens)
                 elif tp is Finished:
@@ -159,7 +168,7 @@ class RemoteSim:
         self.tgen += 1
         deadline = core.next_timer()
         if deadline is not None:
-            self._at(deadline if deadline > now else now, self._c_timer, self.tgen)
+            self._at(deadline if deadline > now else now, self._on_c_timer, self.tgen)
 
     def _c_done(self, now: float, ev: Any) -> None:
         core = self.core
@@ -255,29 +264,32 @@ class RemoteSim:
 
     def _w_exec(self, actions: list, now: float) -> None:
         # the hot path of the whole simulator (one call per worker pass): kept flat on purpose
-        cfg = self.cfg
-        heap = self.heap
+        heap, seq = self.heap, self._seq
         for a in actions:
             tp = type(a)
             if tp is Send:
                 msg = a.msg
-                t = self.down.push(now, frame_size(msg))
-                heapq.heappush(heap, (t, next(self._seq), self._c_msg, msg))
+                heappush(heap, (self.down.push(now, frame_size(msg)), next(seq), self._on_c_msg, msg))
             elif tp is DraftFor:
-                cache = self.wcaches.get(a.rid)
+                rid = a.rid
+                cache = self.wcaches.get(rid)
                 if cache is None:
                     continue
                 run = a.run
-                tok, ent, top = self.worlds[a.rid - 1].draft(cache, run.start, run.tokens)
-                n = len(run.tokens)
-                cost = (cfg.draft_ms + cfg.draft_per_token_ms * (n - 1)) / 1000.0 if n > 1 \
-                    else self._draft_s
+                tokens = run.tokens
+                tok, ent, top = self.worlds[rid - 1].draft(cache, run.start, tokens)
+                n = len(tokens)
+                if n > 1:
+                    cfg = self.cfg
+                    cost = (cfg.draft_ms + cfg.draft_per_token_ms * (n - 1)) / 1000.0
+                else:
+                    cost = self._draft_s
                 free = self.worker_free
                 free = (now if now > free else free) + cost
                 self.worker_free = free
                 self.worker_busy += cost
-                heapq.heappush(heap, (free, next(self._seq), self._w_done,
-                                      (a.rid, DraftDone(run.op, tok, ent, top))))
+                heappush(heap, (free, next(seq), self._on_w_done,
+                                (rid, DraftDone(run.op, tok, ent, top))))
             elif tp is Release:
                 self.wcaches.pop(a.rid, None)
 
