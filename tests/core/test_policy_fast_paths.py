@@ -169,3 +169,14 @@ def test_p_accepts_equals_p_accept_as_the_counts_change():
         e = rng.uniform(0, 4)
         cal.update(e, rng.random() < 1.0 / (1.0 + e))
     assert cal.p_accepts([]) == ()
+
+
+def test_view_field_order_is_the_one_the_controller_builds_it_with():
+    # ControllerCore._schedule builds View positionally (much cheaper than keywords): a change
+    # of View's fields must be mirrored there
+    import dataclasses
+
+    assert [f.name for f in dataclasses.fields(View)] == [
+        "now", "gamma", "remote", "local", "chain_live", "chain_behind", "worker_ok",
+        "has_local_draft", "expect_remote_by", "entropy_threshold", "alpha", "target_pass_s",
+        "remote_accept_p", "verify_per_token_s", "local_draft_s", "local_gamma"]

@@ -126,12 +126,13 @@ class ControllerCore:
     # ---- public API ---------------------------------------------------------------------------
     @property
     def lookahead(self) -> int:
-        if self.config.lookahead:
-            return self.config.lookahead
+        config, est = self.config, self.est
+        if config.lookahead:
+            return config.lookahead
         # enough for one round trip of consumption plus two windows, as the worker drafts
-        per_token = max(self.est.draft_interval.get, 1e-4)
-        window = self.config.max_window or 2 * self.config.gamma
-        return max(2 * window, min(64, window + self.config.gamma + int(self.est.rtt.get / per_token) + 2))
+        per_token = max(est.draft_interval.get, 1e-4)
+        window = config.max_window or 2 * config.gamma
+        return max(2 * window, min(64, window + config.gamma + int(est.rtt.get / per_token) + 2))
 
     def start(self, now: float) -> list[ControllerAction]:
         self.metrics.on_start(now)
@@ -156,8 +157,9 @@ class ControllerCore:
         if isinstance(msg, Drafts) and msg.rid == self.rid and self.worker_ok and not self.finished:
             drafts = _draft_tokens(msg)
             chain = self.chain
-            if chain.last_arrival is not None and msg.epoch == chain.epoch:
-                self.est.draft_interval.update(max(now - chain.last_arrival, 0.0) / len(drafts))
+            last = chain.last_arrival
+            if last is not None and msg.epoch == chain.epoch:
+                self.est.draft_interval.update(max(now - last, 0.0) / len(drafts))
             chain.on_drafts(msg.epoch, msg.base, drafts, now)
             self.stats.remote_received += len(drafts)
             chain.sync(self.transcript.tokens)
@@ -329,14 +331,24 @@ class ControllerCore:
                                                  max_gamma=2 * config.gamma))
             if not local_count:  # (not read while a local round is under way)
                 accept_p = self.calibration.p_accepts([d.entropy for d in remote])
+        # positional (in View's field order): ~3x cheaper than 16 keyword arguments
         view = View(
-            now=now, gamma=gamma, remote=remote if not window else remote[: self._window_remote],
-            local=local_count, chain_live=not chain.dead, chain_behind=chain.pending_catch_up(n),
-            worker_ok=self.worker_ok, has_local_draft=self.has_local_draft,
-            expect_remote_by=expect, entropy_threshold=config.policy.entropy_threshold,
-            alpha=alpha, target_pass_s=target_s, remote_accept_p=accept_p,
-            verify_per_token_s=config.verify_per_token_s, local_draft_s=draft_s,
-            local_gamma=local_gamma,
+            now,  # now
+            gamma,  # gamma
+            remote if not window else remote[: self._window_remote],  # remote
+            local_count,  # local
+            not chain.dead,  # chain_live
+            chain.pending_catch_up(n),  # chain_behind
+            self.worker_ok,  # worker_ok
+            self.has_local_draft,  # has_local_draft
+            expect,  # expect_remote_by
+            config.policy.entropy_threshold,  # entropy_threshold
+            alpha,  # alpha
+            target_s,  # target_pass_s
+            accept_p,  # remote_accept_p
+            config.verify_per_token_s,  # verify_per_token_s
+            draft_s,  # local_draft_s
+            local_gamma,  # local_gamma
         )
         return self._apply(decide(config.policy, view), view, n, now)
 
@@ -382,14 +394,14 @@ class ControllerCore:
         return self._run(RunTarget(self._next_op(), n - 1, feed, len(feed)), now)  # type: ignore[return-value]
 
 
-def _draft_tokens(msg: Drafts) -> list[DraftToken]:
+def _draft_tokens(msg: Drafts) -> Sequence[DraftToken]:
     tokens = msg.tokens
     n = len(tokens)
     ent = msg.entropy if len(msg.entropy) == n else (0.0,) * n
     top = msg.top_prob if len(msg.top_prob) == n else (1.0,) * n
     if n == 1:  # the usual message (the worker streams each draft at once)
-        return [DraftToken(tokens[0], ent[0], top[0])]
-    return list(map(DraftToken, tokens, ent, top))
+        return (DraftToken(tokens[0], ent[0], top[0]),)
+    return tuple(map(DraftToken, tokens, ent, top))
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

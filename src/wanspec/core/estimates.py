@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)
 class Ewma:
     """Exponentially weighted moving average with a prior used until the first sample."""
 
@@ -24,7 +24,7 @@ class Ewma:
         return self.prior if self.value is None else self.value
 
 
-@dataclass
+@dataclass(slots=True)
 class LinkEstimates:
     """What the controller believes about the link and both devices (seconds)."""
 

@@ -26,6 +26,7 @@ from wanspec.core.actions import (
     Site,
     TargetDone,
 )
+from wanspec.core.chain import feed_from
 from wanspec.core.metrics import RequestMetrics
 from wanspec.core.stopping import StopCriteria, Transcript
 from wanspec.core.verify import accept_prefix
@@ -35,6 +36,9 @@ from wanspec.errors import WanspecError
 class LocalMode(str, Enum):
     TARGET = "target"  # target-only autoregressive decoding: the reference output
     SD = "sd"  # standard speculative decoding with the draft at the same (busy) site
+
+
+_SD = LocalMode.SD  # (an Enum class attribute lookup costs ~60 ns on Python 3.11)
 
 
 class LocalDecoder:
@@ -95,7 +99,7 @@ class LocalDecoder:
 
     def _issue(self, action: RunTarget | RunDraft) -> RunTarget | RunDraft:
         self._pending = action
-        if isinstance(action, RunTarget):
+        if type(action) is RunTarget:
             self.metrics.on_target_pass()
         else:
             self.metrics.on_draft_pass(action.site)
@@ -141,10 +145,10 @@ class LocalDecoder:
     def _next_pass(self) -> RunTarget | RunDraft:
         seq = self.transcript.tokens
         n = len(seq)
-        if self.mode is LocalMode.SD and len(self._window) < self._gamma_now():
-            full = seq + self._window
+        if self.mode is _SD and len(self._window) < self._gamma_now():
             start = self._draft_cache
-            self._draft_cache = len(full)
-            return self._issue(RunDraft(self._op(), self.draft_site, start, tuple(full[start:])))
+            self._draft_cache = n + len(self._window)
+            return self._issue(RunDraft(self._op(), self.draft_site, start,
+                                        feed_from(seq, self._window, start)))
         feed = (seq[n - 1], *self._window)
-        return self._issue(RunTarget(self._op(), n - 1, feed, want=len(feed)))
+        return self._issue(RunTarget(self._op(), n - 1, feed, len(feed)))

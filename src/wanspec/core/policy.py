@@ -70,6 +70,7 @@ class View:
     local_gamma: int = 4  # window length local rounds aim for
 
 
+@functools.lru_cache(maxsize=4096)  # pure; asked twice per decision, alpha moves per verification
 def expected_tokens(alpha: float, window: int) -> float:
     """Tokens one verification commits on average: (1 - a^(w+1)) / (1 - a), i.i.d. acceptance."""
     a = min(max(alpha, 0.0), 0.999999)

@@ -145,21 +145,24 @@ class WorkerCore:
 
     # ---- results of draft passes ----------------------------------------------------------------
     def on_draft_done(self, rid: int, ev: DraftDone) -> list[WorkerAction]:
-        self.stats.passes += 1
+        stats = self.stats
+        stats.passes += 1
         s = self.sessions.get(rid)
-        if s is None or s.inflight is None or s.inflight.op != ev.op:
-            self.stats.wasted_passes += 1
+        run = None if s is None else s.inflight
+        if run is None or run.op != ev.op:
+            stats.wasted_passes += 1
             return []
-        run, s.inflight = s.inflight, None
+        s.inflight = None
         s.passes += 1
+        chain = s.chain
         position = run.start + len(run.tokens)
-        if s.inflight_epoch != s.epoch or position != len(s.committed) + len(s.chain):
-            self.stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
+        if s.inflight_epoch != s.epoch or position != len(s.committed) + len(chain):
+            stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
             s.wasted += 1
             return self._draft_actions(rid, s)
-        s.chain.append(ev.token)
+        chain.append(ev.token)
         s.drafted += 1
-        self.stats.drafted += 1
+        stats.drafted += 1
         sent = Send(Drafts(rid, s.epoch, position, (ev.token,), (ev.entropy,), (ev.top_prob,)))
         nxt = self._next_draft(rid, s)
         return [sent] if nxt is None else [sent, nxt]
@@ -173,16 +176,17 @@ class WorkerCore:
         """The next draft pass of session ``s``, if it may start one now (one at a time)."""
         if s.closed or s.inflight is not None:
             return None
-        chain = s.chain
-        if len(chain) >= s.lookahead:
+        chain, committed = s.chain, s.committed
+        n_chain = len(chain)
+        if n_chain >= s.lookahead:
             return None
-        n = len(s.committed)
-        pos = n + len(chain)
+        pos = len(committed) + n_chain
         if pos >= s.end:
             return None
         start = s.cache_len
         s.cache_len = pos
-        self._next_op += 1
-        run = RunDraft(self._next_op, _WORKER, start, feed_from(s.committed, chain, start))
-        s.inflight, s.inflight_epoch = run, s.epoch
+        self._next_op = op = self._next_op + 1
+        run = RunDraft(op, _WORKER, start, feed_from(committed, chain, start))
+        s.inflight = run
+        s.inflight_epoch = s.epoch
         return DraftFor(rid, run)
