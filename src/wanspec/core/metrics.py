@@ -61,13 +61,14 @@ class RequestMetrics:
         self.drafted_tokens += window
         self.accepted_tokens += accepted
         self.tokens_from_verify += committed
-        while len(self.position_attempts) < window:
-            self.position_attempts.append(0)
-            self.position_accepts.append(0)
+        attempts, accepts = self.position_attempts, self.position_accepts
+        while len(attempts) < window:
+            attempts.append(0)
+            accepts.append(0)
         for i in range(window):
-            self.position_attempts[i] += 1
-            if i < accepted:
-                self.position_accepts[i] += 1
+            attempts[i] += 1
+        for i in range(min(accepted, window)):
+            accepts[i] += 1
 
     def on_commit(self, n: int, now: float) -> None:
         if n <= 0:

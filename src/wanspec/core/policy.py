@@ -140,7 +140,7 @@ def decide(policy: PolicyConfig, v: View) -> Decision:
 
     # remote: wait for the worker while drafts are expected, then use what is there
     if worth_waiting(v, k):
-        return Decision(_WAIT, until=v.expect_remote_by)
+        return Decision(_WAIT, v.expect_remote_by)  # (until; positional is cheaper)
     if k > 0:
         return _D_VERIFY_REMOTE
     return _D_PLAIN
@@ -230,7 +230,7 @@ def decide_adaptive(v: View, busy_pass_weight: float = 1.0) -> Decision:
     if kind is _VERIFY_REMOTE:
         return Decision(kind, window=arg)  # type: ignore[arg-type]
     if kind is _WAIT:
-        return Decision(kind, until=arg)
+        return Decision(kind, arg)  # (until; positional is cheaper)
     return _D_PLAIN if kind is _PLAIN else _D_LOCAL_DRAFT
 
 
