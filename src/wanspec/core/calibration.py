@@ -24,7 +24,8 @@ class EntropyCalibration:
     total_accepts: float = 0.0
     total_trials: float = 0.0
     prior_alpha: float = 0.7
-    # p_accept per bucket (None: not computed yet), valid until the next update (see p_accepts)
+    # p_accept per bucket (None: not computed yet), valid until the next update() (p_accepts);
+    # change the counts through update() only
     _table: list[float | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -56,9 +56,8 @@ class RemoteChain:
             return False
         if epoch > self.epoch:
             self.epoch, self.base, self.drafts, self.dead = epoch, base, [], False
-        # (base != self.end, spelt out: this runs for every received message)
         # the worker streams a chain in order; anything else is a bug/loss
-        if base != self.base + len(self.drafts):
+        if base != self.base + len(self.drafts):  # (self.end, without a property call)
             self.stale_dropped += len(drafts)
             return False
         self.drafts.extend(drafts)
