@@ -5,14 +5,17 @@ Not a test (timings depend on the machine and its load): run it by hand.
     .venv/bin/python benchmarks/simulate_speed.py                 # paper-like regime
     .venv/bin/python benchmarks/simulate_speed.py --json benchmarks/results/simulate_speed.json
 
-Three measurements:
+Four measurements:
 
 1. per mode, one process: tokens/s and CPU time per committed token, split into time spent
    inside the cores (ControllerCore / WorkerCore / LocalDecoder methods, timed by wrapping them)
    and the simulator's own driver (event loop, link, synthetic models);
 2. the full sweep ``rtt=0:150:10`` x 4 policies + baselines, with 1 and with 2 processes: wall
    time and committed tokens per second of wall time (all modes counted);
-3. per-call cost of the core entry points (``--calls``), the numbers behind any hot-spot report.
+3. per-call cost of the core entry points (in the JSON's ``core_split``), the numbers behind any
+   hot-spot report;
+4. startup: importing everything ``wanspec simulate`` uses, in a fresh interpreter, and whether
+   that imports torch (it must not: ~1 s per process).
 
 "Tokens" are committed output tokens of every simulated request (baselines included).
 """
@@ -130,6 +133,23 @@ def sweep(cfg: Any, jobs: int) -> dict[str, Any]:
             "wall_s": wall, "tokens_per_s": tokens / wall, "parent_cpu_s": cpu}
 
 
+def startup() -> dict[str, Any]:
+    """Import time of the simulator and its CLI in a fresh interpreter; torch must stay out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; t = time.perf_counter(); "
+            "import wanspec.cli.app, wanspec.cli.simulate, wanspec.simulate.sweep, "
+            "wanspec.simulate.report; "
+            "print(time.perf_counter() - t, 'torch' in sys.modules)")
+    best = float("inf")
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.split()
+        best = min(best, float(out[0]))
+    return {"import_s": best, "imports_torch": out[1] == "True"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--alpha", type=float, default=0.8)
@@ -154,6 +174,7 @@ def main() -> None:
         "config": cfg.describe() + f", rtt {cfg.rtt_ms:g} ms",
         "per_mode": per_mode(cfg, modes, args.repeat),
         "core_split": core_split(cfg, modes),
+        "startup": startup(),
     }
     if not args.no_sweep:
         report["sweep"] = [sweep(cfg, 1), sweep(cfg, 2)]
@@ -164,6 +185,8 @@ def main() -> None:
         s = report["core_split"][m["mode"]]
         print(f"{m['mode']:10s} {m['tokens_per_s']:9.0f} {m['cpu_us_per_token']:10.1f} "
               f"{s['core_us_per_token']:8.1f} {s['driver_us_per_token']:9.1f}")
+    st = report["startup"]
+    print(f"startup: imports in {st['import_s']:.2f} s, torch imported: {st['imports_torch']}")
     for s in report.get("sweep", []):
         print(f"sweep rtt=0:150:10, {s['points']} points, jobs={s['jobs']}: {s['tokens']} tokens "
               f"in {s['wall_s']:.2f} s = {s['tokens_per_s']:.0f} tokens/s")
