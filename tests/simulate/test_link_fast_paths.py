@@ -59,3 +59,9 @@ def test_drafts_and_commit_sizes_equal_the_encoded_frames():
     # fields that are not plain ints or floats fall back to the encoder
     for msg in (Commit(1, 0, 3, (True, 2)), Drafts(1, 0, 3, (4,), (1,), (0.5,))):
         assert frame_size(msg) == len(encode_frame(msg))
+
+
+def test_non_integer_fields_are_sized_by_the_encoder():
+    for msg in (Drafts(1.0, 0, 3, (4,), (0.5,), (0.5,)), Drafts(1, 0, 3, (4.5,), (0.5,), (0.5,)),
+                Commit(1, 0, 3.0, (2,))):
+        assert frame_size(msg) == len(encode_frame(msg))

@@ -35,9 +35,13 @@ def frame_size(msg: Any) -> int:
             # the hottest message: [3, rid, epoch, base, [tok], [entropy], [top_prob]] with floats
             # packed as float64 (9 bytes), so only the four integers vary in size
             rid, epoch, base, tok = msg.rid, msg.epoch, msg.base, tokens[0]
-            if 0 <= rid < 65536 and 0 <= epoch < 65536 and 0 <= base < 65536 and 0 <= tok < 65536:
-                return 27 + _INT_BYTES[rid] + _INT_BYTES[epoch] + _INT_BYTES[base] + _INT_BYTES[tok]
-            return 27 + _isz(rid) + _isz(epoch) + _isz(base) + _isz(tok)
+            try:
+                if 0 <= rid < 65536 and 0 <= epoch < 65536 and 0 <= base < 65536 and 0 <= tok < 65536:
+                    return 27 + _INT_BYTES[rid] + _INT_BYTES[epoch] + _INT_BYTES[base] + _INT_BYTES[tok]
+            except TypeError:  # not integers (a float index): let msgpack size the message
+                pass
+            else:
+                return 27 + _isz(rid) + _isz(epoch) + _isz(base) + _isz(tok)
         body = _packb([3, msg.rid, msg.epoch, msg.base, msg.tokens, msg.entropy,
                        msg.top_prob], use_bin_type=True)
     elif tp is Commit:
