@@ -13,7 +13,7 @@ from rich.console import Console
 from wanspec import __version__
 from wanspec.cli.common import configure_threads, quiet_libraries, user_errors
 from wanspec.cli.render import print_generation
-from wanspec.core.policy import PolicyConfig
+from wanspec.core.policy_defaults import BUSY_PASS_WEIGHT, ENTROPY_THRESHOLD
 
 app = typer.Typer(
     name="wanspec",
@@ -169,8 +169,8 @@ def simulate(
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window [default: 4; with --trace: the recorded value]."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
-    entropy_threshold: float = typer.Option(PolicyConfig().entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
-    busy_pass_weight: float = typer.Option(PolicyConfig().busy_pass_weight, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, in multiples of its device time."),
+    entropy_threshold: float = typer.Option(ENTROPY_THRESHOLD, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
+    busy_pass_weight: float = typer.Option(BUSY_PASS_WEIGHT, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, in multiples of its device time."),
     match: str = typer.Option("iid", "--match", help="Acceptance model: iid (each draft accepted with probability alpha), markov (bursty, see --burst) or trace (replay --trace)."),
     alpha: float = typer.Option(0.8, "--alpha", help="Per-token probability that a draft on the right prefix is accepted."),
     burst: float = typer.Option(0.5, "--burst", help="markov: lag-1 correlation of accept/reject outcomes (0 = iid, towards 1 = long easy/hard stretches)."),
@@ -185,9 +185,21 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (point, mode) instead of tables."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also plot latency and busy-site passes vs standard SD, and stall, against the first swept parameter (PNG)."),
+    core: str = typer.Option("auto", "--core", help="auto (the compiled core if built for these sources, else pure Python), pure, or compiled. Results are identical; only the speed differs."),
+    build_core: bool = typer.Option(False, "--build-core", help="First compile the simulator's core with mypyc into the user cache (about a minute, once per source version; needs mypy and a C compiler), then run on it."),
 ) -> None:
     """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
     with user_errors():
+        # before anything imports the cores: the compiled build must be loaded first, if at all
+        from wanspec.simulate.compiled import activate, build, find_build
+
+        if build_core:
+            if find_build() is None:
+                Console(stderr=True).print("compiling the simulator core with mypyc (once per "
+                                           "source version; about a minute)...")
+                build()
+            core = "compiled" if core == "auto" else core
+        choice = activate(core)
         from wanspec.cli.simulate import run_simulate
 
         ok = run_simulate(
@@ -198,7 +210,8 @@ def simulate(
             busy_pass_weight=busy_pass_weight, match=match, alpha=alpha, burst=burst,
             separation=separation, entropy_sd=entropy_sd, trace=trace, max_tokens=max_tokens,
             requests=requests, prompt_tokens=prompt_tokens, seed=seed, jobs=jobs,
-            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console)
+            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console,
+            core_note=choice.note)
     if not ok:
         raise typer.Exit(1)
 

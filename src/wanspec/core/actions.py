@@ -3,6 +3,9 @@
 Actions and events are values: treat them as immutable.  They are slotted, non-frozen dataclasses
 because several are built per generated token (the simulator builds millions), and a frozen
 dataclass costs ~4x as much to construct (every field is set through ``object.__setattr__``).
+The hot ones spell out ``__init__`` (``init=False``): compiled with mypyc
+(:mod:`wanspec.simulate.compiled`), a written ``__init__`` is native code, while the one the
+dataclass decorator generates at import time stays interpreted (~7x slower to construct).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class Site(str, Enum):
 # ---- actions (state machine -> driver) -------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RunTarget:
     """One target forward pass.
 
@@ -36,8 +39,14 @@ class RunTarget:
     tokens: tuple[int, ...]
     want: int
 
+    def __init__(self, op: int, start: int, tokens: tuple[int, ...], want: int) -> None:
+        self.op = op
+        self.start = start
+        self.tokens = tokens
+        self.want = want
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class RunDraft:
     """One draft forward pass at ``site``: cut the draft cache to ``start``, feed ``tokens``,
     propose the token for absolute position ``start + len(tokens)``.
@@ -50,16 +59,25 @@ class RunDraft:
     start: int
     tokens: tuple[int, ...]
 
+    def __init__(self, op: int, site: Site, start: int, tokens: tuple[int, ...]) -> None:
+        self.op = op
+        self.site = site
+        self.start = start
+        self.tokens = tokens
+
     @property
     def position(self) -> int:
         return self.start + len(self.tokens)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class EmitTokens:
     """Tokens committed to the output, in order; they are final."""
 
     tokens: tuple[int, ...]
+
+    def __init__(self, tokens: tuple[int, ...]) -> None:
+        self.tokens = tokens
 
 
 @dataclass(slots=True)
@@ -75,18 +93,28 @@ Action = RunTarget | RunDraft | EmitTokens | Finished
 # ---- events (driver -> state machine) --------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class TargetDone:
     op: int
     choices: tuple[int, ...]
 
+    def __init__(self, op: int, choices: tuple[int, ...]) -> None:
+        self.op = op
+        self.choices = choices
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class DraftDone:
     op: int
     token: int
     entropy: float
     top_prob: float
+
+    def __init__(self, op: int, token: int, entropy: float, top_prob: float) -> None:
+        self.op = op
+        self.token = token
+        self.entropy = entropy
+        self.top_prob = top_prob
 
 
 Event = TargetDone | DraftDone

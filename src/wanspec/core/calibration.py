@@ -32,6 +32,7 @@ class EntropyCalibration:
         n = len(self.edges) + 1
         self.accepts = self.accepts or [0.0] * n
         self.trials = self.trials or [0.0] * n
+        self._table = None  # (set here too: a compiled class does not apply init=False defaults)
 
     def bucket(self, entropy: float) -> int:
         return bisect.bisect_right(self.edges, entropy)

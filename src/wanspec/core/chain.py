@@ -18,11 +18,18 @@ def feed_from(committed: Sequence[int], proposal: Sequence[int], start: int) -> 
     return (*committed[start:], *proposal)
 
 
-@dataclass(slots=True)  # a value (treat as immutable); not frozen: built once per received draft
+# a value (treat as immutable); not frozen: built once per received draft; written __init__:
+# native code when compiled (see wanspec.core.actions)
+@dataclass(slots=True, init=False)
 class DraftToken:
     token: int
-    entropy: float = 0.0
-    top_prob: float = 1.0
+    entropy: float
+    top_prob: float
+
+    def __init__(self, token: int, entropy: float = 0.0, top_prob: float = 1.0) -> None:
+        self.token = token
+        self.entropy = entropy
+        self.top_prob = top_prob
 
 
 @dataclass(slots=True)

@@ -33,9 +33,14 @@ from wanspec.protocol.messages import Cancel, Commit, Drafts, Message, SessionSt
 from wanspec.sampling import SamplingParams
 
 
-@dataclass(slots=True)  # a value (treat as immutable); slotted, not frozen: cheaper to build
+# a value (treat as immutable); slotted, not frozen: cheaper to build; written __init__: native
+# code when compiled (see wanspec.core.actions)
+@dataclass(slots=True, init=False)
 class SendToWorker:
     msg: Message
+
+    def __init__(self, msg: Message) -> None:
+        self.msg = msg
 
 
 @dataclass(slots=True)

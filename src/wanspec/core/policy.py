@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from wanspec.core.chain import DraftToken
+from wanspec.core.policy_defaults import BUSY_PASS_WEIGHT, ENTROPY_THRESHOLD
 
 
 class PolicyName(str, Enum):
@@ -49,7 +50,9 @@ class Decision:
     window: int | None = None  # VERIFY_REMOTE: how many of the usable drafts to verify
 
 
-@dataclass(slots=True)  # pure data, built per decision: slotted, not frozen (~4x cheaper to build)
+# pure data, built per decision: slotted, not frozen (~4x cheaper to build); a written __init__
+# is native code when compiled (see wanspec.core.actions)
+@dataclass(slots=True, init=False)
 class View:
     now: float
     gamma: int  # window wanted now (already clamped to the token budget)
@@ -68,6 +71,29 @@ class View:
     verify_per_token_s: float = 0.0  # extra target-pass cost per extra token
     local_draft_s: float = 0.004  # cost of one local draft pass
     local_gamma: int = 4  # window length local rounds aim for
+
+    def __init__(self, now: float, gamma: int, remote: list[DraftToken], local: int,
+                 chain_live: bool, chain_behind: int, worker_ok: bool, has_local_draft: bool,
+                 expect_remote_by: float | None, entropy_threshold: float, alpha: float = 0.7,
+                 target_pass_s: float = 0.03, remote_accept_p: tuple[float, ...] = (),
+                 verify_per_token_s: float = 0.0, local_draft_s: float = 0.004,
+                 local_gamma: int = 4) -> None:
+        self.now = now
+        self.gamma = gamma
+        self.remote = remote
+        self.local = local
+        self.chain_live = chain_live
+        self.chain_behind = chain_behind
+        self.worker_ok = worker_ok
+        self.has_local_draft = has_local_draft
+        self.expect_remote_by = expect_remote_by
+        self.entropy_threshold = entropy_threshold
+        self.alpha = alpha
+        self.target_pass_s = target_pass_s
+        self.remote_accept_p = remote_accept_p
+        self.verify_per_token_s = verify_per_token_s
+        self.local_draft_s = local_draft_s
+        self.local_gamma = local_gamma
 
 
 @functools.lru_cache(maxsize=4096)  # pure; asked twice per decision, alpha moves per verification
@@ -94,8 +120,8 @@ def worth_waiting(v: View, have: int) -> bool:
 @dataclass(frozen=True)
 class PolicyConfig:
     name: PolicyName = PolicyName.ADAPTIVE
-    entropy_threshold: float = 1.0  # nats
-    busy_pass_weight: float = 2.5  # adaptive: price of a busy-site draft pass, x its device time
+    entropy_threshold: float = ENTROPY_THRESHOLD  # nats
+    busy_pass_weight: float = BUSY_PASS_WEIGHT  # adaptive: busy-site draft pass price, x its cost
 
 
 # Decisions without parameters are shared (Decision is frozen), not rebuilt per call.

@@ -18,20 +18,28 @@ from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart, Sess
 
 
 # Actions are values (treat them as immutable); slotted rather than frozen because two are built
-# per draft pass, and frozen dataclasses are ~4x slower to construct.
+# per draft pass, and frozen dataclasses are ~4x slower to construct; written __init__: native
+# code when compiled (see wanspec.core.actions).
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class DraftFor:
     """Run ``run`` on the draft model with session ``rid``'s KV cache."""
 
     rid: int
     run: RunDraft
 
+    def __init__(self, rid: int, run: RunDraft) -> None:
+        self.rid = rid
+        self.run = run
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Send:
     msg: Drafts | SessionStats
+
+    def __init__(self, msg: Drafts | SessionStats) -> None:
+        self.msg = msg
 
 
 @dataclass(slots=True)
@@ -148,7 +156,10 @@ class WorkerCore:
         stats = self.stats
         stats.passes += 1
         s = self.sessions.get(rid)
-        run = None if s is None else s.inflight
+        if s is None:
+            stats.wasted_passes += 1
+            return []
+        run = s.inflight
         if run is None or run.op != ev.op:
             stats.wasted_passes += 1
             return []

@@ -52,7 +52,7 @@ class SessionStart:
 # because they construct ~4x faster than frozen ones.  Treat them as immutable all the same.
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Drafts:
     """Draft tokens for positions ``base .. base+len-1`` of the worker's epoch-``epoch`` chain."""
 
@@ -60,11 +60,22 @@ class Drafts:
     epoch: int
     base: int
     tokens: tuple[int, ...]
-    entropy: tuple[float, ...] = ()
-    top_prob: tuple[float, ...] = ()
+    entropy: tuple[float, ...]
+    top_prob: tuple[float, ...]
+
+    # written rather than generated: native code when the simulator's core is compiled
+    # (wanspec.simulate.compiled), where one Drafts is built per simulated draft pass
+    def __init__(self, rid: int, epoch: int, base: int, tokens: tuple[int, ...],
+                 entropy: tuple[float, ...] = (), top_prob: tuple[float, ...] = ()) -> None:
+        self.rid = rid
+        self.epoch = epoch
+        self.base = base
+        self.tokens = tokens
+        self.entropy = entropy
+        self.top_prob = top_prob
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Commit:
     """Tokens committed at positions ``base .. base+len-1`` (contiguous with earlier commits).
 
@@ -76,6 +87,12 @@ class Commit:
     epoch: int
     base: int
     tokens: tuple[int, ...]
+
+    def __init__(self, rid: int, epoch: int, base: int, tokens: tuple[int, ...]) -> None:
+        self.rid = rid
+        self.epoch = epoch
+        self.base = base
+        self.tokens = tokens
 
 
 @dataclass(frozen=True)
