@@ -39,7 +39,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
                  alpha: float, burst: float, separation: float, entropy_sd: float,
                  trace: Path | None, max_tokens: int, requests: int | None, prompt_tokens: int,
                  seed: int, jobs: int, as_json: bool, csv_path: Path | None,
-                 plot_path: Path | None, console: Console) -> bool:
+                 plot_path: Path | None, console: Console, core_note: str = "") -> bool:
     """Run the sweep and print/write its records; returns False if any output was not lossless."""
     if trace is not None:
         check(match in ("iid", "trace"), f"--trace replays a trace; it cannot be combined with "
@@ -98,7 +98,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         console = Console(width=150, highlight=False)  # files and pipes: no squeezing
     n_points = len(records) // (2 + len(policies))
     console.print(f"[bold]wanspec simulate[/]: {base.describe()}; {n_points} point(s) in "
-                  f"{wall:.2f} s")
+                  f"{wall:.2f} s" + (f" on the {core_note}" if core_note else ""))
     if n_points == 1:
         console.print(mode_table(records, f"RTT {base.rtt_ms:g} ms" if not swept
                                  else ", ".join(f"{k}={records[0][k]:g}" for k in swept)))

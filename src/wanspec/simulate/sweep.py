@@ -116,6 +116,15 @@ def _set_trace(trace: Trace | None) -> None:
     _TRACE = trace
 
 
+def _init_process(trace: Trace | None, compiled_core: bool) -> None:
+    """A pool process: the parent's trace and, where it is not forked, the parent's core."""
+    if compiled_core:
+        from wanspec.simulate.compiled import activate
+
+        activate("compiled")  # (a no-op in a forked child: the parent's modules are there)
+    _set_trace(trace)
+
+
 def _baseline_key(cfg: SimConfig) -> SimConfig:
     """The point with everything baselines ignore reset: equal keys share one baseline run."""
     return dataclasses.replace(cfg, rtt_ms=0.0, jitter_ms=0.0, bandwidth_mbit=0.0, loss=0.0,
@@ -148,8 +157,10 @@ def _execute(tasks: list[tuple[SimConfig, str]], jobs: int,
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else None)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_set_trace,
-                             initargs=(trace,)) as pool:
+    from wanspec.simulate.compiled import active
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_process,
+                             initargs=(trace, active())) as pool:
         yield from pool.map(run_task, tasks, chunksize=max(1, len(tasks) // (8 * jobs)))
 
 
