@@ -4,6 +4,7 @@ Not a test (timings depend on the machine and its load): run it by hand.
 
     .venv/bin/python benchmarks/simulate_speed.py                 # paper-like regime
     .venv/bin/python benchmarks/simulate_speed.py --json benchmarks/results/simulate_speed.json
+    .venv/bin/python benchmarks/simulate_speed.py --core compiled --no-sweep    # one core, quick
 
 Four measurements:
 
@@ -18,6 +19,11 @@ Four measurements:
    that imports torch (it must not: ~1 s per process).
 
 "Tokens" are committed output tokens of every simulated request (baselines included).
+
+Both cores are measured, each in its own process (``--core both``, the default): the pure-Python
+modules and the mypyc build of them (:mod:`wanspec.simulate.compiled`, built first if missing).
+Per-call core timing (3.) needs the pure-Python classes (it wraps their methods), so it is
+reported for the pure-Python core only.
 """
 
 from __future__ import annotations
@@ -161,7 +167,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-sweep", action="store_true", help="skip the full-sweep measurement")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--core", choices=["both", "pure", "compiled"], default="both")
     args = ap.parse_args()
+    if args.core == "both":
+        return both(args)
+
+    from wanspec.simulate import compiled
+
+    if args.core == "compiled" and compiled.find_build() is None:
+        print("building the compiled core...", flush=True)
+        compiled.build()
+    choice = compiled.activate(args.core)
 
     from wanspec.simulate.config import POLICIES, SimConfig
 
@@ -169,22 +185,25 @@ def main() -> None:
                     draft_ms=args.draft_ms, requests=args.requests, max_tokens=args.max_tokens)
     modes = ["target", "sd", *POLICIES]
     report: dict[str, Any] = {
+        "core": choice.note,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1min": os.getloadavg()[0], "processor": platform.processor()},
         "config": cfg.describe() + f", rtt {cfg.rtt_ms:g} ms",
         "per_mode": per_mode(cfg, modes, args.repeat),
-        "core_split": core_split(cfg, modes),
         "startup": startup(),
     }
+    if not choice.compiled:
+        report["core_split"] = core_split(cfg, modes)
     if not args.no_sweep:
         report["sweep"] = [sweep(cfg, 1), sweep(cfg, 2)]
 
-    print(f"config: {report['config']}  (load average {report['machine']['load_avg_1min']:.2f})")
+    print(f"{report['core']}; config: {report['config']}  "
+          f"(load average {report['machine']['load_avg_1min']:.2f})")
     print(f"{'mode':10s} {'tok/s':>9s} {'cpu us/tok':>10s} {'core us':>8s} {'driver us':>9s}")
     for m in report["per_mode"]:
-        s = report["core_split"][m["mode"]]
-        print(f"{m['mode']:10s} {m['tokens_per_s']:9.0f} {m['cpu_us_per_token']:10.1f} "
-              f"{s['core_us_per_token']:8.1f} {s['driver_us_per_token']:9.1f}")
+        s = report.get("core_split", {}).get(m["mode"])
+        split = f"{s['core_us_per_token']:8.1f} {s['driver_us_per_token']:9.1f}" if s else ""
+        print(f"{m['mode']:10s} {m['tokens_per_s']:9.0f} {m['cpu_us_per_token']:10.1f} {split}")
     st = report["startup"]
     print(f"startup: imports in {st['import_s']:.2f} s, torch imported: {st['imports_torch']}")
     for s in report.get("sweep", []):
@@ -193,6 +212,28 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def both(args: argparse.Namespace) -> None:
+    """Each core in a fresh process (a process loads one or the other); one combined report."""
+    import subprocess
+    import sys
+    import tempfile
+
+    combined: dict[str, Any] = {}
+    passthrough = [f"--alpha={args.alpha}", f"--rtt-ms={args.rtt_ms}", f"--target-ms={args.target_ms}",
+                   f"--draft-ms={args.draft_ms}", f"--requests={args.requests}",
+                   f"--max-tokens={args.max_tokens}", f"--repeat={args.repeat}",
+                   *(["--no-sweep"] if args.no_sweep else [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        for core in ("pure", "compiled"):
+            out = Path(tmp) / f"{core}.json"
+            subprocess.run([sys.executable, __file__, *passthrough, "--core", core, "--json",
+                            str(out)], check=True)
+            combined[core] = json.loads(out.read_text())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(combined, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ discards its chain.  If the worker fails, the request goes on with local SD (or 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Final, Sequence
 
 from wanspec.core.actions import (
     DraftDone,
@@ -54,9 +54,13 @@ ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | SendToWorker |
 
 # Enum members as module constants: ``Kind.WAIT`` is a ~60 ns class attribute lookup on Python
 # 3.11, and the decision path compares several per decision.
-_ADAPTIVE = PolicyName.ADAPTIVE
-_WAIT, _VERIFY_REMOTE, _PLAIN, _VERIFY_LOCAL = Kind.WAIT, Kind.VERIFY_REMOTE, Kind.PLAIN, Kind.VERIFY_LOCAL
-_CONTROLLER = Site.CONTROLLER
+# (Final: compiled code reads them as static constants, not from the module's dict)
+_ADAPTIVE: Final = PolicyName.ADAPTIVE
+_WAIT: Final = Kind.WAIT
+_VERIFY_REMOTE: Final = Kind.VERIFY_REMOTE
+_PLAIN: Final = Kind.PLAIN
+_VERIFY_LOCAL: Final = Kind.VERIFY_LOCAL
+_CONTROLLER: Final = Site.CONTROLLER
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from wanspec.core.chain import DraftToken
 from wanspec.core.policy_defaults import BUSY_PASS_WEIGHT, ENTROPY_THRESHOLD
@@ -125,16 +126,21 @@ class PolicyConfig:
 
 
 # Decisions without parameters are shared (Decision is frozen), not rebuilt per call.
-_D_PLAIN = Decision(Kind.PLAIN)
-_D_LOCAL_DRAFT = Decision(Kind.LOCAL_DRAFT)
-_D_VERIFY_LOCAL = Decision(Kind.VERIFY_LOCAL)
-_D_VERIFY_REMOTE = Decision(Kind.VERIFY_REMOTE)
+_D_PLAIN: Final = Decision(Kind.PLAIN)
+_D_LOCAL_DRAFT: Final = Decision(Kind.LOCAL_DRAFT)
+_D_VERIFY_LOCAL: Final = Decision(Kind.VERIFY_LOCAL)
+_D_VERIFY_REMOTE: Final = Decision(Kind.VERIFY_REMOTE)
 # Enum members as module constants: ``PolicyName.ALWAYS`` is a ~60 ns class attribute lookup on
 # Python 3.11, and every decision compares a few.
-_ADAPTIVE, _REMOTE = PolicyName.ADAPTIVE, PolicyName.REMOTE
-_ALWAYS, _ENTROPY = PolicyName.ALWAYS, PolicyName.ENTROPY
-_WAIT, _PLAIN = Kind.WAIT, Kind.PLAIN
-_VERIFY_REMOTE, _LOCAL_DRAFT = Kind.VERIFY_REMOTE, Kind.LOCAL_DRAFT
+# (Final: compiled code reads them as static constants, not from the module's dict)
+_ADAPTIVE: Final = PolicyName.ADAPTIVE
+_REMOTE: Final = PolicyName.REMOTE
+_ALWAYS: Final = PolicyName.ALWAYS
+_ENTROPY: Final = PolicyName.ENTROPY
+_WAIT: Final = Kind.WAIT
+_PLAIN: Final = Kind.PLAIN
+_VERIFY_REMOTE: Final = Kind.VERIFY_REMOTE
+_LOCAL_DRAFT: Final = Kind.LOCAL_DRAFT
 
 
 def decide(policy: PolicyConfig, v: View) -> Decision:

@@ -11,6 +11,7 @@ was in flight across a rollback is wasted and its result dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from wanspec.core.actions import DraftDone, RunDraft, Site
 from wanspec.core.chain import feed_from
@@ -51,7 +52,7 @@ class Release:
 
 WorkerAction = DraftFor | Send | Release
 
-_WORKER = Site.WORKER  # (an Enum class attribute lookup costs ~60 ns on Python 3.11)
+_WORKER: Final = Site.WORKER  # (an Enum class attribute lookup costs ~60 ns on Python 3.11)
 
 
 @dataclass(slots=True)

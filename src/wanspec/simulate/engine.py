@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Any, Callable
 
 from wanspec.core.actions import DraftDone, EmitTokens, Finished, RunDraft, RunTarget, TargetDone
-from wanspec.core.controller import ControllerConfig, ControllerCore, Log, SendToWorker
+from wanspec.core.controller import ControllerAction, ControllerConfig, ControllerCore, Log, SendToWorker
 from wanspec.core.estimates import LinkEstimates
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.worker import DraftFor, Release, Send, WorkerCore
+from wanspec.core.worker import DraftFor, Release, Send, WorkerAction, WorkerCore
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import (
     Cancel, Commit, Drafts, Error, Hello, Message, Ping, Pong, SessionStart, SessionStats,
@@ -74,7 +74,7 @@ class RemoteSim:
         self.has_local = policy != PolicyName.REMOTE.value
         self.up, self.down = link_pair(link_params(cfg))
         self.heap: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
-        self._seq = itertools.count()
+        self._seq = 0  # insertion order: ties in time run first-scheduled first
         self.worker = WorkerCore()
         self.wcaches: dict[int, DraftCache] = {}
         self.worker_free = 0.0
@@ -102,11 +102,12 @@ class RemoteSim:
 
     # ---- loop ------------------------------------------------------------------------------
     def _at(self, t: float, fn: Callable[[float, Any], None], arg: Any) -> None:
-        heapq.heappush(self.heap, (t, next(self._seq), fn, arg))
+        self._seq = seq = self._seq + 1
+        heappush(self.heap, (t, seq, fn, arg))
 
     def run(self) -> ModeResult:
         self._send_up(0.0, CONTROLLER_HELLO)
-        heap, pop = self.heap, heapq.heappop
+        heap, pop = self.heap, heappop
         while heap:
             t, _, fn, arg = pop(heap)
             fn(t, arg)
@@ -138,31 +139,30 @@ class RemoteSim:
                                    has_local_draft=self.has_local, use_worker=True, estimates=est)
         self._c_exec(self.core.start(now), now)
 
-    def _c_exec(self, actions: list, now: float) -> None:
+    def _c_exec(self, actions: list[ControllerAction], now: float) -> None:
         core = self.core
         assert core is not None and self.world is not None
         if actions:
             world = self.world
             cfg = self.cfg
-            for a in actions:
-                tp = type(a)
-                if tp is SendToWorker:
+            for a in actions:  # (isinstance: it narrows the type, which compiled code uses)
+                if isinstance(a, SendToWorker):
                     self._send_up(now, a.msg)
-                elif tp is RunTarget:
+                elif isinstance(a, RunTarget):
                     n = len(a.tokens)
                     first = a.start + n - a.want + 1
                     cost = (cfg.target_ms + cfg.verify_per_token_ms * (n - 1)) / 1000.0
                     self._at(now + cost, self._on_c_done,
                              TargetDone(a.op, world.choices(first, a.want)))
-                elif tp is RunDraft:
+                elif isinstance(a, RunDraft):
                     tok, ent, top = world.draft(self.local_cache, a.start, a.tokens)
                     cost = (cfg.draft_ms + cfg.draft_per_token_ms * (len(a.tokens) - 1)) / 1000.0
                     self._at(now + cost, self._on_c_done, DraftDone(a.op, tok, ent, top))
-                elif tp is EmitTokens:
+                elif isinstance(a, EmitTokens):
                     self.out.extend(a.tokens)
-                elif tp is Finished:
+                elif isinstance(a, Finished):
                     self._finished(now)
-                elif tp is Log:
+                elif isinstance(a, Log):
                     self.logs.append(a.message)
         # re-arm the wait timer after every event, as RemoteEngine._drive re-enters wait_for
         self.tgen += 1
@@ -173,7 +173,7 @@ class RemoteSim:
     def _c_done(self, now: float, ev: Any) -> None:
         core = self.core
         assert core is not None
-        if type(ev) is TargetDone:
+        if isinstance(ev, TargetDone):
             self._c_exec(core.on_target_done(ev, now), now)
         else:
             self._c_exec(core.on_draft_done(ev, now), now)
@@ -183,28 +183,28 @@ class RemoteSim:
         if gen == self.tgen and core is not None and not core.finished:
             self._c_exec(core.on_timer(now), now)
 
-    def _c_msg(self, now: float, msg: Any) -> None:  # Any: dispatched on its type
-        tp = type(msg)
+    def _c_msg(self, now: float, msg: Message) -> None:
+        # (isinstance rather than ``type(msg) is``: it narrows the type, which compiled code uses)
         core = self.core
-        if tp is Drafts:
+        if isinstance(msg, Drafts):
             if core is not None and msg.rid == core.rid and not core.finished:
                 self._c_exec(core.on_message(msg, now), now)
-        elif tp is Pong:
+        elif isinstance(msg, Pong):
             rtt = now - msg.t
             self.link_rtt = rtt if self.link_rtt is None else 0.8 * self.link_rtt + 0.2 * rtt
             if core is not None and not core.finished:
                 core.on_rtt_sample(rtt)
-        elif tp is SessionStats:
+        elif isinstance(msg, SessionStats):
             if 0 < msg.rid <= len(self.results):
                 self.results[msg.rid - 1].worker = msg
             if self.waiting_stats == msg.rid:
                 self.waiting_stats = None
                 self._next_request(now)
-        elif tp is Error:
+        elif isinstance(msg, Error):
             if core is not None and msg.rid == core.rid and not core.finished:
                 reason = f"worker refused the request: {msg.message}"
                 self._c_exec(core.on_worker_lost(reason, now), now)
-        elif tp is Hello:
+        elif isinstance(msg, Hello):
             self.link_rtt = now - self.hello_sent
             self._start_request(now)
             self._ping(now, None)
@@ -234,43 +234,43 @@ class RemoteSim:
             self._start_request(now)
 
     # ---- worker site ---------------------------------------------------------------------
-    def _w_msg(self, now: float, msg: Any) -> None:
+    def _w_msg(self, now: float, msg: Message) -> None:
         w = self.worker
-        tp = type(msg)
-        if tp is Commit:
+        actions: list[WorkerAction]
+        if isinstance(msg, Commit):
             try:
                 actions = w.on_commit(msg)
             except ValueError as exc:
                 self._send_down(now, Error(str(exc), rid=msg.rid, code="session"))
                 actions = w.drop(msg.rid)
-        elif tp is SessionStart:
+        elif isinstance(msg, SessionStart):
             try:
                 actions = w.on_start(msg)
             except Exception as exc:
                 self._send_down(now, Error(str(exc), rid=msg.rid, code="session"))
                 return
             self.wcaches[msg.rid] = DraftCache()
-        elif tp is Cancel:
+        elif isinstance(msg, Cancel):
             actions = w.on_cancel(msg)
-        elif tp is Ping:
+        elif isinstance(msg, Ping):
             self._send_down(now, Pong(msg.t, msg.seq))
             return
-        elif tp is Hello:
+        elif isinstance(msg, Hello):
             self._send_down(now, WORKER_HELLO)
             return
         else:
             return
         self._w_exec(actions, now)
 
-    def _w_exec(self, actions: list, now: float) -> None:
+    def _w_exec(self, actions: list[WorkerAction], now: float) -> None:
         # the hot path of the whole simulator (one call per worker pass): kept flat on purpose
-        heap, seq = self.heap, self._seq
+        heap = self.heap
         for a in actions:
-            tp = type(a)
-            if tp is Send:
+            if isinstance(a, Send):
                 msg = a.msg
-                heappush(heap, (self.down.push(now, frame_size(msg)), next(seq), self._on_c_msg, msg))
-            elif tp is DraftFor:
+                self._seq = seq = self._seq + 1
+                heappush(heap, (self.down.push(now, frame_size(msg)), seq, self._on_c_msg, msg))
+            elif isinstance(a, DraftFor):
                 rid = a.rid
                 cache = self.wcaches.get(rid)
                 if cache is None:
@@ -288,9 +288,9 @@ class RemoteSim:
                 free = (now if now > free else free) + cost
                 self.worker_free = free
                 self.worker_busy += cost
-                heappush(heap, (free, next(seq), self._on_w_done,
-                                (rid, DraftDone(run.op, tok, ent, top))))
-            elif tp is Release:
+                self._seq = seq = self._seq + 1
+                heappush(heap, (free, seq, self._on_w_done, (rid, DraftDone(run.op, tok, ent, top))))
+            elif isinstance(a, Release):
                 self.wcaches.pop(a.rid, None)
 
     def _w_done(self, now: float, arg: tuple[int, DraftDone]) -> None:

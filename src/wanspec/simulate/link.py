@@ -11,40 +11,44 @@ hand-written field list for the two hot message types, the generic encoder for t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Final
 
 import msgpack
 
 from wanspec.protocol.codec import encode_message
-from wanspec.protocol.messages import Commit, Drafts
+from wanspec.protocol.messages import Commit, Drafts, Message
 from wanspec.transport.latency import FifoLink, LinkParams, link_pair
 
 __all__ = ["HEADER_BYTES", "FifoLink", "LinkParams", "frame_size", "link_pair"]
 
-HEADER_BYTES = 4
-_packb = msgpack.packb
+HEADER_BYTES: Final = 4
+_packb: Final = msgpack.packb
 
 
-def frame_size(msg: Any) -> int:
+def frame_size(msg: Message) -> int:
     """Bytes ``encode_frame(msg)`` puts on the wire (header included)."""
-    tp = type(msg)
-    if tp is Drafts:
+    # isinstance (not ``type(msg) is``): it also narrows the type, which compiled code uses
+    if isinstance(msg, Drafts):
         tokens, entropy, top_prob = msg.tokens, msg.entropy, msg.top_prob
-        if (len(tokens) == 1 and len(entropy) == 1 and len(top_prob) == 1
-                and type(entropy[0]) is float and type(top_prob[0]) is float):
-            # the hottest message: [3, rid, epoch, base, [tok], [entropy], [top_prob]] with floats
-            # packed as float64 (9 bytes), so only the four integers vary in size
-            rid, epoch, base, tok = msg.rid, msg.epoch, msg.base, tokens[0]
-            try:
-                if 0 <= rid < 65536 and 0 <= epoch < 65536 and 0 <= base < 65536 and 0 <= tok < 65536:
-                    return 27 + _INT_BYTES[rid] + _INT_BYTES[epoch] + _INT_BYTES[base] + _INT_BYTES[tok]
-            except TypeError:  # not integers (a float index): let msgpack size the message
-                pass
-            else:
-                return 27 + _isz(rid) + _isz(epoch) + _isz(base) + _isz(tok)
+        if len(tokens) == 1 and len(entropy) == 1 and len(top_prob) == 1:
+            ent: object = entropy[0]  # (object: the check must see the value's own type)
+            top: object = top_prob[0]
+            if type(ent) is float and type(top) is float:
+                # the hottest message: [3, rid, epoch, base, [tok], [entropy], [top_prob]] with
+                # floats packed as float64 (9 bytes), so only the four integers vary in size
+                rid, epoch, base, tok = msg.rid, msg.epoch, msg.base, tokens[0]
+                try:
+                    if (0 <= rid < 65536 and 0 <= epoch < 65536 and 0 <= base < 65536
+                            and 0 <= tok < 65536):
+                        return (27 + _INT_BYTES[rid] + _INT_BYTES[epoch] + _INT_BYTES[base]
+                                + _INT_BYTES[tok])
+                except TypeError:  # not integers (a float index): let msgpack size the message
+                    pass
+                else:
+                    return 27 + _isz(rid) + _isz(epoch) + _isz(base) + _isz(tok)
         body = _packb([3, msg.rid, msg.epoch, msg.base, msg.tokens, msg.entropy,
                        msg.top_prob], use_bin_type=True)
-    elif tp is Commit:
+    elif isinstance(msg, Commit):
         size = _commit_size(msg)
         if size:
             return size
@@ -70,7 +74,7 @@ def _commit_size(msg: Commit) -> int:
 
 
 # msgpack's size of each integer 0..65535: positive fixint, uint8, uint16
-_INT_BYTES = bytes(1 if v < 128 else 2 if v < 256 else 3 for v in range(65536))
+_INT_BYTES: Final = bytes(1 if v < 128 else 2 if v < 256 else 3 for v in range(65536))
 
 
 def _isz(v: int) -> int:
