@@ -223,7 +223,7 @@ def activate(core: str = "auto", *, root: Path = _PACKAGE_ROOT) -> CoreChoice:
         if core == "compiled":
             raise WanspecError("no compiled core for these sources: run wanspec simulate with "
                                "--build-core once (minutes), or --core auto")
-        return CoreChoice(False, "pure-Python core (--build-core compiles it: ~3x faster)")
+        return CoreChoice(False, "pure-Python core (--build-core compiles it: ~4x faster)")
     loaded = [m for m in MODULES if m in sys.modules]
     if loaded:
         if core == "compiled":
