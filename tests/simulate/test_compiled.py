@@ -136,3 +136,30 @@ def test_compiled_core_gives_identical_results(tmp_path: Path) -> None:
     q = subprocess.run([*exe, *CASES[0], "--json", "--jobs", "1", "--core", "pure"],
                        env=env, capture_output=True, text=True)
     assert json.loads(p.stdout) == json.loads(q.stdout)
+
+
+def test_prune_keeps_the_newest_builds(tmp_path: Path) -> None:
+    import time
+
+    dirs = []
+    for i in range(compiled.KEEP_BUILDS + 3):
+        d = tmp_path / f"digest{i:02d}"
+        d.mkdir()
+        os.utime(d, (time.time() - 1000 + i, time.time() - 1000 + i))
+        dirs.append(d)
+    (tmp_path / "digestXX.tmp123").mkdir()  # another build's staging directory: left alone
+    keep = dirs[0]  # the oldest, but the one just built
+    compiled._prune(tmp_path, keep=keep)
+    left = sorted(d.name for d in tmp_path.iterdir())
+    assert keep.name in left and "digestXX.tmp123" in left
+    assert [d.name for d in dirs[-(compiled.KEEP_BUILDS - 1):]] == [
+        n for n in left if n.startswith("digest") and "." not in n and n != keep.name]
+
+
+def test_building_without_mypy_says_what_to_install(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANSPEC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_mypy_version", lambda: "none")
+    with pytest.raises(WanspecError, match="pip install mypy"):
+        compiled.build()
+    assert not any(tmp_path.iterdir())

@@ -110,15 +110,18 @@ def _expected_files(d: Path) -> dict[str, Path]:
     return files
 
 
+def _complete(d: Path) -> bool:
+    return all(f.is_file() for f in _expected_files(d).values())
+
+
 def find_build(root: Path = _PACKAGE_ROOT) -> Path | None:
     """The cached build for the current sources, if complete."""
     d = build_dir(root)
-    return d if all(f.is_file() for f in _expected_files(d).values()) else None
+    return d if _complete(d) else None
 
 
 # ---- building --------------------------------------------------------------------------------
 _SETUP = textwrap.dedent("""\
-    import sys
     from setuptools import setup
     from mypyc.build import mypycify
 
@@ -130,7 +133,7 @@ _SETUP = textwrap.dedent("""\
 
 def build(*, root: Path = _PACKAGE_ROOT, log: Path | None = None, opt_level: str = "3",
           jobs: int | None = None) -> Path:
-    """Compile :data:`MODULES` with mypyc into the cache (minutes); returns the build directory.
+    """Compile :data:`MODULES` with mypyc into the cache (30-60 s on 2 cores); returns its path.
 
     The sources are copied to a scratch tree first, so nothing is ever written next to them.
     Raises WanspecError with the compiler's output if mypyc is missing or the build fails.
@@ -173,11 +176,27 @@ def build(*, root: Path = _PACKAGE_ROOT, log: Path | None = None, opt_level: str
                                    f"for {name}")
             f.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(built, f)
-    if dest.exists():  # a concurrent build finished first: same sources, same result
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
+    if dest.exists() and not _complete(dest):
+        shutil.rmtree(dest, ignore_errors=True)  # what an interrupted copy left: replace it
+    try:
         os.replace(staging, dest)
+    except OSError:  # a concurrent build finished first: same sources, same result
+        shutil.rmtree(staging, ignore_errors=True)
+        if not dest.is_dir():
+            raise
+    _prune(dest.parent, keep=dest)
     return dest
+
+
+KEEP_BUILDS = 8  # builds kept in the cache (one per source version: ~2 MB each)
+
+
+def _prune(parent: Path, keep: Path) -> None:
+    """Drop the least recently used builds beyond :data:`KEEP_BUILDS` (loading one touches it)."""
+    builds = [d for d in parent.iterdir() if d.is_dir() and "." not in d.name and d != keep]
+    builds.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in builds[KEEP_BUILDS - 1:]:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -232,6 +251,10 @@ def activate(core: str = "auto", *, root: Path = _PACKAGE_ROOT) -> CoreChoice:
         return CoreChoice(False, f"pure-Python core ({loaded[0]} was imported before the "
                                   f"compiled build could load)")
     sys.meta_path.insert(0, _CompiledFinder(_expected_files(d)))
+    try:
+        os.utime(d)  # recently used: kept when later builds prune the cache
+    except OSError:
+        pass
     return CoreChoice(True, "compiled core")
 
 
