@@ -97,7 +97,8 @@ def _have_mypyc() -> bool:
 
 
 # (arguments, what they exercise): i.i.d. sweep with every policy; bursty acceptance with jitter,
-# bandwidth and loss spikes; a recorded trace with its own costs
+# bandwidth and loss spikes; a recorded trace with its own costs; short windows, a fixed
+# lookahead cap, per-token draft costs and other policy thresholds
 CASES = [
     ["--sweep", "rtt=0,30,90", "--alpha", "0.8", "-n", "48", "--requests", "4"],
     ["--match", "markov", "--burst", "0.7", "--rtt", "50ms", "--jitter", "8ms",
@@ -105,6 +106,9 @@ CASES = [
      "--sweep", "alpha=0.6,0.9"],
     ["--trace", str(Path(__file__).parent / "data" / "small_trace.jsonl"), "--rtt", "40ms",
      "--requests", "2"],
+    ["--gamma", "2", "--lookahead", "6", "--draft-per-token-ms", "0.5", "--verify-per-token-ms",
+     "0", "--busy-pass-weight", "1", "--rtt", "70ms", "--sweep", "entropy_threshold=0.5,1.5",
+     "-n", "32", "--requests", "2"],
 ]
 
 

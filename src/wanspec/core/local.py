@@ -99,7 +99,7 @@ class LocalDecoder:
 
     def _issue(self, action: RunTarget | RunDraft) -> RunTarget | RunDraft:
         self._pending = action
-        if type(action) is RunTarget:
+        if isinstance(action, RunTarget):
             self.metrics.on_target_pass()
         else:
             self.metrics.on_draft_pass(action.site)
