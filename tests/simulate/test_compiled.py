@@ -167,3 +167,13 @@ def test_building_without_mypy_says_what_to_install(tmp_path: Path,
     with pytest.raises(WanspecError, match="pip install mypy"):
         compiled.build()
     assert not any(tmp_path.iterdir())
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("WANSPEC_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(compiled, "_mypy_version", lambda: "1.0")  # (whether or not it is here)
+    with pytest.raises(WanspecError, match="WANSPEC_CACHE_DIR"):
+        compiled.build()

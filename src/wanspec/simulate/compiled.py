@@ -142,7 +142,11 @@ def build(*, root: Path = _PACKAGE_ROOT, log: Path | None = None, opt_level: str
         raise WanspecError("compiling the simulator core needs mypy (its mypyc compiler) and a C "
                            "compiler: pip install mypy")
     dest = build_dir(root)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WanspecError(f"cannot create the build cache {dest.parent}: "
+                           f"{exc.strerror or exc} (WANSPEC_CACHE_DIR moves it)") from None
     jobs = jobs or max(1, min(os.cpu_count() or 1, 4))
     with tempfile.TemporaryDirectory(prefix="wanspec-simcore-") as tmp:
         work = Path(tmp)
