@@ -1,8 +1,8 @@
 """The simulator's hot modules compiled with mypyc, built on demand and cached by source digest.
 
 Why: ``wanspec simulate`` drives the real sans-I/O cores, ~4 worker passes and ~10 core calls
-per committed token; in CPython that is ~30 µs of interpreter work per token.  The same modules
-compiled with mypyc (the compiler mypy and black ship with) run ~2x faster, unchanged.
+per committed token; in CPython that is 30-60 µs of interpreter work per token.  The same
+modules compiled with mypyc (the compiler mypy and black ship with) run ~4x faster, unchanged.
 
 Why a cache rather than compiling at install time: wanspec is installed editable, and a
 compiled module next to its source silently shadows every later edit of that source.  Here the
