@@ -25,7 +25,18 @@ from wanspec.core.calibration import EntropyCalibration
 from wanspec.core.chain import DraftToken, RemoteChain, feed_from
 from wanspec.core.estimates import LinkEstimates
 from wanspec.core.metrics import RequestMetrics
-from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, View, decide, optimal_gamma
+from wanspec.core.policy import (
+    _ADAPTIVE,
+    _PLAIN,
+    _VERIFY_LOCAL,
+    _VERIFY_REMOTE,
+    _WAIT,
+    Decision,
+    PolicyConfig,
+    View,
+    decide,
+    optimal_gamma,
+)
 from wanspec.core.stopping import StopCriteria, Transcript
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
@@ -52,14 +63,9 @@ class Log:
 
 ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | SendToWorker | Log
 
-# Enum members as module constants: ``Kind.WAIT`` is a ~60 ns class attribute lookup on Python
-# 3.11, and the decision path compares several per decision.
-# (Final: compiled code reads them as static constants, not from the module's dict)
-_ADAPTIVE: Final = PolicyName.ADAPTIVE
-_WAIT: Final = Kind.WAIT
-_VERIFY_REMOTE: Final = Kind.VERIFY_REMOTE
-_PLAIN: Final = Kind.PLAIN
-_VERIFY_LOCAL: Final = Kind.VERIFY_LOCAL
+# Enum members as module constants (``Kind.WAIT`` is a ~60 ns class attribute lookup on Python
+# 3.11; Final: compiled code reads them as static constants); the Kind/PolicyName ones are
+# policy's own.
 _CONTROLLER: Final = Site.CONTROLLER
 
 

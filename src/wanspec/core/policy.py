@@ -141,6 +141,7 @@ _WAIT: Final = Kind.WAIT
 _PLAIN: Final = Kind.PLAIN
 _VERIFY_REMOTE: Final = Kind.VERIFY_REMOTE
 _LOCAL_DRAFT: Final = Kind.LOCAL_DRAFT
+_VERIFY_LOCAL: Final = Kind.VERIFY_LOCAL
 
 
 def decide(policy: PolicyConfig, v: View) -> Decision:

@@ -20,7 +20,6 @@ driver mirrors the asyncio adapters (:mod:`wanspec.runtime.controller`,
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from heapq import heappop, heappush
 from typing import Any, Callable
