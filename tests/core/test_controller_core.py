@@ -10,13 +10,15 @@ from wanspec.core.actions import (
     DraftDone,
     EmitTokens,
     Finished,
+    Log,
     RunDraft,
     RunTarget,
+    Send,
     Site,
     TargetDone,
 )
-from wanspec.core.controller import ControllerConfig, ControllerCore, Log, SendToWorker
-from wanspec.core.estimates import LinkEstimates
+from wanspec.core.controller import ControllerConfig, ControllerCore
+from wanspec.core.estimates import Estimates
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
 from wanspec.errors import WanspecError
@@ -35,7 +37,7 @@ RID = 7
 def make(policy: PolicyName = PolicyName.REMOTE, *, gamma: int = 3, max_tokens: int = 8,
          has_local: bool = False, use_worker: bool = True, eos=frozenset(),
          sampling: SamplingParams = SamplingParams(), lookahead: int = 0) -> ControllerCore:
-    est = LinkEstimates.with_priors(rtt_s=0.05, target_s=0.1, draft_s=0.02)
+    est = Estimates.with_priors(rtt_s=0.05, target_s=0.1, draft_s=0.02)
     return ControllerCore(RID, PROMPT, StopCriteria(max_tokens=max_tokens, eos_ids=frozenset(eos)),
                           sampling,
                           ControllerConfig(gamma=gamma, lookahead=lookahead,
@@ -48,7 +50,7 @@ def of(actions, cls):
 
 
 def worker_msgs(actions):
-    return [a.msg for a in actions if isinstance(a, SendToWorker)]
+    return [a.msg for a in actions if isinstance(a, Send)]
 
 
 # ---- hand-driven scenarios --------------------------------------------------------------------
@@ -87,7 +89,7 @@ def _prefilled(**kw) -> ControllerCore:
     c = make(**kw)
     c.start(0.0)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert out[:2] == [EmitTokens((50,)), SendToWorker(Commit(RID, 0, 3, (50,)))]
+    assert out[:2] == [EmitTokens((50,)), Send(Commit(RID, 0, 3, (50,)))]
     return c
 
 
@@ -96,9 +98,12 @@ def test_waits_for_the_first_chain_then_verifies_remote_drafts():
     c.start(0.0)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
     # nothing usable yet, but the first chain is expected soon: wait (no action)
-    assert out == [EmitTokens((50,)), SendToWorker(Commit(RID, 0, 3, (50,)))]
+    assert out == [EmitTokens((50,)), Send(Commit(RID, 0, 3, (50,)))]
     deadline = c.next_timer()
-    assert deadline == pytest.approx(1.5 * (0.05 + 2 * 0.02))  # wait_slack * (rtt + 2 drafts)
+    # the first chain was due at RTT + one draft (0.07, position 3); by now its drafts for
+    # positions 4..6 are overdue, so they are expected one draft interval apart from now:
+    # the third at 0.16, and the remote policy waits up to 1.5x as long for it
+    assert deadline == pytest.approx(0.1 + 1.5 * (0.16 - 0.1))
     # drafts for 3 (already committed, agreeing) and 4 5 6 arrive: a full window
     out = c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.12)
     assert out == [RunTarget(2, 3, (50, 51, 52, 53), 4)]
@@ -127,7 +132,7 @@ def test_full_request_with_rejection_and_new_epoch():
     # the target accepts 51 52 and corrects 53 -> 60
     out = c.on_target_done(TargetDone(2, (51, 52, 60, 61)), 0.22)
     assert out[0] == EmitTokens((51, 52, 60))
-    assert out[1] == SendToWorker(Commit(RID, 0, 4, (51, 52, 60)))  # contiguous with 3 + (50,)
+    assert out[1] == Send(Commit(RID, 0, 4, (51, 52, 60)))  # contiguous with 3 + (50,)
     assert c.chain.dead  # the chain disagrees at position 6
     assert len(out) == 2 and c.next_timer() is not None  # waits for the new chain
     # a late draft of the dead epoch is dropped
@@ -139,8 +144,8 @@ def test_full_request_with_rejection_and_new_epoch():
     out = c.on_target_done(TargetDone(3, (70, 71, 72, 73)), 0.4)
     assert out == [
         EmitTokens((70, 71, 72, 73)),
-        SendToWorker(Commit(RID, 1, 7, (70, 71, 72, 73))),
-        SendToWorker(Cancel(RID, "done")),
+        Send(Commit(RID, 1, 7, (70, 71, 72, 73))),
+        Send(Cancel(RID, "done")),
         Finished("max_tokens"),
     ]
     assert c.finished and c.transcript.output == [50, 51, 52, 60, 70, 71, 72, 73]
@@ -163,7 +168,7 @@ def test_drafts_arriving_while_busy_are_kept_for_later():
     c.start(0.0)
     assert c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.05) == []  # prefill running
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert out == [EmitTokens((50,)), SendToWorker(Commit(RID, 0, 3, (50,))),
+    assert out == [EmitTokens((50,)), Send(Commit(RID, 0, 3, (50,))),
                    RunTarget(2, 3, (50, 51, 52, 53), 4)]
 
 
@@ -193,8 +198,8 @@ def test_eos_finishes_and_cancels():
     c = make(eos={50}, max_tokens=8)
     c.start(0.0)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert out == [EmitTokens((50,)), SendToWorker(Commit(RID, 0, 3, (50,))),
-                   SendToWorker(Cancel(RID, "done")), Finished("eos")]
+    assert out == [EmitTokens((50,)), Send(Commit(RID, 0, 3, (50,))),
+                   Send(Cancel(RID, "done")), Finished("eos")]
 
 
 def test_eos_inside_an_accepted_window_truncates_the_commit():
@@ -204,7 +209,7 @@ def test_eos_inside_an_accepted_window_truncates_the_commit():
     c.on_target_done(TargetDone(1, (50,)), 0.1)
     out = c.on_target_done(TargetDone(2, (51, 52, 53, 54)), 0.2)
     assert out[0] == EmitTokens((51, 52))
-    assert out[1] == SendToWorker(Commit(RID, 0, 4, (51, 52)))
+    assert out[1] == Send(Commit(RID, 0, 4, (51, 52)))
     assert out[-1] == Finished("eos")
 
 
@@ -253,7 +258,7 @@ def test_always_drafts_locally_and_rolls_back_the_local_cache():
     assert c.stats.local_windows == 1
     out = c.on_target_done(TargetDone(5, (51, 52, 99, 100)), 0.26)
     assert out[0] == EmitTokens((51, 52, 99))
-    assert out[1] == SendToWorker(Commit(RID, 0, 4, (51, 52, 99)))
+    assert out[1] == Send(Commit(RID, 0, 4, (51, 52, 99)))
     # the local cache keeps 1 2 3 50 51 52 (valid); it is fed only the correction
     assert out[2] == RunDraft(6, Site.CONTROLLER, 6, (99,))
     assert c.metrics.draft_passes[Site.CONTROLLER.value] == 4
@@ -315,10 +320,8 @@ def test_config_validation():
 
 
 def test_adaptive_local_round_livelock():
-    from wanspec.core.estimates import Ewma
-
-    est = LinkEstimates(rtt=Ewma(0.001), target_pass=Ewma(0.1), local_draft_pass=Ewma(0.001),
-                        draft_interval=Ewma(0.001), acceptance=Ewma(0.3, 0.1))
+    est = Estimates.with_priors(rtt_s=0.001, target_s=0.1, draft_s=0.001)
+    est.acceptance.prior = 0.3
     c = ControllerCore(1, [1, 2, 3], StopCriteria(max_tokens=24), SamplingParams(),
                        ControllerConfig(gamma=2, policy=PolicyConfig(PolicyName.ADAPTIVE)),
                        has_local_draft=True, estimates=est)

@@ -6,7 +6,7 @@ controller can be woken at ``deadline - epsilon``; it must act then, not re-arm 
 
 from wanspec.core.actions import RunTarget, TargetDone
 from wanspec.core.controller import ControllerConfig, ControllerCore
-from wanspec.core.estimates import LinkEstimates
+from wanspec.core.estimates import Estimates
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
 from wanspec.sampling import SamplingParams
@@ -16,7 +16,7 @@ def test_timer_fired_within_clock_resolution_makes_progress():
     core = ControllerCore(1, [1, 2, 3], StopCriteria(max_tokens=8), SamplingParams(),
                           ControllerConfig(policy=PolicyConfig(PolicyName.REMOTE)),
                           has_local_draft=False,
-                          estimates=LinkEstimates.with_priors(rtt_s=0.030))
+                          estimates=Estimates.with_priors(rtt_s=0.030))
     prefill = next(a for a in core.start(0.0) if isinstance(a, RunTarget))
     # the worker's first drafts are expected soon: the remote policy waits for them
     out = core.on_target_done(TargetDone(prefill.op, (7,)), 0.030)

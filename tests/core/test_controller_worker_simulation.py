@@ -16,23 +16,27 @@ from wanspec.core.actions import (
     DraftDone,
     EmitTokens,
     Finished,
+    Log,
     RunDraft,
     RunTarget,
+    Send,
     Site,
     TargetDone,
 )
-from wanspec.core.controller import ControllerConfig, ControllerCore, Log, SendToWorker
-from wanspec.core.estimates import LinkEstimates
+from wanspec.core.controller import ControllerConfig, ControllerCore
+from wanspec.core.estimates import Estimates
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.worker import DraftFor, Release, Send, WorkerCore
+from wanspec.core.worker import DraftFor, Release, WorkerCore
 from wanspec.protocol.messages import (
     Cancel,
     Commit,
+    Error,
     SessionStart,
     SessionStats,
 )
 from wanspec.sampling import SamplingParams
+from wanspec.simulate.engine import CONTROLLER_HELLO, WORKER_HELLO
 
 
 @dataclass
@@ -69,14 +73,15 @@ class Sim:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.seq = itertools.count()
-        self.worker = WorkerCore()
+        self.worker = WorkerCore(WORKER_HELLO)
+        self.worker.on_message(CONTROLLER_HELLO, 0.0)  # the connection's handshake is done
         self.alive = True
         self.ctrl = ControllerCore(
             1, self.ref[: self.n_prompt],
             StopCriteria(max_tokens=self.max_tokens, eos_ids=self.eos), SamplingParams(),
             ControllerConfig(gamma=self.gamma, policy=PolicyConfig(self.policy)),
             has_local_draft=self.has_local,
-            estimates=LinkEstimates.with_priors(self.rtt or 0.001, self.target_s, self.draft_s))
+            estimates=Estimates.with_priors(self.rtt or 0.001, self.target_s, self.draft_s))
         self.busy = False
         self.target_cache: list[int] = []
         self.local_cache: list[int] = []
@@ -133,14 +138,14 @@ class Sim:
                 assert not self.busy, "two passes at once on the busy site"
                 assert self.has_local and a.site is Site.CONTROLLER
                 self.busy = True
-                full = self.ctrl.transcript.tokens + self.ctrl._window
+                full = self.ctrl.transcript.tokens + self.ctrl._proposal.tokens
                 assert a.start <= len(self.local_cache)
                 assert self.local_cache[: a.start] == full[: a.start]
                 assert list(a.tokens) == full[a.start:]
                 self.local_cache = full[:]
                 tok = self.pred(self.local_wrong, a.position)
                 self.at(now + self.draft_s, self.ctrl_event, DraftDone(a.op, tok, 0.3, 0.8))
-            elif isinstance(a, SendToWorker):
+            elif isinstance(a, Send):
                 assert self.ctrl.worker_ok
                 if isinstance(a.msg, Commit):
                     self.commits.append(a.msg)
@@ -183,15 +188,10 @@ class Sim:
     def worker_msg(self, now: float, msg) -> None:
         if not self.alive:
             return
+        assert isinstance(msg, (SessionStart, Commit, Cancel))
         if isinstance(msg, SessionStart):
             self.worker_caches[msg.rid] = []
-            actions = self.worker.on_start(msg)
-        elif isinstance(msg, Commit):
-            actions = self.worker.on_commit(msg)  # raises if not contiguous
-        else:
-            assert isinstance(msg, Cancel)
-            actions = self.worker.on_cancel(msg)
-        self.worker_actions(actions, now)
+        self.worker_actions(self.worker.on_message(msg, now), now)
 
     def worker_actions(self, actions, now: float) -> None:
         for a in actions:
@@ -209,6 +209,7 @@ class Sim:
                 self.at(self.worker_free, self.worker_done, a.rid,
                         DraftDone(a.run.op, tok, ent, 0.5))
             elif isinstance(a, Send):
+                assert not isinstance(a.msg, Error), a.msg  # e.g. a commit not contiguous
                 self.at(self.delay(False, now), self.ctrl_msg, a.msg)
             else:
                 assert isinstance(a, Release)

@@ -35,11 +35,11 @@ def test_worker_refuses_a_peer_that_does_not_start_with_hello(same_draft):
         await conn.send(SessionStart(1, (1, 2, 3)))
         reply = await asyncio.wait_for(conn.recv(), 5)
         await asyncio.wait_for(task, 5)
-        return reply, service.cores
+        return reply, service
 
-    reply, cores = real(main)
+    reply, service = real(main)
     assert isinstance(reply, Error) and reply.code == "handshake" and "Hello" in reply.message
-    assert all(c.stats.sessions == 0 for c in cores)
+    assert service.totals.sessions == 0 and not service.active
 
 
 def test_worker_refuses_a_controller_with_another_tokenizer(target, other_tok_draft):
@@ -85,9 +85,9 @@ def test_worker_refuses_bad_sessions_but_keeps_serving(target, same_draft):
         await conn.send(Cancel(2))  # already dropped: ignored
         await conn.close()
         await asyncio.wait_for(task, 5)
-        return hello, bad_params, drafts, bad_commit, pong, service.cores
+        return hello, bad_params, drafts, bad_commit, pong, service
 
-    hello, bad_params, drafts, bad_commit, pong, cores = real(main)
+    hello, bad_params, drafts, bad_commit, pong, service = real(main)
     assert isinstance(hello, Hello) and hello.role == "worker"
     assert isinstance(bad_params, Error) and bad_params.rid == 1 and bad_params.code == "session"
     assert "temperature" in bad_params.message
@@ -95,7 +95,7 @@ def test_worker_refuses_bad_sessions_but_keeps_serving(target, same_draft):
     assert [(d.rid, d.epoch, d.base) for d in drafts] == [(2, 0, 3), (2, 0, 4)]
     assert isinstance(bad_commit, Error) and bad_commit.rid == 2 and "expected 3" in bad_commit.message
     assert pong == Pong(1.5, 7)
-    assert all(c.sessions == {} for c in cores)
+    assert not service.active and service.totals.sessions == 1
 
 
 def test_worker_releases_sessions_when_the_controller_goes_away(target, same_draft):
@@ -111,16 +111,16 @@ def test_worker_releases_sessions_when_the_controller_goes_away(target, same_dra
         await asyncio.wait_for(conn.recv(), 10)  # drafting has begun
         await conn.close()
         await asyncio.wait_for(task, 10)
-        return service.cores
+        return service
 
-    (core,) = real(main)
-    assert core.stats.sessions == 2 and core.sessions == {}
+    service = real(main)
+    assert service.totals.sessions == 2 and not service.active  # the connection's core is gone
 
 
 def test_worker_handles_a_silent_peer_without_raising(same_draft, monkeypatch):
-    import wanspec.runtime.worker as worker_mod
+    import wanspec.core.worker as worker_core
 
-    monkeypatch.setattr(worker_mod, "HELLO_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(worker_core, "HELLO_TIMEOUT_S", 0.2)
 
     async def main():
         service = WorkerService(same_draft.sibling("w"))

@@ -35,7 +35,7 @@ def both():
         emu = Emulation(target, draft, EmulationConfig(
             rtts_ms=rtts, jitter_ms=cfg.jitter_ms, max_tokens=cfg.max_tokens,
             timing=TimingConfig.emulate(cfg.target_ms, cfg.draft_ms, cfg.verify_per_token_ms),
-            entropy_threshold=cfg.entropy_threshold, busy_pass_weight=cfg.busy_pass_weight,
+            entropy_threshold=cfg.entropy_threshold, max_slowdown=cfg.max_slowdown,
             seed=cfg.seed))
         emulated = emu.run([w.prompt for w in ws])
     finally:

@@ -13,7 +13,7 @@ from rich.console import Console
 from wanspec import __version__
 from wanspec.cli.common import configure_threads, quiet_libraries, user_errors
 from wanspec.cli.render import print_generation
-from wanspec.core.policy_defaults import BUSY_PASS_WEIGHT, ENTROPY_THRESHOLD
+from wanspec.core.policy import PolicyConfig
 
 app = typer.Typer(
     name="wanspec",
@@ -23,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(highlight=False)
+_POLICY = PolicyConfig()  # its defaults are the options' defaults
 
 
 class GenerateMode(str, Enum):
@@ -119,8 +120,8 @@ def emulate(
     measured: bool = typer.Option(False, "--measured", help="Use this machine's real pass times instead of emulated costs."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
-    entropy_threshold: float = typer.Option(1.0, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
-    busy_pass_weight: float = typer.Option(2.5, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, in multiples of its device time."),
+    entropy_threshold: float = typer.Option(_POLICY.entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
+    max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line); default: 16 held-out prompts."),
     num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Use only the first N prompts."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="New tokens per prompt."),
@@ -145,7 +146,7 @@ def emulate(
             rtt=rtt, sweep=sweep, jitter=jitter, bandwidth=bandwidth, loss=loss,
             target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
             measured=measured, policy=policy, gamma=gamma, entropy_threshold=entropy_threshold,
-            busy_pass_weight=busy_pass_weight,
+            max_slowdown=max_slowdown,
             prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
@@ -156,7 +157,7 @@ def emulate(
 
 @app.command()
 def simulate(
-    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (ms); bandwidth (Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); busy_pass_weight; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (ms); bandwidth (Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message, uniform in [0, jitter] (never reorders)."),
     bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
@@ -169,8 +170,8 @@ def simulate(
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window [default: 4; with --trace: the recorded value]."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
-    entropy_threshold: float = typer.Option(ENTROPY_THRESHOLD, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
-    busy_pass_weight: float = typer.Option(BUSY_PASS_WEIGHT, "--busy-pass-weight", help="adaptive policy: price of a busy-site draft pass, in multiples of its device time."),
+    entropy_threshold: float = typer.Option(_POLICY.entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
+    max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
     match: str = typer.Option("iid", "--match", help="Acceptance model: iid (each draft accepted with probability alpha), markov (bursty, see --burst) or trace (replay --trace)."),
     alpha: float = typer.Option(0.8, "--alpha", help="Per-token probability that a draft on the right prefix is accepted."),
     burst: float = typer.Option(0.5, "--burst", help="markov: lag-1 correlation of accept/reject outcomes (0 = iid, towards 1 = long easy/hard stretches)."),
@@ -185,21 +186,9 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (point, mode) instead of tables."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also plot latency and busy-site passes vs standard SD, and stall, against the first swept parameter (PNG)."),
-    core: str = typer.Option("auto", "--core", help="auto (the compiled core if built for these sources, else pure Python), pure, or compiled. Results are identical; only the speed differs."),
-    build_core: bool = typer.Option(False, "--build-core", help="First compile the simulator's core with mypyc into the user cache (about a minute, once per source version; needs mypy and a C compiler), then run on it."),
 ) -> None:
     """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
     with user_errors():
-        # before anything imports the cores: the compiled build must be loaded first, if at all
-        from wanspec.simulate.compiled import activate, build, find_build
-
-        if build_core:
-            if find_build() is None:
-                Console(stderr=True).print("compiling the simulator core with mypyc (once per "
-                                           "source version; about a minute)...")
-                build()
-            core = "compiled" if core == "auto" else core
-        choice = activate(core)
         from wanspec.cli.simulate import run_simulate
 
         ok = run_simulate(
@@ -207,11 +196,10 @@ def simulate(
             spike=spike, target_ms=target_ms, draft_ms=draft_ms,
             verify_per_token_ms=verify_per_token_ms, draft_per_token_ms=draft_per_token_ms,
             policy=policy, gamma=gamma, lookahead=lookahead, entropy_threshold=entropy_threshold,
-            busy_pass_weight=busy_pass_weight, match=match, alpha=alpha, burst=burst,
+            max_slowdown=max_slowdown, match=match, alpha=alpha, burst=burst,
             separation=separation, entropy_sd=entropy_sd, trace=trace, max_tokens=max_tokens,
             requests=requests, prompt_tokens=prompt_tokens, seed=seed, jobs=jobs,
-            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console,
-            core_note=choice.note)
+            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console)
     if not ok:
         raise typer.Exit(1)
 
@@ -256,6 +244,7 @@ def controller(
     max_tokens: int = typer.Option(64, "--max-tokens", "-n"),
     gamma: int = typer.Option(4, "--gamma"),
     policy: str = typer.Option("adaptive", "--policy", help="remote, always, entropy or adaptive."),
+    max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
     local_draft: bool = typer.Option(True, "--local-draft/--no-local-draft", help="Load a local draft copy (redundancy and fallback)."),
     temperature: float = typer.Option(0.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -292,7 +281,8 @@ def controller(
         run_controller(
             worker=worker_addr, transport=transport.value, target=target, draft=draft,
             local_draft=local_draft, prompts=prompt_list, max_tokens=max_tokens, gamma=gamma,
-            policy=policy, sampling=SamplingParams(temperature, top_k, top_p, seed),
+            policy=policy, max_slowdown=max_slowdown,
+            sampling=SamplingParams(temperature, top_k, top_p, seed),
             stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
             tls=tls, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
             device=device, as_json=as_json, console=console)

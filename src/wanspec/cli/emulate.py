@@ -31,7 +31,7 @@ def parse_sweep(text: str) -> tuple[float, ...]:
 
 def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, loss: float,
                 target_ms: float, draft_ms: float, verify_per_token_ms: float, measured: bool,
-                policy: str, gamma: int, entropy_threshold: float, busy_pass_weight: float, prompts: Path | None,
+                policy: str, gamma: int, entropy_threshold: float, max_slowdown: float, prompts: Path | None,
                 num_prompts: int | None, max_tokens: int, temperature: float, top_p: float,
                 top_k: int, seed: int, target: Path | None, draft: Path | None,
                 threads: int | None, as_json: bool, csv_path: Path | None,
@@ -41,7 +41,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
-    check(busy_pass_weight >= 0, f"--busy-pass-weight must be >= 0, got {busy_pass_weight}")
+    check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
     policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
     for p in policies:
         check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
@@ -52,7 +52,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         bandwidth_bps=parse_rate_bps(bandwidth), spike_prob=loss,
         spike_ms=max(rtts) if loss else 0.0, timing=timing, policies=policies, gamma=gamma,
         max_tokens=max_tokens, entropy_threshold=entropy_threshold,
-        busy_pass_weight=busy_pass_weight,
+        max_slowdown=max_slowdown,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         seed=seed)
     if record is not None:  # fail before minutes of emulation, not after

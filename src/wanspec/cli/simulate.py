@@ -35,11 +35,11 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
                  spike: str | None, target_ms: float | None, draft_ms: float | None,
                  verify_per_token_ms: float | None, draft_per_token_ms: float | None,
                  policy: str, gamma: int | None,
-                 lookahead: int, entropy_threshold: float, busy_pass_weight: float, match: str,
+                 lookahead: int, entropy_threshold: float, max_slowdown: float, match: str,
                  alpha: float, burst: float, separation: float, entropy_sd: float,
                  trace: Path | None, max_tokens: int, requests: int | None, prompt_tokens: int,
                  seed: int, jobs: int, as_json: bool, csv_path: Path | None,
-                 plot_path: Path | None, console: Console, core_note: str = "") -> bool:
+                 plot_path: Path | None, console: Console) -> bool:
     """Run the sweep and print/write its records; returns False if any output was not lossless."""
     if trace is not None:
         check(match in ("iid", "trace"), f"--trace replays a trace; it cannot be combined with "
@@ -69,7 +69,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         spike_ms=None if spike is None else parse_duration_ms(spike, "--spike"),
         target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
         draft_per_token_ms=draft_per_token_ms, gamma=gamma, lookahead=lookahead,
-        entropy_threshold=entropy_threshold, busy_pass_weight=busy_pass_weight, match=match,
+        entropy_threshold=entropy_threshold, max_slowdown=max_slowdown, match=match,
         alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,
         max_tokens=max_tokens, requests=requests, prompt_tokens=prompt_tokens, seed=seed)
     err = Console(stderr=True)
@@ -98,7 +98,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         console = Console(width=150, highlight=False)  # files and pipes: no squeezing
     n_points = len(records) // (2 + len(policies))
     console.print(f"[bold]wanspec simulate[/]: {base.describe()}; {n_points} point(s) in "
-                  f"{wall:.2f} s" + (f" on the {core_note}" if core_note else ""))
+                  f"{wall:.2f} s")
     if n_points == 1:
         console.print(mode_table(records, f"RTT {base.rtt_ms:g} ms" if not swept
                                  else ", ".join(f"{k}={records[0][k]:g}" for k in swept)))

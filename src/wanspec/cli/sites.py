@@ -62,12 +62,14 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
 
 def run_controller(*, worker: str, transport: str, target: Path | None, draft: Path | None,
                    local_draft: bool, prompts: Sequence[str], max_tokens: int, gamma: int,
-                   policy: str, sampling: SamplingParams, stop: Sequence[str], ignore_eos: bool,
+                   policy: str, max_slowdown: float, sampling: SamplingParams,
+                   stop: Sequence[str], ignore_eos: bool,
                    ca: Path | None, insecure: bool, tls: bool, timeout_s: float,
                    target_ms: float | None, draft_ms: float | None, dtype: str, device: str,
                    as_json: bool, console: Console) -> None:
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
+    check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
     try:
         pname = PolicyName(policy)
     except ValueError:
@@ -86,8 +88,9 @@ def run_controller(*, worker: str, transport: str, target: Path | None, draft: P
 
     async def main() -> list[dict[str, Any]]:
         link = WorkerLink(connector, RemoteEngine.hello_for(tgt), hello_timeout=timeout_s)
-        engine = RemoteEngine(tgt, link, local_draft=drf, timing=timing,
-                              config=ControllerConfig(gamma=gamma, policy=PolicyConfig(pname)))
+        config = ControllerConfig(gamma=gamma,
+                                  policy=PolicyConfig(pname, max_slowdown=max_slowdown))
+        engine = RemoteEngine(tgt, link, local_draft=drf, timing=timing, config=config)
         out = []
         try:
             for p in prompts:

@@ -1,17 +1,16 @@
 """The vocabulary between state machines and their drivers: actions out, events in.
 
-Actions and events are values: treat them as immutable.  They are slotted, non-frozen dataclasses
-because several are built per generated token (the simulator builds millions), and a frozen
-dataclass costs ~4x as much to construct (every field is set through ``object.__setattr__``).
-The hot ones spell out ``__init__`` (``init=False``): compiled with mypyc
-(:mod:`wanspec.simulate.compiled`), a written ``__init__`` is native code, while the one the
-dataclass decorator generates at import time stays interpreted (~7x slower to construct).
+A state machine never performs I/O.  It returns *actions* (run this forward pass, send this
+message, emit these tokens) and is told what happened through *events* (a pass finished, the
+worker was lost) and protocol messages.  Both are plain immutable values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+
+from wanspec.protocol.messages import Message
 
 
 class Site(str, Enum):
@@ -24,7 +23,7 @@ class Site(str, Enum):
 # ---- actions (state machine -> driver) -------------------------------------------------------
 
 
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class RunTarget:
     """One target forward pass.
 
@@ -39,14 +38,8 @@ class RunTarget:
     tokens: tuple[int, ...]
     want: int
 
-    def __init__(self, op: int, start: int, tokens: tuple[int, ...], want: int) -> None:
-        self.op = op
-        self.start = start
-        self.tokens = tokens
-        self.want = want
 
-
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class RunDraft:
     """One draft forward pass at ``site``: cut the draft cache to ``start``, feed ``tokens``,
     propose the token for absolute position ``start + len(tokens)``.
@@ -59,32 +52,37 @@ class RunDraft:
     start: int
     tokens: tuple[int, ...]
 
-    def __init__(self, op: int, site: Site, start: int, tokens: tuple[int, ...]) -> None:
-        self.op = op
-        self.site = site
-        self.start = start
-        self.tokens = tokens
-
     @property
     def position(self) -> int:
         return self.start + len(self.tokens)
 
 
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class EmitTokens:
     """Tokens committed to the output, in order; they are final."""
 
     tokens: tuple[int, ...]
 
-    def __init__(self, tokens: tuple[int, ...]) -> None:
-        self.tokens = tokens
 
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The request is complete; ``reason`` is one of ``eos``, ``max_tokens``, ``stop_string``."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``msg`` to the peer site."""
+
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Something an operator should see once (why a peer was refused or dropped)."""
+
+    message: str
 
 
 Action = RunTarget | RunDraft | EmitTokens | Finished
@@ -93,28 +91,25 @@ Action = RunTarget | RunDraft | EmitTokens | Finished
 # ---- events (driver -> state machine) --------------------------------------------------------
 
 
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class TargetDone:
     op: int
     choices: tuple[int, ...]
 
-    def __init__(self, op: int, choices: tuple[int, ...]) -> None:
-        self.op = op
-        self.choices = choices
 
-
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class DraftDone:
     op: int
     token: int
     entropy: float
     top_prob: float
 
-    def __init__(self, op: int, token: int, entropy: float, top_prob: float) -> None:
-        self.op = op
-        self.token = token
-        self.entropy = entropy
-        self.top_prob = top_prob
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """The worker connection is gone (or refused this request); ``reason`` is for the log."""
+
+    reason: str
 
 
 Event = TargetDone | DraftDone

@@ -18,18 +18,14 @@ def feed_from(committed: Sequence[int], proposal: Sequence[int], start: int) -> 
     return (*committed[start:], *proposal)
 
 
-# a value (treat as immutable); not frozen: built once per received draft; written __init__:
-# native code when compiled (see wanspec.core.actions)
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class DraftToken:
-    token: int
-    entropy: float
-    top_prob: float
+    """One draft as the worker reported it: the token, its distribution's entropy (nats) and
+    the probability of its top choice."""
 
-    def __init__(self, token: int, entropy: float = 0.0, top_prob: float = 1.0) -> None:
-        self.token = token
-        self.entropy = entropy
-        self.top_prob = top_prob
+    token: int
+    entropy: float = 0.0
+    top_prob: float = 1.0
 
 
 @dataclass(slots=True)
@@ -64,7 +60,7 @@ class RemoteChain:
         if epoch > self.epoch:
             self.epoch, self.base, self.drafts, self.dead = epoch, base, [], False
         # the worker streams a chain in order; anything else is a bug/loss
-        if base != self.base + len(self.drafts):  # (self.end, without a property call)
+        if base != self.end:
             self.stale_dropped += len(drafts)
             return False
         self.drafts.extend(drafts)
@@ -87,11 +83,10 @@ class RemoteChain:
                 self.dead = True
                 self.drafts = []
                 return
-        # keep only drafts for uncommitted positions; shift the base forward
+        # keep only drafts for uncommitted positions; shift the base forward (if the chain has
+        # not reached the committed end yet, the worker is still drafting those positions)
         del self.drafts[: upto - self.base]
         self.base = upto
-        if self.base < n:  # the chain has not reached the committed end yet; it may still
-            pass  # arrive (the worker drafts the committed positions first)
 
     def window(self, n: int, k: int) -> list[DraftToken]:
         """Up to ``k`` usable drafts for positions ``n, n+1, ...`` (requires :meth:`sync` first)."""

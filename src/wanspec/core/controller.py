@@ -1,88 +1,61 @@
-"""The controller's sans-I/O state machine: verify remote drafts, redundantly draft locally.
+"""The controller's sans-I/O state machine for one request: verify remote drafts, draft locally.
 
 It owns the committed output.  The busy-site accelerator runs one pass at a time (a target
-verification/step or a local draft pass); whenever it is free, the policy
-(:mod:`wanspec.core.policy`) chooses what to run next from the worker's usable drafts, the local
-draft model, and the link estimates.  Every commit is streamed to the worker, which keeps or
-discards its chain.  If the worker fails, the request goes on with local SD (or target-only).
+verification or step, or a local draft pass); whenever it is free, the policy
+(:mod:`wanspec.core.policy`) decides what runs next from a :class:`~wanspec.core.view.View` of
+the worker's usable drafts, the proposal under construction, when more drafts are expected, and
+the latency account.  Every commit is streamed to the worker, which keeps or discards its chain.
+If the worker fails or sends anything invalid, the request goes on with local SD (or
+target-only decoding): same output, never a hang.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 from wanspec.core.actions import (
     DraftDone,
     EmitTokens,
     Finished,
+    Log,
     RunDraft,
     RunTarget,
+    Send,
     Site,
     TargetDone,
+    WorkerLost,
 )
-from wanspec.core.calibration import EntropyCalibration
+from wanspec.core.adaptive import budget_tpot
 from wanspec.core.chain import DraftToken, RemoteChain, feed_from
-from wanspec.core.estimates import LinkEstimates
+from wanspec.core.estimates import Estimates
 from wanspec.core.metrics import RequestMetrics
-from wanspec.core.policy import (
-    _ADAPTIVE,
-    _PLAIN,
-    _VERIFY_LOCAL,
-    _VERIFY_REMOTE,
-    _WAIT,
-    Decision,
-    PolicyConfig,
-    View,
-    decide,
-    optimal_gamma,
-)
+from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, View, decide, worker_lookahead
 from wanspec.core.stopping import StopCriteria, Transcript
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
-from wanspec.protocol.messages import Cancel, Commit, Drafts, Message, SessionStart
+from wanspec.protocol.messages import Cancel, Commit, Drafts, Error, Message, SessionStart, SessionStats
 from wanspec.sampling import SamplingParams
 
-
-# a value (treat as immutable); slotted, not frozen: cheaper to build; written __init__: native
-# code when compiled (see wanspec.core.actions)
-@dataclass(slots=True, init=False)
-class SendToWorker:
-    msg: Message
-
-    def __init__(self, msg: Message) -> None:
-        self.msg = msg
-
-
-@dataclass(slots=True)
-class Log:
-    """Something an operator should see once (e.g. why the worker was dropped)."""
-
-    message: str
-
-
-ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | SendToWorker | Log
-
-# Enum members as module constants (``Kind.WAIT`` is a ~60 ns class attribute lookup on Python
-# 3.11; Final: compiled code reads them as static constants); the Kind/PolicyName ones are
-# policy's own.
-_CONTROLLER: Final = Site.CONTROLLER
+ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | Send | Log
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    gamma: int = 4
-    lookahead: int = 0  # worker lookahead cap; 0 = automatic (from RTT and draft cost)
+    gamma: int = 4  # window of the fixed policies (and of local rounds' first guess)
+    lookahead: int = 0  # worker lookahead cap; 0 = automatic (from RTT and draft interval)
     policy: PolicyConfig = PolicyConfig()
-    wait_slack: float = 1.5  # multiplier on expected draft arrival times before giving up
-    max_window: int = 0  # adaptive: longest window of worker drafts to verify (0 = 2 * gamma)
-    verify_per_token_s: float = 0.0  # known extra target cost per extra token (for pricing)
+    max_window: int = 16  # adaptive: most drafts one verification carries
 
     def __post_init__(self) -> None:
         if self.gamma < 1:
             raise WanspecError(f"gamma must be >= 1, got {self.gamma}")
         if self.lookahead < 0:
             raise WanspecError(f"lookahead must be >= 0, got {self.lookahead}")
+        if self.max_window < 1:
+            raise WanspecError(f"max window must be >= 1, got {self.max_window}")
+        if not self.policy.max_slowdown >= 1.0:
+            raise WanspecError(f"max slowdown must be >= 1, got {self.policy.max_slowdown}")
 
 
 @dataclass
@@ -92,70 +65,86 @@ class ControllerStats:
     plain_steps: int = 0
     remote_accepted: int = 0
     remote_received: int = 0
-    stale_dropped: int = 0
     stall_s: float = 0.0  # accelerator idle while waiting for the worker
     worker_lost: str | None = None
+    worker_account: SessionStats | None = None  # the worker's own counts, after our Cancel
+
+
+@dataclass
+class _LatencyAccount:
+    """Allowance earned by committed tokens minus time taken, from the first token on."""
+
+    first_token_at: float | None = None
+    allowance_s: float = 0.0
+
+    def slack(self, now: float) -> float:
+        return 0.0 if self.first_token_at is None else self.allowance_s - (now - self.first_token_at)
+
+
+@dataclass
+class _Proposal:
+    """The drafts the next verification will carry: worker drafts first, then local ones."""
+
+    remote: list[DraftToken] = field(default_factory=list)
+    local: list[DraftToken] = field(default_factory=list)
+
+    @property
+    def drafts(self) -> list[DraftToken]:
+        return self.remote + self.local
+
+    @property
+    def tokens(self) -> list[int]:
+        return [d.token for d in self.remote + self.local]
 
 
 class ControllerCore:
     """One request at the controller.  Drive with start / on_* / on_timer and execute actions."""
 
-    def __init__(
-        self,
-        rid: int,
-        prompt: Sequence[int],
-        stop: StopCriteria,
-        sampling: SamplingParams,
-        config: ControllerConfig,
-        *,
-        has_local_draft: bool,
-        use_worker: bool = True,
-        estimates: LinkEstimates | None = None,
-    ) -> None:
+    def __init__(self, rid: int, prompt: Sequence[int], stop: StopCriteria,
+                 sampling: SamplingParams, config: ControllerConfig, *, has_local_draft: bool,
+                 use_worker: bool = True, estimates: Estimates | None = None,
+                 vocab_size: int | None = None) -> None:
         self.rid = rid
         self.config = config
         self.sampling = sampling
         self.transcript = Transcript(prompt, stop)
         self.metrics = RequestMetrics()
         self.stats = ControllerStats()
-        self.est = estimates or LinkEstimates.with_priors()
+        self.est = estimates or Estimates.with_priors()
         self.has_local_draft = has_local_draft
         self.worker_ok = use_worker
+        self.vocab_size = vocab_size  # drafts outside it are a broken worker
         self.chain = RemoteChain()
-        self.calibration = EntropyCalibration()
-        self._window_entropy: list[float] = []
         self.finished = False
         self._op = 0
         self._busy: RunTarget | RunDraft | None = None
         self._busy_since = 0.0
-        self._window: list[int] = []  # proposal under construction / being verified
-        self._window_remote = 0  # how many leading proposal tokens came from the worker
-        self._local_cache = 0  # local draft KV length
-        self._committed_sent = len(prompt)
+        self._proposal = _Proposal()
+        self._local_cache = 0  # tokens whose KV the local draft holds
+        self._committed_sent = len(prompt)  # the worker knows the sequence up to here
         self._last_commit_base = len(prompt)  # worker-known prefix before the latest commit
         self._last_commit_time = 0.0
+        self._started_at = 0.0
         self._wait_until: float | None = None
         self._idle_since: float | None = None
-        self._expect_new_chain_by: float | None = None
+        self._account = _LatencyAccount()
 
     # ---- public API ---------------------------------------------------------------------------
     @property
     def lookahead(self) -> int:
-        config, est = self.config, self.est
-        if config.lookahead:
-            return config.lookahead
-        # enough for one round trip of consumption plus two windows, as the worker drafts
-        per_token = max(est.draft_interval.get, 1e-4)
-        window = config.max_window or 2 * config.gamma
-        return max(2 * window, min(64, window + config.gamma + int(est.rtt.get / per_token) + 2))
+        if self.config.lookahead:
+            return self.config.lookahead
+        return worker_lookahead(self.config.gamma, self._max_window, self.est.rtt.get,
+                                self.est.draft_interval.get)
 
     def start(self, now: float) -> list[ControllerAction]:
         self.metrics.on_start(now)
+        self._started_at = now
         out: list[ControllerAction] = []
         if self.worker_ok:
-            out.append(SendToWorker(self._session_start()))
-            self._expect_new_chain_by = now + self._first_chain_eta()
-        out.append(self._run(RunTarget(self._next_op(), 0, tuple(self.transcript.tokens), 1), now))
+            out.append(Send(self._session_start()))
+        prefill = RunTarget(self._next_op(), 0, tuple(self.transcript.tokens), 1)
+        out.append(self._run(prefill, now))
         return out
 
     def next_timer(self) -> float | None:
@@ -165,25 +154,44 @@ class ControllerCore:
         # event loops may fire a timer a hair early (asyncio: within its clock resolution)
         if self._wait_until is not None and now >= self._wait_until - 1e-6 and self._busy is None:
             self._wait_until = None
-            return self._schedule(now, timer_fired=True)
+            return self._schedule(now, wait_expired=True)
         return []
+
+    def on_event(self, event: TargetDone | DraftDone | WorkerLost, now: float
+                 ) -> list[ControllerAction]:
+        """A pass finished, or the worker link failed."""
+        if isinstance(event, TargetDone):
+            return self.on_target_done(event, now)
+        if isinstance(event, DraftDone):
+            return self.on_draft_done(event, now)
+        return self.on_worker_lost(event.reason, now)
 
     def on_message(self, msg: Message, now: float) -> list[ControllerAction]:
-        if isinstance(msg, Drafts) and msg.rid == self.rid and self.worker_ok and not self.finished:
-            drafts = _draft_tokens(msg)
-            chain = self.chain
-            last = chain.last_arrival
-            if last is not None and msg.epoch == chain.epoch:
-                self.est.draft_interval.update(max(now - last, 0.0) / len(drafts))
-            chain.on_drafts(msg.epoch, msg.base, drafts, now)
-            self.stats.remote_received += len(drafts)
-            chain.sync(self.transcript.tokens)
-            if self._busy is None:
-                return self._schedule(now)
-        return []
-
-    def on_rtt_sample(self, rtt: float) -> None:
-        self.est.rtt.update(rtt)
+        """A message the worker sent for this request."""
+        if isinstance(msg, SessionStats):
+            if msg.rid == self.rid:
+                self.stats.worker_account = msg
+            return []
+        if isinstance(msg, Error):
+            if msg.rid == self.rid:
+                return self.on_worker_lost(f"worker refused the request: {msg.message}", now)
+            return []
+        if not isinstance(msg, Drafts) or msg.rid != self.rid or not self.worker_ok or self.finished:
+            return []
+        problem = self._check_drafts(msg)
+        if problem is not None:
+            return self.on_worker_lost(f"protocol error from worker: {problem}", now)
+        drafts = _draft_tokens(msg)
+        chain = self.chain
+        last, extends = chain.last_arrival, not chain.dead and msg.epoch == chain.epoch
+        self.stats.remote_received += len(drafts)
+        if not chain.on_drafts(msg.epoch, msg.base, drafts, now):
+            return []  # stale: nothing changed
+        if extends and last is not None:
+            # the pace of a live chain: how fast the worker's drafts come when nothing stops it
+            self.est.draft_interval.update((now - last) / len(drafts))
+        chain.sync(self.transcript.tokens)
+        return self._schedule(now)
 
     def on_worker_lost(self, reason: str, now: float) -> list[ControllerAction]:
         if not self.worker_ok or self.finished:
@@ -193,43 +201,44 @@ class ControllerCore:
         self.chain.dead = True
         fallback = "local speculative decoding" if self.has_local_draft else "target-only decoding"
         out: list[ControllerAction] = [Log(f"worker lost ({reason}); continuing with {fallback}")]
-        if self._busy is None:
-            self._wait_until = None
-            out.extend(self._schedule(now))
+        self._wait_until = None
+        out.extend(self._schedule(now))
         return out
 
     def on_target_done(self, ev: TargetDone, now: float) -> list[ControllerAction]:
         run = self._finish_busy(ev.op, now)
-        assert isinstance(run, RunTarget)
-        self.est.target_pass.update(now - self._busy_since)
-        transcript = self.transcript
+        self.est.target_pass.update(len(run.tokens), now - self._busy_since)
+        transcript, proposal = self.transcript, self._proposal
         n_before = len(transcript.tokens)
-        window = self._window
-        if window:
-            accepted, nxt = accept_prefix(window, ev.choices)
-            taken = transcript.commit(window[:accepted] + [nxt])
-            self.metrics.on_verify(len(window), accepted, len(taken))
-            self.stats.remote_accepted += min(accepted, self._window_remote)
-            # per-token acceptance sample: accepted of the drafts actually tested (up to the miss)
-            tested = min(accepted + 1, len(window))
-            acceptance, entropies = self.est.acceptance, self._window_entropy
-            for i in range(tested):
-                acceptance.update(1.0 if i < accepted else 0.0)
-                if i < len(entropies):
-                    self.calibration.update(entropies[i], i < accepted)
+        drafts = proposal.drafts
+        if drafts:
+            tokens = proposal.tokens
+            accepted, nxt = accept_prefix(tokens, ev.choices)
+            taken = transcript.commit(tokens[:accepted] + [nxt])
+            self.metrics.on_verify(len(tokens), accepted, len(taken))
+            self.stats.remote_accepted += min(accepted, len(proposal.remote))
+            self.est.acceptance.update(len(tokens), accepted)
+            for i, d in enumerate(drafts[: accepted + 1]):
+                self.est.calibration.update(d.entropy, i < accepted)
+            # the local draft's cache holds the proposal; it stays valid where it was committed
+            self._local_cache = min(self._local_cache, n_before + _common_prefix(tokens, taken))
         else:
             taken = transcript.commit([ev.choices[-1]])
-        self._local_cache = min(self._local_cache, n_before + _common_prefix(window, taken))
-        self._window, self._window_remote, self._window_entropy = [], 0, []
+        self._proposal = _Proposal()
         return self._after_commit(taken, now)
 
     def on_draft_done(self, ev: DraftDone, now: float) -> list[ControllerAction]:
-        self._finish_busy(ev.op, now)
-        self.est.local_draft_pass.update(now - self._busy_since)
-        self._window.append(ev.token)
+        run = self._finish_busy(ev.op, now)
+        self.est.local_draft_pass.update(len(run.tokens), now - self._busy_since)
+        self._proposal.local.append(DraftToken(ev.token, ev.entropy, ev.top_prob))
         return self._schedule(now)
 
     # ---- internals ----------------------------------------------------------------------------
+    @property
+    def _max_window(self) -> int:
+        adaptive = self.config.policy.name is PolicyName.ADAPTIVE
+        return self.config.max_window if adaptive else self.config.gamma
+
     def _next_op(self) -> int:
         self._op += 1
         return self._op
@@ -242,18 +251,31 @@ class ControllerCore:
             max_position=self.transcript.n_prompt + self.transcript.stop.max_tokens,
         )
 
-    def _first_chain_eta(self) -> float:
-        return self.config.wait_slack * (self.est.rtt.get + 2 * self.est.draft_interval.get)
+    def _check_drafts(self, msg: Drafts) -> str | None:
+        """Why ``msg`` cannot come from an honest worker, or None."""
+        n = len(msg.tokens)
+        if n == 0 or len(msg.entropy) not in (0, n) or len(msg.top_prob) not in (0, n):
+            return "Drafts with inconsistent lengths"
+        if type(msg.epoch) is not int or type(msg.base) is not int or msg.epoch < 0 or msg.base < 0:
+            return "Drafts with an invalid epoch or position"
+        vocab = self.vocab_size
+        for t in msg.tokens:
+            if type(t) is not int or t < 0 or (vocab is not None and t >= vocab):
+                return f"draft token {t!r} outside the vocabulary"
+        for x in (*msg.entropy, *msg.top_prob):
+            if not isinstance(x, (int, float)) or not 0.0 <= x < float("inf"):
+                return f"draft statistic {x!r} is not a finite non-negative number"
+        return None
 
     def _run(self, action: RunTarget | RunDraft, now: float) -> RunTarget | RunDraft:
         self._busy, self._busy_since = action, now
         if self._idle_since is not None:
             self.stats.stall_s += now - self._idle_since
             self._idle_since = None
-        if type(action) is RunTarget:
+        if isinstance(action, RunTarget):
             self.metrics.on_target_pass()
         else:
-            self.metrics.on_draft_pass(_CONTROLLER)
+            self.metrics.on_draft_pass(Site.CONTROLLER)
         return action
 
     def _finish_busy(self, op: int, now: float) -> RunTarget | RunDraft:
@@ -265,158 +287,130 @@ class ControllerCore:
 
     def _after_commit(self, taken: list[int], now: float) -> list[ControllerAction]:
         out: list[ControllerAction] = []
-        chain = self.chain
         if taken:
             self.metrics.on_commit(len(taken), now)
-            committed = tuple(taken)
-            out.append(EmitTokens(committed))
-            was_live = not chain.dead
-            chain.sync(self.transcript.tokens)
+            self._earn(len(taken), now)
+            out.append(EmitTokens(tuple(taken)))
+            self.chain.sync(self.transcript.tokens)
             if self.worker_ok:
-                out.append(SendToWorker(Commit(self.rid, max(chain.epoch, 0),
-                                               self._committed_sent, committed)))
+                out.append(Send(Commit(self.rid, max(self.chain.epoch, 0), self._committed_sent,
+                                       tuple(taken))))
                 self._last_commit_base, self._last_commit_time = self._committed_sent, now
                 self._committed_sent += len(taken)
-                if was_live and chain.dead:
-                    # the worker learns of this in RTT/2 and needs a pass before drafting again
-                    self._expect_new_chain_by = now + self._first_chain_eta()
         if self.transcript.finished:
             self.finished = True
             self.metrics.on_finish(now)
             if self.worker_ok:
-                out.append(SendToWorker(Cancel(self.rid, "done")))
+                out.append(Send(Cancel(self.rid, "done")))
             out.append(Finished(self.transcript.finish_reason or "eos"))
             return out
         out.extend(self._schedule(now))
         return out
 
-    def _expect_remote_by(self, k: int, gamma: int) -> float | None:
-        if not self.worker_ok:
-            return None
-        chain = self.chain
-        if chain.dead:
-            return self._expect_new_chain_by
-        if k >= gamma:
-            return None
-        last = chain.last_arrival
-        if last is None:
-            return self._expect_new_chain_by
-        missing = gamma - k + chain.pending_catch_up(len(self.transcript.tokens))
-        if chain.end - self._last_commit_base >= self.lookahead:
-            # the worker was held at its lookahead cap: it resumes when our last commit lands
-            last = max(last, self._last_commit_time + self.est.rtt.get)
-        return last + self.config.wait_slack * missing * self.est.draft_interval.get
+    def _earn(self, tokens: int, now: float) -> None:
+        """The latency allowance of ``tokens`` committed tokens (the first token's is TTFT)."""
+        account = self._account
+        if account.first_token_at is None:
+            account.first_token_at = now
+        elif self.config.policy.name is PolicyName.ADAPTIVE:
+            account.allowance_s += tokens * self._budget_tpot()
 
-    def _schedule(self, now: float, timer_fired: bool = False) -> list[ControllerAction]:
+    def _budget_tpot(self) -> float:
+        return budget_tpot(self.est, self.config.policy.max_slowdown, self.has_local_draft)
+
+    def _arrivals(self, n: int, have: int, want: int, now: float) -> tuple[float, ...]:
+        """When worker drafts ``have+1 .. want`` (for positions ``n+have ..``) should arrive."""
+        if not self.worker_ok or want <= have:
+            return ()
+        interval, chain = self.est.draft_interval.get, self.chain
+        if chain.last_arrival is None:  # the first chain: drafted from the prompt
+            first_at = self._started_at + self.est.rtt.get + interval
+            first_position = self.transcript.n_prompt
+        elif chain.dead:
+            # a new chain starts from our latest commit: the worker hears of it half a round
+            # trip later, drafts, and the draft takes the other half back
+            first_at = self._last_commit_time + self.est.rtt.get + interval
+            first_position = self._committed_sent
+        else:
+            first_at, first_position = chain.last_arrival + interval, chain.end
+            if chain.end - self._last_commit_base >= self.lookahead:
+                # the worker was held at its lookahead cap: it resumes when our last commit lands
+                first_at = max(first_at, self._last_commit_time + self.est.rtt.get + interval)
+        times = [first_at + (n + j - first_position) * interval for j in range(have, want)]
+        if times[0] <= now:  # overdue: expect it any moment, the rest at the usual pace
+            shift = now + interval - times[0]
+            times = [t + shift for t in times]
+        return tuple(times)
+
+    def _schedule(self, now: float, wait_expired: bool = False) -> list[ControllerAction]:
         if self._busy is not None or self.finished:
             return []
-        config, transcript, chain, est = self.config, self.transcript, self.chain, self.est
-        n = len(transcript.tokens)
-        budget = transcript.remaining - 1  # a verification commits up to its window + 1 tokens
-        gamma = max(0, min(config.gamma, budget))
-        if gamma == 0:
-            self._window, self._window_remote = [], 0
-            return [self._run(RunTarget(self._next_op(), n - 1, (transcript.tokens[-1],), 1), now)]
-        adaptive = config.policy.name is _ADAPTIVE
-        cap = gamma
-        if adaptive:
-            cap = max(1, min(config.max_window or 2 * config.gamma, budget))
-        remote = chain.window(n, cap) if self.worker_ok else []
-        window = self._window
-        if (adaptive and len(window) > self._window_remote
-                and len(remote) >= max(len(window), gamma)):
-            # the worker caught up during a local round: its drafts are free, verify them now
-            self._local_cache = min(self._local_cache, n)
-            self._window, self._window_remote, self._window_entropy = [], 0, []
-            self.stats.remote_windows += 1
-            self._window = [t.token for t in remote]
-            self._window_entropy = [t.entropy for t in remote]
-            self._window_remote = len(self._window)
-            self._wait_until = None
-            return [self._verify(n, now)]
-        local_count = len(window) - self._window_remote if window else 0
-        expect = self._expect_remote_by(min(len(remote), gamma), gamma)
-        if timer_fired and (expect is None or expect <= now + 1e-6):
-            expect = None  # the wait is over
-        alpha, target_s, draft_s = est.acceptance.get, est.target_pass.get, est.local_draft_pass.get
-        local_gamma = gamma
-        accept_p: tuple[float, ...] = ()
-        if adaptive:
-            local_gamma = min(cap, optimal_gamma(alpha, target_s, draft_s, config.verify_per_token_s,
-                                                 max_gamma=2 * config.gamma))
-            if not local_count:  # (not read while a local round is under way)
-                accept_p = self.calibration.p_accepts([d.entropy for d in remote])
-        # positional (in View's field order): ~3x cheaper than 16 keyword arguments
+        config, seq, chain = self.config, self.transcript.tokens, self.chain
+        n = len(seq)
+        span = self._max_window
+        remote = tuple(chain.window(n, span)) if self.worker_ok else ()
+        arrivals = self._arrivals(n, len(remote), span, now)
+        adaptive = config.policy.name is PolicyName.ADAPTIVE
         view = View(
-            now,  # now
-            gamma,  # gamma
-            remote if not window else remote[: self._window_remote],  # remote
-            local_count,  # local
-            not chain.dead,  # chain_live
-            chain.pending_catch_up(n),  # chain_behind
-            self.worker_ok,  # worker_ok
-            self.has_local_draft,  # has_local_draft
-            expect,  # expect_remote_by
-            config.policy.entropy_threshold,  # entropy_threshold
-            alpha,  # alpha
-            target_s,  # target_pass_s
-            accept_p,  # remote_accept_p
-            config.verify_per_token_s,  # verify_per_token_s
-            draft_s,  # local_draft_s
-            local_gamma,  # local_gamma
+            now=now, gamma=config.gamma, budget=self.transcript.remaining - 1,
+            max_window=config.max_window, remote=remote, arrivals=arrivals,
+            wait_expired=wait_expired,
+            proposal_remote=len(self._proposal.remote),
+            proposal_local=tuple(self._proposal.local), chain_live=not chain.dead,
+            chain_behind=chain.pending_catch_up(n), worker_ok=self.worker_ok,
+            has_local_draft=self.has_local_draft, estimates=self.est,
+            slack_s=self._account.slack(now) if adaptive else 0.0,
+            budget_tpot_s=self._budget_tpot() if adaptive else 0.0,
         )
-        return self._apply(decide(config.policy, view), view, n, now)
+        return self._apply(decide(config.policy, view), view, now)
 
-    def _apply(self, d: Decision, v: View, n: int, now: float) -> list[ControllerAction]:
-        kind = d.kind
-        if kind is _WAIT:
+    def _apply(self, d: Decision, v: View, now: float) -> list[ControllerAction]:
+        if d.kind is Kind.WAIT:
             assert d.until is not None
             self._wait_until = d.until
             if self._idle_since is None:
                 self._idle_since = now
             return []
         self._wait_until = None
-        if kind is _VERIFY_REMOTE:
-            take = d.window if d.window is not None else v.gamma
-            remote = v.remote[:take]
-            self._window = [t.token for t in remote]
-            self._window_entropy = [t.entropy for t in remote]
-            self._window_remote = len(self._window)
+        seq = self.transcript.tokens
+        n = len(seq)
+        proposal = self._proposal
+        if d.kind is Kind.VERIFY_REMOTE:
+            if proposal.local:  # the worker caught up: drop the local round
+                self._local_cache = min(self._local_cache, n)
+            self._proposal = _Proposal(list(v.remote[: d.window]))
             self.stats.remote_windows += 1
             return [self._verify(n, now)]
-        seq = self.transcript.tokens
-        if kind is _PLAIN:
-            self._window, self._window_remote = [], 0
+        if d.kind is Kind.PLAIN:
+            self._proposal = _Proposal()
             self.stats.plain_steps += 1
             return [self._run(RunTarget(self._next_op(), n - 1, (seq[n - 1],), 1), now)]
-        if kind is _VERIFY_LOCAL:
+        if d.kind is Kind.VERIFY_LOCAL:
             self.stats.local_windows += 1
             return [self._verify(n, now)]
-        # LOCAL_DRAFT: extend the proposal (the worker's usable prefix, then local drafts)
-        if not self._window:
-            self._window = [t.token for t in v.remote]
-            self._window_entropy = [t.entropy for t in v.remote]
-            self._window_remote = len(self._window)
-        length = len(seq) + len(self._window)
+        # LOCAL_DRAFT: extend the proposal (the worker's first d.window drafts, then local drafts)
+        if not proposal.local and not proposal.remote:
+            self._proposal = proposal = _Proposal(list(v.remote[: d.window or 0]))
+        tokens = proposal.tokens
+        length = n + len(tokens)
         start = min(self._local_cache, length - 1)
         self._local_cache = length
-        feed = feed_from(seq, self._window, start)
-        return [self._run(RunDraft(self._next_op(), _CONTROLLER, start, feed), now)]
+        return [self._run(RunDraft(self._next_op(), Site.CONTROLLER, start,
+                                   feed_from(seq, tokens, start)), now)]
 
     def _verify(self, n: int, now: float) -> RunTarget:
         seq = self.transcript.tokens
-        feed = (seq[n - 1], *self._window)
-        return self._run(RunTarget(self._next_op(), n - 1, feed, len(feed)), now)  # type: ignore[return-value]
+        feed = (seq[n - 1], *self._proposal.tokens)
+        run = RunTarget(self._next_op(), n - 1, feed, len(feed))
+        self._run(run, now)
+        return run
 
 
-def _draft_tokens(msg: Drafts) -> Sequence[DraftToken]:
-    tokens = msg.tokens
-    n = len(tokens)
-    ent = msg.entropy if len(msg.entropy) == n else (0.0,) * n
-    top = msg.top_prob if len(msg.top_prob) == n else (1.0,) * n
-    if n == 1:  # the usual message (the worker streams each draft at once)
-        return (DraftToken(tokens[0], ent[0], top[0]),)
-    return tuple(map(DraftToken, tokens, ent, top))
+def _draft_tokens(msg: Drafts) -> list[DraftToken]:
+    n = len(msg.tokens)
+    entropy = msg.entropy or (0.0,) * n
+    top_prob = msg.top_prob or (1.0,) * n
+    return [DraftToken(t, float(e), float(p)) for t, e, p in zip(msg.tokens, entropy, top_prob)]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

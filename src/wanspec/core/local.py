@@ -38,7 +38,11 @@ class LocalMode(str, Enum):
     SD = "sd"  # standard speculative decoding with the draft at the same (busy) site
 
 
-_SD = LocalMode.SD  # (an Enum class attribute lookup costs ~60 ns on Python 3.11)
+class GammaSchedule(str, Enum):
+    """How the window length evolves, as Hugging Face's ``num_assistant_tokens_schedule``."""
+
+    CONSTANT = "constant"  # always ``gamma`` drafts
+    HEURISTIC = "heuristic"  # +2 after a fully accepted window, -1 (down to 1) after a rejection
 
 
 class LocalDecoder:
@@ -57,11 +61,13 @@ class LocalDecoder:
         mode: LocalMode = LocalMode.SD,
         gamma: int = 4,
         draft_site: Site = Site.CONTROLLER,
+        schedule: GammaSchedule = GammaSchedule.CONSTANT,
     ) -> None:
         if gamma < 1:
             raise WanspecError(f"gamma must be >= 1, got {gamma}")
         self.mode = LocalMode(mode)
-        self.gamma = gamma
+        self.gamma = gamma  # the window of the next round (moves with the heuristic schedule)
+        self.schedule = GammaSchedule(schedule)
         self.draft_site = draft_site
         self.transcript = Transcript(prompt, stop)
         self.metrics = RequestMetrics()
@@ -113,6 +119,8 @@ class LocalDecoder:
             n_before = len(self.transcript.tokens)
             taken = self.transcript.commit(new)
             self.metrics.on_verify(len(window), accepted, len(taken))
+            if self.schedule is GammaSchedule.HEURISTIC:
+                self.gamma = self.gamma + 2 if accepted == len(window) else max(1, self.gamma - 1)
             # the draft's cache is valid up to the last position whose token it fed and that
             # is now committed
             self._draft_cache = min(self._draft_cache, n_before + accepted)
@@ -145,7 +153,7 @@ class LocalDecoder:
     def _next_pass(self) -> RunTarget | RunDraft:
         seq = self.transcript.tokens
         n = len(seq)
-        if self.mode is _SD and len(self._window) < self._gamma_now():
+        if self.mode is LocalMode.SD and len(self._window) < self._gamma_now():
             start = self._draft_cache
             self._draft_cache = n + len(self._window)
             return self._issue(RunDraft(self._op(), self.draft_site, start,

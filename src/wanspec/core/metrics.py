@@ -52,7 +52,7 @@ class RequestMetrics:
         self.target_passes += 1
 
     def on_draft_pass(self, site: Site) -> None:
-        self.draft_passes[site._value_] += 1  # = site.value, without the enum property (~0.1 us)
+        self.draft_passes[site.value] += 1
 
     def on_verify(self, window: int, accepted: int, committed: int) -> None:
         self.verify_rounds += 1

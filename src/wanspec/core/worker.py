@@ -1,61 +1,70 @@
-"""The worker's sans-I/O state machine: draft ahead continuously, roll back on divergence.
+"""The worker's sans-I/O state machine: one controller connection, draft ahead, roll back.
 
-Per session the worker knows the committed prefix (prompt + commits received) and its own
-*chain* of drafts beyond it.  It drafts whenever the chain is shorter than the lookahead cap,
-streaming each draft at once, without waiting for verification.  A commit either consumes the
-head of the chain (every committed token equals the chain's token: keep drafting, same epoch)
-or not (roll back to the committed prefix, start a new chain under ``epoch + 1``).  A pass that
-was in flight across a rollback is wasted and its result dropped.
+The connection starts with a handshake (the controller's :class:`Hello`, checked against ours:
+protocol version and tokenizer).  After it, any number of sessions run side by side.  Per session
+the worker knows the committed prefix (prompt + commits received) and its own *chain* of drafts
+beyond it.  It drafts whenever the chain is shorter than the lookahead cap, streaming each draft at
+once, without waiting for verification.  A commit either consumes the head of the chain (every
+committed token equals the chain's token: keep drafting, same epoch) or not (roll back to the
+committed prefix, start a new chain under ``epoch + 1``).  A pass that was in flight across a
+rollback is wasted and its result dropped.
+
+Everything the controller sends is checked here; a bad session request is answered with an
+:class:`Error` for that session, a protocol violation closes the connection.  Nothing raises.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
 
-from wanspec.core.actions import DraftDone, RunDraft, Site
+from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
 from wanspec.core.chain import feed_from
-from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart, SessionStats
+from wanspec.errors import WanspecError
+from wanspec.protocol.codec import ProtocolError, check_hello
+from wanspec.protocol.messages import (
+    Cancel,
+    Commit,
+    Drafts,
+    Error,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    SessionStart,
+    SessionStats,
+)
+from wanspec.sampling import SamplingParams
+
+HELLO_TIMEOUT_S = 10.0  # a peer that has not introduced itself by then is dropped
 
 
-# Actions are values (treat them as immutable); slotted rather than frozen because two are built
-# per draft pass, and frozen dataclasses are ~4x slower to construct; written __init__: native
-# code when compiled (see wanspec.core.actions).
-
-
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class DraftFor:
-    """Run ``run`` on the draft model with session ``rid``'s KV cache."""
+    """Run ``run`` on the draft model with session ``rid``'s KV cache and sampling."""
 
     rid: int
     run: RunDraft
-
-    def __init__(self, rid: int, run: RunDraft) -> None:
-        self.rid = rid
-        self.run = run
+    sampling: SamplingParams
 
 
-@dataclass(slots=True, init=False)
-class Send:
-    msg: Drafts | SessionStats
-
-    def __init__(self, msg: Drafts | SessionStats) -> None:
-        self.msg = msg
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Release:
     """Free session ``rid``'s KV cache (its in-flight pass, if any, is dropped when done)."""
 
     rid: int
 
 
-WorkerAction = DraftFor | Send | Release
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection (after sending what came before this action)."""
 
-_WORKER: Final = Site.WORKER  # (an Enum class attribute lookup costs ~60 ns on Python 3.11)
+    reason: str
 
 
-@dataclass(slots=True)
+WorkerAction = DraftFor | Send | Release | Close | Log
+
+
+@dataclass
 class WorkerStats:
     passes: int = 0
     drafted: int = 0  # draft tokens streamed to the controller
@@ -63,10 +72,15 @@ class WorkerStats:
     rollbacks: int = 0
     sessions: int = 0
 
+    def add(self, other: "WorkerStats") -> None:
+        for name in ("passes", "drafted", "wasted_passes", "rollbacks", "sessions"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
-@dataclass(slots=True)
+
+@dataclass
 class _Session:
     start: SessionStart
+    sampling: SamplingParams
     committed: list[int]
     lookahead: int  # the chain's length cap (the session's, within the worker's limit)
     end: int  # never draft at or past this absolute position
@@ -75,53 +89,138 @@ class _Session:
     cache_len: int = 0
     inflight: RunDraft | None = None
     inflight_epoch: int = 0
-    closed: bool = False
     passes: int = 0
     drafted: int = 0
     wasted: int = 0
     rollbacks: int = 0
 
-    @property
-    def next_position(self) -> int:
-        return len(self.committed) + len(self.chain)
-
 
 class WorkerCore:
-    """Many concurrent sessions; at most one draft pass in flight per session."""
+    """One connection's sessions; at most one draft pass in flight per session."""
 
-    def __init__(self, *, max_sessions: int = 64, max_lookahead: int = 64,
-                 max_context: int = 1 << 16) -> None:
+    def __init__(self, hello: Hello, *, now: float = 0.0, max_sessions: int = 64,
+                 max_lookahead: int = 64, max_context: int = 1 << 16) -> None:
+        self.hello = hello  # ours: what the controller's Hello is checked against
         self.max_sessions = max_sessions
         self.max_lookahead = max_lookahead
         self.max_context = max_context
         self.sessions: dict[int, _Session] = {}
         self.stats = WorkerStats()
-        self._next_op = 0
+        self.peer: Hello | None = None  # the controller's Hello, once accepted
+        self.closed = False
+        self._hello_deadline: float | None = now + HELLO_TIMEOUT_S
+        self._op = 0
 
-    # ---- messages from the controller ---------------------------------------------------------
-    def on_start(self, msg: SessionStart) -> list[WorkerAction]:
-        if msg.rid in self.sessions:
-            raise ValueError(f"session {msg.rid} already exists")
-        if len(self.sessions) >= self.max_sessions:
-            raise ValueError(f"worker is at its limit of {self.max_sessions} sessions")
-        if not msg.prompt:
-            raise ValueError("empty prompt")
-        if len(msg.prompt) > self.max_context:
-            raise ValueError(f"prompt of {len(msg.prompt)} tokens exceeds {self.max_context}")
+    # ---- events ---------------------------------------------------------------------------------
+    def on_message(self, msg: Message, now: float) -> list[WorkerAction]:
+        """A message from the controller."""
+        if self.closed:
+            return []
+        if self.peer is None:
+            return self._on_hello(msg)
+        if isinstance(msg, Commit):
+            return self._on_commit(msg)
+        if isinstance(msg, SessionStart):
+            return self._on_start(msg)
+        if isinstance(msg, Cancel):
+            return self._on_cancel(msg)
+        if isinstance(msg, Ping):
+            return [Send(Pong(msg.t, msg.seq))]
+        if isinstance(msg, Error):
+            return [Log(f"controller reported: {msg.message}")]
+        return self._refuse(f"unexpected {type(msg).__name__} from a controller", "protocol")
+
+    def on_draft_done(self, rid: int, ev: DraftDone) -> list[WorkerAction]:
+        """The draft pass started by ``DraftFor(rid, ...)`` finished."""
+        self.stats.passes += 1
+        s = self.sessions.get(rid)
+        run = s.inflight if s is not None else None
+        if s is None or run is None or run.op != ev.op:
+            self.stats.wasted_passes += 1  # its session was cancelled or dropped meanwhile
+            return []
+        s.inflight = None
+        s.passes += 1
+        position = run.position
+        if s.inflight_epoch != s.epoch or position != len(s.committed) + len(s.chain):
+            self.stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
+            s.wasted += 1
+            return self._next_draft(rid, s)
+        s.chain.append(ev.token)
+        s.drafted += 1
+        self.stats.drafted += 1
+        sent = Send(Drafts(rid, s.epoch, position, (ev.token,), (ev.entropy,), (ev.top_prob,)))
+        return [sent, *self._next_draft(rid, s)]
+
+    def next_timer(self) -> float | None:
+        return None if self.closed else self._hello_deadline
+
+    def on_timer(self, now: float) -> list[WorkerAction]:
+        if self._hello_deadline is not None and now >= self._hello_deadline and not self.closed:
+            self.closed = True
+            return [Log(f"no Hello within {HELLO_TIMEOUT_S:g} s"),
+                    Close("no Hello in time")]
+        return []
+
+    def on_connection_lost(self) -> list[WorkerAction]:
+        """The connection is gone: free every session."""
+        self.closed = True
+        self._hello_deadline = None
+        return [a for rid in list(self.sessions) for a in self._drop(rid)]
+
+    # ---- handshake ------------------------------------------------------------------------------
+    def _on_hello(self, msg: Message) -> list[WorkerAction]:
+        if not isinstance(msg, Hello):
+            return self._refuse("expected Hello first", "handshake")
+        try:
+            check_hello(self.hello, msg)
+        except ProtocolError as exc:
+            return self._refuse(str(exc), "handshake")
+        self.peer = msg
+        self._hello_deadline = None
+        return [Send(self.hello)]
+
+    def _refuse(self, message: str, code: str) -> list[WorkerAction]:
+        self.closed = True
+        self._hello_deadline = None
+        return [Log(f"refusing the controller: {message}"), Send(Error(message, code=code)),
+                Close(message), *[a for rid in list(self.sessions) for a in self._drop(rid)]]
+
+    # ---- sessions -------------------------------------------------------------------------------
+    def _on_start(self, msg: SessionStart) -> list[WorkerAction]:
+        problem = self._check_start(msg)
+        if problem is not None:
+            return [Send(Error(problem, rid=msg.rid, code="session"))]
+        try:
+            sampling = SamplingParams(msg.temperature, msg.top_k, msg.top_p, msg.seed)
+        except (WanspecError, TypeError) as exc:
+            return [Send(Error(f"bad sampling parameters: {exc}", rid=msg.rid, code="session"))]
         end = min(msg.max_position or self.max_context, self.max_context)
-        s = _Session(start=msg, committed=list(msg.prompt),
+        s = _Session(msg, sampling, list(msg.prompt),
                      lookahead=max(1, min(msg.lookahead, self.max_lookahead)), end=end)
         self.sessions[msg.rid] = s
         self.stats.sessions += 1
-        return self._draft_actions(msg.rid, s)
+        return self._next_draft(msg.rid, s)
 
-    def on_commit(self, msg: Commit) -> list[WorkerAction]:
+    def _check_start(self, msg: SessionStart) -> str | None:
+        if msg.rid in self.sessions:
+            return f"session {msg.rid} already exists"
+        if len(self.sessions) >= self.max_sessions:
+            return f"worker is at its limit of {self.max_sessions} sessions"
+        if not msg.prompt:
+            return "empty prompt"
+        if len(msg.prompt) > self.max_context:
+            return f"prompt of {len(msg.prompt)} tokens exceeds {self.max_context}"
+        return None
+
+    def _on_commit(self, msg: Commit) -> list[WorkerAction]:
         s = self.sessions.get(msg.rid)
-        if s is None or s.closed:
-            return []
+        if s is None:
+            return []  # cancelled or dropped: the controller has been told, or will stop soon
         n = len(s.committed)
         if msg.base != n:
-            raise ValueError(f"session {msg.rid}: commit at {msg.base}, expected {n}")
+            error = Error(f"session {msg.rid}: commit at {msg.base}, expected {n}",
+                          rid=msg.rid, code="session")
+            return [Send(error), *self._drop(msg.rid)]
         tokens = list(msg.tokens)
         match = 0
         while match < len(tokens) and match < len(s.chain) and s.chain[match] == tokens[match]:
@@ -136,69 +235,26 @@ class WorkerCore:
             s.epoch += 1
             s.rollbacks += 1
             self.stats.rollbacks += 1
-        return self._draft_actions(msg.rid, s)
+        return self._next_draft(msg.rid, s)
 
-    def on_cancel(self, msg: Cancel) -> list[WorkerAction]:
+    def _on_cancel(self, msg: Cancel) -> list[WorkerAction]:
         s = self.sessions.get(msg.rid)
         if s is None:
             return []
         stats = SessionStats(msg.rid, s.passes, s.drafted, s.wasted, s.rollbacks)
-        return [*self.drop(msg.rid), Send(stats)]
+        return [*self._drop(msg.rid), Send(stats)]
 
-    def drop(self, rid: int) -> list[WorkerAction]:
-        s = self.sessions.pop(rid, None)
-        if s is None:
-            return []
-        s.closed = True
-        return [Release(rid)]
+    def _drop(self, rid: int) -> list[WorkerAction]:
+        return [Release(rid)] if self.sessions.pop(rid, None) is not None else []
 
-    # ---- results of draft passes ----------------------------------------------------------------
-    def on_draft_done(self, rid: int, ev: DraftDone) -> list[WorkerAction]:
-        stats = self.stats
-        stats.passes += 1
-        s = self.sessions.get(rid)
-        if s is None:
-            stats.wasted_passes += 1
-            return []
-        run = s.inflight
-        if run is None or run.op != ev.op:
-            stats.wasted_passes += 1
-            return []
-        s.inflight = None
-        s.passes += 1
-        chain = s.chain
-        position = run.start + len(run.tokens)
-        if s.inflight_epoch != s.epoch or position != len(s.committed) + len(chain):
-            stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
-            s.wasted += 1
-            return self._draft_actions(rid, s)
-        chain.append(ev.token)
-        s.drafted += 1
-        stats.drafted += 1
-        sent = Send(Drafts(rid, s.epoch, position, (ev.token,), (ev.entropy,), (ev.top_prob,)))
-        nxt = self._next_draft(rid, s)
-        return [sent] if nxt is None else [sent, nxt]
-
-    # ---- internals ------------------------------------------------------------------------------
-    def _draft_actions(self, rid: int, s: _Session) -> list[WorkerAction]:
-        nxt = self._next_draft(rid, s)
-        return [] if nxt is None else [nxt]
-
-    def _next_draft(self, rid: int, s: _Session) -> DraftFor | None:
+    def _next_draft(self, rid: int, s: _Session) -> list[WorkerAction]:
         """The next draft pass of session ``s``, if it may start one now (one at a time)."""
-        if s.closed or s.inflight is not None:
-            return None
-        chain, committed = s.chain, s.committed
-        n_chain = len(chain)
-        if n_chain >= s.lookahead:
-            return None
-        pos = len(committed) + n_chain
-        if pos >= s.end:
-            return None
+        pos = len(s.committed) + len(s.chain)
+        if s.inflight is not None or len(s.chain) >= s.lookahead or pos >= s.end:
+            return []
         start = s.cache_len
         s.cache_len = pos
-        self._next_op = op = self._next_op + 1
-        run = RunDraft(op, _WORKER, start, feed_from(committed, chain, start))
-        s.inflight = run
+        self._op += 1
+        s.inflight = RunDraft(self._op, Site.WORKER, start, feed_from(s.committed, s.chain, start))
         s.inflight_epoch = s.epoch
-        return DraftFor(rid, run)
+        return [DraftFor(rid, s.inflight, s.sampling)]

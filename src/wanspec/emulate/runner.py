@@ -38,7 +38,7 @@ class EmulationConfig:
     gamma: int = 4
     max_tokens: int = 64
     entropy_threshold: float = 1.0
-    busy_pass_weight: float = 2.5
+    max_slowdown: float = PolicyConfig().max_slowdown
     sampling: SamplingParams = SamplingParams()
     seed: int = 0
 
@@ -139,7 +139,7 @@ class Emulation:
         link = LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms, bandwidth_bps=c.bandwidth_bps,
                           spike_prob=c.spike_prob, spike_ms=c.spike_ms, seed=c.seed)
         cfg = ControllerConfig(gamma=c.gamma, policy=PolicyConfig(
-            PolicyName(policy), c.entropy_threshold, c.busy_pass_weight))
+            PolicyName(policy), c.entropy_threshold, c.max_slowdown))
         runs = ModeRuns(policy, rtt)
 
         async def main() -> None:

@@ -31,6 +31,7 @@ from wanspec.protocol.messages import (
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB: a prompt of ~100k tokens fits; nothing legitimate is bigger
 _HEADER = struct.Struct(">I")
+HEADER_BYTES = _HEADER.size
 
 _TAGS: dict[type, int] = {
     Hello: 1, SessionStart: 2, Drafts: 3, Commit: 4, Cancel: 5, Ping: 6, Pong: 7, Error: 8,

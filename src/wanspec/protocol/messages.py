@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hello:
     """First message each way: who I am and whether we can work together."""
 
@@ -34,7 +34,7 @@ class Hello:
     capabilities: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionStart:
     """Start drafting for a request: the worker prefills ``prompt`` and drafts ahead."""
 
@@ -48,11 +48,7 @@ class SessionStart:
     max_position: int = 0  # never draft at or past this absolute position (0 = unbounded)
 
 
-# Drafts and Commit are sent once per draft pass and per commit: slotted, non-frozen dataclasses
-# because they construct ~4x faster than frozen ones.  Treat them as immutable all the same.
-
-
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class Drafts:
     """Draft tokens for positions ``base .. base+len-1`` of the worker's epoch-``epoch`` chain."""
 
@@ -60,22 +56,11 @@ class Drafts:
     epoch: int
     base: int
     tokens: tuple[int, ...]
-    entropy: tuple[float, ...]
-    top_prob: tuple[float, ...]
-
-    # written rather than generated: native code when the simulator's core is compiled
-    # (wanspec.simulate.compiled), where one Drafts is built per simulated draft pass
-    def __init__(self, rid: int, epoch: int, base: int, tokens: tuple[int, ...],
-                 entropy: tuple[float, ...] = (), top_prob: tuple[float, ...] = ()) -> None:
-        self.rid = rid
-        self.epoch = epoch
-        self.base = base
-        self.tokens = tokens
-        self.entropy = entropy
-        self.top_prob = top_prob
+    entropy: tuple[float, ...] = ()
+    top_prob: tuple[float, ...] = ()
 
 
-@dataclass(slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class Commit:
     """Tokens committed at positions ``base .. base+len-1`` (contiguous with earlier commits).
 
@@ -88,14 +73,8 @@ class Commit:
     base: int
     tokens: tuple[int, ...]
 
-    def __init__(self, rid: int, epoch: int, base: int, tokens: tuple[int, ...]) -> None:
-        self.rid = rid
-        self.epoch = epoch
-        self.base = base
-        self.tokens = tokens
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """The request ended (or was abandoned): free its state."""
 
@@ -103,7 +82,7 @@ class Cancel:
     reason: str = "done"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionStats:
     """The worker's account of a finished session (sent after a Cancel): its own pass counts."""
 
@@ -114,19 +93,19 @@ class SessionStats:
     rollbacks: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ping:
     t: float
     seq: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pong:
     t: float  # echoed from the Ping: the sender computes RTT from its own clock
     seq: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Error:
     """A fatal (rid == -1) or per-session problem, in words a person can act on."""
 

@@ -1,8 +1,8 @@
 """The controller adapter: target (+ optional local draft) here, drafts from a remote worker.
 
-:class:`WorkerLink` owns the connection to the worker (handshake, RTT pings, reconnect with
-backoff, routing messages to requests by id).  :class:`RemoteEngine` runs one
-:class:`~wanspec.core.controller.ControllerCore` per request.  Any worker trouble -- unreachable,
+:class:`WorkerLink` runs the connection to the worker (its protocol -- handshake, RTT pings,
+back-off, routing by request id -- is :class:`~wanspec.core.link.LinkCore`'s).
+:class:`RemoteEngine` runs one :class:`~wanspec.core.controller.ControllerCore` per request.  Any worker trouble -- unreachable,
 wrong protocol or tokenizer, dying mid-request -- turns into ``on_worker_lost``: the request
 completes with identical output by local SD or target-only decoding, and the reason is logged once.
 """
@@ -10,20 +10,31 @@ completes with identical output by local SD or target-only decoding, and the rea
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 from typing import Any, Awaitable, Callable, Sequence
 
-from wanspec.core.actions import DraftDone, EmitTokens, Finished, RunDraft, RunTarget, Site, TargetDone
-from wanspec.core.controller import ControllerConfig, ControllerCore, Log, SendToWorker
-from wanspec.core.estimates import LinkEstimates
+from wanspec.core.actions import (
+    DraftDone,
+    EmitTokens,
+    Finished,
+    Log,
+    RunDraft,
+    RunTarget,
+    Send,
+    Site,
+    TargetDone,
+    WorkerLost,
+)
+from wanspec.core.controller import ControllerConfig, ControllerCore
+from wanspec.core.estimates import Estimates
+from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
 from wanspec.core.stopping import StopCriteria
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.fingerprint import check_compatible, tokenizer_fingerprint
-from wanspec.protocol.codec import PROTOCOL_VERSION, ProtocolError, check_hello
-from wanspec.protocol.messages import Error, Hello, Message, Ping, Pong, SessionStats
+from wanspec.protocol.codec import PROTOCOL_VERSION, ProtocolError
+from wanspec.protocol.messages import Hello, Message, SessionStats
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.local import OnTokens
 from wanspec.runtime.placed import PlacedModel
@@ -34,38 +45,52 @@ from wanspec.transport.base import Connection, ConnectionClosed
 log = logging.getLogger("wanspec.controller")
 
 Connector = Callable[[], Awaitable[Connection]]
+MAX_KEPT_STATS = 1024  # the worker's accounts of finished requests kept for wait_stats
 
 
 class WorkerLink:
-    """A connection to one worker, shared by all requests of a controller."""
+    """A connection to one worker, shared by all requests of a controller.
+
+    The protocol lives in :class:`~wanspec.core.link.LinkCore`; this adapter opens connections,
+    feeds it what arrives, runs its timers, and delivers per-request messages (and a lost link)
+    to the queues of the requests that use the worker.
+    """
 
     def __init__(self, connector: Connector, hello: Hello, *, hello_timeout: float = 10.0,
-                 ping_interval: float = 1.0, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+                 ping_interval: float = 1.0, backoff: tuple[float, float] = (0.5, 30.0),
+                 rtt_prior_s: float = 0.05) -> None:
         self.connector = connector
-        self.hello = hello
-        self.hello_timeout = hello_timeout
-        self.ping_interval = ping_interval
-        self.backoff_min, self.backoff_max = backoff
+        self.core = LinkCore(hello, rtt_prior_s=rtt_prior_s, hello_timeout_s=hello_timeout,
+                             ping_interval_s=ping_interval, backoff_s=backoff)
         self.conn: Connection | None = None
-        self.peer_hello: Hello | None = None
-        self.rtt: float | None = None
-        self.last_error: str | None = None
+        self.session_stats: dict[int, SessionStats] = {}  # the worker's accounts, by request
         self._routes: dict[int, asyncio.Queue[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._next_attempt = 0.0
-        self._delay = self.backoff_min
-        self._ping_seq = itertools.count(1)
         self._logged: set[str] = set()
-        self.session_stats: dict[int, SessionStats] = {}
         self._connect_lock: asyncio.Lock | None = None
+        self._handshake: asyncio.Future[bool] | None = None
+        self._timers_changed: asyncio.Event | None = None
         self._stats_event: asyncio.Event | None = None
 
     @property
     def up(self) -> bool:
-        return self.conn is not None and not self.conn.closed
+        return self.conn is not None and not self.conn.closed and self.core.up
+
+    @property
+    def rtt(self) -> float | None:
+        """The link's RTT estimate (seconds), None before the first handshake."""
+        return self.core.rtt.value
+
+    @property
+    def last_error(self) -> str | None:
+        return self.core.last_error
+
+    @property
+    def peer_hello(self) -> Hello | None:
+        return self.core.peer
 
     async def ensure(self) -> bool:
-        """Connect (or reconnect, respecting backoff); False if the worker is unusable now.
+        """Connect (or reconnect, respecting back-off); False if the worker is unusable now.
 
         Concurrent callers share one attempt: requests that start together use one connection.
         """
@@ -80,45 +105,22 @@ class WorkerLink:
 
     async def _connect_once(self) -> bool:
         loop = asyncio.get_running_loop()
-        if loop.time() < self._next_attempt:
+        if not self.core.may_connect(loop.time()):
             return False
         try:
             conn = await self.connector()
-            t0 = loop.time()
-            await conn.send(self.hello)
-            reply = await asyncio.wait_for(conn.recv(), self.hello_timeout)
-            if isinstance(reply, Error):
-                raise ProtocolError(f"worker refused the connection: {reply.message}")
-            if not isinstance(reply, Hello):
-                raise ProtocolError("worker did not answer with Hello (wrong protocol?)")
-            check_hello(self.hello, reply)
-            self.rtt = loop.time() - t0
-        except (WanspecError, OSError, asyncio.TimeoutError) as exc:
-            reason = str(exc) or exc.__class__.__name__
-            if isinstance(exc, asyncio.TimeoutError):
-                reason = "worker did not complete the handshake in time"
-            self._fail(reason)
-            try:
-                await conn.close()  # type: ignore[possibly-undefined]
-            except Exception:
-                pass
+        except (WanspecError, OSError) as exc:
+            await self._execute(self.core.on_closed(str(exc) or type(exc).__name__, loop.time()))
             return False
-        self.conn, self.peer_hello = conn, reply
-        self._delay = self.backoff_min
-        self.last_error = None
-        for t in self._tasks:  # the previous connection's reader/pinger, if any
+        for t in self._tasks:  # the previous connection's reader and timers, if any
             t.cancel()
-        self._tasks = [asyncio.create_task(self._reader(conn)), asyncio.create_task(self._pinger(conn))]
-        return True
-
-    def _fail(self, reason: str) -> None:
-        loop = asyncio.get_running_loop()
-        self.last_error = reason
-        self._next_attempt = loop.time() + self._delay
-        self._delay = min(self._delay * 2, self.backoff_max)
-        if reason not in self._logged:
-            self._logged.add(reason)
-            log.warning("worker unavailable: %s", reason)
+        self.conn = conn
+        self._handshake = loop.create_future()
+        self._timers_changed = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._reader(conn)),
+                       asyncio.create_task(self._timers(conn))]
+        await self._execute(self.core.connect(loop.time()))
+        return await self._handshake
 
     def route(self, rid: int) -> asyncio.Queue[Any]:
         q: asyncio.Queue[Any] = asyncio.Queue()
@@ -134,55 +136,81 @@ class WorkerLink:
         await self.conn.send(msg)
 
     async def _reader(self, conn: Connection) -> None:
-        reason = "connection closed by the worker"
+        loop = asyncio.get_running_loop()
         try:
-            while True:
+            while self.conn is conn:
                 msg = await conn.recv()
-                if isinstance(msg, Pong):
-                    rtt = asyncio.get_running_loop().time() - msg.t
-                    self.rtt = rtt if self.rtt is None else 0.8 * self.rtt + 0.2 * rtt
-                    for q in self._routes.values():
-                        q.put_nowait(("rtt", rtt))
-                    continue
-                if isinstance(msg, SessionStats):
-                    self.session_stats[msg.rid] = msg
-                    if self._stats_event is not None:
-                        self._stats_event.set()
-                    continue
-                if isinstance(msg, Error) and msg.rid < 0:
-                    reason = f"worker error: {msg.message}"
-                    break
-                rid = getattr(msg, "rid", None)
-                if rid is not None and rid in self._routes:
-                    self._routes[rid].put_nowait(("msg", msg))
+                await self._execute(self.core.on_message(msg, loop.time()))
         except ConnectionClosed:
-            pass
+            reason = "connection closed by the worker"
         except ProtocolError as exc:
             reason = f"protocol error from worker: {exc}"
         except Exception as exc:  # pragma: no cover - defensive: never leave requests hanging
             reason = f"worker link failed: {exc!r}"
-        await self._lost(conn, reason)
-
-    async def _pinger(self, conn: Connection) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while not conn.closed:
-                await conn.send(Ping(loop.time(), next(self._ping_seq)))
-                await asyncio.sleep(self.ping_interval)
-        except ConnectionClosed:
-            pass
-
-    async def _lost(self, conn: Connection, reason: str) -> None:
-        if self.conn is not conn:  # an old connection: its requests were already told
+        else:
             return
-        self.conn = None
-        self._fail(reason)
+        if self.conn is conn:
+            await self._execute(self.core.on_closed(reason, loop.time()))
+
+    async def _timers(self, conn: Connection) -> None:
+        """Run the core's timers (handshake deadline, pings) for as long as ``conn`` is ours."""
+        loop = asyncio.get_running_loop()
+        changed = self._timers_changed
+        assert changed is not None
+        while self.conn is conn:
+            deadline = self.core.next_timer()
+            changed.clear()
+            timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                await self._execute(self.core.on_timer(loop.time()))
+
+    async def _execute(self, actions: Sequence[LinkAction]) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                try:
+                    if self.conn is not None:
+                        await self.conn.send(a.msg)
+                except ConnectionClosed:
+                    loop = asyncio.get_running_loop()
+                    await self._execute(self.core.on_closed("connection to the worker closed",
+                                                            loop.time()))
+            elif isinstance(a, Route):
+                if isinstance(a.msg, SessionStats):
+                    self._keep_stats(a.msg)
+                q = self._routes.get(a.rid)
+                if q is not None:
+                    q.put_nowait(a.msg)
+            elif isinstance(a, Up):
+                if self._handshake is not None and not self._handshake.done():
+                    self._handshake.set_result(True)
+            elif isinstance(a, Lost):
+                await self._lost(a.reason)
+        if self._timers_changed is not None:
+            self._timers_changed.set()
+
+    def _keep_stats(self, stats: SessionStats) -> None:
+        if len(self.session_stats) >= MAX_KEPT_STATS:
+            self.session_stats.pop(next(iter(self.session_stats)))
+        self.session_stats[stats.rid] = stats
+        if self._stats_event is not None:
+            self._stats_event.set()
+
+    async def _lost(self, reason: str) -> None:
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("worker unavailable: %s", reason)
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_result(False)
+        conn, self.conn = self.conn, None
         for q in self._routes.values():
-            q.put_nowait(("lost", reason))
-        try:
-            await conn.close()
-        except Exception:
-            pass
+            q.put_nowait(WorkerLost(reason))
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:
+                pass
 
     async def wait_stats(self, rids: Sequence[int], timeout: float) -> dict[int, SessionStats]:
         """Wait (bounded) for the worker's accounts of finished sessions; returns those that came."""
@@ -199,9 +227,9 @@ class WorkerLink:
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await conn.close()
 
 
 class RemoteEngine:
@@ -209,8 +237,7 @@ class RemoteEngine:
 
     def __init__(self, target: CausalLM, link: WorkerLink | None, *,
                  local_draft: CausalLM | None = None, timing: TimingConfig | None = None,
-                 config: ControllerConfig | None = None,
-                 rtt_prior_s: float = 0.05) -> None:
+                 config: ControllerConfig | None = None) -> None:
         if local_draft is not None:
             check_compatible(target.tokenizer, local_draft.tokenizer,
                              target_name=str(target.path), draft_name=str(local_draft.path))
@@ -218,27 +245,22 @@ class RemoteEngine:
         self.local_draft = local_draft
         self.link = link
         self.timing = timing or TimingConfig()
-        config = config or ControllerConfig()
-        if self.timing.target is not None and not config.verify_per_token_s:
-            config = dataclasses.replace(
-                config, verify_per_token_s=self.timing.target.per_token_ms / 1000.0)
-        self.config = config
-        self.rtt_prior_s = rtt_prior_s
+        self.config = config or ControllerConfig()
         self._rids = itertools.count(1)
         self.device = Device(Site.CONTROLLER.value)
+        # what the controller learns (RTT, pass times, acceptance) carries over between requests
+        t = self.timing
+        self.estimates = Estimates.with_priors(
+            target_s=t.target.seconds(1) if t.target else 0.03,
+            draft_s=t.draft.seconds(1) if t.draft else 0.004,
+            verify_per_token_s=t.target.per_token_ms / 1000.0 if t.target else 0.0,
+            rtt=link.core.rtt if link is not None else None)
 
     @staticmethod
     def hello_for(target: CausalLM) -> Hello:
         return Hello(version=PROTOCOL_VERSION, role="controller", model=target.name,
                      tokenizer=tokenizer_fingerprint(target.tokenizer),
                      vocab_size=target.vocab_size, capabilities=("drafts", "entropy"))
-
-    def _estimates(self) -> LinkEstimates:
-        t = self.timing
-        target_s = t.target.seconds(1) if t.target else 0.03
-        draft_s = t.draft.seconds(1) if t.draft else 0.004
-        rtt = self.link.rtt if self.link is not None and self.link.rtt is not None else self.rtt_prior_s
-        return LinkEstimates.with_priors(rtt, target_s, draft_s)
 
     async def agenerate(
         self,
@@ -265,7 +287,8 @@ class RemoteEngine:
         worker_ok = self.link is not None and await self.link.ensure()
         core = ControllerCore(rid, ids, stop, sampling, self.config,
                               has_local_draft=self.local_draft is not None,
-                              use_worker=worker_ok, estimates=self._estimates())
+                              use_worker=worker_ok, estimates=self.estimates,
+                              vocab_size=self.target.vocab_size)
         busy0, passes0 = self.device.stats.busy_s, self.device.stats.passes
         compute0 = self.device.stats.compute_s
         queue: asyncio.Queue[Any] = self.link.route(rid) if worker_ok and self.link else asyncio.Queue()
@@ -298,6 +321,11 @@ class RemoteEngine:
 
     async def _drive(self, core: ControllerCore, queue: asyncio.Queue[Any],
                      sampling: SamplingParams, on_tokens: OnTokens | None) -> str:
+        """Execute the core's actions; feed it pass results, worker messages and timers.
+
+        The queue carries typed events only: :class:`TargetDone` and :class:`DraftDone` from this
+        site's passes, protocol messages routed by the link, and :class:`WorkerLost`.
+        """
         loop = asyncio.get_running_loop()
         target = PlacedModel(self.target, self.device, self.timing.target, "target")
         local = (PlacedModel(self.local_draft, self.device, self.timing.draft, "local-draft")
@@ -307,11 +335,15 @@ class RemoteEngine:
         task: asyncio.Task[Any] | None = None
 
         async def run_target(a: RunTarget) -> None:
-            queue.put_nowait(("target", await target.run_target(t_cache, a, sampling)))
+            queue.put_nowait(await target.run_target(t_cache, a, sampling))
 
         async def run_local(a: RunDraft) -> None:
             assert local is not None and l_cache is not None
-            queue.put_nowait(("draft", await local.run_draft(l_cache, a, sampling)))
+            queue.put_nowait(await local.run_draft(l_cache, a, sampling))
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:  # a failed pass is a bug: surface it
+                queue.put_nowait(t.exception())
 
         actions = core.start(loop.time())
         try:
@@ -319,14 +351,16 @@ class RemoteEngine:
                 for a in actions:
                     if isinstance(a, RunTarget):
                         task = asyncio.create_task(run_target(a))
+                        task.add_done_callback(done)
                     elif isinstance(a, RunDraft):
                         task = asyncio.create_task(run_local(a))
-                    elif isinstance(a, SendToWorker):
+                        task.add_done_callback(done)
+                    elif isinstance(a, Send):
                         if core.worker_ok and self.link is not None:
                             try:
                                 await self.link.send(a.msg)
                             except ConnectionClosed:
-                                queue.put_nowait(("lost", "connection to the worker closed"))
+                                queue.put_nowait(WorkerLost("connection to the worker closed"))
                     elif isinstance(a, EmitTokens):
                         if on_tokens is not None:
                             on_tokens(a.tokens)
@@ -337,33 +371,22 @@ class RemoteEngine:
                 deadline = core.next_timer()
                 try:
                     if deadline is None:
-                        kind, payload = await queue.get()
+                        event = await queue.get()
                     else:
-                        kind, payload = await asyncio.wait_for(
-                            queue.get(), max(deadline - loop.time(), 0.0))
+                        event = await asyncio.wait_for(queue.get(),
+                                                       max(deadline - loop.time(), 0.0))
                 except asyncio.TimeoutError:
                     # asyncio may wake a timer up to its clock resolution early: it fired at
                     # its deadline as far as the state machine is concerned
                     actions = core.on_timer(max(loop.time(), deadline))
                     continue
                 now = loop.time()
-                if kind == "target":
-                    assert isinstance(payload, TargetDone)
-                    actions = core.on_target_done(payload, now)
-                elif kind == "draft":
-                    assert isinstance(payload, DraftDone)
-                    actions = core.on_draft_done(payload, now)
-                elif kind == "msg" and isinstance(payload, Error):
-                    actions = core.on_worker_lost(f"worker refused the request: {payload.message}", now)
-                elif kind == "msg":
-                    actions = core.on_message(payload, now)
-                elif kind == "rtt":
-                    core.on_rtt_sample(payload)
-                    actions = []
-                elif kind == "lost":
-                    actions = core.on_worker_lost(payload, now)
-                else:  # pragma: no cover
-                    actions = []
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, (TargetDone, DraftDone, WorkerLost)):
+                    actions = core.on_event(event, now)
+                else:
+                    actions = core.on_message(event, now)
         finally:
             if task is not None and not task.done():
                 task.cancel()

@@ -38,11 +38,10 @@ class InprocDeployment:
         self._ends: list[InprocConnection] = []
         self._handlers: list[asyncio.Task[None]] = []
         self._seed = link.seed
-        self.link = WorkerLink(self._connect, RemoteEngine.hello_for(target))
-        self.engine = RemoteEngine(target, self.link,
-                                   local_draft=local,
-                                   timing=self.timing, config=config,
-                                   rtt_prior_s=link.rtt_ms / 1000.0)
+        self.link = WorkerLink(self._connect, RemoteEngine.hello_for(target),
+                               rtt_prior_s=link.rtt_ms / 1000.0)
+        self.engine = RemoteEngine(target, self.link, local_draft=local, timing=self.timing,
+                                   config=config)
 
     async def _connect(self) -> Connection:
         if not self.worker_alive:

@@ -50,8 +50,8 @@ PARAMS: dict[str, Param] = {p.name: p for p in [
     Param("lookahead", "lookahead", int, 0, 64, "tokens", "worker lookahead cap (0 = automatic)"),
     Param("entropy_threshold", "entropy_threshold", float, 0, 100, "nats",
           "entropy policy: rejection predicted above this"),
-    Param("busy_pass_weight", "busy_pass_weight", float, 0, 100, "x",
-          "adaptive policy: price of a busy-site draft pass"),
+    Param("max_slowdown", "max_slowdown", float, 1, 100, "x",
+          "adaptive policy: latency budget relative to the best local decoding"),
     Param("alpha", "alpha", float, 0, 1, "prob", "per-token acceptance of drafts", hi_open=True),
     Param("burst", "burst", float, 0, 1, "corr", "markov: lag-1 correlation of outcomes",
           hi_open=True),
@@ -87,7 +87,7 @@ class SimConfig:
     gamma: int = 4
     lookahead: int = 0
     entropy_threshold: float = _POLICY_DEFAULTS.entropy_threshold
-    busy_pass_weight: float = _POLICY_DEFAULTS.busy_pass_weight
+    max_slowdown: float = _POLICY_DEFAULTS.max_slowdown
     # synthetic models
     match: str = "iid"
     alpha: float = 0.8

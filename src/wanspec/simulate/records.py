@@ -28,7 +28,11 @@ class RequestResult:
     metrics: RequestMetrics
     lossless: bool
     stats: ControllerStats | None = None  # remote modes: the controller's policy counters
-    worker: SessionStats | None = None  # remote modes: the worker's account of the session
+
+    @property
+    def worker(self) -> SessionStats | None:
+        """Remote modes: the worker's own account of the session."""
+        return self.stats.worker_account if self.stats is not None else None
 
 
 @dataclass

@@ -116,12 +116,8 @@ def _set_trace(trace: Trace | None) -> None:
     _TRACE = trace
 
 
-def _init_process(trace: Trace | None, compiled_core: bool) -> None:
-    """A pool process: the parent's trace and, where it is not forked, the parent's core."""
-    if compiled_core:
-        from wanspec.simulate.compiled import activate
-
-        activate("compiled")  # (a no-op in a forked child: the parent's modules are there)
+def _init_process(trace: Trace | None) -> None:
+    """A pool process: the parent's trace (set here where the process is not forked)."""
     _set_trace(trace)
 
 
@@ -129,7 +125,7 @@ def _baseline_key(cfg: SimConfig) -> SimConfig:
     """The point with everything baselines ignore reset: equal keys share one baseline run."""
     return dataclasses.replace(cfg, rtt_ms=0.0, jitter_ms=0.0, bandwidth_mbit=0.0, loss=0.0,
                                spike_ms=None, up_share=0.5, lookahead=0,
-                               entropy_threshold=1.0, busy_pass_weight=1.0)
+                               entropy_threshold=1.0, max_slowdown=1.0)
 
 
 def run_task(task: tuple[SimConfig, str]) -> dict[str, Any]:
@@ -157,10 +153,8 @@ def _execute(tasks: list[tuple[SimConfig, str]], jobs: int,
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else None)
-    from wanspec.simulate.compiled import active
-
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_process,
-                             initargs=(trace, active())) as pool:
+                             initargs=(trace,)) as pool:
         yield from pool.map(run_task, tasks, chunksize=max(1, len(tasks) // (8 * jobs)))
 
 

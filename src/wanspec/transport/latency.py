@@ -54,9 +54,6 @@ class LinkParams:
 class FifoLink:
     """One direction of the link (a FIFO stream); :meth:`push` returns the arrival time (s)."""
 
-    __slots__ = ("_one_way_s", "_rng", "_bw", "_jitter_ms", "_spike_prob", "_spike_ms",
-                 "_plain", "_link_free", "_last_arrival", "messages", "bytes")
-
     def __init__(self, params: LinkParams, one_way_ms: float, name: str) -> None:
         self._one_way_s = one_way_ms / 1000.0
         self._rng = random.Random(f"wanspec-link:{params.seed}:{name}")
@@ -64,8 +61,6 @@ class FifoLink:
         self._jitter_ms = params.jitter_ms
         self._spike_prob = params.spike_prob
         self._spike_ms = params.spike_ms
-        # no bandwidth limit, jitter or spikes: arrival = max(previous, now + one_way)
-        self._plain = not (self._bw > 0 or self._jitter_ms > 0 or self._spike_prob > 0)
         self._link_free = -math.inf
         self._last_arrival = -math.inf
         self.messages = 0
@@ -75,13 +70,6 @@ class FifoLink:
         """Send a frame of ``nbytes`` (header included) at ``now``; returns when it arrives."""
         self.messages += 1
         self.bytes += nbytes
-        if self._plain:  # the same arithmetic as below with its no-op branches skipped
-            arrival = now + self._one_way_s
-            last = self._last_arrival
-            if not arrival > last:  # max(last, arrival) keeps ``last`` unless arrival is larger
-                arrival = last
-            self._last_arrival = arrival
-            return arrival
         tx_done = now
         if self._bw > 0:
             tx_done = max(now, self._link_free) + nbytes * 8.0 / self._bw
@@ -94,7 +82,6 @@ class FifoLink:
         arrival = max(self._last_arrival, tx_done + delay)
         self._last_arrival = arrival
         return arrival
-
 
     def eof_arrival(self, now: float) -> float:
         """When a close sent at ``now`` reaches the peer: after the data in flight, no jitter."""

@@ -1,0 +1,120 @@
+"""The ``adaptive`` policy: as few busy-site draft passes as a latency budget allows.
+
+The user states the trade-off, not a weight: ``max_slowdown`` (default 1.05) is the time per
+token the request may take relative to the best decoding the busy site could do alone -- standard
+SD at its best window, or target-only decoding when drafting does not pay -- and never more than
+target-only.  That reference is estimated online from the controller's own measurements
+(acceptance by window depth, target and draft pass times; :func:`budget_tpot`).
+
+The controller keeps a latency account per request: every committed token adds its allowance
+(``budget_tpot``), every second spent is taken off; the balance is the *slack*.  At each decision
+the policy lists its options -- verify the worker's drafts (any prefix), a plain target step,
+wait for more worker drafts (until each expected arrival), draft locally up to any window, or
+abandon a local round for the worker's drafts that have caught up -- each with its expected
+time, committed tokens and busy-site draft time.  It picks, among the options that keep the
+expected slack non-negative, the one with the least busy-site draft time per committed token
+(then the fastest).  If none does, it picks the fastest, to win the budget back.
+
+So the worker's advantage (a window drafted while the target was verifying the previous one
+commits tokens faster than local SD could) is banked as slack and spent on waiting for the worker
+after rejections instead of drafting locally, exactly as far as the budget allows.  Every
+quantity adapts: acceptance falls and local rounds stop paying (it turns into target-only
+decoding), the RTT or jitter grows and waiting stops fitting the budget (it turns into local SD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from wanspec.core.estimates import Estimates
+from wanspec.core.rates import best_local_tpot
+from wanspec.core.view import LOCAL_DRAFT, PLAIN, VERIFY_LOCAL, Decision, Kind, View
+
+
+def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool) -> float:
+    """Allowed seconds per committed token: ``max_slowdown`` x the best decoding at the busy
+    site alone (estimated), and never more than target-only decoding."""
+    draft_s = estimates.local_draft_pass.seconds(1) if has_local_draft else None
+    best, _ = best_local_tpot(estimates.acceptance, estimates.target_pass, draft_s)
+    return min(max_slowdown * best, estimates.target_pass.seconds(1))
+
+
+@dataclass(frozen=True)
+class Option:
+    decision: Decision
+    seconds: float  # expected time until the resulting verification has committed
+    tokens: float  # expected tokens it commits
+    busy_draft_s: float  # busy-site draft time it spends
+
+
+def decide_adaptive(v: View) -> Decision:
+    """The option with the least busy-site draft time per token that fits the latency budget."""
+    options = local_round_options(v) if v.proposal_local else fresh_options(v)
+    fits = [o for o in options if v.slack_s + o.tokens * v.budget_tpot_s - o.seconds >= 0.0]
+    if fits:
+        best = min(fits, key=lambda o: (o.busy_draft_s / o.tokens, o.seconds / o.tokens))
+    else:
+        best = min(options, key=lambda o: o.seconds / o.tokens)
+    return best.decision
+
+
+def fresh_options(v: View) -> list[Option]:
+    """No proposal under way: every way to start the next verification."""
+    est = v.estimates
+    cap = min(v.max_window, v.budget)
+    p = est.calibration.p_accept
+    remote = [p(d.entropy) for d in v.remote[:cap]] if v.worker_ok else []
+    k = len(remote)
+    # expected tokens of a window of w drafts: the worker's (calibrated by their entropy), then
+    # drafts not made yet (by their depth)
+    tokens = _prefix_tokens(remote + est.acceptance.rates(k, cap - k))
+    tv = est.target_pass.seconds  # of the tokens fed: a window of w drafts feeds w + 1
+    options = [Option(PLAIN, tv(1), 1.0, 0.0)]
+    for w in range(1, k + 1):
+        options.append(Option(Decision(Kind.VERIFY_REMOTE, window=w), tv(w + 1), tokens[w], 0.0))
+    if v.has_local_draft:
+        td = est.local_draft_pass.seconds(1)
+        for g in range(k + 1, cap + 1):
+            options.append(Option(Decision(Kind.LOCAL_DRAFT, window=k), (g - k) * td + tv(g + 1),
+                                  tokens[g], (g - k) * td))
+    if v.worker_ok:
+        for g in range(k + 1, cap + 1):
+            until = v.arrival(g)
+            if until is None:
+                break
+            options.append(Option(Decision(Kind.WAIT, until=until), until - v.now + tv(g + 1),
+                                  tokens[g], 0.0))
+    return options
+
+
+def local_round_options(v: View) -> list[Option]:
+    """A local round is under way: draft on, verify it, or take the worker's drafts instead."""
+    est = v.estimates
+    cap = min(v.max_window, v.budget)
+    p = est.calibration.p_accept
+    proposal = [p(d.entropy) for d in (*v.remote[: v.proposal_remote], *v.proposal_local)]
+    m = len(proposal)
+    tokens = _prefix_tokens(proposal + est.acceptance.rates(m, max(cap - m, 0)))
+    tv = est.target_pass.seconds
+    td = est.local_draft_pass.seconds(1)
+    options = [Option(VERIFY_LOCAL, tv(m + 1), tokens[m], 0.0)]
+    for g in range(m + 1, cap + 1):
+        options.append(Option(LOCAL_DRAFT, (g - m) * td + tv(g + 1), tokens[g], (g - m) * td))
+    if v.worker_ok and len(v.remote) > v.proposal_remote:
+        # the worker has caught up past our proposal's remote part: its drafts cost nothing
+        remote = _prefix_tokens([p(d.entropy) for d in v.remote[:cap]])
+        for w in range(v.proposal_remote + 1, min(len(v.remote), cap) + 1):
+            options.append(Option(Decision(Kind.VERIFY_REMOTE, window=w), tv(w + 1), remote[w],
+                                  0.0))
+    return options
+
+
+def _prefix_tokens(ps: Sequence[float]) -> list[float]:
+    """Expected committed tokens of verifying the first ``w`` drafts, for ``w = 0..len(ps)``."""
+    totals, total, run = [1.0], 1.0, 1.0
+    for p in ps:
+        run *= p
+        total += run
+        totals.append(total)
+    return totals

@@ -1,0 +1,63 @@
+"""The arithmetic of speculative decoding that every policy prices its options with.
+
+A verification of drafts whose acceptance probabilities are ``p1, p2, ...`` (each conditional on
+the ones before being accepted) commits ``1 + p1 + p1*p2 + ...`` tokens on average: the accepted
+prefix plus the target's own correction or bonus token.  With i.i.d. acceptance ``a`` and ``w``
+drafts that is the classic ``(1 - a^(w+1)) / (1 - a)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from wanspec.core.estimates import AcceptanceModel, PassTime
+
+
+def expected_tokens(ps: Sequence[float]) -> float:
+    """Tokens one verification of drafts with acceptance probabilities ``ps`` commits on average."""
+    total, run = 1.0, 1.0
+    for p in ps:
+        run *= p
+        total += run
+    return total
+
+
+def expected_tokens_iid(alpha: float, window: int) -> float:
+    """:func:`expected_tokens` of ``window`` drafts each accepted with probability ``alpha``."""
+    a = min(max(alpha, 0.0), 0.999999)
+    return (1.0 - a ** (window + 1)) / (1.0 - a)
+
+
+def sd_round(gamma: int, acceptance: AcceptanceModel, target: PassTime,
+             draft_s: float) -> tuple[float, float]:
+    """Standard SD at one site with window ``gamma``: (seconds, expected tokens) per round."""
+    seconds = gamma * draft_s + target.seconds(gamma + 1)
+    return seconds, expected_tokens(acceptance.rates(0, gamma))
+
+
+def best_local_tpot(acceptance: AcceptanceModel, target: PassTime, draft_s: float | None,
+                    max_gamma: int = 16) -> tuple[float, int]:
+    """Time per token of the best decoding at the busy site alone, and its window (0: target-only).
+
+    Standard SD at each window ``1..max_gamma`` and target-only decoding; without a draft model
+    (``draft_s`` None) only target-only.
+    """
+    best_tpot, best_gamma = target.seconds(1), 0
+    if draft_s is None:
+        return best_tpot, best_gamma
+    for gamma in range(1, max_gamma + 1):
+        seconds, tokens = sd_round(gamma, acceptance, target, draft_s)
+        if seconds / tokens < best_tpot:
+            best_tpot, best_gamma = seconds / tokens, gamma
+    return best_tpot, best_gamma
+
+
+def optimal_gamma(acceptance: AcceptanceModel, target: PassTime, draft_s: float,
+                  max_gamma: int = 16) -> int:
+    """The window of the fastest standard SD (at least 1)."""
+    best_g, best_rate = 1, 0.0
+    for gamma in range(1, max_gamma + 1):
+        seconds, tokens = sd_round(gamma, acceptance, target, draft_s)
+        if tokens / seconds > best_rate:
+            best_g, best_rate = gamma, tokens / seconds
+    return best_g
