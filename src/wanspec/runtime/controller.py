@@ -164,7 +164,10 @@ class WorkerLink:
             try:
                 await asyncio.wait_for(changed.wait(), timeout)
             except asyncio.TimeoutError:
-                await self._execute(self.core.on_timer(loop.time()))
+                # asyncio may wake a timer up to its clock resolution early: as far as the core
+                # is concerned it fired at its deadline
+                assert deadline is not None
+                await self._execute(self.core.on_timer(max(loop.time(), deadline)))
 
     async def _execute(self, actions: Sequence[LinkAction]) -> None:
         for a in actions:

@@ -77,8 +77,8 @@ class _Connection:
                     else:
                         msg = await asyncio.wait_for(self.conn.recv(),
                                                      max(deadline - loop.time(), 0.0))
-                except asyncio.TimeoutError:
-                    await self._execute(self.core.on_timer(loop.time()))
+                except asyncio.TimeoutError:  # (fired at its deadline, maybe a hair early)
+                    await self._execute(self.core.on_timer(max(loop.time(), deadline)))
                     continue
                 await self._execute(self.core.on_message(msg, loop.time()))
         except ConnectionClosed:
