@@ -196,3 +196,45 @@ def test_protocol_errors():
     d.on_event(target_done(a, 3), 0.1)
     with pytest.raises(RuntimeError):
         d.on_event(target_done(a, 3), 0.2)  # the same event twice
+
+
+def _round(d: LocalDecoder, first, verdicts: list[bool], now: float):
+    """Answer the draft passes of one round, then the verification: draft i is accepted iff
+    ``verdicts[i]`` (up to the first rejection); returns the window length and the next pass."""
+    a, window, token = first, 0, 100
+    while isinstance(a, RunDraft):
+        a = only_run(d.on_event(draft_done(a, token + window), now))
+        window += 1
+    assert isinstance(a, RunTarget) and a.want == window + 1
+    choices, k = [], 0
+    while k < window and verdicts[k]:
+        choices.append(token + k)
+        k += 1
+    choices += [7] * (window + 1 - len(choices))  # the target's own tokens from the miss on
+    return window, only_run(d.on_event(TargetDone(a.op, tuple(choices)), now))
+
+
+def test_heuristic_schedule_grows_by_two_on_full_acceptance_and_shrinks_by_one():
+    """Hugging Face's num_assistant_tokens_schedule="heuristic" (the dynamic SD baseline)."""
+    from wanspec.core.local import GammaSchedule
+
+    d = LocalDecoder([1, 2], StopCriteria(max_tokens=200), gamma=3,
+                     schedule=GammaSchedule.HEURISTIC)
+    (prefill,) = d.start(0.0)
+    a = only_run(d.on_event(target_done(prefill, 5), 0.1))
+    windows = []
+    for verdicts in ([True] * 3, [True] * 5, [False], [True, False], [False] * 9, [False] * 9,
+                     [False] * 9, [False] * 9, [False] * 9, [True]):
+        window, a = _round(d, a, verdicts, 1.0)
+        windows.append(window)
+    assert windows == [3, 5, 7, 6, 5, 4, 3, 2, 1, 1]
+    assert d.gamma == 3  # after the last, fully accepted window of 1
+
+
+def test_constant_schedule_keeps_the_window():
+    d = LocalDecoder([1, 2], StopCriteria(max_tokens=100), gamma=3)
+    (prefill,) = d.start(0.0)
+    a = only_run(d.on_event(target_done(prefill, 5), 0.1))
+    for verdicts in ([True] * 3, [False]):
+        window, a = _round(d, a, verdicts, 1.0)
+        assert window == 3

@@ -9,14 +9,16 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import save_tiny_model
+from wanspec.baselines import BASELINES, SD_GAMMAS
 from wanspec.cli.app import app
 from wanspec.emulate.runner import POLICIES, Emulation, EmulationConfig
 from wanspec.runtime.engine import TimingConfig
 from wanspec.sampling import SamplingParams
 
 REQUIRED_KEYS = {
-    "rtt_ms", "mode", "tpot_ms_mean", "tpot_ms_p95", "latency_vs_standard_sd",
-    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_standard_sd",
+    "rtt_ms", "mode", "tpot_ms_mean", "tpot_ms_p95", "latency_vs_best_sd",
+    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_best_sd", "best_sd_gamma",
+    "latency_vs_standard_sd", "busy_site_draft_passes_vs_standard_sd",
     "worker_draft_passes_per_token", "identical_to_target_only",
 }
 PROMPTS = ["To be, or not to be", "whether 'tis nobler in the mind"]
@@ -50,7 +52,7 @@ def sweep(setup):
 
 def test_one_record_per_rtt_and_mode(sweep):
     records, _, _ = sweep
-    modes = ["target", "sd", *POLICIES]
+    modes = [*BASELINES, *POLICIES]
     assert {"remote", "always", "entropy"} <= set(POLICIES)
     pairs = [(r["rtt_ms"], r["mode"]) for r in records]
     assert len(pairs) == len(set(pairs)) == 2 * len(modes)
@@ -72,7 +74,14 @@ def test_baselines_and_ratios(sweep):
     records, _, _ = sweep
     by = {(r["rtt_ms"], r["mode"]): r for r in records}
     for rtt in (0.0, 50.0):
-        t, sd = by[(rtt, "target")], by[(rtt, "sd")]
+        t, sd, best = by[(rtt, "target")], by[(rtt, "sd")], by[(rtt, "sd-best")]
+        # best SD is the fastest window of the search, which includes the configured one
+        search = best["sd_search_tpot_ms"]
+        assert [int(g) for g in search] == list(SD_GAMMAS)
+        assert best["tpot_ms_mean"] == min(search.values()) <= sd["tpot_ms_mean"]
+        assert search[str(best["sd_gamma"])] == best["tpot_ms_mean"]
+        assert sd["sd_gamma"] == 4 and search["4"] == sd["tpot_ms_mean"]
+        assert best["latency_vs_best_sd"] == pytest.approx(1.0)
         assert t["busy_site_draft_passes_per_token"] == 0
         assert t["worker_draft_passes_per_token"] == 0 and sd["worker_draft_passes_per_token"] == 0
         assert sd["latency_vs_standard_sd"] == pytest.approx(1.0)
@@ -85,8 +94,11 @@ def test_baselines_and_ratios(sweep):
             r = by[(rtt, m)]
             assert r["latency_vs_standard_sd"] == pytest.approx(
                 r["tpot_ms_mean"] / sd["tpot_ms_mean"])
+            assert r["latency_vs_best_sd"] == pytest.approx(
+                r["tpot_ms_mean"] / best["tpot_ms_mean"])
+            assert r["best_sd_gamma"] == best["sd_gamma"]
     # baselines do not depend on the RTT
-    for m in ("target", "sd"):
+    for m in BASELINES:
         a, b = by[(0.0, m)], by[(50.0, m)]
         assert a["tpot_ms_mean"] == b["tpot_ms_mean"]
 
@@ -109,11 +121,14 @@ def test_csv_has_one_row_per_record(sweep):
 
 def test_policy_subset_and_single_rtt(setup):
     r = emulate(setup, "--rtt", "30ms", "--policy", "remote,entropy", "--json",
-                "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--jitter", "5ms")
+                "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--jitter", "5ms",
+                "--sd-gammas", "2,6")
     assert r.exit_code == 0, r.output
     records = json.loads(r.stdout)
     assert [(x["rtt_ms"], x["mode"]) for x in records] == [
-        (30.0, "target"), (30.0, "sd"), (30.0, "remote"), (30.0, "entropy")]
+        (30.0, m) for m in (*BASELINES, "remote", "entropy")]
+    best = records[2]
+    assert list(best["sd_search_tpot_ms"]) == ["2", "4", "6"]  # the list, and --gamma
     assert all(x["identical_to_target_only"] for x in records)
 
 
@@ -129,6 +144,9 @@ def test_tables_report_losslessness(setup):
     (["--policy", "bogus"], "unknown policy"),
     (["--loss", "2"], "--loss must be between 0 and 1"),
     (["--gamma", "0"], "--gamma must be >= 1"),
+    (["--sd-gammas", "0-3"], "windows must be between 1 and 64"),
+    (["--sd-gammas", "a,b"], "invalid --sd-gammas"),
+    (["--max-slowdown", "0.9"], "--max-slowdown must be >= 1"),
 ])
 def test_bad_values(args, needle, setup):
     r = emulate(setup, *args)
@@ -146,6 +164,6 @@ def test_emulation_class_directly(target, random_draft):
     seen: list[str] = []
     emu = Emulation(target, random_draft, cfg, progress=seen.append)
     records = emu.run(PROMPTS)
-    assert len(records) == 2 + len(POLICIES)
+    assert len(records) == len(BASELINES) + len(POLICIES)
     assert all(r["identical_to_target_only"] for r in records)
     assert len(seen) == emu.total_requests(len(PROMPTS))

@@ -74,6 +74,11 @@ def test_counts_match_what_the_real_metrics_count():
     assert recs["target"]["speedup_vs_target"] == 1.0
     assert recs["sd"]["latency_vs_standard_sd"] == 1.0
     assert recs["sd"]["busy_site_draft_passes_vs_standard_sd"] == 1.0
+    best = recs["sd-best"]
+    assert best["latency_vs_best_sd"] == 1.0 and best["tpot_ms_mean"] <= recs["sd"]["tpot_ms_mean"]
+    assert min(best["sd_search_tpot_ms"].values()) == best["tpot_ms_mean"]
+    dynamic = recs["sd-dynamic"]
+    assert dynamic["identical_to_target_only"] and dynamic["busy_site_draft_passes_per_token"] > 0
     assert recs["target"]["worker_draft_passes_per_token"] is None or \
         recs["target"]["worker_draft_passes_per_token"] == 0
 

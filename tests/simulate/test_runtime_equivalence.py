@@ -12,13 +12,14 @@ from __future__ import annotations
 import pytest
 
 from synthetic_lm import SyntheticLM
+from wanspec.baselines import BASELINES
 from wanspec.emulate.runner import Emulation, EmulationConfig
 from wanspec.runtime.engine import TimingConfig
 from wanspec.simulate.config import POLICIES, SimConfig
 from wanspec.simulate.sweep import parse_sweep, run_sweep
 from wanspec.simulate.worlds import worlds
 
-KEYS = ["tokens", "tpot_ms_mean", "tpot_ms_p95", "ttft_ms_mean", "e2e_ms_per_token",
+KEYS = ["tokens", "latency_vs_best_sd", "busy_site_draft_passes_vs_best_sd", "best_sd_gamma", "tpot_ms_mean", "tpot_ms_p95", "ttft_ms_mean", "e2e_ms_per_token",
         "busy_site_draft_passes_per_token", "worker_draft_passes_per_token",
         "target_passes_per_token", "wasted_drafts_per_token", "stall_ms_per_token",
         "acceptance_rate", "mean_acceptance_length", "identical_to_target_only"]
@@ -47,7 +48,7 @@ def both():
 
 def test_every_mode_and_rtt_gives_the_same_record(both):
     emulated, simulated = both
-    assert len(emulated) == len(simulated) == 2 * (2 + len(POLICIES))
+    assert len(emulated) == len(simulated) == 2 * (len(BASELINES) + len(POLICIES))
     for e in emulated:
         s = next(r for r in simulated if r["rtt_ms"] == e["rtt_ms"] and r["mode"] == e["mode"])
         for k in KEYS:

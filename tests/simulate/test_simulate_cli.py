@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from wanspec.baselines import BASELINES
 from wanspec.cli.app import app
 from wanspec.simulate.config import POLICIES
 
@@ -22,7 +23,8 @@ def invoke(runner, *args: str):
 def test_single_point_prints_the_mode_table(runner):
     r = invoke(runner, "--rtt", "40ms", "--alpha", "0.8")
     assert r.exit_code == 0, r.output
-    for needle in ("RTT 40 ms", "target-only", "standard SD", *POLICIES, "Lossless"):
+    for needle in ("RTT 40 ms", "target-only", "standard SD (g=4)", "best SD (g=", "dynamic SD",
+                   *POLICIES, "Lossless"):
         assert needle in r.output
 
 
@@ -32,14 +34,15 @@ def test_sweep_json_csv_and_plot(runner, tmp_path):
                "--csv", str(csv_path), "--plot", str(png))
     assert r.exit_code == 0, r.output
     records = json.loads(r.stdout)
-    assert len(records) == 3 * 2 * (2 + len(POLICIES))
+    assert len(records) == 3 * 2 * (len(BASELINES) + len(POLICIES))
     keys = {(x["rtt_ms"], x["alpha"], x["mode"]) for x in records}
     assert len(keys) == len(records)
     assert {x["rtt_ms"] for x in records} == {0.0, 10.0, 20.0}
     assert all(x["identical_to_target_only"] for x in records)
     for x in records:
-        assert {"tpot_ms_mean", "latency_vs_standard_sd", "busy_site_draft_passes_vs_standard_sd",
-                "stall_ms_per_token", "worker_draft_passes_per_token"} <= set(x)
+        assert {"tpot_ms_mean", "latency_vs_best_sd", "busy_site_draft_passes_vs_best_sd",
+                "latency_vs_standard_sd", "best_sd_gamma", "stall_ms_per_token",
+                "worker_draft_passes_per_token"} <= set(x)
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == len(records) and rows[0]["mode"] == "target"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

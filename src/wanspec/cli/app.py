@@ -119,7 +119,8 @@ def emulate(
     verify_per_token_ms: float = typer.Option(0.5, "--verify-per-token-ms", help="Extra ms per extra token in a target pass."),
     measured: bool = typer.Option(False, "--measured", help="Use this machine's real pass times instead of emulated costs."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
-    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
+    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window (standard SD, fixed policies)."),
+    sd_gammas: str = typer.Option("1-10", "--sd-gammas", help="Windows to search for best SD, the baseline of every ratio (a range like 1-10 or a list like 2,4,6)."),
     entropy_threshold: float = typer.Option(_POLICY.entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line); default: 16 held-out prompts."),
@@ -150,7 +151,7 @@ def emulate(
             prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
-            plot_path=plot_path, record=record, console=console)
+            plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas)
     if not ok:
         raise typer.Exit(1)
 

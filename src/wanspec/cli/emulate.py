@@ -29,19 +29,37 @@ def parse_sweep(text: str) -> tuple[float, ...]:
     return values
 
 
+def parse_gammas(text: str) -> tuple[int, ...]:
+    """``1-10`` or ``2,4,6``: the windows best SD is searched over."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-", 1))
+            values = tuple(range(lo, hi + 1))
+        else:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise WanspecError(f"invalid --sd-gammas {text!r}: use a range like 1-10 or a list like "
+                           "2,4,6") from None
+    check(bool(values) and all(1 <= v <= 64 for v in values),
+          f"invalid --sd-gammas {text!r}: windows must be between 1 and 64")
+    return values
+
+
 def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, loss: float,
                 target_ms: float, draft_ms: float, verify_per_token_ms: float, measured: bool,
                 policy: str, gamma: int, entropy_threshold: float, max_slowdown: float, prompts: Path | None,
                 num_prompts: int | None, max_tokens: int, temperature: float, top_p: float,
                 top_k: int, seed: int, target: Path | None, draft: Path | None,
                 threads: int | None, as_json: bool, csv_path: Path | None,
-                plot_path: Path | None, console: Console, record: Path | None = None) -> bool:
+                plot_path: Path | None, console: Console, record: Path | None = None,
+                sd_gammas: str = "1-10") -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
+    gammas = parse_gammas(sd_gammas)
     policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
     for p in policies:
         check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
@@ -54,7 +72,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         max_tokens=max_tokens, entropy_threshold=entropy_threshold,
         max_slowdown=max_slowdown,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
-        seed=seed)
+        seed=seed, sd_gammas=gammas)
     if record is not None:  # fail before minutes of emulation, not after
         check(record.parent.is_dir(), f"cannot write {record}: no directory {record.parent}")
     prompt_list = load_prompts(prompts, num_prompts)
@@ -94,9 +112,11 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         print(write_json(records, None))
     else:
         if not console.is_terminal:
-            console = Console(width=130, highlight=False)  # files and pipes: no squeezing
+            console = Console(width=170, highlight=False)  # files and pipes: no squeezing
+        best = next(r for r in records if r["mode"] == "sd-best")
         console.print(f"[bold]wanspec emulate[/]: {len(prompt_list)} prompts x {max_tokens} tokens, "
-                      f"gamma={gamma}, timing {timing.describe()}, jitter {cfg.jitter_ms:g} ms")
+                      f"gamma={gamma}, timing {timing.describe()}, jitter {cfg.jitter_ms:g} ms; "
+                      f"best SD: window {best['sd_gamma']} of {min(gammas)}-{max(gammas)}")
         for r in rtts:
             console.print(rtt_table(records, r))
         if identical:

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from wanspec.cli.common import check
 from wanspec.cli.units import parse_duration_ms, parse_rate_bps
+from wanspec.baselines import BASELINES
 from wanspec.errors import WanspecError
 from wanspec.simulate.config import MATCH_MODELS, POLICIES, SimConfig
 from wanspec.simulate.records import lossless
@@ -95,8 +96,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         print(write_json(records, None))
         return ok
     if not console.is_terminal:
-        console = Console(width=150, highlight=False)  # files and pipes: no squeezing
-    n_points = len(records) // (2 + len(policies))
+        console = Console(width=170, highlight=False)  # files and pipes: no squeezing
+    n_points = len(records) // (len(BASELINES) + len(policies))
     console.print(f"[bold]wanspec simulate[/]: {base.describe()}; {n_points} point(s) in "
                   f"{wall:.2f} s")
     if n_points == 1:

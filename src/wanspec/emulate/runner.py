@@ -1,8 +1,10 @@
-"""Run target-only, standard SD and each remote policy on the same prompts, per RTT.
+"""Run the baselines and each remote policy on the same prompts, per RTT.
 
 Everything runs on a virtual clock with emulated device costs (or measured, if asked), so the
-figures describe the configured deployment, not this machine.  Target-only and standard SD do
-not depend on the RTT; they run once and serve as the baselines of every RTT.
+figures describe the configured deployment, not this machine.  The baselines
+(:mod:`wanspec.baselines`: target-only, standard SD at the configured window and at every window
+of the best-SD search, dynamic-window SD) do not depend on the RTT; they run once and serve as
+the baselines of every RTT.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from wanspec.baselines import BASELINES, SD_GAMMAS, best_sd, with_ratios
 from wanspec.core.controller import ControllerConfig
+from wanspec.core.local import GammaSchedule, LocalMode
 from wanspec.core.metrics import percentile
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.emulate.record import record_trace, trace_header
@@ -22,7 +26,6 @@ from wanspec.simulate.trace import TraceRequest
 from wanspec.timing import clock
 from wanspec.transport.inproc import LinkParams
 
-BASELINES = ("target", "sd")
 POLICIES = tuple(p.value for p in PolicyName)
 
 
@@ -41,6 +44,7 @@ class EmulationConfig:
     max_slowdown: float = PolicyConfig().max_slowdown
     sampling: SamplingParams = SamplingParams()
     seed: int = 0
+    sd_gammas: tuple[int, ...] = SD_GAMMAS  # windows best SD is searched over
 
 
 @dataclass
@@ -94,19 +98,6 @@ def _aggregate(runs: ModeRuns, reference: Sequence[list[int]]) -> dict[str, Any]
     }
 
 
-def with_ratios(rec: dict[str, Any], target: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
-    """Add the ratios to the target-only and standard-SD records of the same point."""
-
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if b else None
-
-    rec["speedup_vs_target"] = ratio(target["tpot_ms_mean"], rec["tpot_ms_mean"])
-    rec["latency_vs_standard_sd"] = ratio(rec["tpot_ms_mean"], sd["tpot_ms_mean"])
-    rec["busy_site_draft_passes_vs_standard_sd"] = ratio(
-        rec["busy_site_draft_passes_per_token"], sd["busy_site_draft_passes_per_token"])
-    return rec
-
-
 class Emulation:
     """Holds the models and runs the comparison; ``progress`` is called after each request."""
 
@@ -117,21 +108,29 @@ class Emulation:
         self.target_only: ModeRuns | None = None  # the reference runs of the last :meth:`run`
         self._prompts: list[str] = []
 
+    def _sd_gammas(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.config.sd_gammas, self.config.gamma}))
+
     def total_requests(self, n_prompts: int) -> int:
-        return n_prompts * (len(BASELINES) + len(self.config.rtts_ms) * len(self.config.policies))
+        local = 2 + len(self._sd_gammas())  # target-only, dynamic SD, SD at each window
+        return n_prompts * (local + len(self.config.rtts_ms) * len(self.config.policies))
 
     def _gen_kwargs(self) -> dict[str, Any]:
         c = self.config
         return {"max_tokens": c.max_tokens, "sampling": c.sampling}
 
-    def _run_local(self, mode: str, prompts: Sequence[str]) -> ModeRuns:
+    def _run_local(self, mode: str, prompts: Sequence[str], gamma: int | None = None) -> ModeRuns:
+        """``target``, ``sd`` (at ``gamma``, default the configured window) or ``sd-dynamic``."""
         c = self.config
-        engine = LocalEngine(self.target, self.draft if mode == "sd" else None, c.timing)
+        gamma = c.gamma if gamma is None else gamma
+        engine = LocalEngine(self.target, None if mode == "target" else self.draft, c.timing)
+        schedule = GammaSchedule.HEURISTIC if mode == "sd-dynamic" else GammaSchedule.CONSTANT
         runs = ModeRuns(mode, None)
         for p in prompts:
-            r = engine.generate(p, mode=mode, gamma=c.gamma, **self._gen_kwargs())
+            r = engine.generate(p, mode=LocalMode.TARGET if mode == "target" else LocalMode.SD,
+                                gamma=gamma, schedule=schedule, **self._gen_kwargs())
             runs.results.append(r)
-            self.progress(mode)
+            self.progress(mode if mode != "sd" else f"sd (g={gamma})")
         return runs
 
     def _run_remote(self, policy: str, rtt: float, prompts: Sequence[str]) -> ModeRuns:
@@ -157,15 +156,19 @@ class Emulation:
         target = self._run_local("target", prompts)
         self.target_only, self._prompts = target, list(prompts)
         reference = [r.token_ids for r in target.results]
-        sd = self._run_local("sd", prompts)
-        base_t, base_sd = _aggregate(target, reference), _aggregate(sd, reference)
+        by_gamma = {g: {**_aggregate(self._run_local("sd", prompts, g), reference), "sd_gamma": g}
+                    for g in self._sd_gammas()}
+        bases = {"target": _aggregate(target, reference),
+                 "sd": by_gamma[self.config.gamma], "sd-best": best_sd(by_gamma),
+                 "sd-dynamic": _aggregate(self._run_local("sd-dynamic", prompts), reference)}
+        t, sd, best = bases["target"], bases["sd"], bases["sd-best"]
         records: list[dict[str, Any]] = []
         for rtt in self.config.rtts_ms:
-            for base in (base_t, base_sd):
-                records.append(with_ratios({**base, "rtt_ms": rtt}, base_t, base_sd))
+            for mode in BASELINES:
+                records.append(with_ratios({**bases[mode], "rtt_ms": rtt}, t, sd, best))
             for policy in self.config.policies:
                 runs = self._run_remote(policy, rtt, prompts)
-                records.append(with_ratios(_aggregate(runs, reference), base_t, base_sd))
+                records.append(with_ratios(_aggregate(runs, reference), t, sd, best))
         return records
 
     def trace(self) -> tuple[dict[str, Any], list[TraceRequest]]:

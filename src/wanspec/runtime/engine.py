@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from wanspec.core.actions import Site
-from wanspec.core.local import LocalDecoder, LocalMode
+from wanspec.core.local import GammaSchedule, LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
@@ -104,6 +104,7 @@ class LocalEngine:
         *,
         mode: LocalMode | str = LocalMode.SD,
         gamma: int = 4,
+        schedule: GammaSchedule | str = GammaSchedule.CONSTANT,
         max_tokens: int = 64,
         sampling: SamplingParams | None = None,
         stop_strings: Sequence[str] = (),
@@ -120,7 +121,7 @@ class LocalEngine:
             fits(len(prompt_ids), max_tokens)
         stop = self.stop_criteria(max_tokens, stop_strings, ignore_eos)
         decoder = LocalDecoder(prompt_ids, stop, mode=mode, gamma=gamma,
-                               draft_site=Site.CONTROLLER)
+                               draft_site=Site.CONTROLLER, schedule=GammaSchedule(schedule))
         device = Device(Site.CONTROLLER.value)  # one busy-site accelerator for both models
         target = PlacedModel(self.target, device, self.timing.target, "target")
         draft = (PlacedModel(self.draft, device, self.timing.draft, "draft")

@@ -10,22 +10,27 @@ from __future__ import annotations
 from wanspec.core.actions import (
     DraftDone, EmitTokens, Finished, RunDraft, RunTarget, Site, TargetDone,
 )
-from wanspec.core.local import LocalDecoder, LocalMode
+from wanspec.core.local import GammaSchedule, LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
 from wanspec.simulate.config import SimConfig
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
 
 
-def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld]) -> ModeResult:
-    """``mode`` is ``target`` (target-only) or ``sd`` (standard SD, draft on the same device)."""
-    local_mode = LocalMode(mode)
+def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld],
+                   gamma: int | None = None) -> ModeResult:
+    """``mode``: ``target`` (target-only), ``sd`` (standard SD, the draft on the same device, at
+    window ``gamma``, default ``cfg.gamma``) or ``sd-dynamic`` (the heuristic window schedule)."""
+    local_mode = LocalMode.TARGET if mode == "target" else LocalMode.SD
+    schedule = GammaSchedule.HEURISTIC if mode == "sd-dynamic" else GammaSchedule.CONSTANT
+    gamma = cfg.gamma if gamma is None else gamma
     tb, tp = cfg.target_ms, cfg.verify_per_token_ms
     db, dp = cfg.draft_ms, cfg.draft_per_token_ms
     result = ModeResult(mode)
     for world in requests:
-        dec = LocalDecoder(world.prompt, StopCriteria(max_tokens=world.max_tokens), mode=local_mode, gamma=cfg.gamma,
-                           draft_site=Site.CONTROLLER)
+        dec = LocalDecoder(world.prompt, StopCriteria(max_tokens=world.max_tokens),
+                           mode=local_mode, gamma=gamma, draft_site=Site.CONTROLLER,
+                           schedule=schedule)
         cache = DraftCache()
         out: list[int] = []
         now = 0.0

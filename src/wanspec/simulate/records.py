@@ -13,12 +13,11 @@ from typing import Any, Sequence
 
 from wanspec.core.controller import ControllerStats
 from wanspec.core.metrics import RequestMetrics, percentile
-from wanspec.emulate.runner import BASELINES, with_ratios
 from wanspec.protocol.messages import SessionStats
 from wanspec.simulate.config import PARAMS, SimConfig
 
 
-__all__ = ["BASELINES", "aggregate", "lossless", "point_columns", "with_ratios"]
+__all__ = ["aggregate", "lossless", "point_columns"]
 
 
 @dataclass

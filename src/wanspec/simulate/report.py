@@ -2,7 +2,7 @@
 
 Why two table shapes: one point reads best as the emulator's per-mode table (every metric); a
 sweep reads best as one row per point with, per policy, the three numbers the design is about
-(latency relative to standard SD, busy-site draft passes relative to standard SD, stall).
+(latency relative to best SD, busy-site draft passes relative to best SD, stall).
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from rich.table import Table
 from wanspec.emulate import report as emulate_report
 from wanspec.emulate.report import _f, write_json
 from wanspec.simulate.config import PARAMS, POLICIES
-from wanspec.simulate.records import BASELINES
+from wanspec.baselines import BASELINES, LABELS, mode_label
 
 PARAM_COLUMNS = [p.field for p in PARAMS.values()] + ["match"]
 METRIC_COLUMNS = [
     "mode", "requests", "tokens", "tpot_ms_mean", "tpot_ms_p95", "ttft_ms_mean",
-    "e2e_ms_per_token", "speedup_vs_target", "latency_vs_standard_sd",
-    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_standard_sd",
+    "e2e_ms_per_token", "speedup_vs_target", "latency_vs_best_sd",
+    "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_best_sd", "best_sd_gamma",
+    "sd_gamma", "latency_vs_best_sd", "busy_site_draft_passes_vs_best_sd",
     "worker_draft_passes_per_token", "worker_wasted_passes_per_token", "target_passes_per_token",
     "wasted_drafts_per_token", "stall_ms_per_token", "acceptance_rate", "per_token_acceptance",
     "mean_acceptance_length", "tokens_per_verify_round", "verify_rounds", "remote_windows",
     "local_windows", "plain_steps", "link_bytes_per_token", "identical_to_target_only",
 ]
 COLUMNS = PARAM_COLUMNS + METRIC_COLUMNS
-LABELS = {"target": "target-only", "sd": "standard SD"}
 
 __all__ = ["mode_table", "plot", "sweep_table", "write_csv", "write_json"]
 
@@ -41,19 +41,21 @@ def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
     """Every mode of one point (the emulator's table, plus per-token acceptance)."""
     t = Table(title=title, header_style="bold",
               caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
-                      "wrk: at the worker; /tok: per committed token; /SD: relative to standard SD. "
-                      "accept: accepted / verified drafts (as emulate); tok acc: per-token "
-                      "acceptance of the drafts a verification tested (the SD analysis' alpha).",
+                      "wrk: at the worker; /tok: per committed token; /best: relative to best SD "
+                      "(standard SD at its fastest window, g). accept: accepted / verified "
+                      "drafts (as emulate); tok acc: per-token acceptance of the drafts a "
+                      "verification tested (the SD analysis' alpha).",
               caption_justify="left")
-    for name in ("mode", "TPOT", "p95", "x target", "lat/SD", "busy/tok", "busy/SD", "wrk/tok",
-                 "wasted/tok", "stall/tok", "accept", "tok acc", "tok/round", "identical"):
+    for name in ("mode", "TPOT", "p95", "x target", "lat/best", "busy/tok", "busy/best",
+                 "wrk/tok", "wasted/tok", "stall/tok", "accept", "tok acc", "tok/round",
+                 "identical"):
         t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
     for r in records:
         t.add_row(
-            LABELS.get(r["mode"], r["mode"]), f"{r['tpot_ms_mean']:.2f}", f"{r['tpot_ms_p95']:.2f}",
-            _f(r["speedup_vs_target"], "{:.2f}x"), _f(r["latency_vs_standard_sd"], "{:.3f}"),
+            mode_label(r), f"{r['tpot_ms_mean']:.2f}", f"{r['tpot_ms_p95']:.2f}",
+            _f(r["speedup_vs_target"], "{:.2f}x"), _f(r["latency_vs_best_sd"], "{:.3f}"),
             f"{r['busy_site_draft_passes_per_token']:.2f}",
-            _f(r["busy_site_draft_passes_vs_standard_sd"], "{:.2f}"),
+            _f(r["busy_site_draft_passes_vs_best_sd"], "{:.2f}"),
             _f(r["worker_draft_passes_per_token"]), f"{r['wasted_drafts_per_token']:.2f}",
             f"{r['stall_ms_per_token']:.2f}", f"{r['acceptance_rate']:.3f}",
             f"{r['per_token_acceptance']:.3f}",
@@ -65,25 +67,32 @@ def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
 
 def sweep_table(records: Sequence[dict[str, Any]], swept: Sequence[str],
                 policies: Sequence[str]) -> Table:
-    """One row per point: baselines' TPOT, then lat/SD, busy/SD and stall per policy."""
+    """One row per point: the baselines' TPOT, then lat, busy and stall per policy."""
     t = Table(title="wanspec simulate", header_style="bold",
-              caption="lat: TPOT / standard SD. busy: busy-site draft passes / standard SD. "
-                      "stall: ms per token the busy site idled waiting for the worker.",
+              caption="TPOT in ms. best SD: standard SD at its fastest window (g). lat: TPOT / "
+                      "best SD. busy: busy-site draft passes / best SD. stall: ms per token the "
+                      "busy site idled waiting for the worker.",
               caption_justify="left")
     for name in swept or ["rtt_ms"]:
         t.add_column(name, justify="right", no_wrap=True)
-    t.add_column("target", justify="right")
-    t.add_column("SD", justify="right")
+    for name in ("target", "SD", "best SD", "dyn SD"):
+        t.add_column(name, justify="right", no_wrap=True)
     for p in policies:
         t.add_column(f"{p}\nlat busy stall", justify="right", no_wrap=True)
     t.add_column("ok", justify="center")
-    for i in range(0, len(records), len(BASELINES) + len(policies)):
-        row = records[i : i + len(BASELINES) + len(policies)]
+    width = len(BASELINES) + len(policies)
+    for i in range(0, len(records), width):
+        row = records[i : i + width]
+        by_mode = {r["mode"]: r for r in row}
         cells = [f"{row[0][k]:g}" for k in (swept or ["rtt_ms"])]
-        cells += [f"{row[0]['tpot_ms_mean']:.2f}", f"{row[1]['tpot_ms_mean']:.2f}"]
-        for r in row[2:]:
-            cells.append(f"{_f(r['latency_vs_standard_sd'], '{:.3f}')} "
-                         f"{_f(r['busy_site_draft_passes_vs_standard_sd'])} "
+        best = by_mode["sd-best"]
+        cells += [f"{by_mode['target']['tpot_ms_mean']:.2f}", f"{by_mode['sd']['tpot_ms_mean']:.2f}",
+                  f"{best['tpot_ms_mean']:.2f} g={best['sd_gamma']}",
+                  f"{by_mode['sd-dynamic']['tpot_ms_mean']:.2f}"]
+        for p in policies:
+            r = by_mode[p]
+            cells.append(f"{_f(r['latency_vs_best_sd'], '{:.3f}')} "
+                         f"{_f(r['busy_site_draft_passes_vs_best_sd'])} "
                          f"{r['stall_ms_per_token']:5.2f}")
         ok = all(r["identical_to_target_only"] for r in row)
         cells.append("[green]yes[/]" if ok else "[bold red]NO[/]")
@@ -115,13 +124,13 @@ def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     # target-only is usually far above everything else: draw it only if it does not squash
     # the panel, else name its ratio in a corner
-    t_lat = [r["latency_vs_standard_sd"] or 0.0 for r in records if r["mode"] == "target"]
-    rest = [r["latency_vs_standard_sd"] or 0.0 for r in records if r["mode"] != "target"]
+    t_lat = [r["latency_vs_best_sd"] or 0.0 for r in records if r["mode"] == "target"]
+    rest = [r["latency_vs_best_sd"] or 0.0 for r in records if r["mode"] != "target"]
     show_target = not t_lat or not rest or max(t_lat) <= 1.4 * max(rest)
     if not show_target:
         lo, hi = min(t_lat), max(t_lat)
         span = f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}-{hi:.2f}"
-        axes[0].text(0.02, 0.97, f"target-only: {span} x standard SD (off scale)",
+        axes[0].text(0.02, 0.97, f"target-only: {span} x best SD (off scale)",
                      transform=axes[0].transAxes, va="top", fontsize=8, color=colors["target"])
     def series(mode: str, g: tuple) -> list[dict[str, Any]]:
         rs = [r for r in records if r["mode"] == mode and tuple(r[k] for k in others) == g]
@@ -129,7 +138,7 @@ def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
 
     # baselines that do not depend on the other swept parameters are drawn (and named) once
     def plotted(mode: str, g: tuple) -> list[tuple[Any, Any]]:
-        return [(r["latency_vs_standard_sd"], r["busy_site_draft_passes_vs_standard_sd"])
+        return [(r["latency_vs_best_sd"], r["busy_site_draft_passes_vs_best_sd"])
                 for r in series(mode, g)]
 
     def same(mode: str) -> bool:
@@ -150,22 +159,22 @@ def plot(records: Sequence[dict[str, Any]], path: Path, swept: Sequence[str],
                       marker=None if base else markers[gi % len(markers)], ms=4, lw=1.2 if base else 1.6)
             label = LABELS.get(mode, mode) + (f" ({suffix})" if suffix and mode not in once else "")
             if mode != "target" or show_target:
-                axes[0].plot(x, [r["latency_vs_standard_sd"] or 0.0 for r in rs], label=label,
+                axes[0].plot(x, [r["latency_vs_best_sd"] or 0.0 for r in rs], label=label,
                              **kw)
             if mode != "target":
-                axes[1].plot(x, [r["busy_site_draft_passes_vs_standard_sd"] or 0.0 for r in rs],
+                axes[1].plot(x, [r["busy_site_draft_passes_vs_best_sd"] or 0.0 for r in rs],
                              label=label, **kw)
             if not base:
                 axes[2].plot(x, [r["stall_ms_per_token"] for r in rs], label=label, **kw)
-    axes[0].set_ylabel("time per output token / standard SD")
-    axes[1].set_ylabel("busy-site draft passes / standard SD")
+    axes[0].set_ylabel("time per output token / best SD")
+    axes[1].set_ylabel("busy-site draft passes / best SD")
     axes[2].set_ylabel("busy-site stall (ms per token)")
     unit = {"rtt_ms": "RTT (ms)"}.get(x_key, x_key)
     for ax in axes:
         ax.set_xlabel(unit)
         ax.grid(alpha=0.3)
     axes[0].axhline(1.05, color="grey", lw=0.8, ls=":")
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[1].axhline(0.35, color="grey", lw=0.8, ls=":")
     handles, labels = axes[0].get_legend_handles_labels()
     ncol = min(len(labels), 6) or 1
     rows = -(-len(labels) // ncol)

@@ -19,7 +19,8 @@ from wanspec.errors import WanspecError
 from wanspec.simulate.baselines import simulate_local
 from wanspec.simulate.config import Param, SimConfig, check_value, resolve
 from wanspec.simulate.engine import simulate_remote
-from wanspec.simulate.records import BASELINES, aggregate, point_columns, with_ratios
+from wanspec.baselines import BASELINES, best_sd, sd_gammas, with_ratios
+from wanspec.simulate.records import aggregate, point_columns
 from wanspec.simulate.trace import Trace
 from wanspec.simulate.worlds import worlds
 
@@ -128,11 +129,20 @@ def _baseline_key(cfg: SimConfig) -> SimConfig:
                                entropy_threshold=1.0, max_slowdown=1.0)
 
 
-def run_task(task: tuple[SimConfig, str]) -> dict[str, Any]:
-    cfg, mode = task
+Task = tuple[SimConfig, str, int]  # (point, mode, window of a standard SD baseline)
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    cfg, mode, gamma = task
     reqs = worlds(cfg, _TRACE)
-    res = simulate_local(cfg, mode, reqs) if mode in BASELINES else simulate_remote(cfg, mode, reqs)
-    return aggregate(res, cfg)
+    if mode in ("target", "sd", "sd-dynamic"):
+        return aggregate(simulate_local(cfg, mode, reqs, gamma), cfg)
+    return aggregate(simulate_remote(cfg, mode, reqs), cfg)
+
+
+def _baseline_tasks(key: SimConfig) -> list[Task]:
+    return [(key, "target", key.gamma), *((key, "sd", g) for g in sd_gammas(key.gamma)),
+            (key, "sd-dynamic", key.gamma)]
 
 
 def default_jobs(n_tasks: int, tokens: int) -> int:
@@ -143,7 +153,7 @@ def default_jobs(n_tasks: int, tokens: int) -> int:
     return 1 if tokens < 60_000 or cpus < 2 else max(1, min(cpus, n_tasks))
 
 
-def _execute(tasks: list[tuple[SimConfig, str]], jobs: int,
+def _execute(tasks: list[Task], jobs: int,
              trace: Trace | None) -> Iterator[dict[str, Any]]:
     if jobs <= 1 or len(tasks) <= 1:
         yield from map(run_task, tasks)
@@ -161,10 +171,12 @@ def _execute(tasks: list[tuple[SimConfig, str]], jobs: int,
 def run_sweep(base: SimConfig, sweeps: Sequence[Sweep], policies: Sequence[str], *,
               trace: Trace | None = None, jobs: int = 0,
               progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """One record per (point, mode): target-only, standard SD, then each policy."""
+    """One record per (point, mode): the baselines (:data:`~wanspec.baselines.BASELINES`), then
+    each policy."""
     points = grid(base, sweeps)
     keys = list(dict.fromkeys(_baseline_key(p) for p in points))
-    tasks = [(k, m) for k in keys for m in BASELINES] + [(p, pol) for p in points for pol in policies]
+    base_tasks = [t for k in keys for t in _baseline_tasks(k)]
+    tasks = base_tasks + [(p, pol, p.gamma) for p in points for pol in policies]
     if jobs <= 0:
         jobs = default_jobs(len(tasks), len(tasks) * base.requests * base.max_tokens)
     _set_trace(trace)
@@ -176,17 +188,24 @@ def run_sweep(base: SimConfig, sweeps: Sequence[Sweep], policies: Sequence[str],
                 progress(i, len(tasks))
     finally:
         _set_trace(None)
-    base_recs = {(k, m): out[i * len(BASELINES) + j] for i, k in enumerate(keys)
-                 for j, m in enumerate(BASELINES)}
-    remote = iter(out[len(keys) * len(BASELINES):])
+    baselines: dict[SimConfig, dict[str, dict[str, Any]]] = {}
+    sd_runs: dict[SimConfig, dict[int, dict[str, Any]]] = {}
+    for (key, mode, gamma), rec in zip(base_tasks, out):
+        if mode == "sd":
+            sd_runs.setdefault(key, {})[gamma] = rec
+        else:
+            baselines.setdefault(key, {})[mode] = rec
+    for key, runs in sd_runs.items():
+        baselines[key]["sd"] = {**runs[key.gamma], "sd_gamma": key.gamma}
+        baselines[key]["sd-best"] = best_sd(runs)
+    remote = iter(out[len(base_tasks):])
     records: list[dict[str, Any]] = []
     for p in points:
         cols = point_columns(p)
-        key = _baseline_key(p)
-        t_rec = {**base_recs[(key, "target")], **cols}
-        sd_rec = {**base_recs[(key, "sd")], **cols}
-        row = [t_rec, sd_rec] + [next(remote) for _ in policies]
-        records.extend(with_ratios(r, t_rec, sd_rec) for r in row)
+        base_recs = {m: {**rec, **cols} for m, rec in baselines[_baseline_key(p)].items()}
+        row = [base_recs[m] for m in BASELINES] + [next(remote) for _ in policies]
+        t, sd, best = base_recs["target"], base_recs["sd"], base_recs["sd-best"]
+        records.extend(with_ratios(r, t, sd, best) for r in row)
     return records
 
 
