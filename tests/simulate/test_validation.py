@@ -7,6 +7,7 @@ import math
 import pytest
 
 from wanspec.simulate.baselines import simulate_local
+from wanspec.baselines import BASELINES
 from wanspec.simulate.config import POLICIES, SimConfig
 from wanspec.simulate.records import aggregate
 from wanspec.simulate.worlds import worlds
@@ -99,7 +100,7 @@ def test_simulate_matches_emulate_on_a_recorded_trace(recorded):
                     target_ms=h["target_ms"], draft_ms=h["draft_ms"],
                     verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"])
     simulated = {r["mode"]: r for r in run_sweep(cfg, [], POLICIES, trace=trace, jobs=1)}
-    assert set(simulated) == set(emulated) == {"target", "sd", *POLICIES}
+    assert set(simulated) == set(emulated) == {*BASELINES, *POLICIES}
     for mode, e in emulated.items():
         s = simulated[mode]
         assert s["tokens"] == e["tokens"] == 4 * 40

@@ -32,11 +32,23 @@ from wanspec.core.rates import best_local_tpot
 from wanspec.core.view import LOCAL_DRAFT, PLAIN, VERIFY_LOCAL, Decision, Kind, View
 
 
+# Drafts not made yet are priced at their acceptance one standard error below its estimate: a
+# draft pass is only spent where it pays even if the drafts are somewhat worse than believed.
+# While little is known (a new link) that keeps the busy site from drafting on faith; the
+# worker's drafts, judged against what gets committed, teach the estimate at no busy-site cost.
+CAUTION = -1.0
+
+
 def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool) -> float:
     """Allowed seconds per committed token: ``max_slowdown`` x the best decoding at the busy
-    site alone (estimated), and never more than target-only decoding."""
+    site alone, and never more than target-only decoding.
+
+    The reference is estimated with acceptance one standard error above its estimate: local
+    decoding may well be that fast, and a budget that holds only on an average estimate would be
+    missed half of the time.  The margin shrinks as judged drafts accumulate.
+    """
     draft_s = estimates.local_draft_pass.seconds(1) if has_local_draft else None
-    best, _ = best_local_tpot(estimates.acceptance, estimates.target_pass, draft_s)
+    best, _ = best_local_tpot(estimates.acceptance, estimates.target_pass, draft_s, errors=1.0)
     return min(max_slowdown * best, estimates.target_pass.seconds(1))
 
 
@@ -68,7 +80,7 @@ def fresh_options(v: View) -> list[Option]:
     k = len(remote)
     # expected tokens of a window of w drafts: the worker's (calibrated by their entropy), then
     # drafts not made yet (by their depth)
-    tokens = _prefix_tokens(remote + est.acceptance.rates(k, cap - k))
+    tokens = _prefix_tokens(remote + est.acceptance.window_rates(k, cap - k, CAUTION))
     tv = est.target_pass.seconds  # of the tokens fed: a window of w drafts feeds w + 1
     options = [Option(PLAIN, tv(1), 1.0, 0.0)]
     for w in range(1, k + 1):
@@ -95,7 +107,7 @@ def local_round_options(v: View) -> list[Option]:
     p = est.calibration.p_accept
     proposal = [p(d.entropy) for d in (*v.remote[: v.proposal_remote], *v.proposal_local)]
     m = len(proposal)
-    tokens = _prefix_tokens(proposal + est.acceptance.rates(m, max(cap - m, 0)))
+    tokens = _prefix_tokens(proposal + est.acceptance.window_rates(m, max(cap - m, 0), CAUTION))
     tv = est.target_pass.seconds
     td = est.local_draft_pass.seconds(1)
     options = [Option(VERIFY_LOCAL, tv(m + 1), tokens[m], 0.0)]

@@ -67,26 +67,33 @@ class RemoteChain:
         self.last_arrival = now
         return True
 
-    def sync(self, committed: Sequence[int]) -> None:
-        """Drop the part of the chain that is committed; mark dead on disagreement."""
+    def sync(self, committed: Sequence[int]) -> list[tuple[int, DraftToken]]:
+        """Drop the part of the chain that is committed; mark dead on disagreement.
+
+        Returns the drafts this compared with a committed token, as ``(position, draft)``, up to
+        and including the first that disagreed: each is a judged draft (see
+        :class:`~wanspec.core.estimates.AcceptanceModel`).
+        """
         if self.dead:
-            return
+            return []
         n = len(committed)
-        if self.base == n:  # the usual case: nothing of the chain is committed yet
-            return
-        if self.base > n:  # cannot happen with an honest worker: it only knows our commits
-            self.dead = True
-            return
+        if self.base >= n:  # the usual case: nothing of the chain is committed yet
+            self.dead = self.base > n  # (an honest worker only knows our commits)
+            return []
         upto = min(n, self.end)
+        judged = []
         for pos in range(self.base, upto):
-            if self.drafts[pos - self.base].token != committed[pos]:
+            draft = self.drafts[pos - self.base]
+            judged.append((pos, draft))
+            if draft.token != committed[pos]:
                 self.dead = True
                 self.drafts = []
-                return
+                return judged
         # keep only drafts for uncommitted positions; shift the base forward (if the chain has
         # not reached the committed end yet, the worker is still drafting those positions)
         del self.drafts[: upto - self.base]
         self.base = upto
+        return judged
 
     def window(self, n: int, k: int) -> list[DraftToken]:
         """Up to ``k`` usable drafts for positions ``n, n+1, ...`` (requires :meth:`sync` first)."""

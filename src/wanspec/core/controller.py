@@ -128,6 +128,7 @@ class ControllerCore:
         self._wait_until: float | None = None
         self._idle_since: float | None = None
         self._account = _LatencyAccount()
+        self._judged: dict[int, bool] = {}  # latest judged positions: was their draft accepted
 
     # ---- public API ---------------------------------------------------------------------------
     @property
@@ -190,7 +191,7 @@ class ControllerCore:
         if extends and last is not None:
             # the pace of a live chain: how fast the worker's drafts come when nothing stops it
             self.est.draft_interval.update((now - last) / len(drafts))
-        chain.sync(self.transcript.tokens)
+        self._sync_chain()
         return self._schedule(now)
 
     def on_worker_lost(self, reason: str, now: float) -> list[ControllerAction]:
@@ -217,9 +218,9 @@ class ControllerCore:
             taken = transcript.commit(tokens[:accepted] + [nxt])
             self.metrics.on_verify(len(tokens), accepted, len(taken))
             self.stats.remote_accepted += min(accepted, len(proposal.remote))
-            self.est.acceptance.update(len(tokens), accepted)
-            for i, d in enumerate(drafts[: accepted + 1]):
-                self.est.calibration.update(d.entropy, i < accepted)
+            for position, draft in enumerate(drafts[: accepted + 1], n_before):
+                if position < len(transcript.tokens):  # (a stop condition may cut the commit)
+                    self._judge(position, draft)
             # the local draft's cache holds the proposal; it stays valid where it was committed
             self._local_cache = min(self._local_cache, n_before + _common_prefix(tokens, taken))
         else:
@@ -250,6 +251,22 @@ class ControllerCore:
             top_k=s.top_k, top_p=s.top_p, seed=s.seed, lookahead=self.lookahead,
             max_position=self.transcript.n_prompt + self.transcript.stop.max_tokens,
         )
+
+    def _sync_chain(self) -> None:
+        """Check the worker's chain against the committed tokens; learn from what it drafted."""
+        for position, draft in self.chain.sync(self.transcript.tokens):
+            self._judge(position, draft)
+
+    def _judge(self, position: int, draft: DraftToken) -> None:
+        """The target's token at ``position`` is committed: score the draft made for it, once."""
+        if position in self._judged:
+            return  # the worker's and the local draft are the same model: one judgement
+        accepted = draft.token == self.transcript.tokens[position]
+        self.est.acceptance.update(self._judged.get(position - 1, False), accepted)
+        self.est.calibration.update(draft.entropy, accepted)
+        self._judged[position] = accepted
+        if len(self._judged) > 16:  # only the latest positions are ever looked up
+            self._judged = {p: a for p, a in self._judged.items() if p >= position - 8}
 
     def _check_drafts(self, msg: Drafts) -> str | None:
         """Why ``msg`` cannot come from an honest worker, or None."""
@@ -291,7 +308,7 @@ class ControllerCore:
             self.metrics.on_commit(len(taken), now)
             self._earn(len(taken), now)
             out.append(EmitTokens(tuple(taken)))
-            self.chain.sync(self.transcript.tokens)
+            self._sync_chain()
             if self.worker_ok:
                 out.append(Send(Commit(self.rid, max(self.chain.epoch, 0), self._committed_sent,
                                        tuple(taken))))

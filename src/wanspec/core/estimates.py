@@ -8,6 +8,7 @@ worker link: each request starts from what the previous ones learned.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from wanspec.core.calibration import EntropyCalibration
@@ -60,58 +61,56 @@ class PassTime:
 
 @dataclass
 class AcceptanceModel:
-    """How likely the target accepts the draft at each depth of a window.
+    """How likely the target accepts a draft, learned from every draft the controller can judge.
 
-    ``rate(d)`` estimates P(draft ``d`` of a window is accepted | drafts ``0..d-1`` were), from
-    the controller's verifications: a window of ``w`` drafts with ``a`` accepted says "accepted" at
-    depths ``0..a-1`` and "rejected" at depth ``a`` (if ``a < w``); deeper drafts were never
-    judged.  Depth matters because acceptance is not i.i.d. in real text: a window starts right
-    after a rejection more often than not, and rejections cluster.  Each depth is shrunk towards
-    the pooled rate while it has few observations, and old observations fade (``memory``
-    verifications), so the model follows the text it is decoding.
+    A draft is *judged* when the target's token at its position is committed: drafts in a
+    verified window, and also the worker's drafts for positions committed some other way (a
+    plain step, a local window), so the estimate does not depend on which windows the policy
+    chose to verify.  Acceptance is not i.i.d. in real text (hard and easy stretches), so two
+    rates are kept: ``next`` for a draft whose previous position was an accepted draft (a run
+    going on) and ``first`` for any other (after a rejection, a bonus token or a plain step),
+    which is where every verification window of standard SD starts.  Each rate is shrunk
+    towards the pooled rate while it has few observations, and old judgements fade (``memory``
+    drafts), so the model follows the text being decoded.
     """
 
     prior: float = 0.7
-    prior_weight: float = 2.0  # pseudo-observations pulling each depth towards the pooled rate
-    memory: float = 50.0  # verifications after which an observation's weight has fallen to 1/e
-    max_depth: int = 16  # deeper drafts share the last depth's estimate
-    accepts: list[float] = field(default_factory=list)
-    trials: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.accepts = self.accepts or [0.0] * self.max_depth
-        self.trials = self.trials or [0.0] * self.max_depth
+    prior_weight: float = 1.0  # pseudo-observations pulling each rate towards the pooled one
+    memory: float = 1000.0  # judged drafts after which an observation's weight is down to 1/e
+    accepts: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [first, next]
+    trials: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
     @property
     def pooled(self) -> float:
-        """Acceptance over all judged drafts (per-token alpha of the SD analysis)."""
+        """Acceptance over all judged drafts (the per-token alpha of the SD analysis)."""
         w = self.prior_weight
         return (sum(self.accepts) + w * self.prior) / (sum(self.trials) + w)
 
-    def rate(self, depth: int) -> float:
-        d = min(depth, self.max_depth - 1)
-        w = self.prior_weight
-        return (self.accepts[d] + w * self.pooled) / (self.trials[d] + w)
+    def rate(self, after_accept: bool) -> float:
+        i, w = int(after_accept), self.prior_weight
+        return (self.accepts[i] + w * self.pooled) / (self.trials[i] + w)
 
-    def rates(self, start: int, n: int) -> list[float]:
-        """``[rate(start), ..., rate(start + n - 1)]``."""
-        pooled, w = self.pooled, self.prior_weight
-        last = self.max_depth - 1
-        out = []
-        for depth in range(start, start + n):
-            d = min(depth, last)
-            out.append((self.accepts[d] + w * pooled) / (self.trials[d] + w))
-        return out
+    def bound(self, after_accept: bool, errors: float) -> float:
+        """:meth:`rate` moved by ``errors`` standard errors (clamped to [0, 1]): what the
+        acceptance may well be, at best (``errors > 0``) or at worst (``< 0``)."""
+        i, r = int(after_accept), self.rate(after_accept)
+        se = math.sqrt(r * (1.0 - r) / (self.trials[i] + self.prior_weight))
+        return min(max(r + errors * se, 0.0), 1.0)
 
-    def update(self, window: int, accepted: int) -> None:
+    def window_rates(self, start: int, n: int, errors: float = 0.0) -> list[float]:
+        """Acceptance rates of window drafts ``start .. start+n-1`` not made yet: the first of a
+        window follows a commit (``first``), later ones follow an accepted draft (``next``);
+        each moved by ``errors`` standard errors (:meth:`bound`)."""
+        first, nxt = self.bound(False, errors), self.bound(True, errors)
+        return [first if d == 0 else nxt for d in range(start, start + n)]
+
+    def update(self, after_accept: bool, accepted: bool) -> None:
         fade = 1.0 - 1.0 / self.memory
         self.accepts = [a * fade for a in self.accepts]
         self.trials = [t * fade for t in self.trials]
-        for depth in range(min(accepted + 1, window)):
-            d = min(depth, self.max_depth - 1)
-            self.trials[d] += 1.0
-            if depth < accepted:
-                self.accepts[d] += 1.0
+        i = int(after_accept)
+        self.trials[i] += 1.0
+        self.accepts[i] += float(accepted)
 
 
 @dataclass

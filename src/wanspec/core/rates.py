@@ -28,25 +28,27 @@ def expected_tokens_iid(alpha: float, window: int) -> float:
     return (1.0 - a ** (window + 1)) / (1.0 - a)
 
 
-def sd_round(gamma: int, acceptance: AcceptanceModel, target: PassTime,
-             draft_s: float) -> tuple[float, float]:
-    """Standard SD at one site with window ``gamma``: (seconds, expected tokens) per round."""
+def sd_round(gamma: int, acceptance: AcceptanceModel, target: PassTime, draft_s: float,
+             errors: float = 0.0) -> tuple[float, float]:
+    """Standard SD at one site with window ``gamma``: (seconds, expected tokens) per round, with
+    acceptance moved by ``errors`` standard errors."""
     seconds = gamma * draft_s + target.seconds(gamma + 1)
-    return seconds, expected_tokens(acceptance.rates(0, gamma))
+    return seconds, expected_tokens(acceptance.window_rates(0, gamma, errors))
 
 
 def best_local_tpot(acceptance: AcceptanceModel, target: PassTime, draft_s: float | None,
-                    max_gamma: int = 16) -> tuple[float, int]:
+                    max_gamma: int = 16, errors: float = 0.0) -> tuple[float, int]:
     """Time per token of the best decoding at the busy site alone, and its window (0: target-only).
 
     Standard SD at each window ``1..max_gamma`` and target-only decoding; without a draft model
-    (``draft_s`` None) only target-only.
+    (``draft_s`` None) only target-only.  ``errors``: with acceptance moved by that many
+    standard errors (> 0: as fast as local decoding may well be).
     """
     best_tpot, best_gamma = target.seconds(1), 0
     if draft_s is None:
         return best_tpot, best_gamma
     for gamma in range(1, max_gamma + 1):
-        seconds, tokens = sd_round(gamma, acceptance, target, draft_s)
+        seconds, tokens = sd_round(gamma, acceptance, target, draft_s, errors)
         if seconds / tokens < best_tpot:
             best_tpot, best_gamma = seconds / tokens, gamma
     return best_tpot, best_gamma
