@@ -16,13 +16,14 @@ def view(*, remote=(), local: int = 0, expect_full_by: float | None = None,
     """A view at ``now=1.0`` with gamma 4; ``expect_full_by``: when the worker's drafts up to a
     full window (and beyond, up to ``max_window``) are expected."""
     base = dict(now=1.0, gamma=4, budget=64, max_window=16, wait_expired=False,
-                proposal_remote=0, chain_live=True, chain_behind=0, worker_ok=True,
-                has_local_draft=True, slack_s=0.0, budget_tpot_s=0.0)
+                chain_live=True, chain_behind=0, worker_ok=True, has_local_draft=True,
+                slack_s=0.0, budget_tpot_s=0.0)
+    ours = kw.pop("proposal_remote", 0)  # worker drafts the local round under way started with
     base.update(kw)
     remote = tuple(remote)
-    base["proposal_remote"] = base["proposal_remote"] if local else 0
     missing = max(base["max_window"], base["gamma"]) - len(remote)
     arrivals = () if expect_full_by is None else (expect_full_by,) * max(missing, 0)
     est = estimates or Estimates.with_priors(rtt_s=0.05, target_s=0.03, draft_s=0.004)
-    return View(remote=remote, arrivals=arrivals, estimates=est,
-                proposal_local=drafts(local, entropy=0.2), **base)
+    proposal = remote[:ours] + drafts(local, entropy=0.2) if local else ()
+    return View(remote=remote, arrivals=arrivals, estimates=est, proposal=proposal,
+                proposal_local=local, **base)

@@ -16,6 +16,7 @@ from wanspec.core.actions import (
     Send,
     Site,
     TargetDone,
+    WorkerLost,
 )
 from wanspec.core.controller import ControllerConfig, ControllerCore
 from wanspec.core.estimates import Estimates
@@ -26,7 +27,9 @@ from wanspec.protocol.messages import (
     Cancel,
     Commit,
     Drafts,
+    Error,
     SessionStart,
+    SessionStats,
 )
 from wanspec.sampling import SamplingParams
 
@@ -337,3 +340,88 @@ def test_adaptive_local_round_livelock():
         t += 0.001
         actions = c.on_draft_done(DraftDone(run.op, 500 + i, 0.1, 0.9), t)
     raise AssertionError("50 local draft passes without a target verification: livelock")
+
+
+# ---- what the controller learns, and what it refuses ------------------------------------------
+
+
+def test_worker_drafts_are_judged_even_when_never_verified():
+    """The acceptance model learns from the worker's drafts for positions committed by plain
+    steps too: every draft on the right prefix is scored once, against the committed token."""
+    c = _prefilled()  # committed: prompt + 50 (position 3)
+    c.on_timer(c.next_timer())  # gave up waiting: plain step for position 4
+    # the worker's chain arrives late: drafts for 3 (= 50), 4 and 5
+    c.on_message(Drafts(RID, 0, 3, (50, 51, 52)), 0.15)
+    trials_before = sum(c.est.acceptance.trials)
+    c.on_target_done(TargetDone(2, (51,)), 0.2)  # the plain step commits 51 at position 4
+    # position 3 was judged on arrival (accepted, 'first'), position 4 now (accepted, 'next')
+    assert sum(c.est.acceptance.trials) == pytest.approx(trials_before + 1, rel=1e-2)
+    assert c.est.acceptance.trials[1] > 0 and c.est.acceptance.accepts[1] > 0
+
+
+def test_a_position_is_judged_once_whoever_drafted_it():
+    c = _prefilled()
+    c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.12)  # verified as a remote window
+    c.on_target_done(TargetDone(2, (51, 52, 60, 61)), 0.22)
+    judged = sum(c.est.acceptance.trials)
+    # 3 (on arrival), then 4, 5 accepted and 6 rejected in the window: four judgements, each once
+    assert judged == pytest.approx(4, rel=1e-2)
+    assert c.est.calibration.trials and sum(c.est.calibration.trials) == 4
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (Drafts(RID, 0, 3, (600,)), "outside the vocabulary"),
+    (Drafts(RID, 0, 3, (-1,)), "outside the vocabulary"),
+    (Drafts(RID, 0, 3, (1.5,)), "outside the vocabulary"),  # type: ignore[arg-type]
+    (Drafts(RID, "0", 3, (1,)), "invalid epoch"),  # type: ignore[arg-type]
+    (Drafts(RID, 0, -3, (1,)), "invalid epoch"),
+    (Drafts(RID, 0, 3, ()), "inconsistent lengths"),
+    (Drafts(RID, 0, 3, (1, 2), (0.1,)), "inconsistent lengths"),
+    (Drafts(RID, 0, 3, (1,), (float("nan"),)), "not a finite"),
+    (Drafts(RID, 0, 3, (1,), ("high",)), "not a finite"),  # type: ignore[arg-type]
+])
+def test_invalid_drafts_drop_the_worker_and_decoding_goes_on(bad, reason):
+    c = make()
+    c.vocab_size = 512
+    c.start(0.0)
+    c.on_target_done(TargetDone(1, (50,)), 0.1)
+    out = c.on_message(bad, 0.12)
+    assert isinstance(out[0], Log) and reason in out[0].message
+    assert not c.worker_ok and "protocol error" in (c.stats.worker_lost or "")
+    assert out[-1] == RunTarget(2, 3, (50,), 1)  # target-only from here: same output
+
+
+def test_an_error_for_this_request_drops_the_worker_and_others_are_ignored():
+    c = _prefilled()
+    assert c.on_message(Error("too busy", rid=RID + 1), 0.11) == []
+    out = c.on_message(Error("too busy", rid=RID, code="session"), 0.12)
+    assert "worker refused the request: too busy" in out[0].message and not c.worker_ok
+
+
+def test_the_workers_account_is_kept_even_after_the_end():
+    c = make(max_tokens=1)
+    c.start(0.0)
+    c.on_target_done(TargetDone(1, (50,)), 0.1)
+    assert c.finished
+    c.on_message(SessionStats(RID + 1, 9, 9, 0, 0), 0.2)
+    assert c.stats.worker_account is None
+    c.on_message(SessionStats(RID, 3, 2, 1, 0), 0.2)
+    assert c.stats.worker_account == SessionStats(RID, 3, 2, 1, 0)
+
+
+def test_events_are_dispatched_by_type():
+    c = make(has_local=True)
+    c.start(0.0)
+    out = c.on_event(WorkerLost("link killed"), 0.05)
+    assert "link killed" in out[0].message and not c.worker_ok
+    out = c.on_event(TargetDone(1, (50,)), 0.1)
+    assert out[0] == EmitTokens((50,)) and isinstance(out[-1], RunDraft)
+    out = c.on_event(DraftDone(out[-1].op, 51, 0.1, 0.9), 0.12)
+    assert isinstance(out[-1], RunDraft)
+
+
+def test_config_validation_of_the_adaptive_budget():
+    with pytest.raises(WanspecError, match="max slowdown"):
+        ControllerConfig(policy=PolicyConfig(max_slowdown=0.9))
+    with pytest.raises(WanspecError, match="max window"):
+        ControllerConfig(max_window=0)

@@ -4,7 +4,7 @@ The user states the trade-off, not a weight: ``max_slowdown`` (default 1.05) is 
 token the request may take relative to the best decoding the busy site could do alone -- standard
 SD at its best window, or target-only decoding when drafting does not pay -- and never more than
 target-only.  That reference is estimated online from the controller's own measurements
-(acceptance by window depth, target and draft pass times; :func:`budget_tpot`).
+(acceptance of the drafts it has judged, target and draft pass times; :func:`budget_tpot`).
 
 The controller keeps a latency account per request: every committed token adds its allowance
 (``budget_tpot``), every second spent is taken off; the balance is the *slack*.  At each decision
@@ -25,10 +25,9 @@ decoding), the RTT or jitter grows and waiting stops fitting the budget (it turn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 from wanspec.core.estimates import Estimates
-from wanspec.core.rates import best_local_tpot
+from wanspec.core.rates import best_local_tpot, expected_tokens_by_window
 from wanspec.core.view import LOCAL_DRAFT, PLAIN, VERIFY_LOCAL, Decision, Kind, View
 
 
@@ -80,7 +79,7 @@ def fresh_options(v: View) -> list[Option]:
     k = len(remote)
     # expected tokens of a window of w drafts: the worker's (calibrated by their entropy), then
     # drafts not made yet (by their depth)
-    tokens = _prefix_tokens(remote + est.acceptance.window_rates(k, cap - k, CAUTION))
+    tokens = expected_tokens_by_window(remote + est.acceptance.window_rates(k, cap - k, CAUTION))
     tv = est.target_pass.seconds  # of the tokens fed: a window of w drafts feeds w + 1
     options = [Option(PLAIN, tv(1), 1.0, 0.0)]
     for w in range(1, k + 1):
@@ -105,28 +104,19 @@ def local_round_options(v: View) -> list[Option]:
     est = v.estimates
     cap = min(v.max_window, v.budget)
     p = est.calibration.p_accept
-    proposal = [p(d.entropy) for d in (*v.remote[: v.proposal_remote], *v.proposal_local)]
+    proposal = [p(d.entropy) for d in v.proposal]
     m = len(proposal)
-    tokens = _prefix_tokens(proposal + est.acceptance.window_rates(m, max(cap - m, 0), CAUTION))
+    tokens = expected_tokens_by_window(proposal + est.acceptance.window_rates(m, max(cap - m, 0), CAUTION))
     tv = est.target_pass.seconds
     td = est.local_draft_pass.seconds(1)
     options = [Option(VERIFY_LOCAL, tv(m + 1), tokens[m], 0.0)]
     for g in range(m + 1, cap + 1):
         options.append(Option(LOCAL_DRAFT, (g - m) * td + tv(g + 1), tokens[g], (g - m) * td))
-    if v.worker_ok and len(v.remote) > v.proposal_remote:
+    ours = m - v.proposal_local  # the worker's drafts the proposal started with
+    if v.worker_ok and len(v.remote) > ours:
         # the worker has caught up past our proposal's remote part: its drafts cost nothing
-        remote = _prefix_tokens([p(d.entropy) for d in v.remote[:cap]])
-        for w in range(v.proposal_remote + 1, min(len(v.remote), cap) + 1):
+        remote = expected_tokens_by_window([p(d.entropy) for d in v.remote[:cap]])
+        for w in range(ours + 1, min(len(v.remote), cap) + 1):
             options.append(Option(Decision(Kind.VERIFY_REMOTE, window=w), tv(w + 1), remote[w],
                                   0.0))
     return options
-
-
-def _prefix_tokens(ps: Sequence[float]) -> list[float]:
-    """Expected committed tokens of verifying the first ``w`` drafts, for ``w = 0..len(ps)``."""
-    totals, total, run = [1.0], 1.0, 1.0
-    for p in ps:
-        run *= p
-        total += run
-        totals.append(total)
-    return totals

@@ -50,7 +50,7 @@ def decide_fixed(policy: PolicyConfig, v: View) -> Decision:
     """``remote``, ``always`` and ``entropy``: windows of ``gamma`` drafts."""
     gamma = min(v.gamma, v.budget)
     if v.proposal_local:  # a local round is under way: finish it
-        return LOCAL_DRAFT if v.proposal_remote + len(v.proposal_local) < gamma else VERIFY_LOCAL
+        return LOCAL_DRAFT if len(v.proposal) < gamma else VERIFY_LOCAL
     remote = v.remote[:gamma]
     k = len(remote)
     local_round = Decision(Kind.LOCAL_DRAFT, window=k)  # the worker's drafts, then local ones

@@ -15,11 +15,17 @@ from wanspec.core.estimates import AcceptanceModel, PassTime
 
 def expected_tokens(ps: Sequence[float]) -> float:
     """Tokens one verification of drafts with acceptance probabilities ``ps`` commits on average."""
-    total, run = 1.0, 1.0
+    return expected_tokens_by_window(ps)[-1]
+
+
+def expected_tokens_by_window(ps: Sequence[float]) -> list[float]:
+    """:func:`expected_tokens` of the first ``w`` drafts, for every ``w = 0 .. len(ps)``."""
+    totals, total, run = [1.0], 1.0, 1.0
     for p in ps:
         run *= p
         total += run
-    return total
+        totals.append(total)
+    return totals
 
 
 def expected_tokens_iid(alpha: float, window: int) -> float:
@@ -52,14 +58,3 @@ def best_local_tpot(acceptance: AcceptanceModel, target: PassTime, draft_s: floa
         if seconds / tokens < best_tpot:
             best_tpot, best_gamma = seconds / tokens, gamma
     return best_tpot, best_gamma
-
-
-def optimal_gamma(acceptance: AcceptanceModel, target: PassTime, draft_s: float,
-                  max_gamma: int = 16) -> int:
-    """The window of the fastest standard SD (at least 1)."""
-    best_g, best_rate = 1, 0.0
-    for gamma in range(1, max_gamma + 1):
-        seconds, tokens = sd_round(gamma, acceptance, target, draft_s)
-        if tokens / seconds > best_rate:
-            best_g, best_rate = gamma, tokens / seconds
-    return best_g

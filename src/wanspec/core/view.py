@@ -49,8 +49,8 @@ class View:
     remote: tuple[DraftToken, ...]  # usable worker drafts for positions n, n+1, ...
     arrivals: tuple[float, ...]  # expected arrival of the next usable worker drafts, in order
     wait_expired: bool  # this decision ends a wait that ran to its deadline
-    proposal_remote: int  # leading worker drafts of the proposal under construction
-    proposal_local: tuple[DraftToken, ...]  # local drafts after them (a local round under way)
+    proposal: tuple[DraftToken, ...]  # the proposal under construction: worker drafts, then local
+    proposal_local: int  # how many of its drafts are local (> 0: a local round is under way)
     chain_live: bool  # the worker's chain agrees with everything committed so far
     chain_behind: int  # committed positions the live chain still has to cover
     worker_ok: bool

@@ -1,0 +1,143 @@
+"""The latency-budgeted adaptive policy on hand-built views: pure decisions, no models, no clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from policy_views import drafts, view
+from wanspec.core.adaptive import budget_tpot, decide_adaptive, fresh_options
+from wanspec.core.estimates import Estimates
+from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, decide
+from wanspec.core.rates import best_local_tpot
+
+ADAPTIVE = PolicyConfig(PolicyName.ADAPTIVE)
+
+
+def learned(alpha: float, judged: int = 2000, target_s: float = 0.030, draft_s: float = 0.004,
+            per_token_s: float = 0.0005) -> Estimates:
+    """Estimates after ``judged`` drafts accepted at rate ``alpha`` (and as many calibrations)."""
+    est = Estimates.with_priors(rtt_s=0.03, target_s=target_s, draft_s=draft_s,
+                                verify_per_token_s=per_token_s)
+    accepted = 0
+    for i in range(judged):
+        ok = accepted < alpha * (i + 1)  # exactly alpha of them, evenly spread
+        accepted += ok
+        est.acceptance.update(after_accept=i % 2 == 1, accepted=ok)
+        est.calibration.update(0.1 if ok else 2.5, ok)
+    return est
+
+
+def adaptive_view(est: Estimates, slack: float, **kw):
+    budget = budget_tpot(est, 1.05, kw.get("has_local_draft", True))
+    return view(estimates=est, slack_s=slack, budget_tpot_s=budget, **kw)
+
+
+def test_budget_is_the_best_local_decoding_times_the_slowdown_capped_at_target_only():
+    est = learned(0.8)
+    best, gamma = best_local_tpot(est.acceptance, est.target_pass, 0.004, errors=1.0)
+    assert gamma >= 4 and best < 0.030 / 2
+    assert budget_tpot(est, 1.05, True) == pytest.approx(1.05 * best)
+    assert budget_tpot(est, 1.2, True) == pytest.approx(1.2 * best)
+    # without a local draft model, the best the busy site can do alone is target-only
+    assert budget_tpot(est, 1.05, False) == pytest.approx(0.030)
+    # useless drafts: local SD is slower than target-only, which then is the reference (P3)
+    assert budget_tpot(learned(0.05), 1.05, True) == pytest.approx(0.030)
+
+
+def test_the_budget_reference_errs_on_the_fast_side_while_little_is_known():
+    few, many = learned(0.8, judged=20), learned(0.8, judged=2000)
+    assert budget_tpot(few, 1.05, True) < budget_tpot(many, 1.05, True)
+
+
+def test_a_full_window_of_confident_worker_drafts_is_verified_at_once():
+    est = learned(0.8)
+    d = decide(ADAPTIVE, adaptive_view(est, 0.0, remote=drafts(8, entropy=0.1)))
+    assert d == Decision(Kind.VERIFY_REMOTE, window=8)
+
+
+def test_unlikely_worker_drafts_are_cut_from_the_window():
+    est = learned(0.8)
+    remote = drafts(2, entropy=0.1) + drafts(6, entropy=2.5)  # the tail is likely rejected
+    d = decide(ADAPTIVE, adaptive_view(est, 0.0, remote=remote, has_local_draft=False))
+    assert d == Decision(Kind.VERIFY_REMOTE, window=2)
+
+
+def test_with_slack_in_hand_it_waits_for_the_worker_instead_of_drafting():
+    est = learned(0.8)
+    v = adaptive_view(est, slack=0.050, chain_live=False, expect_full_by=1.030)
+    d = decide(ADAPTIVE, v)
+    assert d.kind is Kind.WAIT and d.until == 1.030
+
+
+def test_without_slack_it_drafts_locally_rather_than_wait_a_round_trip():
+    est = learned(0.8)
+    v = adaptive_view(est, slack=0.0, chain_live=False, expect_full_by=1.030)
+    assert decide(ADAPTIVE, v) == Decision(Kind.LOCAL_DRAFT, window=0)
+
+
+def test_over_budget_it_takes_the_fastest_option():
+    est = learned(0.8)
+    v = adaptive_view(est, slack=-0.5, chain_live=False, expect_full_by=1.001)
+    options = fresh_options(v)
+    fastest = min(options, key=lambda o: o.seconds / o.tokens)
+    assert decide_adaptive(v) == fastest.decision
+
+
+def test_useless_drafts_give_target_only_decoding():
+    est = learned(0.02)
+    v = adaptive_view(est, slack=0.0, chain_live=False, expect_full_by=1.001)
+    assert decide(ADAPTIVE, v) == Decision(Kind.PLAIN)
+    # even with worker drafts in hand: verifying them costs more than it commits
+    v = adaptive_view(est, slack=0.0, remote=drafts(4, entropy=2.5))
+    assert decide(ADAPTIVE, v) == Decision(Kind.PLAIN)
+
+
+def test_a_new_link_does_not_draft_on_faith_when_drafting_barely_pays():
+    """Nothing judged yet: local drafting is priced at the pessimistic end of what is known,
+    so where drafting pays only if drafts are good, it waits for evidence (plain steps while the
+    worker's free drafts are judged)."""
+    est = Estimates.with_priors(rtt_s=0.05, target_s=0.015, draft_s=0.005,
+                                verify_per_token_s=0.0005)
+    v = adaptive_view(est, slack=0.0, chain_live=False)
+    assert decide(ADAPTIVE, v) == Decision(Kind.PLAIN)
+
+
+def test_a_local_round_is_dropped_when_the_worker_caught_up():
+    est = learned(0.8)
+    v = adaptive_view(est, slack=0.0, remote=drafts(8, entropy=0.1), local=1)
+    assert decide(ADAPTIVE, v) == Decision(Kind.VERIFY_REMOTE, window=8)
+
+
+def test_a_local_round_is_verified_after_an_uncertain_draft():
+    est = learned(0.8)
+    base = adaptive_view(est, slack=0.0, local=2)
+    uncertain = dataclasses.replace(base, proposal=drafts(1, 0.1) + drafts(1, 2.5))
+    assert decide(ADAPTIVE, uncertain) == Decision(Kind.VERIFY_LOCAL)
+
+
+def test_one_token_left_is_a_plain_step():
+    est = learned(0.8)
+    assert decide(ADAPTIVE, adaptive_view(est, 0.0, remote=drafts(4), budget=0)).kind is Kind.PLAIN
+
+
+@pytest.mark.parametrize("slack", [-1.0, 0.0, 0.02, 1.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.95])
+def test_every_decision_is_well_formed(slack, alpha):
+    est = learned(alpha)
+    for k in range(0, 6):
+        for local in range(0, 3):
+            for ok in (True, False):
+                for has_local in (True, False):
+                    v = adaptive_view(est, slack, remote=drafts(k) if ok else (),
+                                      local=local if has_local else 0, proposal_remote=0,
+                                      worker_ok=ok, has_local_draft=has_local,
+                                      expect_full_by=1.01 if ok else None)
+                    d = decide(ADAPTIVE, v)
+                    if d.kind is Kind.WAIT:
+                        assert ok and d.until is not None and d.until > v.now
+                    if not has_local:
+                        assert d.kind not in (Kind.LOCAL_DRAFT, Kind.VERIFY_LOCAL)
+                    if d.kind is Kind.VERIFY_REMOTE:
+                        assert d.window is not None and 1 <= d.window <= k
