@@ -82,7 +82,7 @@ def test_over_budget_it_takes_the_fastest_option():
     v = adaptive_view(est, slack=-0.5, chain_live=False, expect_full_by=1.001)
     options = fresh_options(v)
     fastest = min(options, key=lambda o: o.seconds / o.tokens)
-    assert decide_adaptive(v) == fastest.decision
+    assert decide_adaptive(v) == fastest.decision()
 
 
 def test_useless_drafts_give_target_only_decoding():

@@ -24,11 +24,11 @@ decoding), the RTT or jitter grows and waiting stops fitting the budget (it turn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from wanspec.core.estimates import Estimates
 from wanspec.core.rates import best_local_tpot, expected_tokens_by_window
-from wanspec.core.view import LOCAL_DRAFT, PLAIN, VERIFY_LOCAL, Decision, Kind, View
+from wanspec.core.view import Decision, Kind, View
 
 
 # Drafts not made yet are priced at their acceptance one standard error below its estimate: a
@@ -51,12 +51,16 @@ def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool
     return min(max_slowdown * best, estimates.target_pass.seconds(1))
 
 
-@dataclass(frozen=True)
-class Option:
-    decision: Decision
+class Option(NamedTuple):
+    kind: Kind
     seconds: float  # expected time until the resulting verification has committed
     tokens: float  # expected tokens it commits
     busy_draft_s: float  # busy-site draft time it spends
+    window: int | None = None  # VERIFY_REMOTE: drafts to verify; LOCAL_DRAFT: worker drafts first
+    until: float | None = None  # WAIT: the expected arrival waited for
+
+    def decision(self) -> Decision:
+        return Decision(self.kind, until=self.until, window=self.window)
 
 
 def decide_adaptive(v: View) -> Decision:
@@ -67,35 +71,31 @@ def decide_adaptive(v: View) -> Decision:
         best = min(fits, key=lambda o: (o.busy_draft_s / o.tokens, o.seconds / o.tokens))
     else:
         best = min(options, key=lambda o: o.seconds / o.tokens)
-    return best.decision
+    return best.decision()
 
 
 def fresh_options(v: View) -> list[Option]:
     """No proposal under way: every way to start the next verification."""
     est = v.estimates
     cap = min(v.max_window, v.budget)
-    p = est.calibration.p_accept
-    remote = [p(d.entropy) for d in v.remote[:cap]] if v.worker_ok else []
+    remote = est.calibration.p_accepts(d.entropy for d in v.remote[:cap]) if v.worker_ok else []
     k = len(remote)
     # expected tokens of a window of w drafts: the worker's (calibrated by their entropy), then
     # drafts not made yet (by their depth)
     tokens = expected_tokens_by_window(remote + est.acceptance.window_rates(k, cap - k, CAUTION))
-    tv = est.target_pass.seconds  # of the tokens fed: a window of w drafts feeds w + 1
-    options = [Option(PLAIN, tv(1), 1.0, 0.0)]
+    verify = est.target_pass.seconds_up_to(cap + 1)  # verify[w]: w drafts feed w + 1 tokens
+    options = [Option(Kind.PLAIN, verify[0], 1.0, 0.0)]
     for w in range(1, k + 1):
-        options.append(Option(Decision(Kind.VERIFY_REMOTE, window=w), tv(w + 1), tokens[w], 0.0))
+        options.append(Option(Kind.VERIFY_REMOTE, verify[w], tokens[w], 0.0, window=w))
     if v.has_local_draft:
         td = est.local_draft_pass.seconds(1)
         for g in range(k + 1, cap + 1):
-            options.append(Option(Decision(Kind.LOCAL_DRAFT, window=k), (g - k) * td + tv(g + 1),
-                                  tokens[g], (g - k) * td))
-    if v.worker_ok:
-        for g in range(k + 1, cap + 1):
-            until = v.arrival(g)
-            if until is None:
-                break
-            options.append(Option(Decision(Kind.WAIT, until=until), until - v.now + tv(g + 1),
-                                  tokens[g], 0.0))
+            options.append(Option(Kind.LOCAL_DRAFT, (g - k) * td + verify[g], tokens[g],
+                                  (g - k) * td, window=k))
+    if v.worker_ok:  # wait for the worker's next drafts: the g-th is expected at arrivals[g-k-1]
+        for g, until in zip(range(k + 1, cap + 1), v.arrivals):
+            options.append(Option(Kind.WAIT, until - v.now + verify[g], tokens[g], 0.0,
+                                  until=until))
     return options
 
 
@@ -103,20 +103,20 @@ def local_round_options(v: View) -> list[Option]:
     """A local round is under way: draft on, verify it, or take the worker's drafts instead."""
     est = v.estimates
     cap = min(v.max_window, v.budget)
-    p = est.calibration.p_accept
-    proposal = [p(d.entropy) for d in v.proposal]
+    p = est.calibration.p_accepts
+    proposal = p(d.entropy for d in v.proposal)
     m = len(proposal)
     tokens = expected_tokens_by_window(proposal + est.acceptance.window_rates(m, max(cap - m, 0), CAUTION))
-    tv = est.target_pass.seconds
+    verify = est.target_pass.seconds_up_to(max(cap, m) + 1)
     td = est.local_draft_pass.seconds(1)
-    options = [Option(VERIFY_LOCAL, tv(m + 1), tokens[m], 0.0)]
+    options = [Option(Kind.VERIFY_LOCAL, verify[m], tokens[m], 0.0)]
     for g in range(m + 1, cap + 1):
-        options.append(Option(LOCAL_DRAFT, (g - m) * td + tv(g + 1), tokens[g], (g - m) * td))
+        options.append(Option(Kind.LOCAL_DRAFT, (g - m) * td + verify[g], tokens[g],
+                              (g - m) * td))
     ours = m - v.proposal_local  # the worker's drafts the proposal started with
     if v.worker_ok and len(v.remote) > ours:
         # the worker has caught up past our proposal's remote part: its drafts cost nothing
-        remote = expected_tokens_by_window([p(d.entropy) for d in v.remote[:cap]])
+        remote = expected_tokens_by_window(p(d.entropy for d in v.remote[:cap]))
         for w in range(ours + 1, min(len(v.remote), cap) + 1):
-            options.append(Option(Decision(Kind.VERIFY_REMOTE, window=w), tv(w + 1), remote[w],
-                                  0.0))
+            options.append(Option(Kind.VERIFY_REMOTE, verify[w], remote[w], 0.0, window=w))
     return options

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Iterable
 
 DEFAULT_EDGES = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -42,6 +43,13 @@ class EntropyCalibration:
             self.accepts[b] += 1
 
     def p_accept(self, entropy: float) -> float:
-        b = self.bucket(entropy)
-        w = self.prior_weight
-        return (self.accepts[b] + w * self.overall) / (self.trials[b] + w)
+        return self.p_accepts([entropy])[0]
+
+    def p_accepts(self, entropies: Iterable[float]) -> list[float]:
+        """:meth:`p_accept` of each entropy."""
+        w, overall = self.prior_weight, self.overall
+        out = []
+        for e in entropies:
+            b = bisect.bisect_right(self.edges, e)
+            out.append((self.accepts[b] + w * overall) / (self.trials[b] + w))
+        return out

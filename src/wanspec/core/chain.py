@@ -18,7 +18,7 @@ def feed_from(committed: Sequence[int], proposal: Sequence[int], start: int) -> 
     return (*committed[start:], *proposal)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DraftToken:
     """One draft as the worker reported it: the token, its distribution's entropy (nats) and
     the probability of its top choice."""

@@ -11,6 +11,7 @@ target-only decoding): same output, never a hang.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -76,6 +77,7 @@ class _LatencyAccount:
 
     first_token_at: float | None = None
     allowance_s: float = 0.0
+    budget_tpot_s: float = 0.0  # allowed time per token (adaptive policy)
 
     def slack(self, now: float) -> float:
         return 0.0 if self.first_token_at is None else self.allowance_s - (now - self.first_token_at)
@@ -280,7 +282,7 @@ class ControllerCore:
             if type(t) is not int or t < 0 or (vocab is not None and t >= vocab):
                 return f"draft token {t!r} outside the vocabulary"
         for x in (*msg.entropy, *msg.top_prob):
-            if not isinstance(x, (int, float)) or not 0.0 <= x < float("inf"):
+            if not isinstance(x, (int, float)) or not 0.0 <= x < math.inf:
                 return f"draft statistic {x!r} is not a finite non-negative number"
         return None
 
@@ -327,13 +329,14 @@ class ControllerCore:
     def _earn(self, tokens: int, now: float) -> None:
         """The latency allowance of ``tokens`` committed tokens (the first token's is TTFT)."""
         account = self._account
+        if self.config.policy.name is PolicyName.ADAPTIVE:
+            # the allowance per token in force until the next commit, from what is known now
+            account.budget_tpot_s = budget_tpot(self.est, self.config.policy.max_slowdown,
+                                                self.has_local_draft)
         if account.first_token_at is None:
             account.first_token_at = now
-        elif self.config.policy.name is PolicyName.ADAPTIVE:
-            account.allowance_s += tokens * self._budget_tpot()
-
-    def _budget_tpot(self) -> float:
-        return budget_tpot(self.est, self.config.policy.max_slowdown, self.has_local_draft)
+        else:
+            account.allowance_s += tokens * account.budget_tpot_s
 
     def _arrivals(self, n: int, have: int, want: int, now: float) -> tuple[float, ...]:
         """When worker drafts ``have+1 .. want`` (for positions ``n+have ..``) should arrive."""
@@ -367,7 +370,6 @@ class ControllerCore:
         span = self._max_window
         remote = tuple(chain.window(n, span)) if self.worker_ok else ()
         arrivals = self._arrivals(n, len(remote), span, now)
-        adaptive = config.policy.name is PolicyName.ADAPTIVE
         view = View(
             now=now, gamma=config.gamma, budget=self.transcript.remaining - 1,
             max_window=config.max_window, remote=remote, arrivals=arrivals,
@@ -376,8 +378,7 @@ class ControllerCore:
             chain_live=not chain.dead,
             chain_behind=chain.pending_catch_up(n), worker_ok=self.worker_ok,
             has_local_draft=self.has_local_draft, estimates=self.est,
-            slack_s=self._account.slack(now) if adaptive else 0.0,
-            budget_tpot_s=self._budget_tpot() if adaptive else 0.0,
+            slack_s=self._account.slack(now), budget_tpot_s=self._account.budget_tpot_s,
         )
         return self._apply(decide(config.policy, view), view, now)
 

@@ -52,6 +52,11 @@ class PassTime:
     def seconds(self, tokens: int) -> float:
         return self.base.get + self.per_token.get * max(tokens - 1, 0)
 
+    def seconds_up_to(self, tokens: int) -> list[float]:
+        """``[seconds(1), seconds(2), ..., seconds(tokens)]``."""
+        base, per_token = self.base.get, self.per_token.get
+        return [base + per_token * i for i in range(tokens)]
+
     def update(self, tokens: int, seconds: float) -> None:
         if tokens <= 1:
             self.base.update(seconds)

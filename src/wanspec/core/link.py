@@ -37,7 +37,7 @@ class LinkState(str, Enum):
     UP = "up"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Route:
     """Deliver ``msg`` to the request ``rid``."""
 
@@ -45,12 +45,12 @@ class Route:
     msg: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Up:
     """The handshake completed: requests may use the worker."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lost:
     """The connection failed (close it); every request using it continues without the worker."""
 

@@ -46,15 +46,18 @@ def best_local_tpot(acceptance: AcceptanceModel, target: PassTime, draft_s: floa
                     max_gamma: int = 16, errors: float = 0.0) -> tuple[float, int]:
     """Time per token of the best decoding at the busy site alone, and its window (0: target-only).
 
-    Standard SD at each window ``1..max_gamma`` and target-only decoding; without a draft model
-    (``draft_s`` None) only target-only.  ``errors``: with acceptance moved by that many
-    standard errors (> 0: as fast as local decoding may well be).
+    Standard SD at each window ``1..max_gamma`` (:func:`sd_round`) and target-only decoding;
+    without a draft model (``draft_s`` None) only target-only.  ``errors``: with acceptance moved
+    by that many standard errors (> 0: as fast as local decoding may well be).
     """
     best_tpot, best_gamma = target.seconds(1), 0
     if draft_s is None:
         return best_tpot, best_gamma
+    # the expected tokens of every window at once (one window's drafts are a prefix of the next)
+    tokens = expected_tokens_by_window(acceptance.window_rates(0, max_gamma, errors))
+    verify = target.seconds_up_to(max_gamma + 1)  # verify[g]: a window of g drafts
     for gamma in range(1, max_gamma + 1):
-        seconds, tokens = sd_round(gamma, acceptance, target, draft_s, errors)
-        if seconds / tokens < best_tpot:
-            best_tpot, best_gamma = seconds / tokens, gamma
+        tpot = (gamma * draft_s + verify[gamma]) / tokens[gamma]
+        if tpot < best_tpot:
+            best_tpot, best_gamma = tpot, gamma
     return best_tpot, best_gamma

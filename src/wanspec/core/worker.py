@@ -38,7 +38,7 @@ from wanspec.sampling import SamplingParams
 HELLO_TIMEOUT_S = 10.0  # a peer that has not introduced itself by then is dropped
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DraftFor:
     """Run ``run`` on the draft model with session ``rid``'s KV cache and sampling."""
 
@@ -47,14 +47,14 @@ class DraftFor:
     sampling: SamplingParams
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release:
     """Free session ``rid``'s KV cache (its in-flight pass, if any, is dropped when done)."""
 
     rid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     """Close the connection (after sending what came before this action)."""
 

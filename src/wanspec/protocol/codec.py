@@ -38,6 +38,7 @@ _TAGS: dict[type, int] = {
     SessionStats: 9,
 }
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}  # wire order
 _TUPLE_FIELDS = {
     Hello: ("capabilities",),
     SessionStart: ("prompt",),
@@ -54,8 +55,8 @@ def encode_message(msg: Message) -> bytes:
     tag = _TAGS.get(type(msg))
     if tag is None:
         raise TypeError(f"not a protocol message: {msg!r}")
-    values = [getattr(msg, f.name) for f in dataclasses.fields(msg)]  # type: ignore[arg-type]
-    return msgpack.packb([tag, *values], use_bin_type=True)
+    return msgpack.packb([tag, *(getattr(msg, name) for name in _FIELDS[type(msg)])],
+                         use_bin_type=True)
 
 
 def decode_message(body: bytes) -> Message:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Messages are values: treat them as immutable (not frozen only because a frozen dataclass costs
+# three times as much to construct, and one Drafts is built per draft pass).
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Hello:
     """First message each way: who I am and whether we can work together."""
 
@@ -34,7 +37,7 @@ class Hello:
     capabilities: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionStart:
     """Start drafting for a request: the worker prefills ``prompt`` and drafts ahead."""
 
@@ -48,7 +51,7 @@ class SessionStart:
     max_position: int = 0  # never draft at or past this absolute position (0 = unbounded)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Drafts:
     """Draft tokens for positions ``base .. base+len-1`` of the worker's epoch-``epoch`` chain."""
 
@@ -60,7 +63,7 @@ class Drafts:
     top_prob: tuple[float, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit:
     """Tokens committed at positions ``base .. base+len-1`` (contiguous with earlier commits).
 
@@ -74,7 +77,7 @@ class Commit:
     tokens: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     """The request ended (or was abandoned): free its state."""
 
@@ -82,7 +85,7 @@ class Cancel:
     reason: str = "done"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionStats:
     """The worker's account of a finished session (sent after a Cancel): its own pass counts."""
 
@@ -93,19 +96,19 @@ class SessionStats:
     rollbacks: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping:
     t: float
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong:
     t: float  # echoed from the Ping: the sender computes RTT from its own clock
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error:
     """A fatal (rid == -1) or per-session problem, in words a person can act on."""
 

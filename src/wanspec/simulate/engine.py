@@ -103,6 +103,7 @@ class RemoteSim:
         self.logs: list[str] = []
         self.done = False
         self._timer_gen = {"controller": 0, "link": 0}
+        self._armed: dict[str, float | None] = {}
 
     # ---- loop ------------------------------------------------------------------------------
     def _at(self, t: float, fn: Callable[[float, Any], None], arg: Any) -> None:
@@ -124,7 +125,10 @@ class RemoteSim:
 
     def _arm(self, name: str, deadline: float | None, now: float,
              fire: Callable[[float, Any], None]) -> None:
-        """(Re-)arm timer ``name``: a newer arming makes older heap entries stale."""
+        """(Re-)arm timer ``name`` for ``deadline``: a newer arming makes older entries stale."""
+        if deadline is not None and self._armed.get(name) == deadline:
+            return  # already armed for exactly this deadline
+        self._armed[name] = deadline
         self._timer_gen[name] += 1
         if deadline is not None:
             self._at(max(deadline, now), fire, self._timer_gen[name])
