@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from wanspec.core.rates import SD_WINDOWS
+
 BASELINES = ("target", "sd", "sd-best", "sd-dynamic")
-SD_GAMMAS = tuple(range(1, 11))  # the windows best SD is searched over
+SD_GAMMAS = tuple(SD_WINDOWS)  # the windows best SD is searched over (the adaptive policy's
+# latency reference searches the same ones)
 LABELS = {"target": "target-only", "sd": "standard SD", "sd-best": "best SD",
           "sd-dynamic": "dynamic SD"}
 

@@ -12,9 +12,9 @@ def drafts(n: int, entropy: float = 0.1) -> tuple[DraftToken, ...]:
 
 
 def view(*, remote=(), local: int = 0, expect_full_by: float | None = None,
-         estimates: Estimates | None = None, **kw) -> View:
-    """A view at ``now=1.0`` with gamma 4; ``expect_full_by``: when the worker's drafts up to a
-    full window (and beyond, up to ``max_window``) are expected."""
+         every: float = 0.0, estimates: Estimates | None = None, **kw) -> View:
+    """A view at ``now=1.0`` with gamma 4; ``expect_full_by``: when the worker's next draft is
+    expected, and each later one ``every`` seconds after (by default all at once)."""
     base = dict(now=1.0, gamma=4, budget=64, max_window=16, wait_expired=False,
                 chain_live=True, chain_behind=0, worker_ok=True, has_local_draft=True,
                 slack_s=0.0, budget_tpot_s=0.0)
@@ -22,7 +22,8 @@ def view(*, remote=(), local: int = 0, expect_full_by: float | None = None,
     base.update(kw)
     remote = tuple(remote)
     missing = max(base["max_window"], base["gamma"]) - len(remote)
-    arrivals = () if expect_full_by is None else (expect_full_by,) * max(missing, 0)
+    arrivals = () if expect_full_by is None else tuple(
+        expect_full_by + i * every for i in range(max(missing, 0)))
     est = estimates or Estimates.with_priors(rtt_s=0.05, target_s=0.03, draft_s=0.004)
     proposal = remote[:ours] + drafts(local, entropy=0.2) if local else ()
     return View(remote=remote, arrivals=arrivals, estimates=est, proposal=proposal,

@@ -64,17 +64,32 @@ def test_unlikely_worker_drafts_are_cut_from_the_window():
     assert d == Decision(Kind.VERIFY_REMOTE, window=2)
 
 
+def after_a_rejection(est: Estimates, slack: float):
+    """The worker's new chain is a round trip away: its drafts from 30 ms on, one every 4 ms."""
+    return adaptive_view(est, slack=slack, chain_live=False, expect_full_by=1.030, every=0.004)
+
+
 def test_with_slack_in_hand_it_waits_for_the_worker_instead_of_drafting():
-    est = learned(0.8)
-    v = adaptive_view(est, slack=0.050, chain_live=False, expect_full_by=1.030)
-    d = decide(ADAPTIVE, v)
-    assert d.kind is Kind.WAIT and d.until == 1.030
+    d = decide(ADAPTIVE, after_a_rejection(learned(0.8), slack=0.060))
+    assert d.kind is Kind.WAIT and d.until is not None and d.until >= 1.030
 
 
 def test_without_slack_it_drafts_locally_rather_than_wait_a_round_trip():
+    d = decide(ADAPTIVE, after_a_rejection(learned(0.8), slack=0.0))
+    assert d == Decision(Kind.LOCAL_DRAFT, window=0)
+
+
+def test_the_more_slack_the_fewer_local_drafts_it_plans():
+    """The smallest local round that fits the budget: with some slack, a shorter one."""
     est = learned(0.8)
-    v = adaptive_view(est, slack=0.0, chain_live=False, expect_full_by=1.030)
-    assert decide(ADAPTIVE, v) == Decision(Kind.LOCAL_DRAFT, window=0)
+    options = fresh_options(after_a_rejection(est, 0.0))
+    windows = {}
+    for slack in (0.0, 0.010):
+        v = after_a_rejection(est, slack)
+        local = [o for o in options if o.kind is Kind.LOCAL_DRAFT
+                 and v.slack_s + o.tokens * v.budget_tpot_s - o.seconds >= 0]
+        windows[slack] = min(round(o.busy_draft_s / 0.004) for o in local)
+    assert windows[0.010] < windows[0.0]
 
 
 def test_over_budget_it_takes_the_fastest_option():
@@ -91,16 +106,6 @@ def test_useless_drafts_give_target_only_decoding():
     assert decide(ADAPTIVE, v) == Decision(Kind.PLAIN)
     # even with worker drafts in hand: verifying them costs more than it commits
     v = adaptive_view(est, slack=0.0, remote=drafts(4, entropy=2.5))
-    assert decide(ADAPTIVE, v) == Decision(Kind.PLAIN)
-
-
-def test_a_new_link_does_not_draft_on_faith_when_drafting_barely_pays():
-    """Nothing judged yet: local drafting is priced at the pessimistic end of what is known,
-    so where drafting pays only if drafts are good, it waits for evidence (plain steps while the
-    worker's free drafts are judged)."""
-    est = Estimates.with_priors(rtt_s=0.05, target_s=0.015, draft_s=0.005,
-                                verify_per_token_s=0.0005)
-    v = adaptive_view(est, slack=0.0, chain_live=False)
     assert decide(ADAPTIVE, v) == Decision(Kind.PLAIN)
 
 

@@ -52,4 +52,14 @@ def test_the_best_window_grows_with_acceptance():
     target = PassTime.with_prior(0.030, 0.0005)
     _, low = best_local_tpot(iid(0.4), target, 0.004)
     _, high = best_local_tpot(iid(0.9), target, 0.004)
-    assert 1 <= low < high <= 16
+    assert 1 <= low < high <= 10
+
+
+def test_a_short_request_favours_shorter_windows():
+    """The last round of a request is cut short: long windows pay less on short requests."""
+    target = PassTime.with_prior(0.050, 0.0005)
+    long_tpot, long_gamma = best_local_tpot(iid(0.9), target, 0.002)
+    short_tpot, short_gamma = best_local_tpot(iid(0.9), target, 0.002, tokens=8)
+    assert short_tpot > long_tpot and short_gamma <= long_gamma
+    tpot, _ = best_local_tpot(iid(0.9), target, 0.002, tokens=10**9)
+    assert tpot == pytest.approx(long_tpot)

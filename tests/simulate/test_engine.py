@@ -99,3 +99,20 @@ def test_a_useless_worker_never_makes_remote_slower_than_target_only():
     cfg = SMALL.with_values({"rtt": 80.0, "alpha": 0.0})
     recs = {r["mode"]: r for r in run_sweep(cfg, [], ["remote"], jobs=1)}
     assert recs["remote"]["tpot_ms_mean"] <= recs["target"]["tpot_ms_mean"] * 1.1
+
+
+def test_requests_share_what_the_controller_learns_and_pace_their_latency_budget():
+    """One Estimates per link: acceptance, pass times and the unspent budget carry over."""
+    from wanspec.simulate.engine import RemoteSim
+
+    cfg = SMALL.with_values({"rtt": 20.0, "alpha": 0.8})
+    sim = RemoteSim(cfg, "adaptive", worlds(cfg))
+    sim.run()
+    est = sim.estimates
+    assert est.unspent_per_token.samples == cfg.requests  # one account closed per request
+    assert sum(est.acceptance.trials) > cfg.requests * cfg.max_tokens / 2  # many judged drafts
+    assert est.acceptance.pooled == pytest.approx(0.8, abs=0.06)
+    assert est.rtt is sim.link.rtt  # the one RTT estimate of the link
+    other = RemoteSim(cfg, "entropy", worlds(cfg))
+    other.run()
+    assert other.estimates.unspent_per_token.samples == 0  # only the adaptive policy paces

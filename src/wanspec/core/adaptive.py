@@ -31,23 +31,18 @@ from wanspec.core.rates import best_local_tpot, expected_tokens_by_window
 from wanspec.core.view import Decision, Kind, View
 
 
-# Drafts not made yet are priced at their acceptance one standard error below its estimate: a
-# draft pass is only spent where it pays even if the drafts are somewhat worse than believed.
-# While little is known (a new link) that keeps the busy site from drafting on faith; the
-# worker's drafts, judged against what gets committed, teach the estimate at no busy-site cost.
-CAUTION = -1.0
-
-
-def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool) -> float:
+def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool,
+                tokens: int | None = None) -> float:
     """Allowed seconds per committed token: ``max_slowdown`` x the best decoding at the busy
-    site alone, and never more than target-only decoding.
+    site alone for a request of ``tokens`` tokens, and never more than target-only decoding.
 
     The reference is estimated with acceptance one standard error above its estimate: local
     decoding may well be that fast, and a budget that holds only on an average estimate would be
     missed half of the time.  The margin shrinks as judged drafts accumulate.
     """
     draft_s = estimates.local_draft_pass.seconds(1) if has_local_draft else None
-    best, _ = best_local_tpot(estimates.acceptance, estimates.target_pass, draft_s, errors=1.0)
+    best, _ = best_local_tpot(estimates.acceptance, estimates.target_pass, draft_s, tokens,
+                              errors=1.0)
     return min(max_slowdown * best, estimates.target_pass.seconds(1))
 
 
@@ -82,7 +77,7 @@ def fresh_options(v: View) -> list[Option]:
     k = len(remote)
     # expected tokens of a window of w drafts: the worker's (calibrated by their entropy), then
     # drafts not made yet (by their depth)
-    tokens = expected_tokens_by_window(remote + est.acceptance.window_rates(k, cap - k, CAUTION))
+    tokens = expected_tokens_by_window(remote + est.acceptance.window_rates(k, cap - k))
     verify = est.target_pass.seconds_up_to(cap + 1)  # verify[w]: w drafts feed w + 1 tokens
     options = [Option(Kind.PLAIN, verify[0], 1.0, 0.0)]
     for w in range(1, k + 1):
@@ -106,7 +101,7 @@ def local_round_options(v: View) -> list[Option]:
     p = est.calibration.p_accepts
     proposal = p(d.entropy for d in v.proposal)
     m = len(proposal)
-    tokens = expected_tokens_by_window(proposal + est.acceptance.window_rates(m, max(cap - m, 0), CAUTION))
+    tokens = expected_tokens_by_window(proposal + est.acceptance.window_rates(m, max(cap - m, 0)))
     verify = est.target_pass.seconds_up_to(max(cap, m) + 1)
     td = est.local_draft_pass.seconds(1)
     options = [Option(Kind.VERIFY_LOCAL, verify[m], tokens[m], 0.0)]

@@ -73,14 +73,30 @@ class ControllerStats:
 
 @dataclass
 class _LatencyAccount:
-    """Allowance earned by committed tokens minus time taken, from the first token on."""
+    """The time the tokens committed after the first may take, minus the time they took.
+
+    The allowance per token is re-estimated at every commit and applies to *all* tokens so far:
+    the budget is a multiple of what the best local decoding would have taken for this request,
+    and the latest estimate of that is the best one (an early, rough estimate leaves no lasting
+    debt or credit).  ``credit_per_token`` is what past requests left unspent per token: it is
+    lent up front for the tokens still to come, so that the budget is spent evenly over the
+    request (pacing) rather than saved up and lost at its end.
+    """
 
     first_token_at: float | None = None
-    allowance_s: float = 0.0
+    tokens: int = 0  # committed after the first token
     budget_tpot_s: float = 0.0  # allowed time per token (adaptive policy)
+    credit_per_token_s: float = 0.0
 
-    def slack(self, now: float) -> float:
-        return 0.0 if self.first_token_at is None else self.allowance_s - (now - self.first_token_at)
+    def slack(self, now: float, tokens_to_come: int) -> float:
+        if self.first_token_at is None:
+            return 0.0
+        spent = self.tokens * self.budget_tpot_s - (now - self.first_token_at)
+        return spent + self.credit_per_token_s * tokens_to_come
+
+    def unspent_per_token(self, now: float) -> float:
+        """At the end of the request: what it left unspent, per token."""
+        return self.slack(now, 0) / self.tokens if self.tokens else 0.0
 
 
 @dataclass
@@ -129,7 +145,7 @@ class ControllerCore:
         self._started_at = 0.0
         self._wait_until: float | None = None
         self._idle_since: float | None = None
-        self._account = _LatencyAccount()
+        self._account = _LatencyAccount(credit_per_token_s=self.est.unspent_per_token.get)
         self._judged: dict[int, bool] = {}  # latest judged positions: was their draft accepted
 
     # ---- public API ---------------------------------------------------------------------------
@@ -319,6 +335,8 @@ class ControllerCore:
         if self.transcript.finished:
             self.finished = True
             self.metrics.on_finish(now)
+            if self.config.policy.name is PolicyName.ADAPTIVE and self._account.tokens:
+                self.est.unspent_per_token.update(self._account.unspent_per_token(now))
             if self.worker_ok:
                 out.append(Send(Cancel(self.rid, "done")))
             out.append(Finished(self.transcript.finish_reason or "eos"))
@@ -327,16 +345,16 @@ class ControllerCore:
         return out
 
     def _earn(self, tokens: int, now: float) -> None:
-        """The latency allowance of ``tokens`` committed tokens (the first token's is TTFT)."""
+        """``tokens`` were committed: update the latency account (the first token's is TTFT)."""
         account = self._account
         if self.config.policy.name is PolicyName.ADAPTIVE:
-            # the allowance per token in force until the next commit, from what is known now
             account.budget_tpot_s = budget_tpot(self.est, self.config.policy.max_slowdown,
-                                                self.has_local_draft)
+                                                self.has_local_draft,
+                                                self.transcript.stop.max_tokens - 1)
         if account.first_token_at is None:
             account.first_token_at = now
-        else:
-            account.allowance_s += tokens * account.budget_tpot_s
+            tokens -= 1
+        account.tokens += tokens
 
     def _arrivals(self, n: int, have: int, want: int, now: float) -> tuple[float, ...]:
         """When worker drafts ``have+1 .. want`` (for positions ``n+have ..``) should arrive."""
@@ -378,7 +396,8 @@ class ControllerCore:
             chain_live=not chain.dead,
             chain_behind=chain.pending_catch_up(n), worker_ok=self.worker_ok,
             has_local_draft=self.has_local_draft, estimates=self.est,
-            slack_s=self._account.slack(now), budget_tpot_s=self._account.budget_tpot_s,
+            slack_s=self._account.slack(now, self.transcript.remaining),
+            budget_tpot_s=self._account.budget_tpot_s,
         )
         return self._apply(decide(config.policy, view), view, now)
 

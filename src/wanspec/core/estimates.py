@@ -128,6 +128,9 @@ class Estimates:
     draft_interval: Ewma  # time between consecutive drafts of a live remote chain
     acceptance: AcceptanceModel
     calibration: EntropyCalibration  # draft entropy -> probability the target accepts it
+    # latency budget per token that requests left unspent at their end (negative: overspent);
+    # the adaptive policy credits it up front to spend its budget evenly (pacing)
+    unspent_per_token: Ewma
 
     @classmethod
     def with_priors(cls, rtt_s: float = 0.05, target_s: float = 0.03, draft_s: float = 0.004,
@@ -135,4 +138,4 @@ class Estimates:
         return cls(rtt if rtt is not None else Ewma(rtt_s),
                    PassTime.with_prior(target_s, verify_per_token_s),
                    PassTime.with_prior(draft_s), Ewma(draft_s), AcceptanceModel(),
-                   EntropyCalibration())
+                   EntropyCalibration(), Ewma(0.0))

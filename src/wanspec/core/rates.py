@@ -42,22 +42,30 @@ def sd_round(gamma: int, acceptance: AcceptanceModel, target: PassTime, draft_s:
     return seconds, expected_tokens(acceptance.window_rates(0, gamma, errors))
 
 
+SD_WINDOWS = range(1, 11)  # the windows of standard SD a reference is searched over
+
+
 def best_local_tpot(acceptance: AcceptanceModel, target: PassTime, draft_s: float | None,
-                    max_gamma: int = 16, errors: float = 0.0) -> tuple[float, int]:
+                    tokens: int | None = None, errors: float = 0.0) -> tuple[float, int]:
     """Time per token of the best decoding at the busy site alone, and its window (0: target-only).
 
-    Standard SD at each window ``1..max_gamma`` (:func:`sd_round`) and target-only decoding;
-    without a draft model (``draft_s`` None) only target-only.  ``errors``: with acceptance moved
-    by that many standard errors (> 0: as fast as local decoding may well be).
+    Standard SD at each window of :data:`SD_WINDOWS` and target-only decoding; without a draft
+    model (``draft_s`` None) only target-only.  ``tokens``: the length of the request, whose last
+    round is cut short on average by half a round (a long window pays less on a short request);
+    None: unbounded.  ``errors``: acceptance moved by that many standard errors (> 0: as fast as
+    local decoding may well be).
     """
     best_tpot, best_gamma = target.seconds(1), 0
     if draft_s is None:
         return best_tpot, best_gamma
     # the expected tokens of every window at once (one window's drafts are a prefix of the next)
-    tokens = expected_tokens_by_window(acceptance.window_rates(0, max_gamma, errors))
-    verify = target.seconds_up_to(max_gamma + 1)  # verify[g]: a window of g drafts
-    for gamma in range(1, max_gamma + 1):
-        tpot = (gamma * draft_s + verify[gamma]) / tokens[gamma]
-        if tpot < best_tpot:
-            best_tpot, best_gamma = tpot, gamma
+    per_round = expected_tokens_by_window(acceptance.window_rates(0, SD_WINDOWS[-1], errors))
+    verify = target.seconds_up_to(SD_WINDOWS[-1] + 1)  # verify[g]: a window of g drafts
+    for gamma in SD_WINDOWS:
+        round_s = gamma * draft_s + verify[gamma]
+        rounds_per_token = 1.0 / per_round[gamma]
+        if tokens:
+            rounds_per_token += 0.5 / tokens
+        if round_s * rounds_per_token < best_tpot:
+            best_tpot, best_gamma = round_s * rounds_per_token, gamma
     return best_tpot, best_gamma

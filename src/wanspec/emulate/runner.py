@@ -107,6 +107,7 @@ class Emulation:
         self.progress = progress or (lambda _label: None)
         self.target_only: ModeRuns | None = None  # the reference runs of the last :meth:`run`
         self._prompts: list[str] = []
+        self._reference: list[list[int]] = []
 
     def _sd_gammas(self) -> tuple[int, ...]:
         return tuple(sorted({*self.config.sd_gammas, self.config.gamma}))
@@ -133,10 +134,12 @@ class Emulation:
             self.progress(mode if mode != "sd" else f"sd (g={gamma})")
         return runs
 
-    def _run_remote(self, policy: str, rtt: float, prompts: Sequence[str]) -> ModeRuns:
+    def _run_remote(self, policy: str, rtt: float, prompts: Sequence[str],
+                    jitter_ms: float | None = None) -> ModeRuns:
         c = self.config
-        link = LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms, bandwidth_bps=c.bandwidth_bps,
-                          spike_prob=c.spike_prob, spike_ms=c.spike_ms, seed=c.seed)
+        link = LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms if jitter_ms is None else jitter_ms,
+                          bandwidth_bps=c.bandwidth_bps, spike_prob=c.spike_prob,
+                          spike_ms=c.spike_ms, seed=c.seed)
         cfg = ControllerConfig(gamma=c.gamma, policy=PolicyConfig(
             PolicyName(policy), c.entropy_threshold, c.max_slowdown))
         runs = ModeRuns(policy, rtt)
@@ -151,24 +154,36 @@ class Emulation:
         clock.run(main, virtual=c.timing.emulated)
         return runs
 
-    def run(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
-        """One record per (RTT, mode), baselines included at every RTT."""
+    def baselines(self, prompts: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The baseline records (:data:`~wanspec.baselines.BASELINES`) on ``prompts``; they do
+        not depend on the link, so one set serves every RTT."""
         target = self._run_local("target", prompts)
         self.target_only, self._prompts = target, list(prompts)
-        reference = [r.token_ids for r in target.results]
+        reference = self._reference = [r.token_ids for r in target.results]
         by_gamma = {g: {**_aggregate(self._run_local("sd", prompts, g), reference), "sd_gamma": g}
                     for g in self._sd_gammas()}
-        bases = {"target": _aggregate(target, reference),
-                 "sd": by_gamma[self.config.gamma], "sd-best": best_sd(by_gamma),
-                 "sd-dynamic": _aggregate(self._run_local("sd-dynamic", prompts), reference)}
+        return {"target": _aggregate(target, reference), "sd": by_gamma[self.config.gamma],
+                "sd-best": best_sd(by_gamma),
+                "sd-dynamic": _aggregate(self._run_local("sd-dynamic", prompts), reference)}
+
+    def remote(self, policy: str, rtt: float, bases: dict[str, dict[str, Any]],
+               jitter_ms: float | None = None) -> dict[str, Any]:
+        """The record of ``policy`` at ``rtt`` on the prompts of the last :meth:`baselines`,
+        with its ratios to them (``jitter_ms``: instead of the configured jitter)."""
+        runs = self._run_remote(policy, rtt, self._prompts, jitter_ms)
+        rec = _aggregate(runs, self._reference)
+        return with_ratios(rec, bases["target"], bases["sd"], bases["sd-best"])
+
+    def run(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
+        """One record per (RTT, mode), baselines included at every RTT."""
+        bases = self.baselines(prompts)
         t, sd, best = bases["target"], bases["sd"], bases["sd-best"]
         records: list[dict[str, Any]] = []
         for rtt in self.config.rtts_ms:
             for mode in BASELINES:
                 records.append(with_ratios({**bases[mode], "rtt_ms": rtt}, t, sd, best))
             for policy in self.config.policies:
-                runs = self._run_remote(policy, rtt, prompts)
-                records.append(with_ratios(_aggregate(runs, reference), t, sd, best))
+                records.append(self.remote(policy, rtt, bases))
         return records
 
     def trace(self) -> tuple[dict[str, Any], list[TraceRequest]]:
