@@ -22,7 +22,7 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 RTTS = (0.0, 10.0, 20.0, 30.0, 50.0, 70.0, 100.0, 150.0)
-MODES = ("target", "sd", "remote", "always", "entropy", "adaptive")
+MODES = ("target", "sd", "sd-best", "sd-dynamic", "remote", "always", "entropy", "adaptive")
 
 
 def rel(a: float, b: float) -> float:

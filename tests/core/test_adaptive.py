@@ -7,7 +7,12 @@ import dataclasses
 import pytest
 
 from policy_views import drafts, view
-from wanspec.core.adaptive import budget_tpot, decide_adaptive, fresh_options
+from wanspec.core.adaptive import (
+    budget_tpot,
+    decide_adaptive,
+    fresh_options,
+    local_round_options,
+)
 from wanspec.core.estimates import Estimates
 from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, decide
 from wanspec.core.rates import best_local_tpot
@@ -92,12 +97,21 @@ def test_the_more_slack_the_fewer_local_drafts_it_plans():
     assert windows[0.010] < windows[0.0]
 
 
-def test_over_budget_it_takes_the_fastest_option():
+def test_over_budget_it_takes_the_option_that_wins_back_the_most():
     est = learned(0.8)
     v = adaptive_view(est, slack=-0.5, chain_live=False, expect_full_by=1.001)
-    options = fresh_options(v)
-    fastest = min(options, key=lambda o: o.seconds / o.tokens)
-    assert decide_adaptive(v) == fastest.decision()
+    best = max(fresh_options(v), key=lambda o: o.tokens * v.budget_tpot_s - o.seconds)
+    assert decide_adaptive(v) == best.decision()
+
+
+def test_over_budget_a_local_round_is_not_cut_short():
+    """After one local draft, 'verify now' looks fastest on the time still to come (the draft
+    made seems free); over budget the round goes on while drafts are worth their time."""
+    est = learned(0.7)
+    v = adaptive_view(est, slack=-0.5, local=4, chain_live=False)
+    fastest_from_now = min(local_round_options(v), key=lambda o: o.seconds / o.tokens)
+    assert fastest_from_now.kind is Kind.VERIFY_LOCAL  # the trap
+    assert decide(ADAPTIVE, v) == Decision(Kind.LOCAL_DRAFT)
 
 
 def test_useless_drafts_give_target_only_decoding():

@@ -11,9 +11,9 @@ The controller keeps a latency account per request: every committed token adds i
 the policy lists its options -- verify the worker's drafts (any prefix), a plain target step,
 wait for more worker drafts (until each expected arrival), draft locally up to any window, or
 abandon a local round for the worker's drafts that have caught up -- each with its expected
-time, committed tokens and busy-site draft time.  It picks, among the options that keep the
-expected slack non-negative, the one with the least busy-site draft time per committed token
-(then the fastest).  If none does, it picks the fastest, to win the budget back.
+time, committed tokens and busy-site draft time from now on.  It picks, among the options that
+keep the expected slack non-negative, the one with the least busy-site draft time per committed
+token (then the fastest).  If none does, it picks the one that wins back the most budget.
 
 So the worker's advantage (a window drafted while the target was verifying the previous one
 commits tokens faster than local SD could) is banked as slack and spent on waiting for the worker
@@ -48,9 +48,9 @@ def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool
 
 class Option(NamedTuple):
     kind: Kind
-    seconds: float  # expected time until the resulting verification has committed
+    seconds: float  # expected time from now until the resulting verification has committed
     tokens: float  # expected tokens it commits
-    busy_draft_s: float  # busy-site draft time it spends
+    busy_draft_s: float  # busy-site draft time it spends from now on
     window: int | None = None  # VERIFY_REMOTE: drafts to verify; LOCAL_DRAFT: worker drafts first
     until: float | None = None  # WAIT: the expected arrival waited for
 
@@ -59,13 +59,22 @@ class Option(NamedTuple):
 
 
 def decide_adaptive(v: View) -> Decision:
-    """The option with the least busy-site draft time per token that fits the latency budget."""
+    """The option with the least busy-site draft time per token that fits the latency budget
+    (then the fastest); if none fits, the one that wins back the most of the budget.
+
+    Every option is judged on what it costs from now on: time and passes already spent on a
+    round under way are spent whatever comes next.  Its worth against the budget is what it adds
+    to the slack, ``tokens * budget_tpot - seconds``; maximising that when over budget is the
+    optimal stopping rule for a local round (draft on while one more draft is expected to be
+    worth more than its time at the budget's rate), where judging by the rate of the time still
+    to come would end rounds too early and never catch up.
+    """
     options = local_round_options(v) if v.proposal_local else fresh_options(v)
     fits = [o for o in options if v.slack_s + o.tokens * v.budget_tpot_s - o.seconds >= 0.0]
     if fits:
         best = min(fits, key=lambda o: (o.busy_draft_s / o.tokens, o.seconds / o.tokens))
     else:
-        best = min(options, key=lambda o: o.seconds / o.tokens)
+        best = max(options, key=lambda o: o.tokens * v.budget_tpot_s - o.seconds)
     return best.decision()
 
 

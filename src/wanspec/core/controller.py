@@ -145,7 +145,9 @@ class ControllerCore:
         self._started_at = 0.0
         self._wait_until: float | None = None
         self._idle_since: float | None = None
-        self._account = _LatencyAccount(credit_per_token_s=self.est.unspent_per_token.get)
+        # lend what past requests left unspent (an overspent request does not tax the next one)
+        self._account = _LatencyAccount(
+            credit_per_token_s=max(self.est.unspent_per_token.get, 0.0))
         self._judged: dict[int, bool] = {}  # latest judged positions: was their draft accepted
 
     # ---- public API ---------------------------------------------------------------------------
