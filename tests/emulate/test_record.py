@@ -45,6 +45,16 @@ def test_every_output_position_gets_the_outcome_of_a_draft_on_the_committed_pref
         assert rec.drafts[j][1] == pytest.approx(ent, rel=1e-4, abs=1e-5)
     # the near draft is right most of the time, but not always: both outcomes are recorded
     assert 0 < sum(a for a, _ in rec.drafts.values()) < len(rec.drafts)
+    # after each miss: the entropy of the draft's next proposal on its own wrong token
+    seq = [*prompt, *res.token_ids]
+    misses = [j for j in sorted(want) if not want[j][0] and j + 1 < len(seq)]
+    assert misses and sorted(rec.after_miss) == misses
+    for j in misses:
+        wrong = draft_choice(near_draft.forward(near_draft.new_cache(), 0, seq[:j])[-1], j,
+                             sampling).token
+        logits = near_draft.forward(near_draft.new_cache(), 0, [*seq[:j], wrong])
+        entropy = draft_choice(logits[-1], j + 1, sampling).entropy
+        assert rec.after_miss[j] == pytest.approx(entropy, rel=1e-4, abs=1e-5)
 
 
 def test_identical_draft_accepts_everything(target, same_draft):

@@ -150,3 +150,32 @@ def test_output_tokens_round_trip_and_cap_the_replayed_request():
     res = simulate_remote(cfg, "adaptive", [w0, w1])
     assert [r.metrics.committed_tokens for r in res.requests] == [7, 20]
     assert all(r.lossless for r in res.requests)
+
+
+def test_the_entropy_after_a_miss_round_trips_and_is_what_a_wrong_path_reports(tmp_path):
+    """A fourth element on a rejected entry: the entropy the draft reports after its own miss;
+    replayed drafts on a wrong prefix report it (here the drafts at 13 and 14, after a miss at
+    12)."""
+    from wanspec.simulate.models import DraftCache
+
+    req = TraceRequest(10, output_tokens=8)
+    for pos in range(10, 18):
+        req.add(pos, pos != 12, 0.1, 0.42 if pos == 12 else None)
+    path = tmp_path / "t.jsonl"
+    write_trace(path, [req])
+    line = json.loads(path.read_text().splitlines()[1])
+    assert [12, False, 0.1, 0.42] in line["drafts"] and [13, True, 0.1] in line["drafts"]
+    parsed = read_trace(path)
+    assert parsed.requests[0].after_miss == {12: 0.42}
+    world = replay_request(SimConfig(match="trace", requests=1, max_tokens=8), parsed, 0)
+    cache, target = DraftCache(), world.target
+    wrong = (target[12] + 1) % 32000  # the committed prefix up to 12, then a wrong token
+    assert world.draft(cache, 0, (*target[:12], wrong))[1] == pytest.approx(0.42)
+    assert world.draft(cache, 13, (world.wrong[13],))[1] == pytest.approx(0.42)
+
+
+def test_an_entropy_after_a_miss_must_be_a_number(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt_tokens": 2, "drafts": [[2, false, 0.1, "x"]]}\n')
+    with pytest.raises(WanspecError, match="entropy must be a number"):
+        read_trace(path)

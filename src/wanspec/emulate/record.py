@@ -23,17 +23,29 @@ from wanspec.simulate.trace import TraceRequest
 
 def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int],
                    sampling: SamplingParams) -> TraceRequest:
-    """Every output position's outcome for a draft on the committed prefix (one draft pass)."""
+    """Every output position's outcome for a draft on the committed prefix (one draft pass), and
+    after each miss the entropy of the draft's next proposal on its own wrong token (one short
+    pass per miss)."""
     n_prompt = len(prompt)
     rec = TraceRequest(n_prompt, output_tokens=len(output) or None)
     if not output:
         return rec
     seq = [*prompt, *output]
     # row i of the logits predicts position i + 1: rows n_prompt-1 .. len-2 cover the output
-    logits = draft.forward(draft.new_cache(), 0, seq[:-1])
-    for j in range(n_prompt, len(seq)):
-        c = draft_choice(logits[j - 1], j, sampling)
-        rec.add(j, c.token == seq[j], round(c.entropy, 6))
+    cache = draft.new_cache()
+    logits = draft.forward(cache, 0, seq[:-1])
+    choices = [draft_choice(logits[j - 1], j, sampling) for j in range(n_prompt, len(seq))]
+    valid = len(seq) - 1  # the cache holds the committed prefix up to here
+    for j, c in zip(range(n_prompt, len(seq)), choices):
+        after = None
+        if c.token != seq[j] and j + 1 < len(seq):
+            # the chain (or a local round) goes on from its own wrong token: keep the committed
+            # prefix before j (re-feeding what an earlier miss displaced), then the wrong token
+            start = min(valid, j)
+            row = draft.forward(cache, start, [*seq[start:j], c.token])[-1]
+            after = round(draft_choice(row, j + 1, sampling).entropy, 6)
+            valid = j
+        rec.add(j, c.token == seq[j], round(c.entropy, 6), after)
     return rec
 
 

@@ -12,7 +12,8 @@ drawn from random streams keyed by ``(seed, r)`` (so a pass costs a few list loo
 * ``match[j]``: whether a draft *on the correct prefix* proposes ``target[j]`` (else
   ``wrong[j] != target[j]``); drawn by the match model (i.i.d., Markov, or replayed from a trace).
 * a draft whose fed prefix contains a wrong token proposes ``wrong[j]``: it can never be accepted,
-  as with a real draft that conditions on a token the target did not choose.
+  as with a real draft that conditions on a token the target did not choose.  Its entropy is the
+  one right after the first wrong token (``entropy_bad``; a replayed trace records it).
 
 So the worker's draft and the controller's local draft copy agree exactly, like two copies of a
 greedy draft model, and the per-position decision makes acceptance of standard SD exactly the
@@ -88,7 +89,10 @@ class RequestWorld:
             cache.bad = bad
         pos = start + len(tokens)
         if bad < pos:
-            return self.wrong[pos], self.entropy_bad[pos], self.top_bad[pos]
+            # off the committed prefix since ``bad``: a draft that went wrong goes on about as
+            # sure of itself as right after its miss (what real drafts do: a recorded trace
+            # holds that entropy, and the worker's chain and local rounds report it)
+            return self.wrong[pos], self.entropy_bad[bad + 1], self.top_bad[bad + 1]
         if self.match[pos]:
             return self.target[pos], self.entropy[pos], self.top[pos]
         return self.wrong[pos], self.entropy[pos], self.top[pos]
@@ -125,11 +129,14 @@ def stream(cfg: SimConfig, request: int, name: str) -> random.Random:
 def build_request(cfg: SimConfig, request: int, n_prompt: int,
                   matches: list[bool] | None = None,
                   entropies: list[float | None] | None = None,
-                  max_tokens: int | None = None) -> RequestWorld:
+                  max_tokens: int | None = None,
+                  entropies_after_miss: list[float | None] | None = None) -> RequestWorld:
     """One request's sequences; ``matches``/``entropies`` (trace replay) override the models.
 
     ``matches`` must cover every position; ``entropies`` entries of None are drawn.
     ``max_tokens`` (default ``cfg.max_tokens``) is this request's output length.
+    ``entropies_after_miss[j]``: the entropy of a draft at ``j`` on a prefix whose last token is
+    the draft's own miss at ``j - 1`` (None: drawn from the rejected class).
     """
     n = n_prompt + cfg.max_tokens + 8
     v = cfg.vocab
@@ -152,6 +159,8 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     if entropies is not None:
         ent = [e if e is not None else d for e, d in zip(entropies, ent)]
     ent_bad = [abs(gauss_b(base + sep, sd)) for _ in range(n)]
+    if entropies_after_miss is not None:
+        ent_bad = [e if e is not None else d for e, d in zip(entropies_after_miss, ent_bad)]
     return RequestWorld(n_prompt, target, wrong, matches, ent, [math.exp(-e) for e in ent],
                         ent_bad, [math.exp(-e) for e in ent_bad],
                         cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens))

@@ -13,7 +13,9 @@ Format (JSONL, UTF-8, one JSON object per line; blank lines are ignored)::
 One line per request.  Each ``drafts`` entry is ``[position, accepted, entropy]``: the absolute
 position (prompt included, as in the protocol), whether a draft conditioned on the committed
 prefix proposes the target's token there (true/false or 1/0), and the draft's entropy in nats (or
-null if unknown).  Such a draft is deterministic, so a repeated position carries the same outcome;
+null if unknown); a rejected entry may carry a fourth element, the entropy of the draft's next
+proposal after its own wrong token (what the worker's chain and a local round report right after
+a miss, and what a policy reading entropy sees).  Such a draft is deterministic, so a repeated position carries the same outcome;
 the first entry wins.  ``emulate --record`` writes every output position (one teacher-forced draft
 pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only the drafts some
 verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
@@ -22,9 +24,9 @@ that ``target_ms``, ``verify_per_token_ms``, ``draft_ms``, ``draft_per_token_ms`
 when present, are the defaults ``wanspec simulate --trace`` runs with.
 
 Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
-prompt length and output length.  A position in the trace gets its recorded outcome and entropy;
-any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
-configured entropy model.
+prompt length and output length.  A position in the trace gets its recorded outcome and entropy
+(and the position after a miss the recorded entropy after it); any other position is drawn
+i.i.d. with the trace's overall per-token acceptance and the configured entropy model.
 """
 
 from __future__ import annotations
@@ -47,9 +49,14 @@ class TraceRequest:
     prompt_tokens: int
     drafts: dict[int, tuple[bool, float | None]] = field(default_factory=dict)
     output_tokens: int | None = None  # the recorded output's length (None: unknown)
+    # position p -> entropy of the draft at p + 1 after its own wrong token at p
+    after_miss: dict[int, float] = field(default_factory=dict)
 
-    def add(self, position: int, accepted: bool, entropy: float | None) -> None:
+    def add(self, position: int, accepted: bool, entropy: float | None,
+            entropy_after_miss: float | None = None) -> None:
         self.drafts.setdefault(position, (bool(accepted), entropy))
+        if entropy_after_miss is not None and not accepted:
+            self.after_miss.setdefault(position, entropy_after_miss)
 
     def add_window(self, base: int, entropies: Sequence[float], accepted: int) -> None:
         """Record one verification of worker drafts for positions ``base, base+1, ...``.
@@ -92,18 +99,21 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
     if not isinstance(drafts, list):
         raise _bad(where, "drafts must be a list of [position, accepted, entropy]")
     for d in drafts:
-        if not isinstance(d, list) or len(d) not in (2, 3):
+        if not isinstance(d, list) or len(d) not in (2, 3, 4):
             raise _bad(where, f"draft entry {d!r} is not [position, accepted, entropy]")
         pos, acc = d[0], d[1]
-        ent = d[2] if len(d) == 3 else None
+        ent = d[2] if len(d) >= 3 else None
+        after = d[3] if len(d) == 4 else None
         if isinstance(pos, bool) or not isinstance(pos, int) or pos < p:
             raise _bad(where, f"draft position {pos!r} must be an integer >= prompt_tokens ({p})")
         if acc not in (True, False, 0, 1):
             raise _bad(where, f"accepted must be true/false or 1/0, got {acc!r}")
-        if ent is not None and (isinstance(ent, bool) or not isinstance(ent, (int, float))
-                                or ent < 0):
-            raise _bad(where, f"entropy must be a number >= 0 or null, got {ent!r}")
-        req.add(pos, bool(acc), None if ent is None else float(ent))
+        for e in (ent, after):
+            if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))
+                                  or e < 0):
+                raise _bad(where, f"entropy must be a number >= 0 or null, got {e!r}")
+        req.add(pos, bool(acc), None if ent is None else float(ent),
+                None if after is None else float(after))
     return req
 
 
@@ -161,7 +171,8 @@ def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
         return
     out.write(json.dumps({"wanspec_trace": FORMAT_VERSION, **(header or {})}) + "\n")
     for i, r in enumerate(requests):
-        drafts = [[p, a, e] for p, (a, e) in sorted(r.drafts.items())]
+        drafts = [[p, a, e, r.after_miss[p]] if p in r.after_miss else [p, a, e]
+                  for p, (a, e) in sorted(r.drafts.items())]
         line: dict[str, Any] = {"request": i, "prompt_tokens": r.prompt_tokens}
         if r.output_tokens is not None:
             line["output_tokens"] = r.output_tokens
@@ -176,8 +187,13 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
     alpha = trace.alpha if trace.alpha is not None else cfg.alpha
     matches = iid_matches(stream(cfg, request, "match"), n, alpha)
     entropies: list[float | None] = [None] * n
+    after_miss: list[float | None] = [None] * n
     for pos, (acc, ent) in rec.drafts.items():
         if pos < n:
             matches[pos] = acc
             entropies[pos] = ent
-    return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens)
+    for pos, ent in rec.after_miss.items():
+        if pos + 1 < n:
+            after_miss[pos + 1] = ent
+    return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens,
+                         entropies_after_miss=after_miss)
