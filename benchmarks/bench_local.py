@@ -2,9 +2,11 @@
 
 Same process, same prompts, greedy.  Reports tokens/s (measured wall time on this machine) and,
 for wanspec, the emulated-timing figures (virtual clock, configured per-pass costs), plus the
-ratios between modes measured in this one run.  Not a test: run it by hand.
+ratios between modes.  The machine is shared and its speed drifts, so the four modes are run
+``--repeat`` times, interleaved (each repetition runs every mode once), and every ratio is taken
+within one repetition; the report gives the median and the range.  Not a test: run it by hand.
 
-    .venv/bin/python benchmarks/bench_local.py --num-prompts 16 --max-tokens 64
+    .venv/bin/python benchmarks/bench_local.py --num-prompts 16 --max-tokens 64 --repeat 5
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--target-ms", type=float, default=30.0)
     ap.add_argument("--draft-ms", type=float, default=4.0)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None, help="write the summary here")
     args = ap.parse_args()
 
@@ -45,7 +48,7 @@ def main() -> None:
 
     measured = LocalEngine(target, draft)
     emulated = LocalEngine(target, draft, TimingConfig.emulate(args.target_ms, args.draft_ms, 0.5))
-    rows: dict[str, dict[str, float]] = {}
+    runs: list[dict[str, float]] = []  # tokens/s per mode, one dict per repetition
 
     def run(label: str, fn) -> list[list[int]]:
         fn(ids[0])  # warm-up
@@ -53,8 +56,7 @@ def main() -> None:
         for x in ids:
             outs.append(fn(x))
         dt = time.perf_counter() - t0
-        n = sum(len(o) for o in outs)
-        rows[label] = {"tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+        runs[-1][label] = sum(len(o) for o in outs) / dt
         return outs
 
     def wanspec(mode: str):
@@ -71,11 +73,16 @@ def main() -> None:
             return out[0, len(x):].tolist()
         return go
 
-    ref = run("wanspec target-only", wanspec("target"))
-    sd = run("wanspec standard SD", wanspec("sd"))
-    hf_plain = run("HF generate (target)", hf(False))
-    hf_asst = run("HF generate(assistant_model)", hf(True))
-    identical = {"wanspec sd": sd == ref, "HF generate": hf_plain == ref, "HF assisted": hf_asst == ref}
+    identical = {"wanspec sd": True, "HF generate": True, "HF assisted": True}
+    for _ in range(args.repeat):
+        runs.append({})
+        ref = run("wanspec target-only", wanspec("target"))
+        sd = run("wanspec standard SD", wanspec("sd"))
+        hf_plain = run("HF generate (target)", hf(False))
+        hf_asst = run("HF generate(assistant_model)", hf(True))
+        identical["wanspec sd"] &= sd == ref
+        identical["HF generate"] &= hf_plain == ref
+        identical["HF assisted"] &= hf_asst == ref
 
     emu = {}
     for mode in ("target", "sd"):
@@ -87,18 +94,35 @@ def main() -> None:
                      "mean_acceptance_length": statistics.mean(
                          r.metrics["mean_acceptance_length"] for r in rs)}
 
-    base = rows["wanspec target-only"]["tokens_per_s"]
-    print(f"{'mode':32} {'tok/s':>8} {'vs target-only':>15}")
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    rows = {k: spread([r[k] for r in runs]) for k in runs[0]}
+    ratios = {
+        "wanspec SD / wanspec target-only": spread(
+            [r["wanspec standard SD"] / r["wanspec target-only"] for r in runs]),
+        "wanspec target-only / HF generate": spread(
+            [r["wanspec target-only"] / r["HF generate (target)"] for r in runs]),
+        "wanspec SD / HF assisted": spread(
+            [r["wanspec standard SD"] / r["HF generate(assistant_model)"] for r in runs]),
+        "HF assisted / HF generate": spread(
+            [r["HF generate(assistant_model)"] / r["HF generate (target)"] for r in runs]),
+    }
+    print(f"{'mode':32} {'tok/s median':>12} {'range':>16}   ({args.repeat} repetitions)")
     for k, v in rows.items():
-        print(f"{k:32} {v['tokens_per_s']:8.1f} {v['tokens_per_s'] / base:14.2f}x")
+        print(f"{k:32} {v['median']:12.1f} {v['min']:7.1f}-{v['max']:<8.1f}")
+    for k, v in ratios.items():
+        print(f"{k:36} {v['median']:.2f}x (range {v['min']:.2f}-{v['max']:.2f})")
     print("identical to wanspec target-only:", identical)
     print(f"emulated (target {args.target_ms} ms, draft {args.draft_ms} ms, +0.5 ms/token): "
           f"target-only {emu['target']['tpot_ms']:.2f} ms/token, SD {emu['sd']['tpot_ms']:.2f} ms/token "
           f"({emu['target']['tpot_ms'] / emu['sd']['tpot_ms']:.2f}x), acceptance "
           f"{emu['sd']['acceptance']:.3f}, mean acceptance length {emu['sd']['mean_acceptance_length']:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"measured": rows, "identical": identical, "emulated": emu,
-                                         "args": vars(args) | {"json": str(args.json)}}, indent=2))
+        args.json.write_text(json.dumps({"measured": rows, "ratios": ratios, "runs": runs,
+                                         "identical": identical, "emulated": emu,
+                                         "args": vars(args) | {"json": str(args.json)}},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":
