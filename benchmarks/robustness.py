@@ -284,7 +284,8 @@ def report(result: dict[str, Any]) -> None:
     v = result["verdicts"]
     print(markdown(result["emulated"], result["simulated"]))
     print()
-    print(f"P1 default cell (RTT <= 30): {v['p1_default_cells']} -> "
+    default = ", ".join(f"RTT {rtt:g} {'met' if ok else 'missed'}" for rtt, ok in v["p1_default_cells"])
+    print(f"P1 default cell (RTT <= 30): {default} -> "
           f"{'met' if v['p1_default_met'] else 'MISSED'}")
     if v["p1_share"] is not None:
         print(f"P1 all cells at RTT <= 30: {100 * v['p1_share']:.0f}% meet both (latency alone "
