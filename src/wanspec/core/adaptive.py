@@ -7,7 +7,9 @@ target-only.  That reference is estimated online from the controller's own measu
 (acceptance of the drafts it has judged, target and draft pass times; :func:`budget_tpot`).
 
 The controller keeps a latency account per request: every committed token adds its allowance
-(``budget_tpot``), every second spent is taken off; the balance is the *slack*.  At each decision
+(``budget_tpot``, re-estimated at each commit and applied to all tokens so far), every second
+spent is taken off, and what past requests left unspent per token is lent up front for the
+tokens still to come (pacing); the balance is the *slack*.  At each decision
 the policy lists its options -- verify the worker's drafts (any prefix), a plain target step,
 wait for more worker drafts (until each expected arrival), draft locally up to any window, or
 abandon a local round for the worker's drafts that have caught up -- each with its expected
