@@ -116,3 +116,22 @@ def test_requests_share_what_the_controller_learns_and_pace_their_latency_budget
     other = RemoteSim(cfg, "entropy", worlds(cfg))
     other.run()
     assert other.estimates.unspent_per_token.samples == 0  # only the adaptive policy paces
+
+
+@pytest.mark.parametrize("rtt", [0.0, 20.0, 100.0])
+@pytest.mark.parametrize("costs", [(30.0, 4.0), (15.0, 5.0)])
+def test_adaptive_stops_using_a_useless_draft_within_a_few_tokens(rtt, costs):
+    """alpha = 0 at both sites: after a handful of judged drafts it decodes target-only, at the
+    busy site and with the worker's drafts alike, and stays there for the requests that follow."""
+    from wanspec.simulate.engine import RemoteSim
+
+    target_ms, draft_ms = costs
+    cfg = SMALL.with_values({"rtt": rtt, "alpha": 0.0, "target_ms": target_ms,
+                             "draft_ms": draft_ms, "requests": 6, "max_tokens": 64})
+    res = RemoteSim(cfg, "adaptive", worlds(cfg)).run()
+    metrics = [r.metrics for r in res.requests]
+    assert sum(m.draft_passes["controller"] for m in metrics) <= 2
+    assert sum(m.drafted_tokens for m in metrics) <= 4  # drafts from either site ever verified
+    assert all(m.drafted_tokens == 0 for m in metrics[1:])
+    recs = {r["mode"]: r for r in run_sweep(cfg, [], ["adaptive"], jobs=1)}
+    assert recs["adaptive"]["speedup_vs_target"] >= 0.995
