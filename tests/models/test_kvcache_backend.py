@@ -7,7 +7,8 @@ import torch
 
 from helpers import save_tiny_model, tiny_llama
 from wanspec.errors import ModelLoadError
-from wanspec.models.backend import CausalLM, KVCache, resolve_device, resolve_dtype
+from wanspec.models.backend import CausalLM, resolve_device, resolve_dtype
+from wanspec.models.kv import KVCache, SlotPool
 
 SEQ = [17, 101, 5, 250, 9, 77, 33, 120, 64, 2, 199, 45]
 ATOL = 1e-5  # only logits are compared with a tolerance (different batch shapes)
@@ -41,8 +42,12 @@ def test_rollback_then_refeed_matches_a_fresh_forward(target, crop_to):
     out = target.forward(cache, crop_to, SEQ[crop_to:])
     assert cache.length == len(SEQ)
     assert torch.allclose(out, full[crop_to:], rtol=0, atol=ATOL)
-    # the cache is really cut: its tensors hold exactly the sequence length
-    assert cache.cache.get_seq_length() == len(SEQ)
+    # the stale positions were overwritten: the slot holds what a fresh cache holds
+    fresh = target.new_cache()
+    target.forward(fresh, 0, SEQ)
+    for keys in target.pool.keys:
+        assert torch.allclose(keys[cache.slot, :, : len(SEQ)], keys[fresh.slot, :, : len(SEQ)],
+                              rtol=0, atol=ATOL)
 
 
 def test_rollback_with_different_tokens_changes_later_logits(target):
@@ -65,7 +70,7 @@ def test_forward_errors(target):
 
 
 def test_kvcache_crop_cannot_extend():
-    c = KVCache()
+    c = KVCache(SlotPool())
     c.crop(0)
     with pytest.raises(ValueError):
         c.crop(1)

@@ -3,8 +3,10 @@
 The interface is deliberately small (gpt-fast style): :meth:`CausalLM.forward` cuts a request's
 cache back to ``start`` tokens, feeds ``tokens`` and returns logits for every fed position.  That
 one call covers prefill, single-token decode, multi-token verification and catch-up after a
-rollback.  Forwards are synchronous; the runtime runs them off the event loop on the model's own
-single-thread executor so two models and the network progress concurrently.
+rollback.  :meth:`CausalLM.forward_batch` does the same for many requests in **one** forward pass
+(each with its own start and number of tokens; see :mod:`wanspec.models.kv`).  Forwards are
+synchronous; the runtime runs them off the event loop on the model's own single-thread executor
+so two models and the network progress concurrently.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import concurrent.futures
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from wanspec.errors import ModelLoadError
+from wanspec.models.kv import BatchView, KVCache, SlotPool
 
 if TYPE_CHECKING:
     import torch
@@ -63,21 +66,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-class KVCache:
-    """One request's KV cache on one model, tracking how many positions it holds."""
+class Feed(NamedTuple):
+    """One request's part of a forward pass: cut ``cache`` to ``start`` tokens, feed ``tokens``."""
 
-    def __init__(self) -> None:
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()
-        self.length = 0
-
-    def crop(self, length: int) -> None:
-        if length > self.length:
-            raise ValueError(f"cannot extend a cache of {self.length} tokens to {length}")
-        if length < self.length:
-            self.cache.crop(length - self.length)  # transformers 5: minus the tokens to remove
-            self.length = length
+    cache: KVCache
+    start: int
+    tokens: Sequence[int]
 
 
 class CausalLM:
@@ -107,6 +101,7 @@ class CausalLM:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wanspec-{self.name}"
         )
+        self.pool = SlotPool()
 
     @classmethod
     def from_model(cls, model, tokenizer, *, name: str = "model") -> "CausalLM":
@@ -122,13 +117,14 @@ class CausalLM:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wanspec-{name}"
         )
+        self.pool = SlotPool()
         return self
 
     def sibling(self, name: str) -> "CausalLM":
-        """Same weights, own executor: a second site's copy without a second load.
+        """Same weights, own executor and KV pool: a second site's copy without a second load.
 
-        Forwards only read the weights and each request has its own KV cache, so two executors
-        may run them concurrently.
+        Forwards only read the weights and write only their own pool, so two executors may run
+        them concurrently.
         """
         other = self.__class__.__new__(self.__class__)
         other.__dict__.update(self.__dict__)
@@ -136,6 +132,7 @@ class CausalLM:
         other.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wanspec-{name}"
         )
+        other.pool = SlotPool()
         return other
 
     @property
@@ -164,27 +161,64 @@ class CausalLM:
                 f"of {self.name} ({self.max_context} tokens)")
 
     def new_cache(self) -> KVCache:
-        return KVCache()
+        return KVCache(self.pool)
 
     def forward(self, cache: KVCache, start: int, tokens: Sequence[int]) -> torch.Tensor:
         """Cut ``cache`` back to ``start`` tokens, feed ``tokens``; logits ``[len(tokens), vocab]``."""
+        return self.forward_batch([Feed(cache, start, tokens)])[0]
+
+    def forward_batch(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+        """One forward pass for many requests; each request's logits ``[len(tokens), vocab]``.
+
+        The requests' token runs are right-padded to the longest; each query attends only to its
+        own request's cache up to its own position (a 4-D mask), so padding never changes what
+        a real position sees.  Padded positions are written past the request's end and ignored.
+        """
         import torch
 
-        if not tokens:
-            raise ValueError("forward needs at least one token")
+        if not feeds:
+            return []
+        seen: set[int] = set()
+        for f in feeds:
+            if f.cache.pool is not self.pool:
+                raise ValueError(f"a KV cache of another model was fed to {self.name}")
+            if f.cache.closed:
+                raise ValueError("a closed KV cache was fed")
+            if f.cache.slot in seen:
+                raise ValueError("one KV cache appears twice in a pass")
+            seen.add(f.cache.slot)
+            if not f.tokens:
+                raise ValueError("forward needs at least one token per request")
+            if not 0 <= f.start <= f.cache.length:
+                raise ValueError(f"cache holds {f.cache.length} tokens, cannot feed at position {f.start}")
+        batch, width = len(feeds), max(len(f.tokens) for f in feeds)
         with torch.inference_mode():
-            cache.crop(start)
-            if cache.length != start:
-                raise ValueError(f"cache holds {cache.length} tokens, cannot feed at position {start}")
-            ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-            pos = torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0)
-            out = self.model(input_ids=ids, position_ids=pos, past_key_values=cache.cache,
+            ids = torch.zeros((batch, width), dtype=torch.long)
+            starts = torch.tensor([f.start for f in feeds], dtype=torch.long)
+            write_at = starts[:, None] + torch.arange(width)[None, :]
+            real = torch.tensor([len(f.tokens) for f in feeds], dtype=torch.long)
+            for i, f in enumerate(feeds):
+                ids[i, : len(f.tokens)] = torch.tensor(list(f.tokens), dtype=torch.long)
+            # padded tokens sit at the request's last real position for the position embedding
+            position_ids = torch.minimum(write_at, (starts + real - 1)[:, None])
+            length = int((starts + real).max())
+            self.pool.ensure(max(f.cache.slot for f in feeds) + 1, int(write_at.max()) + 1)
+            visible = torch.arange(length)[None, None, :] <= write_at[:, :, None]  # [b, t, length]
+            mask = torch.zeros((batch, 1, width, length), dtype=self.dtype)
+            mask.masked_fill_(~visible[:, None], torch.finfo(self.dtype).min)
+            view = BatchView(self.pool, torch.tensor([f.cache.slot for f in feeds]).to(self.device),
+                             write_at.to(self.device), length)
+            for f in feeds:
+                f.cache.crop(f.start)
+            out = self.model(input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
+                             attention_mask=mask.to(self.device), past_key_values=view,
                              use_cache=True)
-            cache.length = start + len(tokens)
-            logits = out.logits[0].float()
+            for f in feeds:
+                f.cache.length = f.start + len(f.tokens)
+            logits = out.logits.float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-        return logits
+        return [logits[i, : len(f.tokens)] for i, f in enumerate(feeds)]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
