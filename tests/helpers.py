@@ -32,7 +32,8 @@ def tiny_tokenizer(vocab_size: int = 300):
 
 
 def tiny_llama(seed: int, *, hidden: int = 32, layers: int = 2, vocab: int | None = None,
-               dtype: torch.dtype = torch.float32, name: str = "tiny") -> CausalLM:
+               dtype: torch.dtype = torch.float32, name: str = "tiny",
+               exact: bool = False) -> CausalLM:
     """A random Llama; deterministic for a seed.  Logits are sharpened so argmax ties are rare."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -46,7 +47,7 @@ def tiny_llama(seed: int, *, hidden: int = 32, layers: int = 2, vocab: int | Non
     model = LlamaForCausalLM(cfg).to(dtype)
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # sharper distributions: fewer near-ties, more structure
-    return CausalLM.from_model(model, tok, name=name)
+    return CausalLM.from_model(model, tok, name=name, exact=exact)
 
 
 def tiny_llama_with_tokenizer(seed: int, tokenizer_vocab: int, *, hidden: int = 32,

@@ -68,6 +68,7 @@ def generate(
     verify_per_token_ms: float = typer.Option(0.0, "--verify-per-token-ms", help="Emulate: extra ms per additional token in a target pass."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token_ids, metrics)."),
 ) -> None:
@@ -86,7 +87,7 @@ def generate(
         timing = timing_from_flags(target_ms, draft_ms, verify_per_token_ms)
         configure_threads(threads)
         tgt, drf = load_models(target, draft, need_draft=mode is not GenerateMode.target, dtype=dtype,
-                               device=device)
+                               device=device, exact=exact)
         kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop_strings=stop or (),
                       ignore_eos=ignore_eos)
         if mode is GenerateMode.remote:
@@ -132,6 +133,7 @@ def emulate(
     seed: int = typer.Option(0, "--seed"),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: shipped pair)."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped pair)."),
+    exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (RTT, mode) instead of tables."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
@@ -151,7 +153,7 @@ def emulate(
             prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
-            plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas)
+            plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas, exact=exact)
     if not ok:
         raise typer.Exit(1)
 
@@ -263,6 +265,7 @@ def controller(
     draft_ms: Optional[float] = typer.Option(None, "--draft-ms"),
     dtype: str = typer.Option("auto", "--dtype"),
     device: str = typer.Option("auto", "--device"),
+    exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -286,7 +289,7 @@ def controller(
             sampling=SamplingParams(temperature, top_k, top_p, seed),
             stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
             tls=tls, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
-            device=device, as_json=as_json, console=console)
+            device=device, exact=exact, as_json=as_json, console=console)
 
 
 @app.command()

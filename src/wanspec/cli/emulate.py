@@ -52,7 +52,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 top_k: int, seed: int, target: Path | None, draft: Path | None,
                 threads: int | None, as_json: bool, csv_path: Path | None,
                 plot_path: Path | None, console: Console, record: Path | None = None,
-                sd_gammas: str = "1-10") -> bool:
+                sd_gammas: str = "1-10", exact: bool = False) -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
@@ -77,7 +77,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         check(record.parent.is_dir(), f"cannot write {record}: no directory {record.parent}")
     prompt_list = load_prompts(prompts, num_prompts)
     configure_threads(threads)
-    tgt, drf = load_models(target, draft, need_draft=True)
+    tgt, drf = load_models(target, draft, need_draft=True, exact=exact)
     assert drf is not None
     emu = Emulation(tgt, drf, cfg)
     err = Console(stderr=True)

@@ -23,8 +23,9 @@ def timing_from_flags(target_ms: float | None, draft_ms: float | None,
 
 
 def load_models(target: Path | None, draft: Path | None, *, need_draft: bool, dtype: str = "auto",
-                device: str = "auto") -> tuple[CausalLM, CausalLM | None]:
-    tgt = CausalLM(target_path(target), dtype=dtype, device=device, name="target")
+                device: str = "auto", exact: bool = False) -> tuple[CausalLM, CausalLM | None]:
+    """The target (batch-invariant if ``exact``: only its choices make the output) and the draft."""
+    tgt = CausalLM(target_path(target), dtype=dtype, device=device, name="target", exact=exact)
     drf = None
     if need_draft or draft is not None:
         drf = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")

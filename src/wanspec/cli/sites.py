@@ -66,7 +66,7 @@ def run_controller(*, worker: str, transport: str, target: Path | None, draft: P
                    stop: Sequence[str], ignore_eos: bool,
                    ca: Path | None, insecure: bool, tls: bool, timeout_s: float,
                    target_ms: float | None, draft_ms: float | None, dtype: str, device: str,
-                   as_json: bool, console: Console) -> None:
+                   as_json: bool, console: Console, exact: bool = False) -> None:
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
@@ -77,7 +77,8 @@ def run_controller(*, worker: str, transport: str, target: Path | None, draft: P
                            f"{', '.join(p.value for p in PolicyName)}") from None
     factory.parse_address(worker)  # fail fast on a malformed address
     timing = timing_from_flags(target_ms, draft_ms)
-    tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device)
+    tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
+                           exact=exact)
     if not local_draft:
         drf = None
         pname = PolicyName.REMOTE

@@ -12,6 +12,7 @@ so two models and the network progress concurrently.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 from pathlib import Path
@@ -66,6 +67,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _cache_keyword(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.x); use what the model takes."""
+    return _cache_keyword_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(model_class: type) -> str:
+    import inspect
+
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class Feed(NamedTuple):
     """One request's part of a forward pass: cut ``cache`` to ``start`` tokens, feed ``tokens``."""
 
@@ -78,7 +92,7 @@ class CausalLM:
     """A causal LM + tokenizer from a local directory (never a hub download)."""
 
     def __init__(self, path: str | Path, *, dtype: str = "auto", device: str = "auto",
-                 name: str | None = None) -> None:
+                 name: str | None = None, exact: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = Path(path).expanduser()
@@ -102,9 +116,23 @@ class CausalLM:
             max_workers=1, thread_name_prefix=f"wanspec-{self.name}"
         )
         self.pool = SlotPool()
+        self.fixed_length: int | None = None  # exact mode: the static attention length
+        if exact:
+            self._make_exact()
+
+    def _make_exact(self) -> None:
+        from wanspec.models.exact import make_exact, self_check
+
+        make_exact(self)
+        self_check(self)
+
+    @property
+    def exact(self) -> bool:
+        """Batch-invariant execution: a position's logits do not depend on the pass (``--exact``)."""
+        return self.fixed_length is not None
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, name: str = "model") -> "CausalLM":
+    def from_model(cls, model, tokenizer, *, name: str = "model", exact: bool = False) -> "CausalLM":
         """Wrap an already-built transformers model (tests build tiny ones from a config)."""
         self = cls.__new__(cls)
         self.path = Path("<memory>")
@@ -118,6 +146,9 @@ class CausalLM:
             max_workers=1, thread_name_prefix=f"wanspec-{name}"
         )
         self.pool = SlotPool()
+        self.fixed_length = None
+        if exact:
+            self._make_exact()
         return self
 
     def sibling(self, name: str) -> "CausalLM":
@@ -202,7 +233,12 @@ class CausalLM:
             # padded tokens sit at the request's last real position for the position embedding
             position_ids = torch.minimum(write_at, (starts + real - 1)[:, None])
             length = int((starts + real).max())
-            self.pool.ensure(max(f.cache.slot for f in feeds) + 1, int(write_at.max()) + 1)
+            if self.fixed_length is not None:  # exact mode: attention always spans the context
+                if length > self.max_context:
+                    raise ValueError(f"a request runs past the context of {self.name} "
+                                     f"({self.max_context} positions)")
+                length = self.fixed_length
+            self.pool.ensure(max(f.cache.slot for f in feeds) + 1, max(int(write_at.max()) + 1, length))
             visible = torch.arange(length)[None, None, :] <= write_at[:, :, None]  # [b, t, length]
             mask = torch.zeros((batch, 1, width, length), dtype=self.dtype)
             mask.masked_fill_(~visible[:, None], torch.finfo(self.dtype).min)
@@ -211,8 +247,8 @@ class CausalLM:
             for f in feeds:
                 f.cache.crop(f.start)
             out = self.model(input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
-                             attention_mask=mask.to(self.device), past_key_values=view,
-                             use_cache=True)
+                             attention_mask=mask.to(self.device), use_cache=True,
+                             **{_cache_keyword(self.model): view})
             for f in feeds:
                 f.cache.length = f.start + len(f.tokens)
             logits = out.logits.float()
