@@ -104,6 +104,9 @@ class ScriptedCache:
     def length(self) -> int:
         return len(self.tokens)
 
+    def close(self) -> None:
+        """Nothing to give back (a real cache returns its KV slot)."""
+
     def crop(self, length: int) -> None:
         if length > len(self.tokens):
             raise ValueError(f"cannot extend a cache of {len(self.tokens)} tokens to {length}")

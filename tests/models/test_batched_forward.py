@@ -123,3 +123,20 @@ def test_a_sibling_has_its_own_pool(target):
         assert torch.allclose(out, alone(target, SEQS[0], 0), rtol=0, atol=ATOL)
     finally:
         twin.executor.shutdown(wait=False)
+
+
+def test_a_cache_closed_while_its_pass_runs_gives_its_slot_back_when_the_pass_ends():
+    lm = tiny_llama(7, name="deferred")
+    try:
+        cache = lm.new_cache()
+        cache.pass_started()  # as forward_batch does on the accelerator's thread
+        cache.close()  # the request was cancelled meanwhile
+        assert cache.closed and lm.pool.in_use == 1  # the pass may still write into the slot
+        cache.pass_ended()
+        assert lm.pool.in_use == 0
+        with pytest.raises(ValueError, match="closed"):
+            cache.pass_started()
+        other = lm.new_cache()
+        assert other.slot == cache.slot  # only now is the slot handed out again
+    finally:
+        lm.close()

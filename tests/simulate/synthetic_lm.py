@@ -31,6 +31,9 @@ class _Cache:
         self.draft = DraftCache()
         self.length = 0
 
+    def close(self) -> None:
+        """Nothing to give back (a real cache returns its KV slot)."""
+
 
 def _top_prob_for(entropy: float, vocab: int) -> float:
     """p such that a distribution (p, then (1-p)/(V-1) each) has ``entropy`` nats."""

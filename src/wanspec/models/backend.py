@@ -196,24 +196,28 @@ class CausalLM:
 
     def forward(self, cache: KVCache, start: int, tokens: Sequence[int]) -> torch.Tensor:
         """Cut ``cache`` back to ``start`` tokens, feed ``tokens``; logits ``[len(tokens), vocab]``."""
-        return self.forward_batch([Feed(cache, start, tokens)])[0]
+        logits = self.forward_batch([Feed(cache, start, tokens)])[0]
+        assert logits is not None
+        return logits
 
-    def forward_batch(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+    def forward_batch(self, feeds: Sequence[Feed], *, skip_closed: bool = False
+                      ) -> list[torch.Tensor | None]:
         """One forward pass for many requests; each request's logits ``[len(tokens), vocab]``.
 
         The requests' token runs are right-padded to the longest; each query attends only to its
         own request's cache up to its own position (a 4-D mask), so padding never changes what
         a real position sees.  Padded positions are written past the request's end and ignored.
-        """
-        import torch
 
+        A closed cache is an error, unless ``skip_closed``: then that request (cancelled while
+        its pass waited) is left out and gets ``None``, and the others run.
+        """
         if not feeds:
             return []
         seen: set[int] = set()
         for f in feeds:
             if f.cache.pool is not self.pool:
                 raise ValueError(f"a KV cache of another model was fed to {self.name}")
-            if f.cache.closed:
+            if f.cache.closed and not skip_closed:
                 raise ValueError("a closed KV cache was fed")
             if f.cache.slot in seen:
                 raise ValueError("one KV cache appears twice in a pass")
@@ -222,6 +226,23 @@ class CausalLM:
                 raise ValueError("forward needs at least one token per request")
             if not 0 <= f.start <= f.cache.length:
                 raise ValueError(f"cache holds {f.cache.length} tokens, cannot feed at position {f.start}")
+        live: list[int] = []  # feeds whose slot this pass holds
+        try:
+            for i, f in enumerate(feeds):
+                if f.cache.pass_started(skip_closed):
+                    live.append(i)
+            results: list[torch.Tensor | None] = [None] * len(feeds)
+            if live:
+                for i, logits in zip(live, self._forward_batch([feeds[i] for i in live])):
+                    results[i] = logits
+            return results
+        finally:
+            for i in live:
+                feeds[i].cache.pass_ended()
+
+    def _forward_batch(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+        import torch
+
         batch, width = len(feeds), max(len(f.tokens) for f in feeds)
         with torch.inference_mode():
             ids = torch.zeros((batch, width), dtype=torch.long)

@@ -91,12 +91,19 @@ class SlotPool:
 
 class KVCache:
     """One request's KV cache on one model: a slot of the model's pool and how many positions
-    of it are valid.  Closing it (or dropping the last reference) returns the slot."""
+    of it are valid.
+
+    :meth:`close` gives the slot back -- once no pass is writing into it: a request cancelled
+    while its pass runs on the accelerator's thread closes its cache at once, and the slot is
+    returned when that pass ends.  Dropping the last reference gives it back too.
+    """
 
     def __init__(self, pool: SlotPool) -> None:
         self.pool = pool
         self.slot = pool.take()
         self.length = 0
+        self._closing = False
+        self._passes = 0  # passes under way that write into this slot
         self._release = weakref.finalize(self, pool.give_back, self.slot)
 
     def crop(self, length: int) -> None:
@@ -105,11 +112,33 @@ class KVCache:
         self.length = length
 
     def close(self) -> None:
+        with self.pool._lock:
+            self._closing = True
+            if self._passes:
+                return  # the last pass to end gives the slot back
         self._release()
 
     @property
     def closed(self) -> bool:
-        return not self._release.alive
+        return self._closing or not self._release.alive
+
+    def pass_started(self, skip_closed: bool = False) -> bool:
+        """Mark a pass writing into the slot; a closed cache is an error, or with
+        ``skip_closed`` answers False (the pass leaves it out)."""
+        with self.pool._lock:
+            if self._closing:
+                if skip_closed:
+                    return False
+                raise ValueError("a closed KV cache was fed")
+            self._passes += 1
+            return True
+
+    def pass_ended(self) -> None:
+        with self.pool._lock:
+            self._passes -= 1
+            release = self._closing and not self._passes
+        if release:
+            self._release()
 
 
 @dataclass

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from wanspec.core.actions import Site
+from wanspec.core.batcher import BatchLimits, PassKind
 from wanspec.core.local import GammaSchedule, LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.fingerprint import check_compatible
+from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.local import OnTokens, drive_local
 from wanspec.runtime.placed import PlacedModel
 from wanspec.sampling import SamplingParams
@@ -110,7 +113,10 @@ class LocalEngine:
         stop_strings: Sequence[str] = (),
         ignore_eos: bool = False,
         on_tokens: OnTokens | None = None,
+        accelerator: SharedAccelerator | None = None,
     ) -> GenerationResult:
+        """Decode one prompt.  With ``accelerator`` its passes share that device's batched passes
+        with other requests (see :meth:`agenerate_many`); without, it has a device to itself."""
         mode = LocalMode(mode)
         sampling = sampling or SamplingParams()
         if mode is LocalMode.SD and self.draft is None:
@@ -122,10 +128,15 @@ class LocalEngine:
         stop = self.stop_criteria(max_tokens, stop_strings, ignore_eos)
         decoder = LocalDecoder(prompt_ids, stop, mode=mode, gamma=gamma,
                                draft_site=Site.CONTROLLER, schedule=GammaSchedule(schedule))
-        device = Device(Site.CONTROLLER.value)  # one busy-site accelerator for both models
-        target = PlacedModel(self.target, device, self.timing.target, "target")
-        draft = (PlacedModel(self.draft, device, self.timing.draft, "draft")
-                 if self.draft is not None and mode is LocalMode.SD else None)
+        if accelerator is None:
+            device = Device(Site.CONTROLLER.value)  # one busy-site accelerator for both models
+            target: Any = PlacedModel(self.target, device, self.timing.target, "target")
+            draft: Any = (PlacedModel(self.draft, device, self.timing.draft, "draft")
+                          if self.draft is not None and mode is LocalMode.SD else None)
+        else:
+            device = accelerator.device
+            target = accelerator.model(PassKind.TARGET)
+            draft = accelerator.model(PassKind.DRAFT) if mode is LocalMode.SD else None
         reason = await drive_local(decoder, target, draft, sampling, on_tokens)
         out = decoder.transcript.output
         return GenerationResult(
@@ -141,6 +152,40 @@ class LocalEngine:
             timing=self.timing.describe(),
             token_gaps=list(decoder.metrics.token_gaps),
         )
+
+    def accelerator(self, limits: BatchLimits | None = None) -> SharedAccelerator:
+        """The busy site's one device, its passes batched across the requests that share it."""
+        device = Device(Site.CONTROLLER.value)
+        target = PlacedModel(self.target, device, self.timing.target, "target")
+        draft = (PlacedModel(self.draft, device, self.timing.draft, "draft")
+                 if self.draft is not None else None)
+        return SharedAccelerator(target, draft, limits)
+
+    async def agenerate_many(self, prompts: Sequence[str | Sequence[int]], *, concurrency: int,
+                             limits: BatchLimits | None = None, **kwargs: Any
+                             ) -> tuple[list[GenerationResult], SharedAccelerator]:
+        """Decode every prompt with up to ``concurrency`` in flight (a closed loop: the next
+        prompt starts when one finishes), all sharing one batched accelerator.  Results are in
+        prompt order."""
+        if concurrency < 1:
+            raise WanspecError(f"concurrency must be >= 1, got {concurrency}")
+        acc = self.accelerator(limits)
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        queue = list(enumerate(prompts))
+
+        async def client() -> None:
+            while queue:
+                i, p = queue.pop(0)
+                results[i] = await self.agenerate(p, accelerator=acc, **kwargs)
+
+        await asyncio.gather(*(client() for _ in range(min(concurrency, len(prompts)))))
+        return [r for r in results if r is not None], acc
+
+    def generate_many(self, prompts: Sequence[str | Sequence[int]], **kwargs: Any
+                      ) -> tuple[list[GenerationResult], SharedAccelerator]:
+        """Synchronous wrapper of :meth:`agenerate_many` (virtual clock when emulated)."""
+        return clock.run(lambda: self.agenerate_many(prompts, **kwargs),
+                         virtual=self.timing.emulated)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """Synchronous wrapper; emulated timing runs on a virtual clock (fast, deterministic)."""

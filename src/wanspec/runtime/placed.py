@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wanspec.core.actions import DraftDone, RunDraft, RunTarget, TargetDone
-from wanspec.models.backend import CausalLM, KVCache
+from wanspec.models.backend import CausalLM, Feed, KVCache
 from wanspec.sampling import SamplingParams, choose_tokens, draft_choice
 from wanspec.timing.device import Device, PassCost
 
@@ -42,3 +42,46 @@ class PlacedModel:
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
                                      n_tokens=len(action.tokens), label=self.label)
+
+    async def run_targets(self, items: list[tuple[KVCache, RunTarget, SamplingParams]]
+                          ) -> list[TargetDone | None]:
+        """Many requests' target passes as one forward pass (continuous batching); ``None`` for
+        a request whose cache was closed (it left) before the pass ran."""
+        def work() -> list[TargetDone | None]:
+            feeds = [Feed(cache, a.start, a.tokens) for cache, a, _ in items]
+            out: list[TargetDone | None] = []
+            for logits, (_, a, sampling) in zip(self.lm.forward_batch(feeds, skip_closed=True),
+                                                items):
+                if logits is None:  # that request was cancelled while its pass waited
+                    out.append(None)
+                    continue
+                n = len(a.tokens)
+                first = a.start + n - a.want + 1
+                rows = logits[n - a.want :]
+                out.append(TargetDone(a.op, tuple(choose_tokens(rows, range(first, first + a.want),
+                                                                sampling))))
+            return out
+
+        return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
+                                     n_tokens=sum(len(a.tokens) for _, a, _ in items),
+                                     label=self.label, sequences=len(items))
+
+    async def run_drafts(self, items: list[tuple[KVCache, RunDraft, SamplingParams]]
+                         ) -> list[DraftDone | None]:
+        """Many requests' draft passes as one forward pass (``None`` as in :meth:`run_targets`)."""
+        def work() -> list[DraftDone | None]:
+            feeds = [Feed(cache, a.start, a.tokens) for cache, a, _ in items]
+            out: list[DraftDone | None] = []
+            for logits, (_, a, sampling) in zip(self.lm.forward_batch(feeds, skip_closed=True),
+                                                items):
+                if logits is None:
+                    out.append(None)
+                    continue
+                c = draft_choice(logits[-1], a.position, sampling)
+                out.append(DraftDone(a.op, c.token, c.entropy, c.top_prob))
+            return out
+
+        return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
+                                     n_tokens=sum(len(a.tokens) for _, a, _ in items),
+                                     label=self.label, sequences=len(items))
+

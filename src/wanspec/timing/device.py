@@ -32,7 +32,10 @@ class PassCost:
     """Emulated cost of one forward pass: ``base_ms + per_token_ms * (tokens fed - 1)``.
 
     The per-token term models verification windows (and catch-up feeds) costing a little more
-    than a single-token decode; on data-centre GPUs decoding is memory-bound, so it is small.
+    than a single-token decode; on data-centre GPUs decoding is memory-bound, so it is small.  A
+    batched pass counts the tokens of all its requests: the weights are read once per pass and
+    each token adds its compute (a linear stand-in for a roofline; attention over each request's
+    context is not modelled).
     """
 
     base_ms: float
@@ -49,6 +52,7 @@ class PassCost:
 @dataclass
 class DeviceStats:
     passes: int = 0
+    sequences: int = 0  # requests carried, summed over passes (batching: sequences / passes)
     busy_s: float = 0.0  # time the device was occupied (emulated or measured)
     compute_s: float = 0.0  # real wall time spent computing (the host's own cost)
     by_model: dict[str, int] = field(default_factory=dict)
@@ -75,6 +79,7 @@ class Device:
         cost: PassCost | None,
         n_tokens: int,
         label: str = "",
+        sequences: int = 1,
     ) -> T:
         """Run ``fn`` (a forward pass) off-loop; emulated if ``cost`` is given, else measured."""
         loop = asyncio.get_running_loop()
@@ -87,6 +92,7 @@ class Device:
             if cost is not None:
                 await clock.sleep_until(start + cost.seconds(n_tokens))
             self.stats.passes += 1
+            self.stats.sequences += sequences
             self.stats.busy_s += loop.time() - start
             self.stats.compute_s += compute
             if label:

@@ -1,0 +1,73 @@
+"""The continuous-batching pass former: oldest kind first, everything of that kind, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from wanspec.core.batcher import Batcher, BatchLimits, PassKind
+
+T, D = PassKind.TARGET, PassKind.DRAFT
+
+
+def test_nothing_waiting_means_no_pass():
+    assert Batcher().next_pass() is None
+
+
+def test_the_oldest_pass_sets_the_kind_and_every_waiting_pass_of_that_kind_joins():
+    b = Batcher()
+    b.submit(1, D, 1, now=0.0)
+    b.submit(2, T, 5, now=0.1)
+    b.submit(3, D, 3, now=0.2)
+    b.submit(4, T, 1, now=0.3)
+    p = b.next_pass()
+    assert (p.kind, p.keys, p.tokens, p.submitted) == (D, (1, 3), 4, (0.0, 0.2))
+    p = b.next_pass()
+    assert (p.kind, p.keys, p.tokens) == (T, (2, 4), 6)
+    assert b.next_pass() is None
+
+
+def test_kinds_take_turns_by_age_so_nobody_starves():
+    b = Batcher()
+    b.submit(1, T, 1, 0.0)
+    b.submit(2, D, 1, 0.1)
+    assert b.next_pass().keys == (1,)
+    b.submit(3, T, 1, 0.2)  # a new target pass arrives; the draft pass is older
+    assert b.next_pass().kind is D
+    assert b.next_pass().keys == (3,)
+
+
+def test_limits_on_sequences_and_tokens_leave_the_rest_for_the_next_pass():
+    b = Batcher(BatchLimits(max_sequences=2, max_tokens=10))
+    for key, tokens in enumerate([4, 4, 4, 1]):
+        b.submit(key, T, tokens, float(key))
+    assert b.next_pass().keys == (0, 1)  # two sequences
+    assert b.next_pass().keys == (2, 3)
+    b = Batcher(BatchLimits(max_sequences=8, max_tokens=10))
+    for key, tokens in enumerate([6, 6, 3, 1]):
+        b.submit(key, T, tokens, float(key))
+    assert b.next_pass().keys == (0, 2, 1 + 2)  # 6 + 3 + 1; the second 6 does not fit
+    assert b.next_pass().keys == (1,)
+
+
+def test_the_oldest_pass_runs_even_when_it_alone_exceeds_the_token_limit():
+    b = Batcher(BatchLimits(max_tokens=8))
+    b.submit(1, T, 100, 0.0)  # a long prefill
+    b.submit(2, T, 1, 0.1)
+    assert b.next_pass().keys == (1,)
+    assert b.next_pass().keys == (2,)
+
+
+def test_a_withdrawn_pass_never_runs_and_a_key_waits_once():
+    b = Batcher()
+    b.submit(1, T, 1, 0.0)
+    b.submit(2, T, 1, 0.0)
+    b.withdraw(1)
+    b.withdraw(99)  # unknown: nothing to do
+    assert b.next_pass().keys == (2,)
+    b.submit(3, T, 1, 0.0)
+    with pytest.raises(ValueError):
+        b.submit(3, D, 1, 0.0)
+    with pytest.raises(ValueError):
+        b.submit(4, D, 0, 0.0)
+    with pytest.raises(ValueError):
+        BatchLimits(max_sequences=0)
