@@ -99,6 +99,7 @@ class ScriptedCache:
 
     def __init__(self) -> None:
         self.tokens: list[int] = []
+        self.closed = False
 
     @property
     def length(self) -> int:
@@ -106,6 +107,7 @@ class ScriptedCache:
 
     def close(self) -> None:
         """Nothing to give back (a real cache returns its KV slot)."""
+        self.closed = True
 
     def crop(self, length: int) -> None:
         if length > len(self.tokens):
@@ -164,6 +166,11 @@ class ScriptedLM:
             logits[i, self.predicted(start + i + 1)] = self.sharpness
         return logits
 
+    def forward_batch(self, feeds, *, skip_closed: bool = False):
+        """CausalLM's batched interface; a scripted model has nothing to gain from batching."""
+        return [None if skip_closed and f.cache.closed else self.forward(f.cache, f.start, f.tokens)
+                for f in feeds]
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -196,6 +203,10 @@ class RecordingLM:
     def forward(self, cache, start, tokens):
         self.passes.append((start, len(tokens)))
         return self.lm.forward(cache, start, tokens)
+
+    def forward_batch(self, feeds, *, skip_closed: bool = False):
+        self.passes.extend((f.start, len(f.tokens)) for f in feeds)
+        return self.lm.forward_batch(feeds, skip_closed=skip_closed)
 
     def encode(self, text: str) -> list[int]:
         return self.lm.encode(text)

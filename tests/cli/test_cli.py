@@ -120,6 +120,10 @@ def test_controller_bad_values(runner, model_dirs, narrow_stderr):
 def test_worker_bad_values(runner, model_dirs):
     r = invoke(runner, "worker", "--draft", str(model_dirs["draft"]), "--max-sessions", "0")
     assert_user_error(r, "--max-sessions must be >= 1")
+    # refused before any model is loaded: the draft directory is not even looked at
+    r = invoke(runner, "worker", "--draft", "/nonexistent/draft", "--max-batch", "0")
+    err = assert_user_error(r, "--max-batch must be >= 1, got 0")
+    assert len(err.strip().splitlines()) == 1, err
     r = invoke(runner, "worker", "--draft", str(model_dirs["draft"]), "--transport", "quic",
                "--listen", "127.0.0.1:0")
     assert_user_error(r, "QUIC always uses TLS")

@@ -160,3 +160,22 @@ def test_every_decision_is_well_formed(slack, alpha):
                         assert d.kind not in (Kind.LOCAL_DRAFT, Kind.VERIFY_LOCAL)
                     if d.kind is Kind.VERIFY_REMOTE:
                         assert d.window is not None and 1 <= d.window <= k
+
+
+def test_under_load_a_draft_pass_is_priced_at_the_requests_it_delays():
+    """Alone, without slack, it drafts locally (above); when every target pass carries 32
+    requests and a draft pass only a few, a draft pass costs the others their time too, and
+    waiting for the worker (riding the passes that run anyway) is the better deal."""
+    est = learned(0.8)
+    assert est.draft_price == 1.0
+    for _ in range(50):
+        est.target_batch.update(32.0)
+        est.draft_batch.update(2.0)
+    assert est.draft_price == pytest.approx(16.0, rel=0.01)
+    d = decide(ADAPTIVE, after_a_rejection(est, slack=0.0))
+    assert d.kind is not Kind.LOCAL_DRAFT
+    for _ in range(50):  # drafts in lockstep: the pass is shared by those it delays
+        est.draft_batch.update(32.0)
+    assert est.draft_price == pytest.approx(1.0, rel=0.01)
+    assert decide(ADAPTIVE, after_a_rejection(est, slack=0.0)) == Decision(Kind.LOCAL_DRAFT,
+                                                                           window=0)

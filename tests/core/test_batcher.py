@@ -1,4 +1,4 @@
-"""The continuous-batching pass former: oldest kind first, everything of that kind, limits."""
+"""The continuous-batching pass former: drafts first, everything of one kind, oldest first, limits."""
 
 from __future__ import annotations
 
@@ -13,27 +13,40 @@ def test_nothing_waiting_means_no_pass():
     assert Batcher().next_pass() is None
 
 
-def test_the_oldest_pass_sets_the_kind_and_every_waiting_pass_of_that_kind_joins():
+def test_drafts_go_first_and_every_waiting_pass_of_the_kind_joins():
     b = Batcher()
-    b.submit(1, D, 1, now=0.0)
-    b.submit(2, T, 5, now=0.1)
+    b.submit(2, T, 5, now=0.0)
+    b.submit(1, D, 1, now=0.1)
     b.submit(3, D, 3, now=0.2)
     b.submit(4, T, 1, now=0.3)
     p = b.next_pass()
-    assert (p.kind, p.keys, p.tokens, p.submitted) == (D, (1, 3), 4, (0.0, 0.2))
+    assert (p.kind, p.keys, p.tokens, p.submitted) == (D, (1, 3), 4, (0.1, 0.2))
     p = b.next_pass()
-    assert (p.kind, p.keys, p.tokens) == (T, (2, 4), 6)
+    assert (p.kind, p.keys, p.tokens, p.submitted) == (T, (2, 4), 6, (0.0, 0.3))
     assert b.next_pass() is None
 
 
-def test_kinds_take_turns_by_age_so_nobody_starves():
+def test_drafting_requests_fall_into_step_with_the_verifying_ones():
+    """Two SD requests out of phase: A has drafted its window, B has two drafts to go.  Drafts
+    first lets B finish, so one verification carries both (lockstep), not two half-full ones."""
     b = Batcher()
-    b.submit(1, T, 1, 0.0)
-    b.submit(2, D, 1, 0.1)
-    assert b.next_pass().keys == (1,)
-    b.submit(3, T, 1, 0.2)  # a new target pass arrives; the draft pass is older
-    assert b.next_pass().kind is D
-    assert b.next_pass().keys == (3,)
+    b.submit("A", T, 3, 0.0)
+    b.submit("B", D, 1, 0.0)
+    assert b.next_pass().keys == ("B",)
+    b.submit("B", D, 1, 0.1)  # B's next draft, while A still waits for verification
+    assert b.next_pass().keys == ("B",)
+    b.submit("B", T, 3, 0.2)
+    assert b.next_pass().keys == ("A", "B")
+
+
+def test_a_target_pass_waits_through_at_most_max_draft_streak_draft_passes():
+    b = Batcher(BatchLimits(max_draft_streak=3))
+    b.submit("t", T, 1, 0.0)
+    kinds = []
+    for i in range(5):  # a drafter that never stops
+        b.submit(i, D, 1, float(i))
+        kinds.append(b.next_pass().kind)
+    assert kinds == [D, D, D, T, D]
 
 
 def test_limits_on_sequences_and_tokens_leave_the_rest_for_the_next_pass():
@@ -71,3 +84,5 @@ def test_a_withdrawn_pass_never_runs_and_a_key_waits_once():
         b.submit(4, D, 0, 0.0)
     with pytest.raises(ValueError):
         BatchLimits(max_sequences=0)
+    with pytest.raises(ValueError):
+        BatchLimits(max_draft_streak=0)

@@ -425,3 +425,52 @@ def test_config_validation_of_the_adaptive_budget():
         ControllerConfig(policy=PolicyConfig(max_slowdown=0.9))
     with pytest.raises(WanspecError, match="max window"):
         ControllerConfig(max_window=0)
+
+
+# ---- riding other requests' target passes (on_pass_departing) -------------------------------
+
+
+def test_a_waiting_request_rides_with_a_plain_step_when_it_has_no_drafts():
+    c = _prefilled()
+    assert c.next_timer() is not None  # waiting for the worker's first chain
+    out = c.on_pass_departing(0.11)
+    assert out == [RunTarget(2, 3, (50,), 1)]
+    assert c.next_timer() is None  # the wait is over: it has a pass in flight
+    assert c.stats.plain_steps == 1
+
+
+def test_a_waiting_request_rides_with_the_drafts_it_has():
+    c = _prefilled(gamma=3)
+    # two of the three drafts of a window are here; remote waits for the third ...
+    assert c.on_message(Drafts(RID, 0, 3, (50, 51, 52)), 0.11) == []
+    # ... unless a pass leaves now: it joins with the two it has
+    assert c.on_pass_departing(0.12) == [RunTarget(2, 3, (50, 51, 52), 3)]
+    assert c.stats.remote_windows == 1
+
+
+def test_the_offer_is_ignored_while_a_pass_is_in_flight_or_after_the_end():
+    c = make()
+    c.start(0.0)  # the prefill is in flight
+    assert c.on_pass_departing(0.01) == []
+    c = make(max_tokens=1)
+    c.start(0.0)
+    c.on_target_done(TargetDone(1, (50,)), 0.1)
+    assert c.finished and c.on_pass_departing(0.2) == []
+
+
+def test_a_local_round_is_not_interrupted_by_an_offer():
+    c = _prefilled(policy=PolicyName.ALWAYS, has_local=True)
+    # `always` drafts locally at once instead of waiting: it is busy, the offer does nothing
+    assert c.next_timer() is None
+    assert c.on_pass_departing(0.11) == []
+
+
+def test_every_policy_rides_and_stays_lossless_on_the_commit():
+    for policy in PolicyName:
+        c = _prefilled(policy=policy, has_local=False)
+        assert c.next_timer() is not None, policy  # without a local draft, all wait for the worker
+        (run,) = c.on_pass_departing(0.11)
+        assert isinstance(run, RunTarget) and not isinstance(run, RunDraft)
+        out = c.on_target_done(TargetDone(run.op, (60,) * run.want), 0.14)
+        assert c.transcript.output[:2] == [50, 60], policy
+        assert not any(isinstance(a, DraftDone) for a in out)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wanspec.core.actions import Send
-from wanspec.core.link import LinkCore, LinkState, Lost, Route, Up
+from wanspec.core.link import LinkCore, LinkState, Lost, Route, Up, WorkerLoadReport
+from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import (
     Cancel,
     Commit,
@@ -74,7 +75,7 @@ def test_handshake_failures_are_lost_links_with_a_reason():
         (Error("no sessions left", code="handshake"), "worker refused the connection"),
         (Drafts(1, 0, 0, (1,)), "did not answer with Hello"),
         (Hello(99, "worker", tokenizer="0" * 16), "protocol version mismatch"),
-        (Hello(1, "worker", tokenizer="f" * 16), "tokenizer mismatch"),
+        (Hello(PROTOCOL_VERSION, "worker", tokenizer="f" * 16), "tokenizer mismatch"),
     ]
     for reply, reason in cases:
         link = LinkCore(CONTROLLER_HELLO)
@@ -106,3 +107,17 @@ def test_nothing_is_routed_before_the_handshake_or_after_the_loss():
     link.on_closed("gone", 2.0)
     assert link.on_message(Drafts(7, 0, 3, (1,)), 2.1) == []
     assert link.next_timer() is None
+
+
+def test_the_latest_worker_load_is_kept_and_forgotten_with_the_link():
+    link = connected()
+    assert link.worker_load is None  # no Pong yet
+    link.on_message(Pong(2.04, 1, 0.5, 2.0), 2.10)
+    assert link.worker_load == WorkerLoadReport(busy=0.5, demand=2.0, at=2.10)
+    link.on_message(Pong(3.04, 2, 0.75, 0.5), 3.10)
+    assert link.worker_load == WorkerLoadReport(0.75, 0.5, 3.10)  # the latest only
+    link.on_closed("gone", 4.0)
+    assert link.worker_load is None  # a new connection may reach another worker
+    link.connect(5.0)
+    link.on_message(WORKER_HELLO, 5.04)
+    assert link.worker_load is None

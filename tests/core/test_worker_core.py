@@ -6,6 +6,7 @@ import pytest
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
 from wanspec.core.worker import HELLO_TIMEOUT_S, Close, DraftFor, Release, WorkerCore
+from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import (
     Cancel,
     Commit,
@@ -322,7 +323,7 @@ def test_anything_before_hello_closes_the_connection():
 
 @pytest.mark.parametrize("hello, reason", [
     (Hello(99, "controller", tokenizer="0" * 16), "protocol version mismatch"),
-    (Hello(1, "controller", tokenizer="f" * 16), "tokenizer mismatch"),
+    (Hello(PROTOCOL_VERSION, "controller", tokenizer="f" * 16), "tokenizer mismatch"),
 ])
 def test_incompatible_controllers_are_refused(hello, reason):
     out = WorkerCore(WORKER_HELLO).on_message(hello, 0.0)

@@ -39,6 +39,7 @@ SAMPLES = [
     Cancel(rid=7, reason="client went away"),
     Ping(t=123.456, seq=9),
     Pong(t=123.456, seq=9),
+    Pong(t=123.456, seq=10, busy=0.625, demand=2.5),  # a worker's, with its load
     Error(message="tokenizer mismatch", rid=-1, code="incompatible", details={"peer": "x"}),
     # defaults and empty containers
     Drafts(rid=0, epoch=0, base=0, tokens=()),
@@ -151,3 +152,36 @@ def test_check_hello():
         check_hello(mine, Hello(version=PROTOCOL_VERSION, role="worker", model="draft",
                                 tokenizer="tok-B"))
     assert "tok-A" in str(info.value) and "tok-B" in str(info.value)
+
+
+def test_the_protocol_version_counts_the_pong_load():
+    assert PROTOCOL_VERSION == 2
+
+
+def test_a_pong_without_load_fields_decodes_as_an_idle_worker():
+    assert decode_message(msgpack.packb([7, 1.5, 3])) == Pong(1.5, 3, 0.0, 0.0)
+
+
+def test_pong_load_numbers_may_be_ints_and_come_out_floats():
+    msg = decode_message(msgpack.packb([7, 1.5, 3, 1, 4]))
+    assert msg == Pong(1.5, 3, 1.0, 4.0)
+    assert type(msg.busy) is float and type(msg.demand) is float
+
+
+@pytest.mark.parametrize("busy, demand", [
+    (-0.01, 0.0), (1.01, 0.0), (float("nan"), 0.0), (float("inf"), 0.0),  # busy out of [0, 1]
+    ("0.5", 0.0), (None, 0.0), (True, 0.0), ([0.5], 0.0), ({"busy": 1}, 0.0),  # not a number
+    (0.5, -1.0), (0.5, 1e7), (0.5, float("nan")), (0.5, float("-inf")), (0.5, 2**63),
+    (0.5, "3"), (0.5, False), (0.5, b"\x01"),
+], ids=repr)
+def test_pong_load_out_of_range_or_of_the_wrong_type_is_a_protocol_error(busy, demand):
+    body = msgpack.packb([7, 1.5, 3, busy, demand], use_bin_type=True)
+    with pytest.raises(ProtocolError, match="Pong"):
+        decode_message(body)
+    with pytest.raises(ProtocolError):  # through the framing too: the connection is dropped
+        list(FrameDecoder().feed(struct.pack(">I", len(body)) + body))
+
+
+def test_pong_load_at_the_edges_is_accepted():
+    assert decode_message(encode_message(Pong(0.0, 0, 1.0, 1e6))) == Pong(0.0, 0, 1.0, 1e6)
+    assert decode_message(encode_message(Pong(0.0, 0, 0.0, 0.0))) == Pong(0.0, 0)

@@ -94,7 +94,8 @@ def test_worker_refuses_bad_sessions_but_keeps_serving(target, same_draft):
     assert [type(d) for d in drafts] == [Drafts, Drafts]
     assert [(d.rid, d.epoch, d.base) for d in drafts] == [(2, 0, 3), (2, 0, 4)]
     assert isinstance(bad_commit, Error) and bad_commit.rid == 2 and "expected 3" in bad_commit.message
-    assert pong == Pong(1.5, 7)
+    assert isinstance(pong, Pong) and (pong.t, pong.seq) == (1.5, 7)
+    assert 0.0 <= pong.busy <= 1.0 and pong.demand == 0.0  # its load: no session left
     assert not service.active and service.totals.sessions == 1
 
 

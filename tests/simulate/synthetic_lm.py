@@ -30,9 +30,11 @@ class _Cache:
         self.world: RequestWorld | None = None
         self.draft = DraftCache()
         self.length = 0
+        self.closed = False
 
     def close(self) -> None:
         """Nothing to give back (a real cache returns its KV slot)."""
+        self.closed = True
 
 
 def _top_prob_for(entropy: float, vocab: int) -> float:
@@ -82,6 +84,11 @@ class SyntheticLM:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def forward_batch(self, feeds, *, skip_closed: bool = False) -> list[torch.Tensor | None]:
+        """CausalLM's batched interface; synthetic logits gain nothing from batching."""
+        return [None if skip_closed and f.cache.closed else self.forward(f.cache, f.start, f.tokens)
+                for f in feeds]
 
     def forward(self, cache: _Cache, start: int, tokens: Sequence[int]) -> torch.Tensor:
         if start > cache.length:

@@ -31,6 +31,35 @@ def test_pass_cost_formula():
         PassCost(-1)
     with pytest.raises(WanspecError):
         PassCost(1, -0.5)
+    with pytest.raises(WanspecError):
+        PassCost(1, compute_ms_per_token=-0.1)
+
+
+def test_pass_cost_roofline_memory_bound_until_compute_bound():
+    c = PassCost(30, 0.5, kv_ms_per_ktoken=0.02, compute_ms_per_token=0.1)
+    # one request: base + window + its KV read, as alone
+    assert c.seconds(5, context=1000) == pytest.approx((30 + 2 + 0.02) / 1000)
+    # 32 requests of 5-token windows: windows side by side, every request's KV read
+    assert c.seconds(160, longest=5, context=32_000) == pytest.approx((30 + 2 + 0.64) / 1000)
+    # 2,000 tokens (a big batch of long prefills) outgrow the weight read: compute-bound
+    assert c.seconds(2000, longest=100, context=2000) == pytest.approx(200 / 1000)
+    # each request beyond the first adds its own small cost; one request pays none of it
+    d = PassCost(30, per_sequence_ms=0.1)
+    assert d.seconds(1) == 0.030
+    assert d.seconds(64, longest=1, sequences=64) == pytest.approx((30 + 6.3) / 1000)
+
+
+@pytest.mark.parametrize("batch,context,published_ms", [
+    (1, 1100, 31), (16, 1100, 33), (32, 1100, 36), (64, 1100, 43),  # prompt 128, 2,048 out
+    (1, 3000, 31), (16, 3000, 36), (32, 3000, 43), (64, 3000, 55),  # prompt 2,048, 2,048 out
+])
+def test_default_target_cost_is_within_10_percent_of_published_decode_latencies(
+        batch, context, published_ms):
+    """Llama-2-70B FP16 on 4 A100-80GB, TP 4: median per-token latency by batch size
+    (InternLM/lmdeploy docs/en/benchmark/a100_fp16.md); context: mean cached tokens per request."""
+    from wanspec.timing.device import DEFAULT_TARGET_COST as t
+    ms = 1000 * t.seconds(batch, longest=1, context=batch * context, sequences=batch)
+    assert ms == pytest.approx(published_ms, rel=0.10)
 
 
 def test_virtual_loop_starts_at_zero_and_jumps_over_sleeps():

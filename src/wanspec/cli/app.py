@@ -14,6 +14,7 @@ from wanspec import __version__
 from wanspec.cli.common import configure_threads, quiet_libraries, user_errors
 from wanspec.cli.render import print_generation
 from wanspec.core.policy import PolicyConfig
+from wanspec.timing.device import DEFAULT_TARGET_COST
 
 app = typer.Typer(
     name="wanspec",
@@ -118,6 +119,9 @@ def emulate(
     target_ms: float = typer.Option(30.0, "--target-ms", help="Emulated ms per target pass (default: 70B-class target)."),
     draft_ms: float = typer.Option(4.0, "--draft-ms", help="Emulated ms per draft pass (default: 1B-class draft)."),
     verify_per_token_ms: float = typer.Option(0.5, "--verify-per-token-ms", help="Extra ms per extra token in a target pass."),
+    compute_ms_per_token: float = typer.Option(DEFAULT_TARGET_COST.compute_ms_per_token, "--compute-ms-per-token", help="Target's compute floor per token fed (roofline: a pass of many tokens becomes compute-bound; matters under load)."),
+    kv_ms_per_ktoken: float = typer.Option(DEFAULT_TARGET_COST.kv_ms_per_ktoken, "--kv-ms-per-ktoken", help="Target's cost of reading 1,000 tokens of KV cache (every request in a pass reads its own)."),
+    per_sequence_ms: float = typer.Option(DEFAULT_TARGET_COST.per_sequence_ms, "--per-sequence-ms", help="Target's cost of each request a batched pass carries beyond the first."),
     measured: bool = typer.Option(False, "--measured", help="Use this machine's real pass times instead of emulated costs."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window (standard SD, fixed policies)."),
@@ -139,8 +143,14 @@ def emulate(
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also draw latency and busy-site pass ratios vs RTT (PNG)."),
     record: Optional[Path] = typer.Option(None, "--record", help="Also write the draft's per-position acceptance and entropy on these prompts as a trace for wanspec simulate --trace (JSONL)."),
+    concurrency: Optional[str] = typer.Option(None, "--concurrency", help="Serve under load: comma-separated numbers of concurrent clients (closed loop), e.g. 1,8,32,64; every site batches its passes."),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Serve under load: Poisson arrivals at this many requests/s (open loop); with --concurrency, both are run."),
+    slo_tpot: str = typer.Option("50ms", "--slo-tpot", help="Under load: goodput counts the tokens of requests whose time per output token meets this."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at either site."),
+    admission: bool = typer.Option(False, "--admission", help="Under load: admit a request only while the running ones are predicted to meet --slo-tpot (the rest queue, first come first served, never refused)."),
 ) -> None:
-    """Compare target-only, standard SD and every remote policy over an emulated WAN."""
+    """Compare target-only, standard SD and every remote policy over an emulated WAN (one request
+    at a time, or under load with --concurrency / --request-rate)."""
     quiet_libraries()
     with user_errors():
         from wanspec.cli.emulate import run_emulate
@@ -148,12 +158,15 @@ def emulate(
         ok = run_emulate(
             rtt=rtt, sweep=sweep, jitter=jitter, bandwidth=bandwidth, loss=loss,
             target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
-            measured=measured, policy=policy, gamma=gamma, entropy_threshold=entropy_threshold,
+            compute_ms_per_token=compute_ms_per_token, kv_ms_per_ktoken=kv_ms_per_ktoken,
+            per_sequence_ms=per_sequence_ms, measured=measured, policy=policy, gamma=gamma, entropy_threshold=entropy_threshold,
             max_slowdown=max_slowdown,
             prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
-            plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas, exact=exact)
+            plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas, exact=exact,
+            concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
+            max_batch=max_batch, admission=admission)
     if not ok:
         raise typer.Exit(1)
 
@@ -221,6 +234,7 @@ def worker(
     key: Optional[Path] = typer.Option(None, "--key", help="TLS private key (PEM)."),
     draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per draft pass (floor on real time)."),
     max_sessions: int = typer.Option(64, "--max-sessions", help="Concurrent sessions per connection."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most sessions one draft pass carries (of all controllers together); beyond it, sessions share passes oldest first and their lookaheads shrink."),
     dtype: str = typer.Option("auto", "--dtype"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
@@ -234,8 +248,8 @@ def worker(
         setup_logging(verbose)
         configure_threads(threads)
         run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
-                   draft_ms=draft_ms, max_sessions=max_sessions, dtype=dtype, device=device,
-                   console=console)
+                   draft_ms=draft_ms, max_sessions=max_sessions, max_batch=max_batch,
+                   dtype=dtype, device=device, console=console)
 
 
 @app.command()

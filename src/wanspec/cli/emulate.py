@@ -11,12 +11,23 @@ from wanspec.cli.common import check, configure_threads
 from wanspec.cli.loading import load_models
 from wanspec.cli.units import parse_duration_ms, parse_rate_bps
 from wanspec.emulate.prompts import load_prompts
-from wanspec.emulate.report import plot, rtt_table, write_csv, write_json
+from wanspec.core.batcher import BatchLimits
+from wanspec.emulate.load import Closed, Load, Poisson
+from wanspec.emulate.report import (
+    LOAD_COLUMNS,
+    load_table,
+    plot,
+    plot_load,
+    rtt_table,
+    write_csv,
+    write_json,
+)
 from wanspec.emulate.runner import POLICIES, Emulation, EmulationConfig
 from wanspec.errors import WanspecError
 from wanspec.runtime.engine import TimingConfig
 from wanspec.sampling import SamplingParams
 from wanspec.simulate.trace import Trace, write_trace
+from wanspec.timing.device import DEFAULT_DRAFT_COST
 
 
 def parse_sweep(text: str) -> tuple[float, ...]:
@@ -45,6 +56,63 @@ def parse_gammas(text: str) -> tuple[int, ...]:
     return values
 
 
+def parse_loads(concurrency: str | None, request_rate: float | None, seed: int) -> list[Load]:
+    """``--concurrency 1,8,32`` and ``--request-rate R`` -> the loads to serve, in that order."""
+    loads: list[Load] = []
+    if concurrency is not None:
+        try:
+            levels = [int(v) for v in concurrency.split(",") if v.strip()]
+        except ValueError:
+            raise WanspecError(f"invalid --concurrency {concurrency!r}: use comma-separated "
+                               "client counts, e.g. 1,8,32,64") from None
+        check(bool(levels) and all(v >= 1 for v in levels),
+              f"invalid --concurrency {concurrency!r}: client counts must be >= 1")
+        loads += [Closed(v) for v in levels]
+    if request_rate is not None:
+        check(request_rate > 0, f"--request-rate must be > 0 requests/s, got {request_rate}")
+        loads.append(Poisson(request_rate, seed))
+    return loads
+
+
+def _run_load(emu: Emulation, prompts: list[str], loads: list[Load], *, as_json: bool,
+              csv_path: Path | None, plot_path: Path | None, console: Console) -> bool:
+    cfg = emu.config
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True,
+                  disable=as_json and not err.is_terminal) as progress:
+        task = progress.add_task("emulating under load",
+                                 total=emu.total_load_requests(len(prompts), len(loads)))
+        emu.progress = lambda label: progress.update(task, advance=1, description=label)
+        records = emu.run_load(prompts, loads)
+    identical = all(r["identical_to_target_only"] for r in records)
+    if csv_path:
+        write_csv(records, csv_path, LOAD_COLUMNS)
+    if plot_path:
+        plot_load(records, plot_path, title=f"{cfg.timing.describe()}, {len(prompts)} prompts x "
+                                            f"{cfg.max_tokens} tokens")
+    if as_json:
+        print(write_json(records, None))
+        return identical
+    if not console.is_terminal:
+        console = Console(width=170, highlight=False)
+    console.print(f"[bold]wanspec emulate[/] under load: {len(prompts)} prompts x "
+                  f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, at most "
+                  f"{cfg.limits.max_sequences} requests per pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
+                  f"{' (admission on)' if cfg.admission else ''}")
+    for load in loads:
+        for rtt in cfg.rtts_ms:
+            console.print(load_table(records, load.label, rtt))
+    if identical:
+        console.print(f"[green]Lossless: all {len(prompts)} prompts, every mode, load and RTT: "
+                      "output token-identical to the same request decoded alone.[/]")
+    else:
+        bad = sorted({f"{r['mode']}@{r['load']},{r['rtt_ms']:g}ms" for r in records
+                      if not r["identical_to_target_only"]})
+        console.print(f"[bold red]LOSSLESSNESS VIOLATED: outputs differ in {', '.join(bad)}[/]")
+    return identical
+
+
 def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, loss: float,
                 target_ms: float, draft_ms: float, verify_per_token_ms: float, measured: bool,
                 policy: str, gamma: int, entropy_threshold: float, max_slowdown: float, prompts: Path | None,
@@ -52,9 +120,19 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 top_k: int, seed: int, target: Path | None, draft: Path | None,
                 threads: int | None, as_json: bool, csv_path: Path | None,
                 plot_path: Path | None, console: Console, record: Path | None = None,
-                sd_gammas: str = "1-10", exact: bool = False) -> bool:
+                sd_gammas: str = "1-10", exact: bool = False, concurrency: str | None = None,
+                request_rate: float | None = None, slo_tpot: str = "50ms",
+                max_batch: int = 64, admission: bool = False,
+                compute_ms_per_token: float = 0.0, kv_ms_per_ktoken: float = 0.0,
+                per_sequence_ms: float = 0.0) -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
+    loads = parse_loads(concurrency, request_rate, seed)
+    slo_tpot_ms = parse_duration_ms(slo_tpot, "--slo-tpot")
+    check(slo_tpot_ms > 0, "--slo-tpot must be > 0")
+    check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
+    check(not (loads and record), "--record records one request at a time; drop --concurrency "
+                                  "and --request-rate to record a trace")
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
@@ -63,8 +141,14 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
     for p in policies:
         check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
-    timing = TimingConfig() if measured else TimingConfig.emulate(target_ms, draft_ms,
-                                                                  verify_per_token_ms)
+    check(min(target_ms, draft_ms, verify_per_token_ms, compute_ms_per_token,
+              kv_ms_per_ktoken, per_sequence_ms) >= 0, "device costs must be >= 0 ms")
+    timing = TimingConfig() if measured else TimingConfig.emulate(
+        target_ms, draft_ms, verify_per_token_ms, compute_ms_per_token=compute_ms_per_token,
+        kv_ms_per_ktoken=kv_ms_per_ktoken, per_sequence_ms=per_sequence_ms,
+        draft_compute_ms_per_token=DEFAULT_DRAFT_COST.compute_ms_per_token,
+        draft_kv_ms_per_ktoken=DEFAULT_DRAFT_COST.kv_ms_per_ktoken,
+        draft_per_sequence_ms=DEFAULT_DRAFT_COST.per_sequence_ms)
     cfg = EmulationConfig(
         rtts_ms=rtts, jitter_ms=parse_duration_ms(jitter, "--jitter"),
         bandwidth_bps=parse_rate_bps(bandwidth), spike_prob=loss,
@@ -72,7 +156,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         max_tokens=max_tokens, entropy_threshold=entropy_threshold,
         max_slowdown=max_slowdown,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
-        seed=seed, sd_gammas=gammas)
+        seed=seed, sd_gammas=gammas, limits=BatchLimits(max_sequences=max_batch),
+        slo_tpot_ms=slo_tpot_ms, admission=admission)
     if record is not None:  # fail before minutes of emulation, not after
         check(record.parent.is_dir(), f"cannot write {record}: no directory {record.parent}")
     prompt_list = load_prompts(prompts, num_prompts)
@@ -80,6 +165,9 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     tgt, drf = load_models(target, draft, need_draft=True, exact=exact)
     assert drf is not None
     emu = Emulation(tgt, drf, cfg)
+    if loads:
+        return _run_load(emu, prompt_list, loads, as_json=as_json, csv_path=csv_path,
+                         plot_path=plot_path, console=console)
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True,

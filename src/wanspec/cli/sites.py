@@ -35,17 +35,19 @@ def setup_logging(verbose: bool) -> None:
 
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
                key: Path | None, draft_ms: float | None, max_sessions: int, dtype: str,
-               device: str, console: Console) -> None:
+               device: str, console: Console, max_batch: int = 64) -> None:
     check(max_sessions >= 1, f"--max-sessions must be >= 1, got {max_sessions}")
+    check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
-                            max_sessions=max_sessions)
+                            max_sessions=max_sessions, max_batch=max_batch)
 
     async def main() -> None:
         server = await factory.serve(transport, listen, service.handle, cert=cert, key=key)
         host, port = server.address
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
-                      f"(draft {lm.path}, tokenizer {service.fingerprint})", soft_wrap=True)
+                      f"(draft {lm.path}, tokenizer {service.fingerprint}, "
+                      f"up to {max_batch} sessions per draft pass)", soft_wrap=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

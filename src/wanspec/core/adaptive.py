@@ -22,6 +22,13 @@ commits tokens faster than local SD could) is banked as slack and spent on waiti
 after rejections instead of drafting locally, exactly as far as the budget allows.  Every
 quantity adapts: acceptance falls and local rounds stop paying (it turns into target-only
 decoding), the RTT or jitter grows and waiting stops fitting the budget (it turns into local SD).
+
+Under load the busy accelerator is shared: a local draft pass holds up the next target pass of
+every request in it, and is shared only by the requests drafting at that moment.  So a draft
+pass is priced at ``Estimates.draft_price`` times its duration (requests per target pass over
+requests per draft pass, learned from the passes that ran; 1 alone): the marginal cost of a
+draft to the whole batch, where joining a target pass that runs anyway costs next to nothing
+(:func:`~wanspec.core.policy.decide_ride`).
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ def fresh_options(v: View) -> list[Option]:
     for w in range(1, k + 1):
         options.append(Option(Kind.VERIFY_REMOTE, verify[w], tokens[w], 0.0, window=w))
     if v.has_local_draft:
-        td = est.local_draft_pass.seconds(1)
+        td = est.local_draft_pass.seconds(1) * est.draft_price
         for g in range(k + 1, cap + 1):
             options.append(Option(Kind.LOCAL_DRAFT, (g - k) * td + verify[g], tokens[g],
                                   (g - k) * td, window=k))
@@ -114,7 +121,7 @@ def local_round_options(v: View) -> list[Option]:
     m = len(proposal)
     tokens = expected_tokens_by_window(proposal + est.acceptance.window_rates(m, max(cap - m, 0)))
     verify = est.target_pass.seconds_up_to(max(cap, m) + 1)
-    td = est.local_draft_pass.seconds(1)
+    td = est.local_draft_pass.seconds(1) * est.draft_price
     options = [Option(Kind.VERIFY_LOCAL, verify[m], tokens[m], 0.0)]
     for g in range(m + 1, cap + 1):
         options.append(Option(Kind.LOCAL_DRAFT, (g - m) * td + verify[g], tokens[g],

@@ -2,15 +2,23 @@
 
 Every live request has at most one pass waiting at a time (its state machine asks for the next
 only when the last is done).  Whenever the accelerator is free, :meth:`Batcher.next_pass` forms
-the next forward pass: the kind (target or draft) of the pass that has waited longest, carrying
-every waiting pass of that kind, oldest first, within the limits on sequences and fed tokens.
-Requests join by submitting and leave by withdrawing; nothing waits for a batch to fill.
+the next forward pass, carrying every waiting pass of one kind, oldest first, within the limits
+on sequences and fed tokens.  Requests join by submitting and leave by withdrawing; nothing waits
+for a batch to fill.
 
-Oldest-first is what keeps it fair and starvation-free: a request's pass is in the next pass of
-its kind, and the two kinds take turns by age.  A target pass is never held back for drafts or
-the other way round, so each request sees what it would see alone plus the time of the passes it
-shares.  The busy site runs the target's verifications and plain steps and the controller's local
-drafts this way; the worker runs its drafting sessions the same way.
+**Drafts first.**  If any draft pass waits, the next pass is a draft pass; a target pass runs when
+no draft waits.  Draft passes are short, and a request drafts only until its window is full, then
+asks for verification: so running drafts first lets every drafting request finish its window and
+join the *next* target pass, instead of target passes going out half full while others draft.
+This is the lockstep of batched speculative decoding in vLLM or SGLang (everyone drafts, then one
+verification carries everyone), reached without a global round: requests joining or leaving at
+any pass fall into step.  It never starves a target pass, because a request's drafts end with its
+window; as a guard against any decoder that drafts without end, a target pass that has waited
+through ``max_draft_streak`` draft passes runs next.  Within a kind, the oldest passes go first,
+so the limits never starve anyone either.
+
+The busy site runs the target's verifications and plain steps and the controller's local drafts
+this way; the worker runs its drafting sessions the same way (drafts only).
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ class BatchLimits:
 
     max_sequences: int = 64
     max_tokens: int = 4096
+    max_draft_streak: int = 64  # draft passes a waiting target pass lets go first, at most
 
     def __post_init__(self) -> None:
-        if self.max_sequences < 1 or self.max_tokens < 1:
+        if min(self.max_sequences, self.max_tokens, self.max_draft_streak) < 1:
             raise ValueError("batch limits must be >= 1")
 
 
@@ -56,6 +65,7 @@ class Pass:
 class Batcher:
     limits: BatchLimits = field(default_factory=BatchLimits)
     _waiting: dict[int, Waiting] = field(default_factory=dict)  # insertion order = age order
+    _draft_streak: int = 0  # draft passes run while a target pass waited
 
     def submit(self, key: int, kind: PassKind, tokens: int, now: float) -> None:
         if key in self._waiting:
@@ -74,12 +84,16 @@ class Batcher:
 
     def next_pass(self) -> Pass | None:
         """The pass to run now that the accelerator is free; ``None`` if nothing waits."""
-        if not self._waiting:
+        kind = self.next_kind()
+        if kind is None:
             return None
-        oldest = next(iter(self._waiting.values()))
+        if kind is PassKind.DRAFT and any(w.kind is PassKind.TARGET for w in self._waiting.values()):
+            self._draft_streak += 1
+        elif kind is PassKind.TARGET:
+            self._draft_streak = 0
         keys, since, tokens = [], [], 0
         for w in self._waiting.values():
-            if w.kind is not oldest.kind:
+            if w.kind is not kind:
                 continue
             if keys and (len(keys) == self.limits.max_sequences
                          or tokens + w.tokens > self.limits.max_tokens):
@@ -89,4 +103,16 @@ class Batcher:
             tokens += w.tokens
         for k in keys:
             del self._waiting[k]
-        return Pass(oldest.kind, tuple(keys), tokens, tuple(since))
+        return Pass(kind, tuple(keys), tokens, tuple(since))
+
+    def next_kind(self) -> PassKind | None:
+        """The kind of the next pass (``None``: nothing waits): drafts first, unless a target
+        pass has already let ``max_draft_streak`` draft passes go first."""
+        kinds = {w.kind for w in self._waiting.values()}
+        if not kinds:
+            return None
+        if PassKind.TARGET not in kinds:
+            return PassKind.DRAFT
+        if PassKind.DRAFT in kinds and self._draft_streak < self.limits.max_draft_streak:
+            return PassKind.DRAFT
+        return PassKind.TARGET

@@ -64,6 +64,7 @@ class ControllerStats:
     remote_windows: int = 0
     local_windows: int = 0
     plain_steps: int = 0
+    rides: int = 0  # passes joined while waiting for the worker (other requests' passes)
     remote_accepted: int = 0
     remote_received: int = 0
     stall_s: float = 0.0  # accelerator idle while waiting for the worker
@@ -177,6 +178,20 @@ class ControllerCore:
             self._wait_until = None
             return self._schedule(now, wait_expired=True)
         return []
+
+    def on_pass_departing(self, now: float) -> list[ControllerAction]:
+        """A target pass shared with other requests is about to leave the busy accelerator.
+
+        A request waiting for its worker may join it (the policy decides,
+        :func:`~wanspec.core.policy.decide_ride`); the answer is a :class:`RunTarget` to add
+        to that pass, or nothing.  A request with a pass in flight, or a local round under way,
+        is not waiting and ignores the offer.
+        """
+        if self._busy is not None or self.finished or self._wait_until is None:
+            return []
+        self._wait_until = None
+        self.stats.rides += 1
+        return self._schedule(now, ride=True)
 
     def on_event(self, event: TargetDone | DraftDone | WorkerLost, now: float
                  ) -> list[ControllerAction]:
@@ -382,7 +397,8 @@ class ControllerCore:
             times = [t + shift for t in times]
         return tuple(times)
 
-    def _schedule(self, now: float, wait_expired: bool = False) -> list[ControllerAction]:
+    def _schedule(self, now: float, wait_expired: bool = False, ride: bool = False
+                  ) -> list[ControllerAction]:
         if self._busy is not None or self.finished:
             return []
         config, seq, chain = self.config, self.transcript.tokens, self.chain
@@ -399,7 +415,7 @@ class ControllerCore:
             chain_behind=chain.pending_catch_up(n), worker_ok=self.worker_ok,
             has_local_draft=self.has_local_draft, estimates=self.est,
             slack_s=self._account.slack(now, self.transcript.remaining),
-            budget_tpot_s=self._account.budget_tpot_s,
+            budget_tpot_s=self._account.budget_tpot_s, ride=ride,
         )
         return self._apply(decide(config.policy, view), view, now)
 

@@ -131,6 +131,20 @@ class Estimates:
     # latency budget per token that requests left unspent at their end (negative: overspent);
     # the adaptive policy credits it up front to spend its budget evenly (pacing)
     unspent_per_token: Ewma
+    # requests per busy-site target pass and per busy-site draft pass (1 alone): under load a
+    # draft pass delays every request of the next target pass, and is shared by those drafting
+    target_batch: Ewma = field(default_factory=lambda: Ewma(1.0))
+    draft_batch: Ewma = field(default_factory=lambda: Ewma(1.0))
+
+    def observe_busy_pass(self, target: bool, requests: int) -> None:
+        """A busy-site pass ran carrying ``requests`` requests (a target pass if ``target``)."""
+        (self.target_batch if target else self.draft_batch).update(float(requests))
+
+    @property
+    def draft_price(self) -> float:
+        """What one busy-site draft pass costs in request-time, per request drafting in it,
+        relative to its own duration: 1 alone, ``target batch / draft batch`` under load."""
+        return max(1.0, self.target_batch.get / max(self.draft_batch.get, 1.0))
 
     @classmethod
     def with_priors(cls, rtt_s: float = 0.05, target_s: float = 0.03, draft_s: float = 0.004,

@@ -3,7 +3,8 @@
 One connection carries the sessions of every request.  This state machine owns what belongs to
 the connection rather than to a request: the Hello exchange (protocol version, tokenizer), the
 pings that keep the one RTT estimate of the link up to date, connection-level errors, the
-back-off between connection attempts, and routing of per-request messages by request id.  The
+back-off between connection attempts, the worker's load as its Pongs report it
+(:attr:`LinkCore.worker_load`), and routing of per-request messages by request id.  The
 adapters (:mod:`wanspec.runtime.controller`, :mod:`wanspec.simulate.engine`) only move bytes and
 run timers.
 """
@@ -59,6 +60,21 @@ class Lost:
 
 LinkAction = Send | Route | Up | Lost
 
+
+@dataclass(slots=True)
+class WorkerLoadReport:
+    """The worker's load, as its latest :class:`Pong` reported it (the codec checked the ranges).
+
+    ``busy``: fraction of recent time its draft device ran passes.  ``demand``: its live sessions
+    (of all controllers) per sequence one draft pass carries; above 1 each session is in about
+    ``1 / demand`` of the passes, so its drafts come that much slower and its lookahead is cut.
+    """
+
+    busy: float
+    demand: float
+    at: float  # when the Pong arrived, on our clock
+
+
 # messages a worker sends on behalf of one request
 _PER_REQUEST = (Drafts, SessionStats, Error)
 # messages only a controller sends: a worker sending them is not a wanspec worker
@@ -77,6 +93,7 @@ class LinkCore:
         self.state = LinkState.IDLE
         self.peer: Hello | None = None
         self.last_error: str | None = None
+        self.worker_load: WorkerLoadReport | None = None  # the latest the worker reported
         self._backoff_s = self.backoff_min_s
         self._next_attempt = -math.inf
         self._hello_sent = 0.0
@@ -94,6 +111,7 @@ class LinkCore:
     def connect(self, now: float) -> list[LinkAction]:
         """A fresh connection is open: introduce ourselves."""
         self.state, self.peer = LinkState.HANDSHAKE, None
+        self.worker_load = None
         self._hello_sent = now
         return [Send(self.hello)]
 
@@ -105,6 +123,7 @@ class LinkCore:
         if isinstance(msg, Pong):
             if isinstance(msg.t, float) and msg.t <= now:  # an echo of one of our own clocks
                 self.rtt.update(now - msg.t)
+            self.worker_load = WorkerLoadReport(msg.busy, msg.demand, now)
             return []
         if isinstance(msg, Error) and msg.rid < 0:
             return self._lose(f"worker error: {msg.message}", now)
@@ -155,6 +174,7 @@ class LinkCore:
 
     def _lose(self, reason: str, now: float) -> list[LinkAction]:
         self.state, self.peer = LinkState.IDLE, None
+        self.worker_load = None
         self.last_error = reason
         self._next_ping = None
         self._next_attempt = now + self._backoff_s

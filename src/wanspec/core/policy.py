@@ -38,9 +38,12 @@ WAIT_SLACK = 1.5
 
 
 def decide(policy: PolicyConfig, v: View) -> Decision:
-    """The policy's move for an idle busy-site accelerator."""
+    """The policy's move for an idle busy-site accelerator (or, with ``v.ride``, for a request
+    waiting for its worker while other requests' target pass leaves)."""
     if v.budget == 0:
         return PLAIN  # one token left: the target's next choice is all there is to commit
+    if v.ride:
+        return decide_ride(policy, v)
     if policy.name is PolicyName.ADAPTIVE:
         return decide_adaptive(v)
     return decide_fixed(policy, v)
@@ -73,6 +76,23 @@ def decide_fixed(policy: PolicyConfig, v: View) -> Decision:
     expected = v.arrival(gamma)
     if expected is not None and not v.wait_expired and worth_waiting(v, k, gamma, expected):
         return Decision(Kind.WAIT, until=v.now + WAIT_SLACK * (expected - v.now))
+    return Decision(Kind.VERIFY_REMOTE, window=k) if k > 0 else PLAIN
+
+
+def decide_ride(policy: PolicyConfig, v: View) -> Decision:
+    """Join a target pass that other requests' verifications are running anyway.
+
+    Under load the busy accelerator is the bottleneck, and a request waiting for its worker's
+    drafts would otherwise verify them in a later pass.  Joining this one costs the busy site only
+    this request's tokens in a pass that reads the weights anyway (its *marginal* cost: nothing
+    while the pass is memory-bound), commits at least one token now, and loses nothing: the drafts
+    still to come are verified in the next pass, which could not have started before this one
+    ends.  So every policy joins, with the worker's usable drafts (up to its window) or with a
+    plain step when there are none.  Alone on the accelerator nothing leaves while a request
+    waits, and the single-request behaviour is unchanged.
+    """
+    cap = min(v.max_window if policy.name is PolicyName.ADAPTIVE else v.gamma, v.budget)
+    k = min(len(v.remote), cap) if v.worker_ok else 0
     return Decision(Kind.VERIFY_REMOTE, window=k) if k > 0 else PLAIN
 
 

@@ -58,6 +58,7 @@ class View:
     estimates: Estimates
     slack_s: float  # latency budget left: allowance so far minus time taken (adaptive)
     budget_tpot_s: float  # allowed time per token (adaptive)
+    ride: bool = False  # a target pass shared with other requests is leaving now: join it?
 
     def arrival(self, count: int) -> float | None:
         """When ``count`` usable worker drafts are expected to be here (None: not expected)."""

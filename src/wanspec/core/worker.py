@@ -9,18 +9,24 @@ committed token equals the chain's token: keep drafting, same epoch) or not (rol
 committed prefix, start a new chain under ``epoch + 1``).  A pass that was in flight across a
 rollback is wasted and its result dropped.
 
+The worker's draft device is shared by every session of every connection (the adapter batches
+their passes).  A :class:`WorkerLoad`, fed by the adapter and shared by all cores, says how many
+sessions share it; when they are more than one pass carries, :func:`lookahead_cap` shrinks each
+session's lookahead, and the load is reported to the controller in every :class:`Pong`.
+
 Everything the controller sends is checked here; a bad session request is answered with an
 :class:`Error` for that session, a protocol violation closes the connection.  Nothing raises.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
 from wanspec.core.chain import feed_from
 from wanspec.errors import WanspecError
-from wanspec.protocol.codec import ProtocolError, check_hello
+from wanspec.protocol.codec import MAX_DEMAND, ProtocolError, check_hello
 from wanspec.protocol.messages import (
     Cancel,
     Commit,
@@ -36,6 +42,50 @@ from wanspec.protocol.messages import (
 from wanspec.sampling import SamplingParams
 
 HELLO_TIMEOUT_S = 10.0  # a peer that has not introduced itself by then is dropped
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """How loaded the worker's draft device is: one object shared by the cores of all connections.
+
+    The adapter keeps it current (the live sessions of every connection, the device's recent busy
+    fraction) and calls :meth:`WorkerCore.on_load_changed` when the number of sessions changes; a
+    core reads it when it caps a session's lookahead and when it answers a Ping.
+    """
+
+    max_batch: int = 0  # sequences one draft pass carries; 0: no limit (never over capacity)
+    sessions: int = 0  # live sessions, all connections together
+    busy: float = 0.0  # fraction of recent time the draft device was running passes, in [0, 1]
+
+    @property
+    def demand(self) -> float:
+        """Live sessions per sequence a pass carries: above 1 the worker is over capacity."""
+        return self.sessions / self.max_batch if self.max_batch > 0 else 0.0
+
+
+def lookahead_cap(lookahead: int, load: WorkerLoad) -> int:
+    """How far past the committed prefix a session may draft, given the worker's load.
+
+    Within capacity (every live session fits in one pass) a session drafts up to its own
+    ``lookahead``: sharing a pass costs it nothing.  Over capacity, ``sessions`` sessions share
+    passes of ``max_batch`` sequences: the batcher serves them oldest first, so each is carried in
+    about ``max_batch / sessions`` of the passes and its chain grows that much slower.  Its cap
+    shrinks by the same factor::
+
+        cap = max(1, lookahead * max_batch // sessions)
+
+    Why: a draft at depth ``k`` of a chain is used only if the ``k - 1`` before it are accepted,
+    while a session whose chain was just consumed or rolled back has a controller waiting for its
+    next token; a pass slot spent deep in one chain is a slot that session waits for.  Scaled by
+    the share, refilling a chain takes as many passes as on an idle worker (the chain stays the
+    same time ahead of its controller), the caps of all sessions add up to at most
+    ``lookahead * max_batch`` (what ``lookahead`` full passes draft), and the effort goes to the
+    near heads of the chains.  Never below one: the next token is the draft a controller uses
+    first.
+    """
+    if load.max_batch <= 0 or load.sessions <= load.max_batch:
+        return lookahead
+    return max(1, lookahead * load.max_batch // load.sessions)
 
 
 @dataclass(slots=True)
@@ -82,7 +132,8 @@ class _Session:
     start: SessionStart
     sampling: SamplingParams
     committed: list[int]
-    lookahead: int  # the chain's length cap (the session's, within the worker's limit)
+    lookahead: int  # the chain's length cap (the session's, within the worker's limit; the load
+    # may lower it further: see lookahead_cap)
     end: int  # never draft at or past this absolute position
     chain: list[int] = field(default_factory=list)
     epoch: int = 0
@@ -99,8 +150,11 @@ class WorkerCore:
     """One connection's sessions; at most one draft pass in flight per session."""
 
     def __init__(self, hello: Hello, *, now: float = 0.0, max_sessions: int = 64,
-                 max_lookahead: int = 64, max_context: int = 1 << 16) -> None:
+                 max_lookahead: int = 64, max_context: int = 1 << 16,
+                 load: WorkerLoad | None = None) -> None:
         self.hello = hello  # ours: what the controller's Hello is checked against
+        # shared with the other connections' cores; by default never over capacity
+        self.load = load if load is not None else WorkerLoad()
         self.max_sessions = max_sessions
         self.max_lookahead = max_lookahead
         self.max_context = max_context
@@ -125,7 +179,7 @@ class WorkerCore:
         if isinstance(msg, Cancel):
             return self._on_cancel(msg)
         if isinstance(msg, Ping):
-            return [Send(Pong(msg.t, msg.seq))]
+            return [Send(self._pong(msg))]
         if isinstance(msg, Error):
             return [Log(f"controller reported: {msg.message}")]
         return self._refuse(f"unexpected {type(msg).__name__} from a controller", "protocol")
@@ -150,6 +204,25 @@ class WorkerCore:
         self.stats.drafted += 1
         sent = Send(Drafts(rid, s.epoch, position, (ev.token,), (ev.entropy,), (ev.top_prob,)))
         return [sent, *self._next_draft(rid, s)]
+
+    def on_draft_failed(self, rid: int, op: int, reason: str) -> list[WorkerAction]:
+        """The draft pass started by ``DraftFor(rid, ...)`` failed (not because the session left):
+        the session ends here with an :class:`Error`; its request goes on without the worker."""
+        self.stats.passes += 1
+        self.stats.wasted_passes += 1
+        s = self.sessions.get(rid)
+        if s is None or s.inflight is None or s.inflight.op != op:
+            return []
+        s.inflight = None
+        error = Error(f"session {rid}: draft pass failed: {reason}", rid=rid, code="session")
+        return [Log(f"session {rid}: draft pass failed: {reason}"), Send(error), *self._drop(rid)]
+
+    def on_load_changed(self) -> list[WorkerAction]:
+        """The worker's load changed (sessions came or went on some connection): a session held
+        back by a smaller lookahead cap may draft again."""
+        if self.closed or self.peer is None:
+            return []
+        return [a for rid, s in self.sessions.items() for a in self._next_draft(rid, s)]
 
     def next_timer(self) -> float | None:
         return None if self.closed else self._hello_deadline
@@ -178,6 +251,12 @@ class WorkerCore:
         self.peer = msg
         self._hello_deadline = None
         return [Send(self.hello)]
+
+    def _pong(self, ping: Ping) -> Pong:
+        """The Ping's echo, with the worker's load (kept inside the ranges the codec accepts)."""
+        busy = float(self.load.busy)
+        busy = min(max(busy, 0.0), 1.0) if math.isfinite(busy) else 0.0
+        return Pong(ping.t, ping.seq, busy, min(float(self.load.demand), MAX_DEMAND))
 
     def _refuse(self, message: str, code: str) -> list[WorkerAction]:
         self.closed = True
@@ -250,7 +329,8 @@ class WorkerCore:
     def _next_draft(self, rid: int, s: _Session) -> list[WorkerAction]:
         """The next draft pass of session ``s``, if it may start one now (one at a time)."""
         pos = len(s.committed) + len(s.chain)
-        if s.inflight is not None or len(s.chain) >= s.lookahead or pos >= s.end:
+        if (s.inflight is not None or len(s.chain) >= lookahead_cap(s.lookahead, self.load)
+                or pos >= s.end):
             return []
         start = s.cache_len
         s.cache_len = pos

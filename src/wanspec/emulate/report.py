@@ -50,6 +50,77 @@ def rtt_table(records: Sequence[dict[str, Any]], rtt: float, title_extra: str = 
     return t
 
 
+LOAD_COLUMNS = [
+    "load", "concurrency", "request_rate", "rtt_ms", "mode", "sd_gamma", "requests", "tokens",
+    "makespan_s", "throughput_tok_s", "e2e_ms_per_token", "throughput_vs_target", "throughput_vs_best_sd",
+    "goodput_tok_s", "slo_tpot_ms", "admission", "slo_attained", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
+    "tpot_ms_p50", "tpot_ms_p95", "tpot_ms_p99", "tpot_p95_vs_best_sd", "best_sd_gamma",
+    "busy_target_frac", "busy_draft_frac", "busy_idle_frac", "busy_passes", "busy_mean_batch",
+    "busy_site_draft_passes_per_token", "worker_utilisation", "worker_mean_batch",
+    "identical_to_target_only",
+]
+
+
+def load_table(records: Sequence[dict[str, Any]], load: str, rtt: float) -> Table:
+    """One load level at one RTT: what each mode gets out of the busy site."""
+    t = Table(title=f"{load}, RTT {rtt:g} ms", header_style="bold",
+              caption="tok/s: committed tokens per second (busy-site throughput); goodput: of "
+                      "requests meeting the TPOT SLO; TPOT per request (ms); busy: the busy "
+                      "accelerator's time in target / draft passes / idle (%); batch: mean "
+                      "requests per busy pass; wrk: worker utilisation.", caption_justify="left")
+    for name in ("mode", "tok/s", "x target", "x best", "goodput", "TTFT p50", "TTFT p95",
+                 "TPOT p50", "p95", "p99", "busy t/d/idle", "batch", "wrk", "identical"):
+        t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
+    for r in records:
+        if r["load"] != load or r["rtt_ms"] != rtt:
+            continue
+        wrk = r.get("worker_utilisation")
+        t.add_row(
+            mode_label(r), f"{r['throughput_tok_s']:.0f}", f"{r['throughput_vs_target']:.2f}x",
+            f"{r['throughput_vs_best_sd']:.2f}x", f"{r['goodput_tok_s']:.0f}",
+            f"{r['ttft_ms_p50']:.0f}", f"{r['ttft_ms_p95']:.0f}", f"{r['tpot_ms_p50']:.1f}",
+            f"{r['tpot_ms_p95']:.1f}", f"{r['tpot_ms_p99']:.1f}",
+            f"{100 * r['busy_target_frac']:.0f}/{100 * r['busy_draft_frac']:.0f}/"
+            f"{100 * r['busy_idle_frac']:.0f}",
+            f"{r['busy_mean_batch']:.1f}", "–" if wrk is None else f"{100 * wrk:.0f}%",
+            "[green]yes[/]" if r["identical_to_target_only"] else "[bold red]NO[/]",
+        )
+    return t
+
+
+def plot_load(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Busy-site throughput vs p95 TPOT, one line per mode through its load levels; one panel
+    per RTT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rtts = sorted({r["rtt_ms"] for r in records})
+    fig, axes = plt.subplots(1, len(rtts), figsize=(5.5 * len(rtts), 4.2), squeeze=False)
+    for ax, rtt in zip(axes[0], rtts):
+        modes = dict.fromkeys(r["mode"] for r in records if r["rtt_ms"] == rtt)
+        for mode in modes:
+            rs = [r for r in records if r["rtt_ms"] == rtt and r["mode"] == mode]
+            base = mode in BASELINES
+            ax.plot([r["tpot_ms_p95"] for r in rs], [r["throughput_tok_s"] for r in rs],
+                    ls="--" if base else "-", marker="s" if base else "o",
+                    label=mode_label(rs[0]) if mode != "sd-best" else "best SD")
+            for r in rs:
+                ax.annotate(r["load"], (r["tpot_ms_p95"], r["throughput_tok_s"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_title(f"RTT {rtt:g} ms", fontsize=9)
+        ax.set_xlabel("p95 time per output token (ms)")
+        ax.set_ylabel("busy-site throughput (tokens/s)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_json(records: Sequence[dict[str, Any]], path: Path | None) -> str:
     text = json.dumps(list(records), indent=2)
     if path is not None:

@@ -13,10 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from wanspec.baselines import BASELINES, SD_GAMMAS, best_sd, with_ratios
+from wanspec.core.admission import Admission
+from wanspec.core.batcher import BatchLimits
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.local import GammaSchedule, LocalMode
 from wanspec.core.metrics import percentile
 from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.emulate.load import (
+    Load,
+    LoadRun,
+    best_sd_under_load,
+    serve,
+    summarize,
+    with_load_ratios,
+)
 from wanspec.emulate.record import record_trace, trace_header
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.engine import GenerationResult, LocalEngine, TimingConfig
@@ -36,7 +46,7 @@ class EmulationConfig:
     bandwidth_bps: float = 0.0
     spike_prob: float = 0.0
     spike_ms: float = 0.0
-    timing: TimingConfig = field(default_factory=lambda: TimingConfig.emulate(30.0, 4.0, 0.5))
+    timing: TimingConfig = field(default_factory=TimingConfig.deployment)
     policies: tuple[str, ...] = POLICIES
     gamma: int = 4
     max_tokens: int = 64
@@ -45,6 +55,9 @@ class EmulationConfig:
     sampling: SamplingParams = SamplingParams()
     seed: int = 0
     sd_gammas: tuple[int, ...] = SD_GAMMAS  # windows best SD is searched over
+    limits: BatchLimits = field(default_factory=BatchLimits)  # per batched pass, each site
+    slo_tpot_ms: float = 50.0  # goodput counts requests whose TPOT meets this
+    admission: bool = False  # admit requests only while the running ones meet slo_tpot_ms
 
 
 @dataclass
@@ -134,14 +147,22 @@ class Emulation:
             self.progress(mode if mode != "sd" else f"sd (g={gamma})")
         return runs
 
+    def _link(self, rtt: float, jitter_ms: float | None = None) -> LinkParams:
+        c = self.config
+        return LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms if jitter_ms is None else jitter_ms,
+                          bandwidth_bps=c.bandwidth_bps, spike_prob=c.spike_prob,
+                          spike_ms=c.spike_ms, seed=c.seed)
+
+    def _controller_config(self, policy: str) -> ControllerConfig:
+        c = self.config
+        return ControllerConfig(gamma=c.gamma, policy=PolicyConfig(
+            PolicyName(policy), c.entropy_threshold, c.max_slowdown))
+
     def _run_remote(self, policy: str, rtt: float, prompts: Sequence[str],
                     jitter_ms: float | None = None) -> ModeRuns:
         c = self.config
-        link = LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms if jitter_ms is None else jitter_ms,
-                          bandwidth_bps=c.bandwidth_bps, spike_prob=c.spike_prob,
-                          spike_ms=c.spike_ms, seed=c.seed)
-        cfg = ControllerConfig(gamma=c.gamma, policy=PolicyConfig(
-            PolicyName(policy), c.entropy_threshold, c.max_slowdown))
+        link = self._link(rtt, jitter_ms)
+        cfg = self._controller_config(policy)
         runs = ModeRuns(policy, rtt)
 
         async def main() -> None:
@@ -184,6 +205,94 @@ class Emulation:
                 records.append(with_ratios({**bases[mode], "rtt_ms": rtt}, t, sd, best))
             for policy in self.config.policies:
                 records.append(self.remote(policy, rtt, bases))
+        return records
+
+    # ---- under load --------------------------------------------------------------------------
+    def reference(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Every prompt decoded alone by target-only decoding: what every output must equal."""
+        if self._prompts != list(prompts) or not self._reference:
+            runs = self._run_local("target", prompts)
+            self.target_only, self._prompts = runs, list(prompts)
+            self._reference = [r.token_ids for r in runs.results]
+        return self._reference
+
+    def serve_local(self, mode: str, prompts: Sequence[str], load: Load,
+                    gamma: int | None = None) -> LoadRun:
+        """``target`` or ``sd`` (at ``gamma``) under ``load``: every request's passes batched on
+        the busy site's one accelerator."""
+        c = self.config
+        gamma = c.gamma if gamma is None else gamma
+        engine = LocalEngine(self.target, None if mode == "target" else self.draft, c.timing)
+        local_mode = LocalMode.TARGET if mode == "target" else LocalMode.SD
+
+        async def main() -> LoadRun:
+            acc = engine.accelerator(c.limits, self._admission())
+
+            async def generate(p: str) -> GenerationResult:
+                r = await engine.agenerate(p, mode=local_mode, gamma=gamma, accelerator=acc,
+                                           **self._gen_kwargs())
+                self.progress(f"{mode if mode == 'target' else f'sd (g={gamma})'} {load.label}")
+                return r
+
+            served, span = await serve(generate, prompts, load)
+            extra = {"sd_gamma": gamma} if mode == "sd" else {}
+            return LoadRun(mode, load, None, served, span, acc.device.stats,
+                           extra={**extra, **self._admission_label()})
+
+        return clock.run(main, virtual=c.timing.emulated)
+
+    def serve_remote(self, policy: str, rtt: float, prompts: Sequence[str],
+                     load: Load) -> LoadRun:
+        """A wanspec policy under ``load``: one worker, one busy accelerator, both batching."""
+        c = self.config
+
+        async def main() -> LoadRun:
+            async with InprocDeployment(self.target, self.draft, link=self._link(rtt),
+                                        timing=c.timing, config=self._controller_config(policy),
+                                        local_draft=policy != "remote", limits=c.limits,
+                                        admission=self._admission()) as dep:
+                async def generate(p: str) -> GenerationResult:
+                    r = await dep.engine.agenerate(p, **self._gen_kwargs())
+                    self.progress(f"{policy} @ {rtt:g} ms {load.label}")
+                    return r
+
+                served, span = await serve(generate, prompts, load)
+                return LoadRun(policy, load, rtt, served, span, dep.engine.device.stats,
+                               dep.worker_device.stats, extra=self._admission_label())
+
+        return clock.run(main, virtual=c.timing.emulated)
+
+    def _admission(self) -> Admission | None:
+        c = self.config
+        return Admission(c.slo_tpot_ms / 1000.0, c.limits.max_sequences) if c.admission else None
+
+    def _admission_label(self) -> dict[str, str]:
+        return {"admission": "slo" if self.config.admission else "none"}
+
+    def total_load_requests(self, n_prompts: int, n_loads: int) -> int:
+        per_load = 1 + len(self._sd_gammas()) + len(self.config.rtts_ms) * len(self.config.policies)
+        return n_prompts * (1 + n_loads * per_load)
+
+    def run_load(self, prompts: Sequence[str], loads: Sequence[Load]) -> list[dict[str, Any]]:
+        """One record per (load, RTT, mode): target-only, best SD (its window searched at each
+        load by throughput) and standard SD, and every configured policy, with ratios to
+        target-only and best SD at the same load."""
+        c = self.config
+        reference = self.reference(prompts)
+        records: list[dict[str, Any]] = []
+        for load in loads:
+            target = summarize(self.serve_local("target", prompts, load), reference,
+                               c.slo_tpot_ms)
+            by_gamma = {g: summarize(self.serve_local("sd", prompts, load, g), reference,
+                                     c.slo_tpot_ms) for g in self._sd_gammas()}
+            best = best_sd_under_load(by_gamma)
+            for rtt in c.rtts_ms:
+                for rec in (target, best, by_gamma[c.gamma]):
+                    records.append(with_load_ratios({**rec, "rtt_ms": rtt}, target, best))
+                for policy in c.policies:
+                    run = self.serve_remote(policy, rtt, prompts, load)
+                    records.append(with_load_ratios(summarize(run, reference, c.slo_tpot_ms),
+                                                    target, best))
         return records
 
     def trace(self) -> tuple[dict[str, Any], list[TraceRequest]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -28,7 +28,7 @@ from wanspec.protocol.messages import (
     SessionStats,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Pong carries the worker's load (busy, demand)
 DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB: a prompt of ~100k tokens fits; nothing legitimate is bigger
 _HEADER = struct.Struct(">I")
 HEADER_BYTES = _HEADER.size
@@ -47,8 +47,31 @@ _TUPLE_FIELDS = {
 }
 
 
+MAX_DEMAND = 1e6  # Pong.demand above this is not a real worker's (sessions per pass slot)
+
+
 class ProtocolError(WanspecError):
     """The peer sent something that is not valid wanspec protocol."""
+
+
+def _number_in(msg: Message, name: str, low: float, high: float) -> None:
+    """Field ``name`` must be an int or float in ``[low, high]`` (NaN and infinities are not);
+    it is stored as a float."""
+    value = getattr(msg, name)
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not low <= value <= high):
+        raise ProtocolError(f"{type(msg).__name__}.{name} must be a number in "
+                            f"[{low:g}, {high:g}], got {value!r}")
+    setattr(msg, name, float(value))
+
+
+def _check_pong(msg: Pong) -> None:
+    _number_in(msg, "busy", 0.0, 1.0)
+    _number_in(msg, "demand", 0.0, MAX_DEMAND)
+
+
+# checks of field values beyond what the dataclass constructor enforces, per message type
+_CHECKS: dict[type, Callable[[Any], None]] = {Pong: _check_pong}
 
 
 def encode_message(msg: Message) -> bytes:
@@ -80,9 +103,13 @@ def decode_message(body: bytes) -> Message:
                 raise ProtocolError(f"{cls.__name__}.{name} must be a list")
             kwargs[name] = tuple(kwargs[name])
     try:
-        return cls(**kwargs)
+        msg = cls(**kwargs)
     except TypeError as exc:
         raise ProtocolError(f"{cls.__name__}: {exc}") from exc
+    check = _CHECKS.get(cls)
+    if check is not None:
+        check(msg)
+    return msg
 
 
 def encode_frame(msg: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:

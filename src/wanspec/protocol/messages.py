@@ -9,7 +9,7 @@ Flow for one request (``rid``)::
              ◀────────── Drafts(rid, epoch, base, tokens, entropy, top_prob)   (streamed)
       Commit(rid, epoch, base, tokens) ─────────▶        keep or roll back (new epoch)
       Cancel(rid) ──────────────────────────────▶        free the session
-      Ping(t) ──────────────────────────────────▶ Pong(t)
+      Ping(t) ──────────────────────────────────▶ Pong(t, load)
 
 A worker's *epoch* for a session grows by one every time it discards its draft chain.  Its chain
 of epoch ``e`` starts at position ``base`` and is streamed in order, so the controller always
@@ -104,8 +104,13 @@ class Ping:
 
 @dataclass(slots=True)
 class Pong:
+    """The echo of a Ping; a worker's also reports its load (a controller's leaves it 0)."""
+
     t: float  # echoed from the Ping: the sender computes RTT from its own clock
     seq: int = 0
+    busy: float = 0.0  # fraction of recent time the worker's draft device ran passes, in [0, 1]
+    demand: float = 0.0  # the worker's live sessions per sequence one draft pass carries (>= 0;
+    # above 1 it is over capacity: each session is in about 1/demand of the passes)
 
 
 @dataclass(slots=True)

@@ -6,20 +6,30 @@ Each request's driver runs as if it had the models to itself (it calls ``run_tar
 every waiting pass in a sans-I/O :class:`~wanspec.core.batcher.Batcher` and, whenever the device
 is free, runs the pass the batcher forms as one batched forward and hands each request its
 result.  This is continuous batching: requests join and leave at any pass.
+
+Requests that are idle -- waiting for their worker's drafts -- can register as *riders*: just
+before a target pass leaves, each rider is offered a seat (its state machine decides, see
+:meth:`~wanspec.core.controller.ControllerCore.on_pass_departing`), so a request that would
+otherwise wait joins a pass that runs anyway, at the cost of its own tokens only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from wanspec.core.actions import DraftDone, RunDraft, RunTarget, TargetDone
+from wanspec.core.admission import Admission
 from wanspec.core.batcher import Batcher, BatchLimits, PassKind
 from wanspec.models.backend import KVCache
 from wanspec.runtime.placed import PlacedModel
 from wanspec.sampling import SamplingParams
+
+
+SETTLE_MAX_YIELDS = 32  # bound on the loop turns a pass waits for its requests to react
 
 
 @dataclass
@@ -50,7 +60,7 @@ class SharedAccelerator:
     """
 
     def __init__(self, target: PlacedModel | None, draft: PlacedModel | None = None,
-                 limits: BatchLimits | None = None) -> None:
+                 limits: BatchLimits | None = None, admission: Admission | None = None) -> None:
         if target is None and draft is None:
             raise ValueError("an accelerator holds at least one model")
         if target is not None and draft is not None and draft.device is not target.device:
@@ -61,6 +71,10 @@ class SharedAccelerator:
         self._jobs: dict[int, _Job] = {}
         self._keys = itertools.count()
         self._pump: asyncio.Task | None = None
+        self._riders: dict[int, Callable[[float], None]] = {}
+        self.on_pass: Callable[[PassKind, int], None] | None = None  # (kind, requests carried)
+        self.admission = admission or Admission(None)  # default: everyone runs at once
+        self._admitted: dict[int, asyncio.Event] = {}
 
     @property
     def device(self):
@@ -74,28 +88,90 @@ class SharedAccelerator:
             raise ValueError(f"this accelerator has no {kind.value} model")
         return BatchedModel(self, kind, placed)
 
-    async def submit(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
-                     sampling: SamplingParams) -> Any:
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[int]:
+        """Wait until the admission policy lets this request start (first come, first served);
+        yields its key for :meth:`committed`.  Leaving the block frees its place."""
+        key = next(self._keys)
+        event = self._admitted[key] = asyncio.Event()
+        self.admission.arrive(key)
+        self._admit()
+        try:
+            await event.wait()
+            yield key
+        finally:
+            self._admitted.pop(key, None)
+            self.admission.leave(key)
+            self._admit()
+
+    def committed(self, key: int, tokens: int) -> None:
+        """Request ``key`` committed ``tokens`` (what admission learns TPOT from)."""
+        self.admission.on_commit(key, tokens, asyncio.get_running_loop().time())
+
+    def _admit(self) -> None:
+        for key in self.admission.admit():
+            event = self._admitted.get(key)
+            if event is not None:
+                event.set()
+
+    def add_rider(self, offer: Callable[[float], None]) -> int:
+        """Call ``offer(now)`` before every target pass leaves (until :meth:`remove_rider`);
+        ``offer`` may :meth:`enqueue` a target pass, which then joins the leaving one."""
+        key = next(self._keys)
+        self._riders[key] = offer
+        return key
+
+    def remove_rider(self, key: int) -> None:
+        self._riders.pop(key, None)
+
+    def enqueue(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
+                sampling: SamplingParams) -> asyncio.Future:
+        """Queue a pass now (synchronously: a rider's pass joins the pass being formed); the
+        future gets its result.  Cancelling the future withdraws the pass if it has not run."""
         loop = asyncio.get_running_loop()
         key = next(self._keys)
         job = _Job(kind, cache, action, sampling, loop.create_future())
         self._jobs[key] = job
         self.batcher.submit(key, kind, len(action.tokens), loop.time())
-        if self._pump is None or self._pump.done():
-            self._pump = loop.create_task(self._run())
-        try:
-            return await job.future
-        finally:
-            if not job.future.done():  # the request was cancelled while its pass waited
-                self.batcher.withdraw(key)
+
+        def forget(_: asyncio.Future) -> None:
+            self.batcher.withdraw(key)  # a no-op once the pass has been formed
             self._jobs.pop(key, None)
 
+        job.future.add_done_callback(forget)
+        if self._pump is None or self._pump.done():
+            self._pump = loop.create_task(self._run())
+        return job.future
+
+    async def submit(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
+                     sampling: SamplingParams) -> Any:
+        return await self.enqueue(kind, cache, action, sampling)
+
+    async def _settle(self) -> None:
+        """Let every driver woken by the last pass react before the next pass is formed.
+
+        A result reaches a request's state machine through a few hops of the event loop (a
+        future, a queue, a timeout wrapper) before its next pass is queued; forming the next pass
+        at the first chance would split the requests into cohorts taking turns, each pass half
+        full.  So yield until the queue has stopped growing for two turns of the loop (on the
+        virtual clock this takes no time; on a real one, microseconds).
+        """
+        waiting, quiet = -1, 0
+        for _ in range(SETTLE_MAX_YIELDS):
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if self.batcher.waiting == waiting else 0
+            waiting = self.batcher.waiting
+            if quiet >= 2:
+                return
+
     async def _run(self) -> None:
-        """Run passes while any wait.  Yielding once before forming a pass lets every driver
-        woken by the last pass submit its next one, so they share it."""
+        """Run passes while any wait, each formed once the last one's requests have reacted."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(0)
+            await self._settle()
+            if self.batcher.next_kind() is PassKind.TARGET:
+                for offer in list(self._riders.values()):
+                    offer(loop.time())
             p = self.batcher.next_pass()
             if p is None:
                 return
@@ -105,13 +181,18 @@ class SharedAccelerator:
                 continue
             self.stats.passes += 1
             self.stats.sequences += len(jobs)
+            if self.on_pass is not None:
+                self.on_pass(p.kind, len(jobs))
             self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
             placed = self.models[p.kind]
             assert placed is not None
             items = [(j.cache, j.action, j.sampling) for j in jobs]
+            started = loop.time()
             try:
                 if p.kind is PassKind.TARGET:
                     results: list[Any] = await placed.run_targets(items)  # type: ignore[arg-type]
+                    self.admission.on_pass(p.tokens, loop.time() - started)
+                    self._admit()
                 else:
                     results = await placed.run_drafts(items)  # type: ignore[arg-type]
             except Exception as exc:  # a failed pass fails its requests, not the accelerator

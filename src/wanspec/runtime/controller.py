@@ -26,6 +26,8 @@ from wanspec.core.actions import (
     TargetDone,
     WorkerLost,
 )
+from wanspec.core.admission import Admission
+from wanspec.core.batcher import BatchLimits, PassKind
 from wanspec.core.controller import ControllerConfig, ControllerCore
 from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
@@ -35,6 +37,7 @@ from wanspec.models.backend import CausalLM
 from wanspec.models.fingerprint import check_compatible, tokenizer_fingerprint
 from wanspec.protocol.codec import PROTOCOL_VERSION, ProtocolError
 from wanspec.protocol.messages import Hello, Message, SessionStats
+from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.local import OnTokens
 from wanspec.runtime.placed import PlacedModel
@@ -240,7 +243,8 @@ class RemoteEngine:
 
     def __init__(self, target: CausalLM, link: WorkerLink | None, *,
                  local_draft: CausalLM | None = None, timing: TimingConfig | None = None,
-                 config: ControllerConfig | None = None) -> None:
+                 config: ControllerConfig | None = None, limits: BatchLimits | None = None,
+                 admission: Admission | None = None) -> None:
         if local_draft is not None:
             check_compatible(target.tokenizer, local_draft.tokenizer,
                              target_name=str(target.path), draft_name=str(local_draft.path))
@@ -251,6 +255,13 @@ class RemoteEngine:
         self.config = config or ControllerConfig()
         self._rids = itertools.count(1)
         self.device = Device(Site.CONTROLLER.value)
+        # every request's verifications, plain steps and local drafts share the busy accelerator's
+        # passes: concurrent requests are served by continuous batching (one alone runs as before)
+        self.accelerator = SharedAccelerator(
+            PlacedModel(target, self.device, self.timing.target, "target"),
+            PlacedModel(local_draft, self.device, self.timing.draft, "local-draft")
+            if local_draft is not None else None, limits, admission)
+        self.accelerator.on_pass = self._on_pass
         # what the controller learns (RTT, pass times, acceptance) carries over between requests
         t = self.timing
         self.estimates = Estimates.with_priors(
@@ -258,6 +269,10 @@ class RemoteEngine:
             draft_s=t.draft.seconds(1) if t.draft else 0.004,
             verify_per_token_s=t.target.per_token_ms / 1000.0 if t.target else 0.0,
             rtt=link.core.rtt if link is not None else None)
+
+    def _on_pass(self, kind: PassKind, requests: int) -> None:
+        """How full the busy accelerator's passes are: what a local draft pass costs others."""
+        self.estimates.observe_busy_pass(kind is PassKind.TARGET, requests)
 
     @staticmethod
     def hello_for(target: CausalLM) -> Hello:
@@ -287,6 +302,23 @@ class RemoteEngine:
                             stop_strings=tuple(stop_strings),
                             detokenize=self.target.decode if stop_strings else None)
         rid = next(self._rids)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        async with self.accelerator.admitted() as key:
+            queued_s = loop.time() - arrived
+
+            def report(tokens: Sequence[int]) -> None:
+                self.accelerator.committed(key, len(tokens))
+                if on_tokens is not None:
+                    on_tokens(tokens)
+
+            result = await self._serve(rid, ids, stop, sampling, report)
+        result.metrics["queued_s"] = queued_s
+        return result
+
+    async def _serve(self, rid: int, ids: list[int], stop: StopCriteria,
+                     sampling: SamplingParams, on_tokens: OnTokens) -> GenerationResult:
+        """One admitted request: its state machine, driven until it finishes."""
         worker_ok = self.link is not None and await self.link.ensure()
         core = ControllerCore(rid, ids, stop, sampling, self.config,
                               has_local_draft=self.local_draft is not None,
@@ -305,7 +337,8 @@ class RemoteEngine:
         st = core.stats
         metrics.update({
             "remote_windows": st.remote_windows, "local_windows": st.local_windows,
-            "plain_steps": st.plain_steps, "remote_drafts_received": st.remote_received,
+            "plain_steps": st.plain_steps, "rides": st.rides,
+            "remote_drafts_received": st.remote_received,
             "remote_drafts_accepted": st.remote_accepted,
             "wasted_remote_drafts": max(st.remote_received - st.remote_accepted, 0),
             "stall_s": st.stall_s, "worker_lost": st.worker_lost,
@@ -330,34 +363,47 @@ class RemoteEngine:
         site's passes, protocol messages routed by the link, and :class:`WorkerLost`.
         """
         loop = asyncio.get_running_loop()
-        target = PlacedModel(self.target, self.device, self.timing.target, "target")
-        local = (PlacedModel(self.local_draft, self.device, self.timing.draft, "local-draft")
-                 if self.local_draft is not None else None)
         t_cache = self.target.new_cache()
         l_cache = self.local_draft.new_cache() if self.local_draft is not None else None
-        task: asyncio.Task[Any] | None = None
+        tasks: set[asyncio.Task[Any]] = set()
 
-        async def run_target(a: RunTarget) -> None:
-            queue.put_nowait(await target.run_target(t_cache, a, sampling))
+        def run_target(a: RunTarget) -> None:
+            # queued now (not from a task), so a rider's pass joins the pass being formed
+            fut = self.accelerator.enqueue(PassKind.TARGET, t_cache, a, sampling)
+            start(fut)
 
-        async def run_local(a: RunDraft) -> None:
-            assert local is not None and l_cache is not None
-            queue.put_nowait(await local.run_draft(l_cache, a, sampling))
+        def run_local(a: RunDraft) -> None:
+            assert l_cache is not None
+            start(self.accelerator.enqueue(PassKind.DRAFT, l_cache, a, sampling))
+
+        def start(fut: asyncio.Future[Any]) -> None:
+            async def deliver() -> None:
+                queue.put_nowait(await fut)
+
+            task = asyncio.create_task(deliver())
+            tasks.add(task)
+            task.add_done_callback(done)
 
         def done(t: asyncio.Task[Any]) -> None:
+            tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:  # a failed pass is a bug: surface it
                 queue.put_nowait(t.exception())
 
+        def offer(now: float) -> None:
+            """Another request's target pass is leaving: the core may join it."""
+            for a in core.on_pass_departing(now):
+                assert isinstance(a, RunTarget), a  # a ride is a target pass or nothing
+                run_target(a)
+
+        rider = self.accelerator.add_rider(offer)
         actions = core.start(loop.time())
         try:
             while True:
                 for a in actions:
                     if isinstance(a, RunTarget):
-                        task = asyncio.create_task(run_target(a))
-                        task.add_done_callback(done)
+                        run_target(a)
                     elif isinstance(a, RunDraft):
-                        task = asyncio.create_task(run_local(a))
-                        task.add_done_callback(done)
+                        run_local(a)
                     elif isinstance(a, Send):
                         if core.worker_ok and self.link is not None:
                             try:
@@ -391,5 +437,9 @@ class RemoteEngine:
                 else:
                     actions = core.on_message(event, now)
         finally:
-            if task is not None and not task.done():
-                task.cancel()
+            self.accelerator.remove_rider(rider)
+            for t in list(tasks):
+                t.cancel()
+            t_cache.close()  # the slots go back now (or when a pass still using them ends)
+            if l_cache is not None:
+                l_cache.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from wanspec.core.actions import Site
+from wanspec.core.admission import Admission
 from wanspec.core.batcher import BatchLimits, PassKind
 from wanspec.core.local import GammaSchedule, LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
@@ -18,7 +19,7 @@ from wanspec.runtime.local import OnTokens, drive_local
 from wanspec.runtime.placed import PlacedModel
 from wanspec.sampling import SamplingParams
 from wanspec.timing import clock
-from wanspec.timing.device import Device, PassCost
+from wanspec.timing.device import DEFAULT_DRAFT_COST, DEFAULT_TARGET_COST, Device, PassCost
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,34 @@ class TimingConfig:
 
     @classmethod
     def emulate(cls, target_ms: float, draft_ms: float, verify_per_token_ms: float = 0.0,
-                draft_per_token_ms: float = 0.0) -> "TimingConfig":
-        return cls(PassCost(target_ms, verify_per_token_ms), PassCost(draft_ms, draft_per_token_ms))
+                draft_per_token_ms: float = 0.0, *, compute_ms_per_token: float = 0.0,
+                kv_ms_per_ktoken: float = 0.0, per_sequence_ms: float = 0.0,
+                draft_compute_ms_per_token: float = 0.0, draft_kv_ms_per_ktoken: float = 0.0,
+                draft_per_sequence_ms: float = 0.0) -> "TimingConfig":
+        """Emulated costs; the roofline terms (compute, KV reads) matter only when passes carry
+        many tokens, i.e. under load (:class:`~wanspec.timing.device.PassCost`)."""
+        return cls(PassCost(target_ms, verify_per_token_ms, kv_ms_per_ktoken, compute_ms_per_token,
+                            per_sequence_ms),
+                   PassCost(draft_ms, draft_per_token_ms, draft_kv_ms_per_ktoken,
+                            draft_compute_ms_per_token, draft_per_sequence_ms))
+
+    @classmethod
+    def deployment(cls) -> "TimingConfig":
+        """The documented default: a 70B-class target on 4 A100s and a 1B-class draft on one
+        (docs/results.md gives the calibration)."""
+        return cls(DEFAULT_TARGET_COST, DEFAULT_DRAFT_COST)
 
     def describe(self) -> str:
         if not self.emulated:
             return "measured"
         assert self.target and self.draft
-        return (f"emulated (target {self.target.base_ms:g} ms + {self.target.per_token_ms:g} ms/token, "
-                f"draft {self.draft.base_ms:g} ms)")
+        roofline = ""
+        if self.target.compute_ms_per_token or self.target.kv_ms_per_ktoken:
+            roofline = (f", compute {self.target.compute_ms_per_token:g} ms/token, "
+                        f"KV {self.target.kv_ms_per_ktoken:g} ms/1k, "
+                        f"{self.target.per_sequence_ms:g} ms/request")
+        return (f"emulated (target {self.target.base_ms:g} ms + {self.target.per_token_ms:g} ms/token"
+                f"{roofline}, draft {self.draft.base_ms:g} ms)")
 
 
 @dataclass
@@ -128,16 +148,28 @@ class LocalEngine:
         stop = self.stop_criteria(max_tokens, stop_strings, ignore_eos)
         decoder = LocalDecoder(prompt_ids, stop, mode=mode, gamma=gamma,
                                draft_site=Site.CONTROLLER, schedule=GammaSchedule(schedule))
+        queued_s = 0.0
         if accelerator is None:
             device = Device(Site.CONTROLLER.value)  # one busy-site accelerator for both models
             target: Any = PlacedModel(self.target, device, self.timing.target, "target")
             draft: Any = (PlacedModel(self.draft, device, self.timing.draft, "draft")
                           if self.draft is not None and mode is LocalMode.SD else None)
+            reason = await drive_local(decoder, target, draft, sampling, on_tokens)
         else:
             device = accelerator.device
             target = accelerator.model(PassKind.TARGET)
             draft = accelerator.model(PassKind.DRAFT) if mode is LocalMode.SD else None
-        reason = await drive_local(decoder, target, draft, sampling, on_tokens)
+            loop = asyncio.get_running_loop()
+            arrived = loop.time()
+            async with accelerator.admitted() as key:
+                queued_s = loop.time() - arrived
+
+                def report(tokens: Sequence[int]) -> None:
+                    accelerator.committed(key, len(tokens))
+                    if on_tokens is not None:
+                        on_tokens(tokens)
+
+                reason = await drive_local(decoder, target, draft, sampling, report)
         out = decoder.transcript.output
         return GenerationResult(
             text=self.target.decode(out),
@@ -145,7 +177,7 @@ class LocalEngine:
             prompt_tokens=len(prompt_ids),
             finish_reason=reason,
             mode=mode.value,
-            metrics=decoder.metrics.to_dict(),
+            metrics={**decoder.metrics.to_dict(), "queued_s": queued_s},
             devices={device.name: {"passes": device.stats.passes, "busy_s": device.stats.busy_s,
                                    "compute_s": device.stats.compute_s,
                                    "passes_by_model": dict(device.stats.by_model)}},
@@ -153,13 +185,15 @@ class LocalEngine:
             token_gaps=list(decoder.metrics.token_gaps),
         )
 
-    def accelerator(self, limits: BatchLimits | None = None) -> SharedAccelerator:
-        """The busy site's one device, its passes batched across the requests that share it."""
+    def accelerator(self, limits: BatchLimits | None = None,
+                    admission: Admission | None = None) -> SharedAccelerator:
+        """The busy site's one device, its passes batched across the requests that share it
+        (and, with ``admission``, requests admitted under a TPOT target)."""
         device = Device(Site.CONTROLLER.value)
         target = PlacedModel(self.target, device, self.timing.target, "target")
         draft = (PlacedModel(self.draft, device, self.timing.draft, "draft")
                  if self.draft is not None else None)
-        return SharedAccelerator(target, draft, limits)
+        return SharedAccelerator(target, draft, limits, admission)
 
     async def agenerate_many(self, prompts: Sequence[str | Sequence[int]], *, concurrency: int,
                              limits: BatchLimits | None = None, **kwargs: Any

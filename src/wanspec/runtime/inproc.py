@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence
 
+from wanspec.core.admission import Admission
+from wanspec.core.batcher import BatchLimits
 from wanspec.core.controller import ControllerConfig
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
@@ -24,7 +26,8 @@ class InprocDeployment:
 
     def __init__(self, target: CausalLM, draft: CausalLM, *, link: LinkParams,
                  timing: TimingConfig | None = None, config: ControllerConfig | None = None,
-                 local_draft: bool = True) -> None:
+                 local_draft: bool = True, limits: BatchLimits | None = None,
+                 admission: Admission | None = None) -> None:
         self.params = link
         self.timing = timing or TimingConfig()
         self.worker_device = Device("worker")
@@ -33,7 +36,8 @@ class InprocDeployment:
         local = draft.sibling("local-draft") if local_draft else None
         self._siblings = [m for m in (worker_draft, local) if m is not None]
         self.service = WorkerService(worker_draft, cost=self.timing.draft,
-                                     device=self.worker_device)
+                                     device=self.worker_device,
+                                     max_batch=(limits or BatchLimits()).max_sequences)
         self.worker_alive = True
         self._ends: list[InprocConnection] = []
         self._handlers: list[asyncio.Task[None]] = []
@@ -41,7 +45,7 @@ class InprocDeployment:
         self.link = WorkerLink(self._connect, RemoteEngine.hello_for(target),
                                rtt_prior_s=link.rtt_ms / 1000.0)
         self.engine = RemoteEngine(target, self.link, local_draft=local, timing=self.timing,
-                                   config=config)
+                                   config=config, limits=limits, admission=admission)
 
     async def _connect(self) -> Connection:
         if not self.worker_alive:

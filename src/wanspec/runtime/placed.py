@@ -10,6 +10,14 @@ from wanspec.sampling import SamplingParams, choose_tokens, draft_choice
 from wanspec.timing.device import Device, PassCost
 
 
+def _shape(items: list) -> dict[str, int]:
+    """What a batched pass's cost depends on: tokens fed, requests, longest window, KV read."""
+    actions = [a for _, a, _ in items]
+    return {"n_tokens": sum(len(a.tokens) for a in actions), "sequences": len(actions),
+            "longest": max(len(a.tokens) for a in actions),
+            "context": sum(a.start + len(a.tokens) for a in actions)}
+
+
 @dataclass
 class PlacedModel:
     """``lm`` running on ``device``; ``cost`` None means measured timing, else emulated."""
@@ -30,7 +38,8 @@ class PlacedModel:
             return tuple(choose_tokens(rows, range(first, first + action.want), sampling))
 
         choices = await self.device.run(work, executor=self.lm.executor, cost=self.cost,
-                                        n_tokens=n, label=self.label)
+                                        n_tokens=n, label=self.label,
+                                        context=action.start + n)
         return TargetDone(action.op, choices)
 
     async def run_draft(self, cache: KVCache, action: RunDraft,
@@ -41,7 +50,8 @@ class PlacedModel:
             return DraftDone(action.op, c.token, c.entropy, c.top_prob)
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
-                                     n_tokens=len(action.tokens), label=self.label)
+                                     n_tokens=len(action.tokens), label=self.label,
+                                     context=action.start + len(action.tokens))
 
     async def run_targets(self, items: list[tuple[KVCache, RunTarget, SamplingParams]]
                           ) -> list[TargetDone | None]:
@@ -63,8 +73,7 @@ class PlacedModel:
             return out
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
-                                     n_tokens=sum(len(a.tokens) for _, a, _ in items),
-                                     label=self.label, sequences=len(items))
+                                     label=self.label, **_shape(items))
 
     async def run_drafts(self, items: list[tuple[KVCache, RunDraft, SamplingParams]]
                          ) -> list[DraftDone | None]:
@@ -82,6 +91,5 @@ class PlacedModel:
             return out
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
-                                     n_tokens=sum(len(a.tokens) for _, a, _ in items),
-                                     label=self.label, sequences=len(items))
+                                     label=self.label, **_shape(items))
 

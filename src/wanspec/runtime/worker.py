@@ -1,41 +1,106 @@
 """The worker adapter: serve connections, each running a :class:`~wanspec.core.worker.WorkerCore`.
 
-The core owns the protocol (handshake, sessions, errors); this module only moves messages, runs
-draft passes on the worker's device, and closes connections when the core says so.
+The core owns the protocol (handshake, sessions, errors) and the lookahead rule; this module only
+moves messages, runs draft passes, feeds the cores the worker's load, and closes connections when
+a core says so.
+
+Every session of every connection drafts on one :class:`~wanspec.runtime.busy.SharedAccelerator`:
+the passes waiting when the device is free run as one batched forward (oldest first, at most
+``max_batch`` sequences), so many controllers' sessions share each draft pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Sequence
 
 from wanspec.core.actions import Log, Send
-from wanspec.core.worker import Close, DraftFor, Release, WorkerAction, WorkerCore, WorkerStats
+from wanspec.core.batcher import BatchLimits, PassKind
+from wanspec.core.worker import (
+    Close,
+    DraftFor,
+    Release,
+    WorkerAction,
+    WorkerCore,
+    WorkerLoad,
+    WorkerStats,
+)
 from wanspec.models.backend import CausalLM, KVCache
 from wanspec.models.fingerprint import tokenizer_fingerprint
 from wanspec.protocol.codec import PROTOCOL_VERSION, ProtocolError
 from wanspec.protocol.messages import Hello
+from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.placed import PlacedModel
 from wanspec.timing.device import Device, PassCost
 from wanspec.transport.base import Connection, ConnectionClosed
 
 log = logging.getLogger("wanspec.worker")
 
+BUSY_WINDOW_S = 2.0  # the busy fraction a Pong reports covers the last 2 s
+
+
+class BusyMeter:
+    """The fraction of the last ``window_s`` seconds a device was busy, from its running total of
+    busy seconds, sampled whenever the load is refreshed (at least after every pass).
+
+    Between two samples the total is taken to grow evenly; a pass counts when it ends, so a
+    reading can overshoot and is clamped to [0, 1].  Samples closer than ``window_s / 64`` are
+    merged, so the history stays short however many passes run.
+    """
+
+    def __init__(self, window_s: float = BUSY_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()  # (time, busy total), oldest first
+
+    def fraction(self, now: float, busy_total: float) -> float:
+        samples = self._samples
+        if len(samples) > 1 and now - samples[-1][0] < self.window_s / 64:
+            samples[-1] = (now, busy_total)
+        else:
+            samples.append((now, busy_total))
+        start = now - self.window_s
+        while len(samples) > 1 and samples[1][0] <= start:
+            samples.popleft()  # keep one sample at or before the window's start
+        t0, b0 = samples[0]
+        if t0 < start:  # interpolate the total at the window's start
+            t1, b1 = samples[1]
+            b0 += (b1 - b0) * (start - t0) / (t1 - t0)
+            t0 = start
+        if now <= t0:
+            return 0.0
+        return min(max((busy_total - b0) / (now - t0), 0.0), 1.0)
+
 
 class WorkerService:
-    """Shared by all connections: one draft model on one device (the under-used site)."""
+    """Shared by all connections: one draft model on one device (the under-used site), its passes
+    batched across every session of every connection."""
 
     def __init__(self, draft: CausalLM, *, cost: PassCost | None = None,
-                 device: Device | None = None, max_sessions: int = 64) -> None:
+                 device: Device | None = None, max_sessions: int = 64,
+                 max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.draft = draft
         self.device = device or Device("worker")
         self.placed = PlacedModel(draft, self.device, cost, "draft")
+        self.accelerator = SharedAccelerator(None, self.placed,
+                                             BatchLimits(max_sequences=max_batch))
+        self.drafter = self.accelerator.model(PassKind.DRAFT)
         self.max_sessions = max_sessions
+        self.max_batch = max_batch
+        self.load = WorkerLoad(max_batch=max_batch)  # read by every connection's core
         self.fingerprint = tokenizer_fingerprint(draft.tokenizer)
         self.connections = 0
-        self.active: set[WorkerCore] = set()  # the cores of open connections
         self.totals = WorkerStats()  # of connections that have closed
+        self._open: set[_Connection] = set()
+        self._busy = BusyMeter()
+
+    @property
+    def active(self) -> set[WorkerCore]:
+        """The cores of open connections."""
+        return {c.core for c in self._open}
 
     def hello(self) -> Hello:
         return Hello(version=PROTOCOL_VERSION, role="worker", model=self.draft.name,
@@ -50,9 +115,21 @@ class WorkerService:
         finally:
             await conn.close()
 
+    def refresh_load(self, now: float) -> None:
+        """Feed the cores the worker's load: the device's recent busy fraction and the live
+        sessions of all connections.  When the sessions changed, every core may start the passes
+        its sessions' new lookahead caps allow."""
+        self.load.busy = self._busy.fraction(now, self.device.stats.busy_s)
+        sessions = sum(len(c.core.sessions) for c in self._open)
+        if sessions != self.load.sessions:
+            self.load.sessions = sessions
+            for c in list(self._open):
+                for a in c.core.on_load_changed():
+                    c.apply(a)
+
 
 class _Connection:
-    """One controller connection: its core, its sessions' caches, its draft tasks."""
+    """One controller connection: its core, its sessions' caches, their draft passes."""
 
     def __init__(self, service: WorkerService, conn: Connection) -> None:
         self.svc = service
@@ -60,14 +137,16 @@ class _Connection:
         loop = asyncio.get_running_loop()
         self.core = WorkerCore(service.hello(), now=loop.time(),
                                max_sessions=service.max_sessions,
-                               max_context=getattr(service.draft, "max_context", 1 << 16))
+                               max_context=getattr(service.draft, "max_context", 1 << 16),
+                               load=service.load)
         self.caches: dict[int, KVCache] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.waiting: dict[int, asyncio.Task[None]] = {}  # per session: its pass, until it ran
+        self.tasks: set[asyncio.Task[None]] = set()  # every draft task (a pass, then its results)
         self.closing = False
-        service.active.add(self.core)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.svc._open.add(self)
         try:
             while not self.closing:
                 deadline = self.core.next_timer()
@@ -80,6 +159,7 @@ class _Connection:
                 except asyncio.TimeoutError:  # (fired at its deadline, maybe a hair early)
                     await self._execute(self.core.on_timer(max(loop.time(), deadline)))
                     continue
+                self.svc.refresh_load(loop.time())  # a Pong reports the load as of now
                 await self._execute(self.core.on_message(msg, loop.time()))
         except ConnectionClosed:
             pass
@@ -88,34 +168,66 @@ class _Connection:
         finally:
             for t in self.tasks:
                 t.cancel()
-            self.core.on_connection_lost()
+            self.waiting.clear()
+            for a in self.core.on_connection_lost():
+                self.apply(a)
+            for cache in self.caches.values():  # (on_connection_lost released them all)
+                cache.close()
             self.caches.clear()
-            self.svc.active.discard(self.core)
+            self.svc._open.discard(self)
             self.svc.totals.add(self.core.stats)
+            self.svc.refresh_load(loop.time())  # the others' sessions may draft further now
 
     async def _execute(self, actions: Sequence[WorkerAction]) -> None:
         for a in actions:
             if isinstance(a, Send):
                 await self.conn.send(a.msg)
-            elif isinstance(a, DraftFor):
-                if a.rid not in self.caches:
-                    self.caches[a.rid] = self.svc.draft.new_cache()
-                task = asyncio.create_task(self._draft(a))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            elif isinstance(a, Release):
-                self.caches.pop(a.rid, None)
-            elif isinstance(a, Log):
-                log.warning("%s: %s", self.conn.peer, a.message)
-            elif isinstance(a, Close):
-                self.closing = True
+            else:
+                self.apply(a)
+        self.svc.refresh_load(asyncio.get_running_loop().time())
 
-    async def _draft(self, a: DraftFor) -> None:
-        cache = self.caches.get(a.rid)
-        if cache is None:
-            return
-        ev = await self.svc.placed.run_draft(cache, a.run, a.sampling)
+    def apply(self, a: WorkerAction) -> None:
+        """Carry out an action other than a Send (none of them waits)."""
+        if isinstance(a, DraftFor):
+            cache = self.caches.get(a.rid)
+            if cache is None:
+                cache = self.caches[a.rid] = self.svc.draft.new_cache()
+            task = asyncio.create_task(self._draft(a, cache))
+            self.waiting[a.rid] = task
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif isinstance(a, Release):
+            # its waiting pass leaves the queue (or the running pass skips it); the KV slot goes
+            # back now, or when a pass still writing into it ends
+            pending = self.waiting.pop(a.rid, None)
+            if pending is not None and pending is not asyncio.current_task():
+                pending.cancel()
+            cache = self.caches.pop(a.rid, None)
+            if cache is not None:
+                cache.close()
+        elif isinstance(a, Log):
+            log.warning("%s: %s", self.conn.peer, a.message)
+        elif isinstance(a, Close):
+            self.closing = True
+        elif isinstance(a, Send):
+            raise TypeError("Send is carried out by _execute")
+
+    async def _draft(self, a: DraftFor, cache: KVCache) -> None:
+        """Run one draft pass on the shared accelerator, then hand its result to the core."""
+        me = asyncio.current_task()
         try:
-            await self._execute(self.core.on_draft_done(a.rid, ev))
+            ev = await self.svc.drafter.run_draft(cache, a.run, a.sampling)
+        except Exception as exc:  # (a cancellation is not an Exception: it propagates)
+            if cache.closed:
+                return  # the session was released while its pass waited: dropped quietly
+            log.warning("%s: session %d: draft pass failed: %r", self.conn.peer, a.rid, exc)
+            actions = self.core.on_draft_failed(a.rid, a.run.op, type(exc).__name__)
+        else:
+            actions = self.core.on_draft_done(a.rid, ev)
+        finally:
+            if self.waiting.get(a.rid) is me:
+                del self.waiting[a.rid]
+        try:
+            await self._execute(actions)
         except ConnectionClosed:
             pass

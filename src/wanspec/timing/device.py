@@ -29,24 +29,62 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PassCost:
-    """Emulated cost of one forward pass: ``base_ms + per_token_ms * (tokens fed - 1)``.
+    """Emulated cost of one forward pass, in a roofline form.
 
-    The per-token term models verification windows (and catch-up feeds) costing a little more
-    than a single-token decode; on data-centre GPUs decoding is memory-bound, so it is small.  A
-    batched pass counts the tokens of all its requests: the weights are read once per pass and
-    each token adds its compute (a linear stand-in for a roofline; attention over each request's
-    context is not modelled).
+    A pass reads the weights once and each carried request's KV cache (memory-bound), and does
+    ``2 x parameters`` FLOPs per fed token (compute-bound); it takes the larger of the two, plus
+    a little per request carried (sampling, attention set-up, bookkeeping)::
+
+        memory  = base_ms + per_token_ms * (longest window - 1) + kv_ms_per_ktoken * context / 1000
+        compute = compute_ms_per_token * tokens fed (all requests)
+        pass    = max(memory, compute) + per_sequence_ms * (requests - 1)
+
+    * ``base_ms``: a one-token decode of one request.
+    * ``per_token_ms``: what each further token of a window adds on its own request's critical
+      path (verification windows and catch-up feeds cost a little more than a decode).  Windows
+      of different requests in one pass run side by side, so the longest one counts.
+    * ``kv_ms_per_ktoken``: reading 1,000 tokens of KV cache (``context``: every carried
+      request's cached length plus what it feeds).
+    * ``compute_ms_per_token``: the compute floor; a pass of many tokens (large batches, long
+      prefills) becomes compute-bound.
+    * ``per_sequence_ms``: each request beyond the first.
+
+    With one request and no KV term this is the familiar ``base + per_token * (n - 1)``.
+    docs/results.md calibrates the defaults against published measurements.
     """
 
     base_ms: float
     per_token_ms: float = 0.0
+    kv_ms_per_ktoken: float = 0.0
+    compute_ms_per_token: float = 0.0
+    per_sequence_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.base_ms < 0 or self.per_token_ms < 0:
+        if min(self.base_ms, self.per_token_ms, self.kv_ms_per_ktoken,
+               self.compute_ms_per_token, self.per_sequence_ms) < 0:
             raise WanspecError("device costs must be >= 0 ms")
 
-    def seconds(self, n_tokens: int) -> float:
-        return (self.base_ms + self.per_token_ms * max(n_tokens - 1, 0)) / 1000.0
+    def seconds(self, n_tokens: int, *, longest: int | None = None, context: int = 0,
+                sequences: int = 1) -> float:
+        """A pass feeding ``n_tokens`` in all for ``sequences`` requests, ``longest`` of them for
+        one request (default: one request feeds them all), over ``context`` tokens of KV."""
+        longest = n_tokens if longest is None else longest
+        memory = (self.base_ms + self.per_token_ms * max(longest - 1, 0)
+                  + self.kv_ms_per_ktoken * context / 1000.0)
+        compute = self.compute_ms_per_token * n_tokens
+        return (max(memory, compute) + self.per_sequence_ms * max(sequences - 1, 0)) / 1000.0
+
+
+# The documented deployment (docs/results.md, "What the default device costs represent"): a
+# 70B-class target in 16-bit weights on 4 A100-80GB (tensor parallel 4) and a 1B-class draft on
+# one, fitted to published per-token latencies by batch size (Llama-2-70B, lmdeploy; 30 ms at
+# batch 1).  Compute: 2 x parameters FLOPs per token at ~65% of the dense BF16 peak; KV: 320 KiB
+# per token of a Llama-70B cache (80 layers x 8 KV heads x 128 x 2 x 2 B) read at about half the
+# HBM bandwidth; the draft's terms scaled from the same recipe (32 KiB per token).
+DEFAULT_TARGET_COST = PassCost(30.0, 0.5, kv_ms_per_ktoken=0.08, compute_ms_per_token=0.169,
+                               per_sequence_ms=0.10)
+DEFAULT_DRAFT_COST = PassCost(4.0, 0.0, kv_ms_per_ktoken=0.032, compute_ms_per_token=0.016,
+                              per_sequence_ms=0.01)
 
 
 @dataclass
@@ -54,6 +92,7 @@ class DeviceStats:
     passes: int = 0
     sequences: int = 0  # requests carried, summed over passes (batching: sequences / passes)
     busy_s: float = 0.0  # time the device was occupied (emulated or measured)
+    busy_by_model: dict[str, float] = field(default_factory=dict)  # busy_s split by label
     compute_s: float = 0.0  # real wall time spent computing (the host's own cost)
     by_model: dict[str, int] = field(default_factory=dict)
 
@@ -80,6 +119,8 @@ class Device:
         n_tokens: int,
         label: str = "",
         sequences: int = 1,
+        longest: int | None = None,
+        context: int = 0,
     ) -> T:
         """Run ``fn`` (a forward pass) off-loop; emulated if ``cost`` is given, else measured."""
         loop = asyncio.get_running_loop()
@@ -90,11 +131,14 @@ class Device:
                 result = await loop.run_in_executor(executor, fn)
             compute = time.perf_counter() - t0
             if cost is not None:
-                await clock.sleep_until(start + cost.seconds(n_tokens))
+                await clock.sleep_until(start + cost.seconds(
+                    n_tokens, longest=longest, context=context, sequences=sequences))
             self.stats.passes += 1
             self.stats.sequences += sequences
-            self.stats.busy_s += loop.time() - start
+            busy = loop.time() - start
+            self.stats.busy_s += busy
             self.stats.compute_s += compute
             if label:
                 self.stats.by_model[label] = self.stats.by_model.get(label, 0) + 1
+                self.stats.busy_by_model[label] = self.stats.busy_by_model.get(label, 0.0) + busy
         return result
