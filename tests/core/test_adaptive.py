@@ -174,8 +174,21 @@ def test_under_load_a_draft_pass_is_priced_at_the_requests_it_delays():
     assert est.draft_price == pytest.approx(16.0, rel=0.01)
     d = decide(ADAPTIVE, after_a_rejection(est, slack=0.0))
     assert d.kind is not Kind.LOCAL_DRAFT
-    for _ in range(50):  # drafts in lockstep: the pass is shared by those it delays
-        est.draft_batch.update(32.0)
+    for _ in range(50):  # drafts in lockstep: the pass is shared by those it delays, and
+        est.observe_busy_pass(False, 32)  # the target passes carry windows of 4 anyway
+        est.observe_busy_pass(True, 32, longest=5)
     assert est.draft_price == pytest.approx(1.0, rel=0.01)
     assert decide(ADAPTIVE, after_a_rejection(est, slack=0.0)) == Decision(Kind.LOCAL_DRAFT,
                                                                            window=0)
+
+
+def test_under_load_a_window_longer_than_the_pass_carries_is_charged_for_the_others():
+    est = learned(0.8)
+    alone = fresh_options(adaptive_view(est, 0.0, remote=drafts(8)))
+    for _ in range(50):
+        est.observe_busy_pass(True, 32, longest=3)  # 31 others, windows of 2 drafts
+    shared = fresh_options(adaptive_view(est, 0.0, remote=drafts(8)))
+    by = lambda opts, w: next(o for o in opts if o.kind is Kind.VERIFY_REMOTE and o.window == w)
+    assert by(shared, 2).seconds == pytest.approx(by(alone, 2).seconds)  # as long as the rest
+    extra = by(alone, 8).seconds - by(alone, 2).seconds  # six more tokens in the pass
+    assert by(shared, 8).seconds == pytest.approx(by(alone, 8).seconds + 31 * extra)

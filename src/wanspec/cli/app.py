@@ -202,6 +202,11 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (point, mode) instead of tables."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also plot latency and busy-site passes vs standard SD, and stall, against the first swept parameter (PNG)."),
+    concurrency: Optional[str] = typer.Option(None, "--concurrency", help="Serve under load, as emulate --concurrency: comma-separated numbers of concurrent clients (closed loop), both sites batching; --sweep may then list RTTs only."),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Serve under load: Poisson arrivals at this many requests/s (open loop)."),
+    slo_tpot: str = typer.Option("50ms", "--slo-tpot", help="Under load: goodput counts the tokens of requests whose time per output token meets this."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at either site."),
+    admission: bool = typer.Option(False, "--admission", help="Under load: admit a request only while the running ones are predicted to meet --slo-tpot."),
 ) -> None:
     """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
     with user_errors():
@@ -215,7 +220,9 @@ def simulate(
             max_slowdown=max_slowdown, match=match, alpha=alpha, burst=burst,
             separation=separation, entropy_sd=entropy_sd, trace=trace, max_tokens=max_tokens,
             requests=requests, prompt_tokens=prompt_tokens, seed=seed, jobs=jobs,
-            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console)
+            as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console,
+            concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
+            max_batch=max_batch, admission=admission)
     if not ok:
         raise typer.Exit(1)
 

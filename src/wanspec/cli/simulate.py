@@ -40,8 +40,16 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
                  alpha: float, burst: float, separation: float, entropy_sd: float,
                  trace: Path | None, max_tokens: int, requests: int | None, prompt_tokens: int,
                  seed: int, jobs: int, as_json: bool, csv_path: Path | None,
-                 plot_path: Path | None, console: Console) -> bool:
+                 plot_path: Path | None, console: Console, concurrency: str | None = None,
+                 request_rate: float | None = None, slo_tpot: str = "50ms",
+                 max_batch: int = 64, admission: bool = False) -> bool:
     """Run the sweep and print/write its records; returns False if any output was not lossless."""
+    from wanspec.cli.emulate import parse_loads
+
+    loads = parse_loads(concurrency, request_rate, seed)
+    slo_tpot_ms = parse_duration_ms(slo_tpot, "--slo-tpot")
+    check(slo_tpot_ms > 0, "--slo-tpot must be > 0")
+    check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
     if trace is not None:
         check(match in ("iid", "trace"), f"--trace replays a trace; it cannot be combined with "
                                          f"--match {match}")
@@ -73,6 +81,16 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         entropy_threshold=entropy_threshold, max_slowdown=max_slowdown, match=match,
         alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,
         max_tokens=max_tokens, requests=requests, prompt_tokens=prompt_tokens, seed=seed)
+    if loads:
+        rtts = None
+        if sweeps:
+            check(len(sweeps) == 1 and swept_names(sweeps) == ["rtt_ms"],
+                  "under load, --sweep may only list RTTs (e.g. --sweep 0,30,150)")
+            rtts = [float(v) for v in sweeps[0].values]
+        return _run_load(base, loads, policies, rtts=rtts, slo_tpot_ms=slo_tpot_ms,
+                         max_batch=max_batch, admission=admission, trace=loaded,
+                         as_json=as_json, csv_path=csv_path, plot_path=plot_path,
+                         console=console)
     err = Console(stderr=True)
     t0 = time.perf_counter()
     with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
@@ -111,6 +129,43 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     else:
         bad = sorted({r["mode"] for r in records if not r["identical_to_target_only"]})
         console.print(f"[bold red]LOSSLESSNESS VIOLATED in {', '.join(bad)}[/]")
+    return ok
+
+
+def _run_load(base: SimConfig, loads: list, policies: tuple[str, ...], *,
+              rtts: list[float] | None, slo_tpot_ms: float, max_batch: int, admission: bool,
+              trace, as_json: bool, csv_path: Path | None, plot_path: Path | None,
+              console: Console) -> bool:
+    from wanspec.core.batcher import BatchLimits
+    from wanspec.emulate.report import LOAD_COLUMNS, load_table, plot_load
+    from wanspec.emulate.report import write_csv as write_load_csv
+    from wanspec.simulate.load import run_load
+
+    t0 = time.perf_counter()
+    records = run_load(base, loads, policies, rtts=rtts, limits=BatchLimits(max_sequences=max_batch),
+                       slo_tpot_ms=slo_tpot_ms, admission=admission, trace=trace)
+    wall = time.perf_counter() - t0
+    ok = all(r["identical_to_target_only"] for r in records)
+    if csv_path:
+        _write(lambda: write_load_csv(records, csv_path, LOAD_COLUMNS), csv_path)
+    if plot_path:
+        _write(lambda: plot_load(records, plot_path, title=base.describe()), plot_path)
+    if as_json:
+        print(write_json(records, None))
+        return ok
+    if not console.is_terminal:
+        console = Console(width=170, highlight=False)
+    console.print(f"[bold]wanspec simulate[/] under load: {base.describe()}; at most "
+                  f"{max_batch} requests per pass, TPOT SLO {slo_tpot_ms:g} ms"
+                  f"{' (admission on)' if admission else ''}; {wall:.2f} s")
+    for load in loads:
+        for rtt in (rtts or [base.rtt_ms]):
+            console.print(load_table(records, load.label, rtt))
+    if ok:
+        console.print("[green]Lossless: every request of every mode, load and RTT equals the "
+                      "synthetic target's own sequence.[/]")
+    else:
+        console.print("[bold red]LOSSLESSNESS VIOLATED[/]")
     return ok
 
 

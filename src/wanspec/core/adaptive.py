@@ -78,7 +78,10 @@ def decide_adaptive(v: View) -> Decision:
     worth more than its time at the budget's rate), where judging by the rate of the time still
     to come would end rounds too early and never catch up.
     """
-    options = local_round_options(v) if v.proposal_local else fresh_options(v)
+    if v.ride:
+        options = ride_options(v)
+    else:
+        options = local_round_options(v) if v.proposal_local else fresh_options(v)
     fits = [o for o in options if v.slack_s + o.tokens * v.budget_tpot_s - o.seconds >= 0.0]
     if fits:
         best = min(fits, key=lambda o: (o.busy_draft_s / o.tokens, o.seconds / o.tokens))
@@ -96,7 +99,7 @@ def fresh_options(v: View) -> list[Option]:
     # expected tokens of a window of w drafts: the worker's (calibrated by their entropy), then
     # drafts not made yet (by their depth)
     tokens = expected_tokens_by_window(remote + est.acceptance.window_rates(k, cap - k))
-    verify = est.target_pass.seconds_up_to(cap + 1)  # verify[w]: w drafts feed w + 1 tokens
+    verify = shared_verify(est, cap + 1)  # verify[w]: w drafts feed w + 1 tokens
     options = [Option(Kind.PLAIN, verify[0], 1.0, 0.0)]
     for w in range(1, k + 1):
         options.append(Option(Kind.VERIFY_REMOTE, verify[w], tokens[w], 0.0, window=w))
@@ -112,6 +115,24 @@ def fresh_options(v: View) -> list[Option]:
     return options
 
 
+def shared_verify(est: Estimates, tokens: int) -> list[float]:
+    """``verify[w]``: the time a verification of ``w`` drafts is charged.  Alone, the pass's
+    own time; in a pass shared with others, also what it adds for each of them: nothing up to
+    the longest feed such passes carry anyway, the extra time of every token beyond it."""
+    own = est.target_pass.seconds_up_to(tokens)
+    others = est.others_per_pass
+    if not others:
+        return own
+    free = min(max(int(est.target_longest.get), 1), tokens) - 1  # feeds this long cost nobody
+    return [t + others * max(t - own[free], 0.0) for t in own]
+
+
+def ride_options(v: View) -> list[Option]:
+    """A target pass shared with others is leaving: join with a plain step or a prefix of the
+    worker's drafts (it cannot wait or draft now)."""
+    return [o for o in fresh_options(v) if o.kind in (Kind.PLAIN, Kind.VERIFY_REMOTE)]
+
+
 def local_round_options(v: View) -> list[Option]:
     """A local round is under way: draft on, verify it, or take the worker's drafts instead."""
     est = v.estimates
@@ -120,7 +141,7 @@ def local_round_options(v: View) -> list[Option]:
     proposal = p(d.entropy for d in v.proposal)
     m = len(proposal)
     tokens = expected_tokens_by_window(proposal + est.acceptance.window_rates(m, max(cap - m, 0)))
-    verify = est.target_pass.seconds_up_to(max(cap, m) + 1)
+    verify = shared_verify(est, max(cap, m) + 1)
     td = est.local_draft_pass.seconds(1) * est.draft_price
     options = [Option(Kind.VERIFY_LOCAL, verify[m], tokens[m], 0.0)]
     for g in range(m + 1, cap + 1):

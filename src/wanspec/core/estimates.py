@@ -135,10 +135,22 @@ class Estimates:
     # draft pass delays every request of the next target pass, and is shared by those drafting
     target_batch: Ewma = field(default_factory=lambda: Ewma(1.0))
     draft_batch: Ewma = field(default_factory=lambda: Ewma(1.0))
+    target_longest: Ewma = field(default_factory=lambda: Ewma(1.0))  # tokens, longest feed
 
-    def observe_busy_pass(self, target: bool, requests: int) -> None:
-        """A busy-site pass ran carrying ``requests`` requests (a target pass if ``target``)."""
-        (self.target_batch if target else self.draft_batch).update(float(requests))
+    def observe_busy_pass(self, target: bool, requests: int, longest: int = 1) -> None:
+        """A busy-site pass ran carrying ``requests`` requests (a target pass if ``target``),
+        the longest of them feeding ``longest`` tokens."""
+        if target:
+            self.target_batch.update(float(requests))
+            self.target_longest.update(float(longest))
+        else:
+            self.draft_batch.update(float(requests))
+
+    @property
+    def others_per_pass(self) -> float:
+        """Other requests in a busy-site target pass (0 alone): each waits for any time a
+        request's longer window adds to the pass."""
+        return max(self.target_batch.get - 1.0, 0.0)
 
     @property
     def draft_price(self) -> float:

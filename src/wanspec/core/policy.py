@@ -87,11 +87,13 @@ def decide_ride(policy: PolicyConfig, v: View) -> Decision:
     this request's tokens in a pass that reads the weights anyway (its *marginal* cost: nothing
     while the pass is memory-bound), commits at least one token now, and loses nothing: the drafts
     still to come are verified in the next pass, which could not have started before this one
-    ends.  So every policy joins, with the worker's usable drafts (up to its window) or with a
-    plain step when there are none.  Alone on the accelerator nothing leaves while a request
+    ends.  So every policy joins, with the worker's usable drafts (up to its window; ``adaptive``
+    picks the window, pricing what a longer one adds for the others) or with a plain step.  Alone on the accelerator nothing leaves while a request
     waits, and the single-request behaviour is unchanged.
     """
-    cap = min(v.max_window if policy.name is PolicyName.ADAPTIVE else v.gamma, v.budget)
+    if policy.name is PolicyName.ADAPTIVE:
+        return decide_adaptive(v)  # its window priced at what it adds to the shared pass
+    cap = min(v.gamma, v.budget)
     k = min(len(v.remote), cap) if v.worker_ok else 0
     return Decision(Kind.VERIFY_REMOTE, window=k) if k > 0 else PLAIN
 

@@ -72,7 +72,8 @@ class SharedAccelerator:
         self._keys = itertools.count()
         self._pump: asyncio.Task | None = None
         self._riders: dict[int, Callable[[float], None]] = {}
-        self.on_pass: Callable[[PassKind, int], None] | None = None  # (kind, requests carried)
+        # told of every pass: (kind, requests carried, longest feed in tokens)
+        self.on_pass: Callable[[PassKind, int, int], None] | None = None
         self.admission = admission or Admission(None)  # default: everyone runs at once
         self._admitted: dict[int, asyncio.Event] = {}
 
@@ -182,7 +183,7 @@ class SharedAccelerator:
             self.stats.passes += 1
             self.stats.sequences += len(jobs)
             if self.on_pass is not None:
-                self.on_pass(p.kind, len(jobs))
+                self.on_pass(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs))
             self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
             placed = self.models[p.kind]
             assert placed is not None

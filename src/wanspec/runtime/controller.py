@@ -270,9 +270,10 @@ class RemoteEngine:
             verify_per_token_s=t.target.per_token_ms / 1000.0 if t.target else 0.0,
             rtt=link.core.rtt if link is not None else None)
 
-    def _on_pass(self, kind: PassKind, requests: int) -> None:
-        """How full the busy accelerator's passes are: what a local draft pass costs others."""
-        self.estimates.observe_busy_pass(kind is PassKind.TARGET, requests)
+    def _on_pass(self, kind: PassKind, requests: int, longest: int) -> None:
+        """How full the busy accelerator's passes are: what a draft pass or a longer window
+        costs the other requests."""
+        self.estimates.observe_busy_pass(kind is PassKind.TARGET, requests, longest)
 
     @staticmethod
     def hello_for(target: CausalLM) -> Hello:
