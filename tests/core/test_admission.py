@@ -77,15 +77,25 @@ def test_a_memory_bound_accelerator_admits_everyone():
 
 
 def test_nobody_waits_forever_on_an_idle_accelerator_and_leaving_while_waiting_is_fine():
-    adm = Admission(slo_tpot_s=0.001)  # an unmeetable target
+    adm = Admission(slo_tpot_s=0.015)
     for tokens in (10, 20):
-        adm.passes.add(tokens, 0.01 * tokens)
-    running_at(adm, 1, tpot=0.1, tokens_per_pass=10)
+        adm.passes.add(tokens, 0.001 * tokens)  # compute-bound: twice the tokens, twice the time
+    running_at(adm, 1, tpot=0.010, tokens_per_pass=10)
     adm.arrive("x")
     adm.arrive("y")
-    assert adm.admit() == []
+    assert adm.admit() == []  # a second request would double the first one's TPOT
     adm.leave("y")  # gave up while waiting
     adm.leave(0)
     assert adm.admit() == ["x"]  # nothing runs: the first waiting request always starts
     with pytest.raises(ValueError):
         Admission(slo_tpot_s=0.0)
+
+
+def test_a_target_no_request_can_meet_alone_does_not_serialise_requests():
+    adm = Admission(slo_tpot_s=0.025)  # a 30 ms target model cannot meet 25 ms at all
+    for tokens in (1, 2, 4, 8):
+        adm.passes.add(tokens, 0.030 + 0.0001 * tokens)
+    running_at(adm, 2, tpot=0.030, tokens_per_pass=2)
+    for key in range(10, 16):
+        adm.arrive(key)
+    assert len(adm.admit()) == 6  # holding them back would only make them wait for nothing

@@ -86,3 +86,14 @@ def test_a_withdrawn_pass_never_runs_and_a_key_waits_once():
         BatchLimits(max_sequences=0)
     with pytest.raises(ValueError):
         BatchLimits(max_draft_streak=0)
+
+
+def test_seats_left_counts_what_the_next_pass_of_a_kind_can_still_take():
+    b = Batcher(BatchLimits(max_sequences=3))
+    assert b.seats_left(T) == 3
+    b.submit(1, T, 1, 0.0)
+    b.submit(2, D, 1, 0.0)
+    assert (b.seats_left(T), b.seats_left(D)) == (2, 2)
+    b.submit(3, T, 1, 0.0)
+    b.submit(4, T, 1, 0.0)
+    assert b.seats_left(T) == 0  # a rider offered a seat now would wait a whole pass

@@ -118,3 +118,43 @@ def test_generate_many_keeps_prompt_order_and_validates(target, near_draft):
     assert [r.token_ids for r in results] == [alone(engine, "sd", p, 6) for p in PROMPTS[:4]]
     with pytest.raises(Exception, match="concurrency"):
         engine.generate_many(PROMPTS, concurrency=0)
+
+
+def test_a_failing_rider_or_observer_does_not_stop_the_accelerator(target, near_draft):
+    """Callbacks run inside the shared pump: one that raises must not strand the others."""
+    engine = LocalEngine(target, near_draft)
+    want = [alone(engine, "sd", p, n) for p, n in zip(PROMPTS, LENGTHS)]
+
+    def broken(*_):
+        raise ZeroDivisionError("a bug in one request")
+
+    async def run():
+        acc = engine.accelerator()
+        acc.add_rider(broken)
+        acc.on_pass = broken
+        outs = await asyncio.wait_for(asyncio.gather(*(
+            engine.agenerate(p, mode="sd", max_tokens=n, ignore_eos=True, accelerator=acc)
+            for p, n in zip(PROMPTS, LENGTHS))), 60)
+        return [r.token_ids for r in outs], acc
+
+    outs, acc = clock.run(run, virtual=True)
+    assert outs == want
+    assert not acc._riders  # the failing rider was dropped
+
+
+def test_a_pump_that_dies_fails_every_waiting_pass_instead_of_hanging(target):
+    engine = LocalEngine(target)
+
+    async def run():
+        acc = engine.accelerator()
+        tasks = [asyncio.create_task(engine.agenerate(p, mode="target", max_tokens=n,
+                                                      ignore_eos=True, accelerator=acc))
+                 for p, n in zip(PROMPTS, LENGTHS)]
+        while acc.stats.passes < 2:
+            await asyncio.sleep(0)
+        acc._pump.cancel()  # the pump itself goes away (e.g. its loop shuts down)
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+    done = clock.run(run, virtual=True)
+    assert all(isinstance(r, Exception) for r in done if not hasattr(r, "token_ids"))
+    assert any(isinstance(r, Exception) for r in done)

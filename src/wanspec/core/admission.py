@@ -117,11 +117,17 @@ class Admission:
             return None
         return self.tpot_s * then_s / now_s
 
+    def _meetable(self) -> bool:
+        """Whether one request alone is expected to meet the target: if not, holding others
+        back would only serialise them for nothing, so admission stops holding."""
+        alone = self.predicted_tpot(1)
+        return alone is None or alone <= self.slo_tpot_s  # type: ignore[operator]
+
     def admit(self) -> list[Hashable]:
         """The waiting requests to start now, first come first served."""
         out = []
         while self.waiting and len(self.running) < self.max_running:
-            if self.running and self.slo_tpot_s is not None:
+            if self.running and self.slo_tpot_s is not None and self._meetable():
                 predicted = self.predicted_tpot(len(self.running) + 1)
                 if predicted is not None and predicted > self.slo_tpot_s:
                     break  # the running requests would miss their target: wait

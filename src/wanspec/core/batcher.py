@@ -105,6 +105,12 @@ class Batcher:
             del self._waiting[k]
         return Pass(kind, tuple(keys), tokens, tuple(since))
 
+    def seats_left(self, kind: PassKind) -> int:
+        """How many more passes of ``kind`` the next pass of that kind could carry (by the
+        sequence limit): a rider is offered a seat only while one is left."""
+        waiting = sum(1 for w in self._waiting.values() if w.kind is kind)
+        return max(self.limits.max_sequences - waiting, 0)
+
     def next_kind(self) -> PassKind | None:
         """The kind of the next pass (``None``: nothing waits): drafts first, unless a target
         pass has already let ``max_draft_streak`` draft passes go first."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
@@ -29,6 +30,7 @@ from wanspec.runtime.placed import PlacedModel
 from wanspec.sampling import SamplingParams
 
 
+log = logging.getLogger("wanspec.accelerator")
 SETTLE_MAX_YIELDS = 32  # bound on the loop turns a pass waits for its requests to react
 
 
@@ -166,48 +168,79 @@ class SharedAccelerator:
                 return
 
     async def _run(self) -> None:
-        """Run passes while any wait, each formed once the last one's requests have reacted."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._settle()
-            if self.batcher.next_kind() is PassKind.TARGET:
-                for offer in list(self._riders.values()):
-                    offer(loop.time())
-            p = self.batcher.next_pass()
-            if p is None:
+        """Run passes while any wait.  Whatever happens here -- a rider's or an observer's
+        callback failing, the pump itself cancelled -- no request is left waiting: a failure is
+        its own request's (or the pass's) error, and if the pump ends abnormally every pass still
+        waiting fails with it."""
+        try:
+            while await self._one_pass():
+                pass
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError("the accelerator stopped")
+            for key, job in list(self._jobs.items()):
+                self.batcher.withdraw(key)
+                if not job.future.done():
+                    job.future.set_exception(error)
+            raise
+
+    def _offer_seats(self, now: float) -> None:
+        """A target pass is about to leave: each rider may join while it has seats."""
+        for key, offer in list(self._riders.items()):
+            if not self.batcher.seats_left(PassKind.TARGET):
                 return
-            jobs = [self._jobs[k] for k in p.keys if k in self._jobs]
-            jobs = [j for j in jobs if not j.future.done()]
-            if not jobs:
-                continue
-            self.stats.passes += 1
-            self.stats.sequences += len(jobs)
-            if self.on_pass is not None:
-                self.on_pass(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs))
-            self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
-            placed = self.models[p.kind]
-            assert placed is not None
-            items = [(j.cache, j.action, j.sampling) for j in jobs]
-            started = loop.time()
             try:
-                if p.kind is PassKind.TARGET:
-                    results: list[Any] = await placed.run_targets(items)  # type: ignore[arg-type]
-                    self.admission.on_pass(p.tokens, loop.time() - started)
-                    self._admit()
-                else:
-                    results = await placed.run_drafts(items)  # type: ignore[arg-type]
-            except Exception as exc:  # a failed pass fails its requests, not the accelerator
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            for j, r in zip(jobs, results):
-                if j.future.done():
-                    continue  # cancelled meanwhile
-                if r is None:
-                    j.future.set_exception(RuntimeError("the request's KV cache was closed"))
-                else:
-                    j.future.set_result(r)
+                offer(now)
+            except Exception:  # that request's bug: it leaves the riders, the pass goes on
+                self._riders.pop(key, None)
+                log.exception("a request failed while offered a seat")
+
+    async def _one_pass(self) -> bool:
+        """Form and run the next pass, once the last one's requests have reacted; False when
+        nothing waits."""
+        loop = asyncio.get_running_loop()
+        await self._settle()
+        if self.batcher.next_kind() is PassKind.TARGET:
+            self._offer_seats(loop.time())
+        p = self.batcher.next_pass()
+        if p is None:
+            return False
+        jobs = [self._jobs[k] for k in p.keys if k in self._jobs]
+        jobs = [j for j in jobs if not j.future.done()]
+        if not jobs:
+            return True
+        self.stats.passes += 1
+        self.stats.sequences += len(jobs)
+        self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
+        if self.on_pass is not None:
+            try:
+                self.on_pass(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs))
+            except Exception:  # an observer's failure is not the pass's
+                log.exception("the pass observer failed")
+        placed = self.models[p.kind]
+        assert placed is not None
+        items = [(j.cache, j.action, j.sampling) for j in jobs]
+        started = loop.time()
+        try:
+            if p.kind is PassKind.TARGET:
+                results: list[Any] = await placed.run_targets(items)  # type: ignore[arg-type]
+            else:
+                results = await placed.run_drafts(items)  # type: ignore[arg-type]
+        except Exception as exc:  # a failed pass fails its requests, not the accelerator
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            return True
+        if p.kind is PassKind.TARGET:
+            self.admission.on_pass(sum(len(j.action.tokens) for j in jobs), loop.time() - started)
+            self._admit()
+        for j, r in zip(jobs, results):
+            if j.future.done():
+                continue  # cancelled meanwhile
+            if r is None:
+                j.future.set_exception(RuntimeError("the request's KV cache was closed"))
+            else:
+                j.future.set_result(r)
+        return True
 
 
 @dataclass

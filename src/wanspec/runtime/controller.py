@@ -306,21 +306,21 @@ class RemoteEngine:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         async with self.accelerator.admitted() as key:
-            queued_s = loop.time() - arrived
 
             def report(tokens: Sequence[int]) -> None:
                 self.accelerator.committed(key, len(tokens))
                 if on_tokens is not None:
                     on_tokens(tokens)
 
-            result = await self._serve(rid, ids, stop, sampling, report)
-        result.metrics["queued_s"] = queued_s
-        return result
+            return await self._serve(rid, ids, stop, sampling, report, arrived)
 
     async def _serve(self, rid: int, ids: list[int], stop: StopCriteria,
-                     sampling: SamplingParams, on_tokens: OnTokens) -> GenerationResult:
-        """One admitted request: its state machine, driven until it finishes."""
+                     sampling: SamplingParams, on_tokens: OnTokens,
+                     arrived: float) -> GenerationResult:
+        """One admitted request: its state machine, driven until it finishes.  The time from
+        ``arrived`` to its start (admission, connecting to the worker) is its ``queued_s``."""
         worker_ok = self.link is not None and await self.link.ensure()
+        queued_s = asyncio.get_running_loop().time() - arrived
         core = ControllerCore(rid, ids, stop, sampling, self.config,
                               has_local_draft=self.local_draft is not None,
                               use_worker=worker_ok, estimates=self.estimates,
@@ -343,7 +343,7 @@ class RemoteEngine:
             "remote_drafts_accepted": st.remote_accepted,
             "wasted_remote_drafts": max(st.remote_received - st.remote_accepted, 0),
             "stall_s": st.stall_s, "worker_lost": st.worker_lost,
-            "worker_used": worker_ok, "request_id": rid,
+            "worker_used": worker_ok, "request_id": rid, "queued_s": queued_s,
         })
         return GenerationResult(
             text=self.target.decode(out), token_ids=out, prompt_tokens=len(ids),
@@ -392,9 +392,13 @@ class RemoteEngine:
 
         def offer(now: float) -> None:
             """Another request's target pass is leaving: the core may join it."""
-            for a in core.on_pass_departing(now):
-                assert isinstance(a, RunTarget), a  # a ride is a target pass or nothing
-                run_target(a)
+            try:
+                for a in core.on_pass_departing(now):
+                    if not isinstance(a, RunTarget):
+                        raise RuntimeError(f"a ride must be a target pass, not {a!r}")
+                    run_target(a)
+            except Exception as exc:  # this request's failure, surfaced in its own driver
+                queue.put_nowait(exc)
 
         rider = self.accelerator.add_rider(offer)
         actions = core.start(loop.time())

@@ -126,8 +126,9 @@ class LoadSim:
                             {PassKind.TARGET: target_cost, PassKind.DRAFT: draft_cost},
                             {PassKind.TARGET: "target",
                              PassKind.DRAFT: "local-draft" if self.remote else "draft"})
-        self.admission = Admission(None if slo_tpot_ms is None else slo_tpot_ms / 1000.0,
-                                   self.limits.max_sequences)
+        # as the runtime: without a target everyone starts at once; with one, at most a pass full
+        self.admission = (Admission(None) if slo_tpot_ms is None
+                          else Admission(slo_tpot_ms / 1000.0, self.limits.max_sequences))
         self.heap: list[tuple[float, int, int, Callable[[float, Any], None], Any]] = []
         self._seq = itertools.count()
         self._keys = itertools.count()
@@ -321,6 +322,8 @@ class LoadSim:
             return
         if self.remote and dev.batcher.next_kind() is PassKind.TARGET:
             for req in list(self.live.values()):  # a target pass leaves: riders may join
+                if not dev.batcher.seats_left(PassKind.TARGET):
+                    break
                 self._exec(req, req.core.on_pass_departing(now), now)
         dev.form_scheduled = False
         self._start_pass(dev, now, self._busy_done)
