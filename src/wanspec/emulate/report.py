@@ -97,7 +97,8 @@ def plot_load(records: Sequence[dict[str, Any]], path: Path, title: str = "") ->
     import matplotlib.pyplot as plt
 
     rtts = sorted({r["rtt_ms"] for r in records})
-    fig, axes = plt.subplots(1, len(rtts), figsize=(5.5 * len(rtts), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(rtts), figsize=(max(7.5, 5.5 * len(rtts)), 4.8),
+                             squeeze=False)
     for ax, rtt in zip(axes[0], rtts):
         modes = dict.fromkeys(r["mode"] for r in records if r["rtt_ms"] == rtt)
         for mode in modes:
@@ -115,7 +116,7 @@ def plot_load(records: Sequence[dict[str, Any]], path: Path, title: str = "") ->
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
