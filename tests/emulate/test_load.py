@@ -179,3 +179,21 @@ def test_bad_load_values_get_one_line_errors(args, needle, setup):
     assert r.exit_code == 2, r.output
     assert needle in " ".join(r.stderr.split())
     assert "Traceback" not in r.output
+
+
+def test_a_failing_request_stops_the_run_instead_of_leaving_the_others_running():
+    started: list[str] = []
+
+    async def generate(p: str) -> GenerationResult:
+        started.append(p)
+        if p == PROMPTS[1]:
+            raise RuntimeError("boom")
+        await asyncio.sleep(10.0)
+        return fake_result(2, 0.1, 1.0)
+
+    async def main():
+        return await serve(generate, PROMPTS, Closed(4))
+
+    with pytest.raises(ExceptionGroup):
+        clock.run(main, virtual=True)
+    assert len(started) == 4  # the others had started and were cancelled, not awaited for 10 s

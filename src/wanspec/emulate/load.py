@@ -109,20 +109,24 @@ async def serve(generate: Callable[[str], Awaitable[GenerationResult]], prompts:
         result = await generate(prompts[i])
         served[i] = Served(result, arrived - t0, loop.time() - t0)
 
-    if isinstance(load, Closed):
-        todo = iter(range(len(prompts)))
+    # a task group: if one request fails, the others are cancelled, not left running
+    async with asyncio.TaskGroup() as group:
+        if isinstance(load, Closed):
+            todo = iter(range(len(prompts)))
 
-        async def client() -> None:
-            for i in todo:  # each client takes the next prompt when its last one is done
+            async def client() -> None:
+                for i in todo:  # each client takes the next prompt when its last one is done
+                    await one(i)
+
+            for _ in range(min(load.concurrency, len(prompts))):
+                group.create_task(client())
+        else:
+            async def arrive(i: int, at: float) -> None:
+                await asyncio.sleep(max(t0 + at - loop.time(), 0.0))
                 await one(i)
 
-        await asyncio.gather(*(client() for _ in range(min(load.concurrency, len(prompts)))))
-    else:
-        async def arrive(i: int, at: float) -> None:
-            await asyncio.sleep(max(t0 + at - loop.time(), 0.0))
-            await one(i)
-
-        await asyncio.gather(*(arrive(i, at) for i, at in enumerate(load.arrivals(len(prompts)))))
+            for i, at in enumerate(load.arrivals(len(prompts))):
+                group.create_task(arrive(i, at))
     done = [s for s in served if s is not None]
     return done, loop.time() - t0
 

@@ -367,6 +367,7 @@ class RemoteEngine:
         t_cache = self.target.new_cache()
         l_cache = self.local_draft.new_cache() if self.local_draft is not None else None
         tasks: set[asyncio.Task[Any]] = set()
+        passes: set[asyncio.Future[Any]] = set()  # this request's queued or running passes
 
         def run_target(a: RunTarget) -> None:
             # queued now (not from a task), so a rider's pass joins the pass being formed
@@ -378,6 +379,9 @@ class RemoteEngine:
             start(self.accelerator.enqueue(PassKind.DRAFT, l_cache, a, sampling))
 
         def start(fut: asyncio.Future[Any]) -> None:
+            passes.add(fut)
+            fut.add_done_callback(passes.discard)
+
             async def deliver() -> None:
                 queue.put_nowait(await fut)
 
@@ -443,6 +447,8 @@ class RemoteEngine:
                     actions = core.on_message(event, now)
         finally:
             self.accelerator.remove_rider(rider)
+            for f in list(passes):  # withdrawn if waiting; a running pass skips the closed cache
+                f.cancel()
             for t in list(tasks):
                 t.cancel()
             t_cache.close()  # the slots go back now (or when a pass still using them ends)
