@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from wanspec.core.estimates import AcceptanceModel, Ewma, PassTime
+from wanspec.core.estimates import AcceptanceModel, Estimates, Ewma, PassTime
 
 
 def test_ewma_uses_its_prior_until_the_first_sample():
@@ -64,3 +64,16 @@ def test_error_bounds_shrink_with_evidence_and_stay_in_range():
     assert m.bound(False, -1.0) < m.rate(False) < m.bound(False, 1.0)
     assert m.window_rates(0, 2, errors=1.0) == [m.bound(False, 1.0), m.bound(True, 1.0)]
     assert 0.0 <= m.bound(True, -50.0) <= m.bound(True, 50.0) <= 1.0
+
+
+def test_a_worker_over_capacity_is_expected_to_draft_slower_until_observed():
+    demand = Ewma(0.0, weight=1.0)
+    est = Estimates.with_priors(draft_s=0.004, worker_demand=demand)
+    assert est.worker_draft_interval == pytest.approx(0.004)
+    demand.update(0.5)  # within capacity: every session is in every pass
+    assert est.worker_draft_interval == pytest.approx(0.004)
+    demand.update(3.0)  # three sessions per pass slot: a draft every third pass
+    assert est.worker_draft_interval == pytest.approx(0.012)
+    for _ in range(20):
+        est.draft_interval.update(0.020)  # observed slower still: the observation wins
+    assert est.worker_draft_interval == pytest.approx(0.020, rel=0.05)

@@ -114,10 +114,13 @@ def test_the_latest_worker_load_is_kept_and_forgotten_with_the_link():
     assert link.worker_load is None  # no Pong yet
     link.on_message(Pong(2.04, 1, 0.5, 2.0), 2.10)
     assert link.worker_load == WorkerLoadReport(busy=0.5, demand=2.0, at=2.10)
+    assert link.worker_demand.get == 2.0  # what every request's estimates read
     link.on_message(Pong(3.04, 2, 0.75, 0.5), 3.10)
     assert link.worker_load == WorkerLoadReport(0.75, 0.5, 3.10)  # the latest only
+    assert link.worker_demand.get == 0.5
     link.on_closed("gone", 4.0)
     assert link.worker_load is None  # a new connection may reach another worker
+    assert link.worker_demand.get == 0.0
     link.connect(5.0)
     link.on_message(WORKER_HELLO, 5.04)
     assert link.worker_load is None

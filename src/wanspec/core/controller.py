@@ -377,7 +377,7 @@ class ControllerCore:
         """When worker drafts ``have+1 .. want`` (for positions ``n+have ..``) should arrive."""
         if not self.worker_ok or want <= have:
             return ()
-        interval, chain = self.est.draft_interval.get, self.chain
+        interval, chain = self.est.worker_draft_interval, self.chain
         if chain.last_arrival is None:  # the first chain: drafted from the prompt
             first_at = self._started_at + self.est.rtt.get + interval
             first_position = self.transcript.n_prompt

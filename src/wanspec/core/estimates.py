@@ -136,6 +136,9 @@ class Estimates:
     target_batch: Ewma = field(default_factory=lambda: Ewma(1.0))
     draft_batch: Ewma = field(default_factory=lambda: Ewma(1.0))
     target_longest: Ewma = field(default_factory=lambda: Ewma(1.0))  # tokens, longest feed
+    # the worker's reported demand: its live sessions per pass slot (shared with the link;
+    # above 1 each session is drafted in about 1/demand of its passes)
+    worker_demand: Ewma = field(default_factory=lambda: Ewma(0.0, weight=1.0))
 
     def observe_busy_pass(self, target: bool, requests: int, longest: int = 1) -> None:
         """A busy-site pass ran carrying ``requests`` requests (a target pass if ``target``),
@@ -160,8 +163,20 @@ class Estimates:
 
     @classmethod
     def with_priors(cls, rtt_s: float = 0.05, target_s: float = 0.03, draft_s: float = 0.004,
-                    verify_per_token_s: float = 0.0, rtt: Ewma | None = None) -> "Estimates":
-        return cls(rtt if rtt is not None else Ewma(rtt_s),
-                   PassTime.with_prior(target_s, verify_per_token_s),
-                   PassTime.with_prior(draft_s), Ewma(draft_s), AcceptanceModel(),
-                   EntropyCalibration(), Ewma(0.0))
+                    verify_per_token_s: float = 0.0, rtt: Ewma | None = None,
+                    worker_demand: Ewma | None = None) -> "Estimates":
+        est = cls(rtt if rtt is not None else Ewma(rtt_s),
+                  PassTime.with_prior(target_s, verify_per_token_s),
+                  PassTime.with_prior(draft_s), Ewma(draft_s), AcceptanceModel(),
+                  EntropyCalibration(), Ewma(0.0))
+        if worker_demand is not None:
+            est.worker_demand = worker_demand
+        return est
+
+    @property
+    def worker_draft_interval(self) -> float:
+        """The expected time between a live chain's drafts: as observed, and never faster than
+        a draft pass for every ``demand`` sessions when the worker reports it is over capacity
+        (what it is about to be, before this request has seen it)."""
+        return max(self.draft_interval.get,
+                   self.draft_interval.prior * max(self.worker_demand.get, 1.0))

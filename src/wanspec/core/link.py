@@ -94,6 +94,8 @@ class LinkCore:
         self.peer: Hello | None = None
         self.last_error: str | None = None
         self.worker_load: WorkerLoadReport | None = None  # the latest the worker reported
+        # its demand (sessions per pass slot; 0 until reported): every request's estimates read it
+        self.worker_demand = Ewma(0.0, weight=1.0)
         self._backoff_s = self.backoff_min_s
         self._next_attempt = -math.inf
         self._hello_sent = 0.0
@@ -112,6 +114,7 @@ class LinkCore:
         """A fresh connection is open: introduce ourselves."""
         self.state, self.peer = LinkState.HANDSHAKE, None
         self.worker_load = None
+        self.worker_demand.value = None  # a new connection: nothing reported yet
         self._hello_sent = now
         return [Send(self.hello)]
 
@@ -124,6 +127,7 @@ class LinkCore:
             if isinstance(msg.t, float) and msg.t <= now:  # an echo of one of our own clocks
                 self.rtt.update(now - msg.t)
             self.worker_load = WorkerLoadReport(msg.busy, msg.demand, now)
+            self.worker_demand.update(msg.demand)
             return []
         if isinstance(msg, Error) and msg.rid < 0:
             return self._lose(f"worker error: {msg.message}", now)
@@ -175,6 +179,7 @@ class LinkCore:
     def _lose(self, reason: str, now: float) -> list[LinkAction]:
         self.state, self.peer = LinkState.IDLE, None
         self.worker_load = None
+        self.worker_demand.value = None  # a new connection: nothing reported yet
         self.last_error = reason
         self._next_ping = None
         self._next_attempt = now + self._backoff_s

@@ -268,7 +268,8 @@ class RemoteEngine:
             target_s=t.target.seconds(1) if t.target else 0.03,
             draft_s=t.draft.seconds(1) if t.draft else 0.004,
             verify_per_token_s=t.target.per_token_ms / 1000.0 if t.target else 0.0,
-            rtt=link.core.rtt if link is not None else None)
+            rtt=link.core.rtt if link is not None else None,
+            worker_demand=link.core.worker_demand if link is not None else None)
 
     def _on_pass(self, kind: PassKind, requests: int, longest: int) -> None:
         """How full the busy accelerator's passes are: what a draft pass or a longer window

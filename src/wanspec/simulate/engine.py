@@ -90,7 +90,8 @@ class RemoteSim:
         self.worker = WorkerCore(WORKER_HELLO)
         self.estimates = Estimates.with_priors(
             target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
-            verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt)
+            verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
+            worker_demand=self.link.worker_demand)
         self.wcaches: dict[int, DraftCache] = {}
         self.worker_free = 0.0
         self.worker_busy = 0.0

@@ -143,7 +143,8 @@ class LoadSim:
             self.link = LinkCore(CONTROLLER_HELLO, rtt_prior_s=cfg.rtt_ms / 1000.0)
             self.estimates = Estimates.with_priors(
                 target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
-                verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt)
+                verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
+                worker_demand=self.link.worker_demand)
             self.worker_load = WorkerLoad(max_batch=self.limits.max_sequences)
             self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
             self.wdev = _Device(Batcher(BatchLimits(max_sequences=self.limits.max_sequences)),
