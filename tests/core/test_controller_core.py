@@ -178,7 +178,7 @@ def test_drafts_arriving_while_busy_are_kept_for_later():
 def test_window_is_clamped_to_the_token_budget():
     c = make(gamma=4, max_tokens=3)
     c.start(0.0)
-    c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53, 54)), 0.05)
+    c.on_message(Drafts(RID, 0, 3, (50, 51, 52)), 0.05)  # up to the session's end
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
     # two tokens left: verify one draft (the correction/bonus is the second)
     assert out[-1] == RunTarget(2, 3, (50, 51), 2)
@@ -474,3 +474,19 @@ def test_every_policy_rides_and_stays_lossless_on_the_commit():
         out = c.on_target_done(TargetDone(run.op, (60,) * run.want), 0.14)
         assert c.transcript.output[:2] == [50, 60], policy
         assert not any(isinstance(a, DraftDone) for a in out)
+
+
+def test_drafts_past_the_lookahead_or_the_session_end_are_a_hostile_worker():
+    """An honest worker drafts at most its lookahead past our commits and never past the end it
+    was given; a chain growing beyond is a worker filling our memory: the request drops it."""
+    c = make(max_tokens=200, lookahead=12)
+    c.start(0.0)
+    ok = c.on_message(Drafts(RID, 0, 3, tuple(range(50, 62))), 0.05)  # positions 3..14: allowed
+    assert not any(isinstance(a, Log) for a in ok) and c.worker_ok
+    out = c.on_message(Drafts(RID, 0, 15, (70,)), 0.06)  # position 15: past 3 + 12
+    assert any(isinstance(a, Log) and "allowed" in a.message for a in out)
+    assert not c.worker_ok
+    c = make(max_tokens=4, lookahead=64)
+    c.start(0.0)
+    c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53, 54)), 0.05)  # 3 + 4 = 7 is the end
+    assert not c.worker_ok

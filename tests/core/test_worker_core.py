@@ -350,3 +350,16 @@ def test_worker_only_messages_from_the_controller_close_the_connection():
     core = new_core()
     out = core.on_message(Drafts(1, 0, 3, (1,)), 0.0)
     assert isinstance(out[-1], Close) and core.closed
+
+
+def test_a_commit_past_the_session_end_is_refused_and_the_session_dropped():
+    """The controller announced where the request ends; committing past it would grow the
+    session's memory without bound: an Error for the session, its KV cache released."""
+    core = new_core()
+    start(core, lookahead=3, max_position=len(PROMPT) + 4)
+    out = commit(core, Commit(1, 0, 3, (10, 11, 12, 13)))  # up to the end: fine
+    assert 1 in core.sessions
+    out = commit(core, Commit(1, 0, 7, (14,)))
+    errors = [m for m in sent(out) if isinstance(m, Error)]
+    assert errors and errors[0].rid == 1 and "past position" in errors[0].message
+    assert 1 not in core.sessions and Release(1) in out

@@ -149,6 +149,7 @@ class ControllerCore:
         # lend what past requests left unspent (an overspent request does not tax the next one)
         self._account = _LatencyAccount(
             credit_per_token_s=max(self.est.unspent_per_token.get, 0.0))
+        self._worker_lookahead = 0  # set when the session starts
         self._judged: dict[int, bool] = {}  # latest judged positions: was their draft accepted
 
     # ---- public API ---------------------------------------------------------------------------
@@ -281,9 +282,10 @@ class ControllerCore:
 
     def _session_start(self) -> SessionStart:
         s = self.sampling
+        self._worker_lookahead = self.lookahead  # what the worker was allowed: drafts past it are hostile
         return SessionStart(
             rid=self.rid, prompt=tuple(self.transcript.tokens), temperature=s.temperature,
-            top_k=s.top_k, top_p=s.top_p, seed=s.seed, lookahead=self.lookahead,
+            top_k=s.top_k, top_p=s.top_p, seed=s.seed, lookahead=self._worker_lookahead,
             max_position=self.transcript.n_prompt + self.transcript.stop.max_tokens,
         )
 
@@ -310,6 +312,14 @@ class ControllerCore:
             return "Drafts with inconsistent lengths"
         if type(msg.epoch) is not int or type(msg.base) is not int or msg.epoch < 0 or msg.base < 0:
             return "Drafts with an invalid epoch or position"
+        # an honest worker drafts at most its lookahead past what it knows is committed (never
+        # more than we have committed), and never past the session's end: a chain growing
+        # beyond that is a worker trying to fill our memory
+        end = msg.base + n
+        limit = min(len(self.transcript.tokens) + self._worker_lookahead,
+                    self.transcript.n_prompt + self.transcript.stop.max_tokens)
+        if end > limit:
+            return f"Drafts up to position {end}, past the {limit} the worker was allowed"
         vocab = self.vocab_size
         for t in msg.tokens:
             if type(t) is not int or t < 0 or (vocab is not None and t >= vocab):

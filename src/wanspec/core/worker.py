@@ -300,6 +300,10 @@ class WorkerCore:
             error = Error(f"session {msg.rid}: commit at {msg.base}, expected {n}",
                           rid=msg.rid, code="session")
             return [Send(error), *self._drop(msg.rid)]
+        if n + len(msg.tokens) > s.end:  # past the end it announced: a controller filling memory
+            error = Error(f"session {msg.rid}: commit past position {s.end}", rid=msg.rid,
+                          code="session")
+            return [Send(error), *self._drop(msg.rid)]
         tokens = list(msg.tokens)
         match = 0
         while match < len(tokens) and match < len(s.chain) and s.chain[match] == tokens[match]:
