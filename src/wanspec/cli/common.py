@@ -6,7 +6,8 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -62,3 +63,11 @@ def configure_threads(threads: int | None) -> None:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def write_file(fn: Callable[[], None], path: Path) -> None:
+    """Write an output file; an OS error is the user's one-line error, not a traceback."""
+    try:
+        fn()
+    except OSError as exc:
+        raise WanspecError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, configure_threads
+from wanspec.cli.common import check, configure_threads, write_file
 from wanspec.cli.loading import load_models
 from wanspec.cli.units import parse_duration_ms, parse_rate_bps
 from wanspec.emulate.prompts import load_prompts
@@ -85,27 +86,38 @@ def _run_load(emu: Emulation, prompts: list[str], loads: list[Load], *, as_json:
                                  total=emu.total_load_requests(len(prompts), len(loads)))
         emu.progress = lambda label: progress.update(task, advance=1, description=label)
         records = emu.run_load(prompts, loads)
+    header = (f"[bold]wanspec emulate[/] under load: {len(prompts)} prompts x "
+              f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, at most "
+              f"{cfg.limits.max_sequences} requests per pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
+              f"{' (admission on)' if cfg.admission else ''}")
+    return report_load(records, loads, cfg.rtts_ms, header=header, as_json=as_json,
+                       csv_path=csv_path, plot_path=plot_path, console=console,
+                       plot_title=f"{cfg.timing.describe()}, {len(prompts)} prompts x "
+                                  f"{cfg.max_tokens} tokens")
+
+
+def report_load(records: list[dict], loads: list[Load], rtts: Sequence[float], *, header: str,
+                as_json: bool, csv_path: Path | None, plot_path: Path | None,
+                console: Console, plot_title: str) -> bool:
+    """What ``emulate`` and ``simulate`` under load print and write (the records are the same
+    kind); returns False if any output differed from the request decoded alone."""
     identical = all(r["identical_to_target_only"] for r in records)
     if csv_path:
-        write_csv(records, csv_path, LOAD_COLUMNS)
+        write_file(lambda: write_csv(records, csv_path, LOAD_COLUMNS), csv_path)
     if plot_path:
-        plot_load(records, plot_path, title=f"{cfg.timing.describe()}, {len(prompts)} prompts x "
-                                            f"{cfg.max_tokens} tokens")
+        write_file(lambda: plot_load(records, plot_path, title=plot_title), plot_path)
     if as_json:
         print(write_json(records, None))
         return identical
     if not console.is_terminal:
         console = Console(width=170, highlight=False)
-    console.print(f"[bold]wanspec emulate[/] under load: {len(prompts)} prompts x "
-                  f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, at most "
-                  f"{cfg.limits.max_sequences} requests per pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
-                  f"{' (admission on)' if cfg.admission else ''}")
+    console.print(header)
     for load in loads:
-        for rtt in cfg.rtts_ms:
+        for rtt in rtts:
             console.print(load_table(records, load.label, rtt))
     if identical:
-        console.print(f"[green]Lossless: all {len(prompts)} prompts, every mode, load and RTT: "
-                      "output token-identical to the same request decoded alone.[/]")
+        console.print("[green]Lossless: every mode, load and RTT: output token-identical to the "
+                      "same request decoded alone.[/]")
     else:
         bad = sorted({f"{r['mode']}@{r['load']},{r['rtt_ms']:g}ms" for r in records
                       if not r["identical_to_target_only"]})

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check
+from wanspec.cli.common import check, write_file
 from wanspec.cli.units import parse_duration_ms, parse_rate_bps
 from wanspec.baselines import BASELINES
 from wanspec.errors import WanspecError
@@ -106,10 +106,10 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     swept = swept_names(sweeps)
     ok = lossless(records)
     if csv_path:
-        _write(lambda: write_csv(records, csv_path), csv_path)
+        write_file(lambda: write_csv(records, csv_path), csv_path)
     if plot_path:
         title = base.describe() + (f"; swept: {', '.join(swept)}" if swept else "")
-        _write(lambda: plot(records, plot_path, swept, policies, title=title), plot_path)
+        write_file(lambda: plot(records, plot_path, swept, policies, title=title), plot_path)
     if as_json:
         print(write_json(records, None))
         return ok
@@ -136,41 +136,16 @@ def _run_load(base: SimConfig, loads: list, policies: tuple[str, ...], *,
               rtts: list[float] | None, slo_tpot_ms: float, max_batch: int, admission: bool,
               trace, as_json: bool, csv_path: Path | None, plot_path: Path | None,
               console: Console) -> bool:
+    from wanspec.cli.emulate import report_load
     from wanspec.core.batcher import BatchLimits
-    from wanspec.emulate.report import LOAD_COLUMNS, load_table, plot_load
-    from wanspec.emulate.report import write_csv as write_load_csv
     from wanspec.simulate.load import run_load
 
     t0 = time.perf_counter()
     records = run_load(base, loads, policies, rtts=rtts, limits=BatchLimits(max_sequences=max_batch),
                        slo_tpot_ms=slo_tpot_ms, admission=admission, trace=trace)
-    wall = time.perf_counter() - t0
-    ok = all(r["identical_to_target_only"] for r in records)
-    if csv_path:
-        _write(lambda: write_load_csv(records, csv_path, LOAD_COLUMNS), csv_path)
-    if plot_path:
-        _write(lambda: plot_load(records, plot_path, title=base.describe()), plot_path)
-    if as_json:
-        print(write_json(records, None))
-        return ok
-    if not console.is_terminal:
-        console = Console(width=170, highlight=False)
-    console.print(f"[bold]wanspec simulate[/] under load: {base.describe()}; at most "
-                  f"{max_batch} requests per pass, TPOT SLO {slo_tpot_ms:g} ms"
-                  f"{' (admission on)' if admission else ''}; {wall:.2f} s")
-    for load in loads:
-        for rtt in (rtts or [base.rtt_ms]):
-            console.print(load_table(records, load.label, rtt))
-    if ok:
-        console.print("[green]Lossless: every request of every mode, load and RTT equals the "
-                      "synthetic target's own sequence.[/]")
-    else:
-        console.print("[bold red]LOSSLESSNESS VIOLATED[/]")
-    return ok
-
-
-def _write(fn, path: Path) -> None:  # type: ignore[no-untyped-def]
-    try:
-        fn()
-    except OSError as exc:
-        raise WanspecError(f"cannot write {path}: {exc.strerror or exc}") from None
+    header = (f"[bold]wanspec simulate[/] under load: {base.describe()}; at most {max_batch} "
+              f"requests per pass, TPOT SLO {slo_tpot_ms:g} ms"
+              f"{' (admission on)' if admission else ''}; {time.perf_counter() - t0:.2f} s")
+    return report_load(records, loads, rtts or [base.rtt_ms], header=header, as_json=as_json,
+                       csv_path=csv_path, plot_path=plot_path, console=console,
+                       plot_title=base.describe())

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from wanspec.core.actions import DraftDone, RunDraft, RunTarget, TargetDone
 from wanspec.core.admission import Admission
@@ -110,6 +110,16 @@ class SharedAccelerator:
     def committed(self, key: int, tokens: int) -> None:
         """Request ``key`` committed ``tokens`` (what admission learns TPOT from)."""
         self.admission.on_commit(key, tokens, asyncio.get_running_loop().time())
+
+    def reporting(self, key: int, on_tokens: Callable[[Sequence[int]], None] | None
+                  ) -> Callable[[Sequence[int]], None]:
+        """A request's token callback that also tells admission what it committed."""
+        def report(tokens: Sequence[int]) -> None:
+            self.committed(key, len(tokens))
+            if on_tokens is not None:
+                on_tokens(tokens)
+
+        return report
 
     def _admit(self) -> None:
         for key in self.admission.admit():

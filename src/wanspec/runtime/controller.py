@@ -307,13 +307,8 @@ class RemoteEngine:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         async with self.accelerator.admitted() as key:
-
-            def report(tokens: Sequence[int]) -> None:
-                self.accelerator.committed(key, len(tokens))
-                if on_tokens is not None:
-                    on_tokens(tokens)
-
-            return await self._serve(rid, ids, stop, sampling, report, arrived)
+            return await self._serve(rid, ids, stop, sampling,
+                                     self.accelerator.reporting(key, on_tokens), arrived)
 
     async def _serve(self, rid: int, ids: list[int], stop: StopCriteria,
                      sampling: SamplingParams, on_tokens: OnTokens,

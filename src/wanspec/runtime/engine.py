@@ -163,13 +163,8 @@ class LocalEngine:
             arrived = loop.time()
             async with accelerator.admitted() as key:
                 queued_s = loop.time() - arrived
-
-                def report(tokens: Sequence[int]) -> None:
-                    accelerator.committed(key, len(tokens))
-                    if on_tokens is not None:
-                        on_tokens(tokens)
-
-                reason = await drive_local(decoder, target, draft, sampling, report)
+                reason = await drive_local(decoder, target, draft, sampling,
+                                           accelerator.reporting(key, on_tokens))
         out = decoder.transcript.output
         return GenerationResult(
             text=self.target.decode(out),
