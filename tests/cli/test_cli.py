@@ -272,6 +272,26 @@ def test_controller_command_with_a_prompts_file(runner, model_dirs, thread_worke
         assert o["metrics"]["worker_used"] is True
 
 
+def test_controller_command_with_several_workers_one_of_them_down(runner, model_dirs,
+                                                                 thread_worker):
+    from helpers import free_tcp_port
+
+    dead = f"127.0.0.1:{free_tcp_port()}"
+    ref = generate(runner, model_dirs, "--mode", "target", *SAMPLING, draft=False)
+    out = controller(runner, model_dirs, dead, "--worker", thread_worker["address"],
+                     "--prompt", PROMPT, "--max-tokens", "20", *SAMPLING)
+    assert out["token_ids"] == ref["token_ids"]
+    m = out["metrics"]
+    assert m["worker_used"] is True and m["worker"] == thread_worker["address"]
+    assert m["draft_passes"]["worker"] > 0
+
+
+def test_controller_command_refuses_a_worker_given_twice(runner, model_dirs):
+    r = invoke(runner, "controller", "--worker", "127.0.0.1:9", "--worker", "127.0.0.1:9",
+               "--prompt", "x", "--target", "/nonexistent")
+    assert r.exit_code != 0 and "given twice" in r.output and "Traceback" not in r.output
+
+
 def test_controller_command_without_a_worker(runner, model_dirs):
     from helpers import free_tcp_port
 

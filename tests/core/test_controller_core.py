@@ -490,3 +490,26 @@ def test_drafts_past_the_lookahead_or_the_session_end_are_a_hostile_worker():
     c.start(0.0)
     c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53, 54)), 0.05)  # 3 + 4 = 7 is the end
     assert not c.worker_ok
+
+
+def test_a_request_moved_to_another_worker_starts_a_session_from_its_committed_prefix():
+    c = _prefilled()
+    out = c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.12)
+    c.on_target_done(TargetDone(2, (51, 52, 60, 61)), 0.22)  # commits 51 52 60
+    c.on_worker_lost("connection closed", 0.23)  # (a plain step starts: target-only now)
+    assert c.on_worker_attached(0.24) == [Send(SessionStart(
+        RID, (1, 2, 3, 50, 51, 52, 60), lookahead=c.lookahead, max_position=len(PROMPT) + 8))]
+    assert c.worker_ok and c.stats.worker_moves == 1
+    assert c.on_worker_attached(0.25) == []  # already has a worker
+    # the new worker's chain has its own epochs, starting at 0: it is not stale
+    out = c.on_target_done(TargetDone(3, (62,)), 0.3)
+    assert out[:2] == [EmitTokens((62,)), Send(Commit(RID, 0, 7, (62,)))]
+    out = c.on_message(Drafts(RID, 0, 8, (63, 64, 65)), 0.35)
+    assert out == [RunTarget(4, 7, (62, 63, 64), 3)]  # (3 tokens left: a window of 2)
+
+
+def test_a_finished_request_is_not_moved():
+    c = make(max_tokens=1)
+    c.start(0.0)
+    c.on_target_done(TargetDone(1, (50,)), 0.1)
+    assert c.finished and c.on_worker_attached(0.2) == []

@@ -261,7 +261,7 @@ def worker(
 
 @app.command()
 def controller(
-    worker_addr: str = typer.Option(..., "--worker", help="Worker HOST:PORT."),
+    worker_addr: List[str] = typer.Option(..., "--worker", help="Worker HOST:PORT. Repeat for several workers: each request drafts on the one with the least expected wait per accepted draft (RTT, load, acceptance) and moves to another if its worker fails or refuses it."),
     transport: Transport = typer.Option(Transport.tcp, "--transport"),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p"),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line)."),

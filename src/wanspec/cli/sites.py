@@ -62,7 +62,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
     asyncio.run(main())
 
 
-def run_controller(*, worker: str, transport: str, target: Path | None, draft: Path | None,
+def run_controller(*, worker: str | Sequence[str], transport: str, target: Path | None, draft: Path | None,
                    local_draft: bool, prompts: Sequence[str], max_tokens: int, gamma: int,
                    policy: str, max_slowdown: float, sampling: SamplingParams,
                    stop: Sequence[str], ignore_eos: bool,
@@ -77,7 +77,11 @@ def run_controller(*, worker: str, transport: str, target: Path | None, draft: P
     except ValueError:
         raise WanspecError(f"unknown policy {policy!r}; choose from "
                            f"{', '.join(p.value for p in PolicyName)}") from None
-    factory.parse_address(worker)  # fail fast on a malformed address
+    workers = [worker] if isinstance(worker, str) else list(worker)
+    check(len(workers) >= 1, "give at least one --worker HOST:PORT")
+    check(len(set(workers)) == len(workers), f"--worker given twice: {', '.join(workers)}")
+    for address in workers:
+        factory.parse_address(address)  # fail fast on a malformed address
     timing = timing_from_flags(target_ms, draft_ms)
     tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
                            exact=exact)
@@ -85,33 +89,51 @@ def run_controller(*, worker: str, transport: str, target: Path | None, draft: P
         drf = None
         pname = PolicyName.REMOTE
 
-    async def connector():
-        return await factory.connect(transport, worker, tls=tls, ca=ca, insecure=insecure,
-                                     timeout=timeout_s)
+    def connector(address: str):
+        async def connect():
+            return await factory.connect(transport, address, tls=tls, ca=ca, insecure=insecure,
+                                         timeout=timeout_s)
+        return connect
 
     async def main() -> list[dict[str, Any]]:
-        link = WorkerLink(connector, RemoteEngine.hello_for(tgt), hello_timeout=timeout_s)
+        hello = RemoteEngine.hello_for(tgt)
+        links = [WorkerLink(connector(a), hello, hello_timeout=timeout_s, name=a)
+                 for a in workers]
         config = ControllerConfig(gamma=gamma,
                                   policy=PolicyConfig(pname, max_slowdown=max_slowdown))
-        engine = RemoteEngine(tgt, link, local_draft=drf, timing=timing, config=config)
+        engine = RemoteEngine(tgt, links, local_draft=drf, timing=timing, config=config)
+        assert engine.workers is not None
         out = []
         try:
             for p in prompts:
                 r = await engine.agenerate(p, max_tokens=max_tokens, sampling=sampling,
                                            stop_strings=stop, ignore_eos=ignore_eos)
                 out.append(r.to_dict())
-            rids = [o["metrics"]["request_id"] for o in out if o["metrics"]["worker_used"]]
-            rtt = link.rtt or 0.0
-            stats = await link.wait_stats(rids, timeout=min(2.0, 4 * rtt + 0.5)) if rids else {}
+            for link in links:  # the workers' own accounts of the sessions they served
+                rids = [o["metrics"]["request_id"] for o in out
+                        if o["metrics"]["worker"] == link.name]
+                rtt = link.rtt or 0.0
+                stats = (await link.wait_stats(rids, timeout=min(2.0, 4 * rtt + 0.5))
+                         if rids else {})
+                for o in out:
+                    m = o["metrics"]
+                    if m["worker"] == link.name:
+                        st = stats.get(m["request_id"])
+                        m["draft_passes"]["worker"] = st.passes if st else 0
+                        m["worker_wasted_passes"] = st.wasted if st else 0
+                        m["worker_rtt_ms"] = 1000 * rtt if link.rtt is not None else None
+            errors = [link.last_error if len(links) == 1 else f"{link.name}: {link.last_error}"
+                      for link in links if link.last_error]
             for o in out:
-                st = stats.get(o["metrics"]["request_id"])
-                o["metrics"]["draft_passes"]["worker"] = st.passes if st else 0
-                o["metrics"]["worker_wasted_passes"] = st.wasted if st else 0
-                o["metrics"]["worker_rtt_ms"] = 1000 * rtt if link.rtt is not None else None
-                if link.last_error and not o["metrics"]["worker_used"]:
-                    o["metrics"]["worker_error"] = link.last_error
+                m = o["metrics"]
+                if m["worker"] is None:  # decoded without a worker
+                    m["draft_passes"]["worker"] = 0
+                    m["worker_wasted_passes"] = 0
+                    m["worker_rtt_ms"] = None
+                    if errors:
+                        m["worker_error"] = "; ".join(errors)
         finally:
-            await link.close()
+            await engine.workers.close()
         return out
 
     results = asyncio.run(main())

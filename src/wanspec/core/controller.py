@@ -69,6 +69,7 @@ class ControllerStats:
     remote_received: int = 0
     stall_s: float = 0.0  # accelerator idle while waiting for the worker
     worker_lost: str | None = None
+    worker_moves: int = 0  # times the request moved to another worker after losing one
     worker_account: SessionStats | None = None  # the worker's own counts, after our Cancel
 
 
@@ -141,9 +142,10 @@ class ControllerCore:
         self._proposal = _Proposal()
         self._local_cache = 0  # tokens whose KV the local draft holds
         self._committed_sent = len(prompt)  # the worker knows the sequence up to here
+        self._session_from = len(prompt)  # the prompt of the worker's session (moves extend it)
         self._last_commit_base = len(prompt)  # worker-known prefix before the latest commit
         self._last_commit_time = 0.0
-        self._started_at = 0.0
+        self._session_at = 0.0  # when the worker session started (the first, or after a move)
         self._wait_until: float | None = None
         self._idle_since: float | None = None
         # lend what past requests left unspent (an overspent request does not tax the next one)
@@ -162,7 +164,7 @@ class ControllerCore:
 
     def start(self, now: float) -> list[ControllerAction]:
         self.metrics.on_start(now)
-        self._started_at = now
+        self._session_at = now
         out: list[ControllerAction] = []
         if self.worker_ok:
             out.append(Send(self._session_start()))
@@ -240,6 +242,31 @@ class ControllerCore:
         out: list[ControllerAction] = [Log(f"worker lost ({reason}); continuing with {fallback}")]
         self._wait_until = None
         out.extend(self._schedule(now))
+        return out
+
+    def on_worker_attached(self, now: float, estimates: Estimates | None = None
+                           ) -> list[ControllerAction]:
+        """The request moved to another worker after losing its own (see
+        :mod:`~wanspec.core.placement`): start a session there from the committed prefix.
+
+        The new worker knows nothing of the old one's chain, so the chain starts afresh (any
+        epoch of the new worker is newer), and the estimates become that worker's (its RTT,
+        pace and acceptance).  Losing it again falls back as before.
+        """
+        if self.worker_ok or self.finished:
+            return []
+        if estimates is not None:
+            self.est = estimates
+        self.worker_ok = True
+        self.stats.worker_moves += 1
+        self.chain = RemoteChain()
+        self._committed_sent = self._last_commit_base = len(self.transcript.tokens)
+        self._session_from = len(self.transcript.tokens)
+        self._session_at, self._last_commit_time = now, now
+        out: list[ControllerAction] = [Send(self._session_start())]
+        if self._wait_until is not None:  # it was waiting: its plans change with the worker
+            self._wait_until = None
+            out.extend(self._schedule(now))
         return out
 
     def on_target_done(self, ev: TargetDone, now: float) -> list[ControllerAction]:
@@ -388,9 +415,9 @@ class ControllerCore:
         if not self.worker_ok or want <= have:
             return ()
         interval, chain = self.est.worker_draft_interval, self.chain
-        if chain.last_arrival is None:  # the first chain: drafted from the prompt
-            first_at = self._started_at + self.est.rtt.get + interval
-            first_position = self.transcript.n_prompt
+        if chain.last_arrival is None:  # the session's first chain: drafted from its prompt
+            first_at = self._session_at + self.est.rtt.get + interval
+            first_position = self._session_from
         elif chain.dead:
             # a new chain starts from our latest commit: the worker hears of it half a round
             # trip later, drafts, and the draft takes the other half back

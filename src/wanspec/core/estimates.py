@@ -9,7 +9,7 @@ worker link: each request starts from what the previous ones learned.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wanspec.core.calibration import EntropyCalibration
 
@@ -172,6 +172,16 @@ class Estimates:
         if worker_demand is not None:
             est.worker_demand = worker_demand
         return est
+
+    def for_worker(self, rtt: Ewma, worker_demand: Ewma) -> "Estimates":
+        """The estimates of requests placed on one of several workers: the busy site's (pass
+        times, batch sizes, latency credit) shared with every other request, the worker's own
+        (its link's RTT and reported demand, the pace of its chains, how well its drafts are
+        accepted and its entropy calibration) kept apart, so that each worker is judged on
+        what it does."""
+        return replace(self, rtt=rtt, worker_demand=worker_demand,
+                       draft_interval=Ewma(self.draft_interval.prior),
+                       acceptance=AcceptanceModel(), calibration=EntropyCalibration())
 
     @property
     def worker_draft_interval(self) -> float:

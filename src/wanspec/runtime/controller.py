@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 from wanspec.core.actions import (
@@ -41,6 +42,7 @@ from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.local import OnTokens
 from wanspec.runtime.placed import PlacedModel
+from wanspec.runtime.workers import WorkerPool
 from wanspec.sampling import SamplingParams
 from wanspec.timing.device import Device
 from wanspec.transport.base import Connection, ConnectionClosed
@@ -61,8 +63,9 @@ class WorkerLink:
 
     def __init__(self, connector: Connector, hello: Hello, *, hello_timeout: float = 10.0,
                  ping_interval: float = 1.0, backoff: tuple[float, float] = (0.5, 30.0),
-                 rtt_prior_s: float = 0.05) -> None:
+                 rtt_prior_s: float = 0.05, name: str = "worker") -> None:
         self.connector = connector
+        self.name = name  # how logs and results name this worker (its address, usually)
         self.core = LinkCore(hello, rtt_prior_s=rtt_prior_s, hello_timeout_s=hello_timeout,
                              ping_interval_s=ping_interval, backoff_s=backoff)
         self.conn: Connection | None = None
@@ -125,8 +128,9 @@ class WorkerLink:
         await self._execute(self.core.connect(loop.time()))
         return await self._handshake
 
-    def route(self, rid: int) -> asyncio.Queue[Any]:
-        q: asyncio.Queue[Any] = asyncio.Queue()
+    def route(self, rid: int, queue: asyncio.Queue[Any] | None = None) -> asyncio.Queue[Any]:
+        """Deliver request ``rid``'s messages (and a lost link) to ``queue`` (a new one if None)."""
+        q: asyncio.Queue[Any] = queue if queue is not None else asyncio.Queue()
         self._routes[rid] = q
         return q
 
@@ -206,7 +210,7 @@ class WorkerLink:
     async def _lost(self, reason: str) -> None:
         if reason not in self._logged:
             self._logged.add(reason)
-            log.warning("worker unavailable: %s", reason)
+            log.warning("worker %s unavailable: %s", self.name, reason)
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_result(False)
         conn, self.conn = self.conn, None
@@ -238,10 +242,30 @@ class WorkerLink:
             await conn.close()
 
 
-class RemoteEngine:
-    """Target at this site, drafts from a worker; optional local draft for redundancy/fallback."""
+@dataclass(slots=True)
+class _Moved:
+    """Event: the request, having lost its worker, was placed on worker ``index``."""
 
-    def __init__(self, target: CausalLM, link: WorkerLink | None, *,
+    index: int
+
+
+@dataclass(slots=True)
+class _Placement:
+    """Which worker a request uses now (None: none), the ones it lost, the last it used."""
+
+    index: int | None
+    tried: set[int] = field(default_factory=set)
+    last: int | None = None
+
+    def __post_init__(self) -> None:
+        self.last = self.index
+
+
+class RemoteEngine:
+    """Target at this site, drafts from a worker (or the best of several); optional local draft
+    for redundancy and fallback."""
+
+    def __init__(self, target: CausalLM, link: WorkerLink | Sequence[WorkerLink] | None, *,
                  local_draft: CausalLM | None = None, timing: TimingConfig | None = None,
                  config: ControllerConfig | None = None, limits: BatchLimits | None = None,
                  admission: Admission | None = None) -> None:
@@ -250,7 +274,8 @@ class RemoteEngine:
                              target_name=str(target.path), draft_name=str(local_draft.path))
         self.target = target
         self.local_draft = local_draft
-        self.link = link
+        links = [] if link is None else [link] if isinstance(link, WorkerLink) else list(link)
+        self.link = links[0] if links else None  # (the first worker: the one, usually)
         self.timing = timing or TimingConfig()
         self.config = config or ControllerConfig()
         self._rids = itertools.count(1)
@@ -268,8 +293,9 @@ class RemoteEngine:
             target_s=t.target.seconds(1) if t.target else 0.03,
             draft_s=t.draft.seconds(1) if t.draft else 0.004,
             verify_per_token_s=t.target.per_token_ms / 1000.0 if t.target else 0.0,
-            rtt=link.core.rtt if link is not None else None,
-            worker_demand=link.core.worker_demand if link is not None else None)
+            rtt=self.link.core.rtt if len(links) == 1 else None,
+            worker_demand=self.link.core.worker_demand if len(links) == 1 else None)
+        self.workers = WorkerPool(links, self.estimates) if links else None
 
     def _on_pass(self, kind: PassKind, requests: int, longest: int) -> None:
         """How full the busy accelerator's passes are: what a draft pass or a longer window
@@ -315,20 +341,26 @@ class RemoteEngine:
                      arrived: float) -> GenerationResult:
         """One admitted request: its state machine, driven until it finishes.  The time from
         ``arrived`` to its start (admission, connecting to the worker) is its ``queued_s``."""
-        worker_ok = self.link is not None and await self.link.ensure()
+        pool = self.workers
+        placed = _Placement(await pool.place() if pool is not None else None)
+        worker_used = placed.index is not None
         queued_s = asyncio.get_running_loop().time() - arrived
         core = ControllerCore(rid, ids, stop, sampling, self.config,
                               has_local_draft=self.local_draft is not None,
-                              use_worker=worker_ok, estimates=self.estimates,
+                              use_worker=worker_used,
+                              estimates=(self.estimates if placed.index is None or pool is None
+                                         else pool.estimates[placed.index]),
                               vocab_size=self.target.vocab_size)
         busy0, passes0 = self.device.stats.busy_s, self.device.stats.passes
         compute0 = self.device.stats.compute_s
-        queue: asyncio.Queue[Any] = self.link.route(rid) if worker_ok and self.link else asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        if placed.index is not None and pool is not None:
+            pool.attach(placed.index, rid, queue)
         try:
-            reason = await self._drive(core, queue, sampling, on_tokens)
+            reason = await self._drive(core, queue, sampling, on_tokens, placed)
         finally:
-            if self.link is not None:
-                self.link.unroute(rid)
+            if placed.index is not None and pool is not None:
+                pool.detach(placed.index, rid)
         out = core.transcript.output
         metrics = core.metrics.to_dict()
         st = core.stats
@@ -339,7 +371,10 @@ class RemoteEngine:
             "remote_drafts_accepted": st.remote_accepted,
             "wasted_remote_drafts": max(st.remote_received - st.remote_accepted, 0),
             "stall_s": st.stall_s, "worker_lost": st.worker_lost,
-            "worker_used": worker_ok, "request_id": rid, "queued_s": queued_s,
+            "worker_used": worker_used, "request_id": rid, "queued_s": queued_s,
+            "worker": pool.name(placed.last) if pool is not None and placed.last is not None
+            else None,
+            "worker_moves": st.worker_moves,
         })
         return GenerationResult(
             text=self.target.decode(out), token_ids=out, prompt_tokens=len(ids),
@@ -353,11 +388,13 @@ class RemoteEngine:
         )
 
     async def _drive(self, core: ControllerCore, queue: asyncio.Queue[Any],
-                     sampling: SamplingParams, on_tokens: OnTokens | None) -> str:
+                     sampling: SamplingParams, on_tokens: OnTokens | None,
+                     placed: _Placement) -> str:
         """Execute the core's actions; feed it pass results, worker messages and timers.
 
         The queue carries typed events only: :class:`TargetDone` and :class:`DraftDone` from this
-        site's passes, protocol messages routed by the link, and :class:`WorkerLost`.
+        site's passes, protocol messages routed by the worker's link, :class:`WorkerLost`, and
+        :class:`_Moved` when the request was placed on another worker after losing its own.
         """
         loop = asyncio.get_running_loop()
         t_cache = self.target.new_cache()
@@ -400,19 +437,37 @@ class RemoteEngine:
             except Exception as exc:  # this request's failure, surfaced in its own driver
                 queue.put_nowait(exc)
 
+        pool = self.workers
+
+        async def place_again(exclude: frozenset[int]) -> None:
+            assert pool is not None
+            index = await pool.place(exclude)
+            if index is not None:
+                queue.put_nowait(_Moved(index))
+
         rider = self.accelerator.add_rider(offer)
         actions = core.start(loop.time())
         try:
             while True:
+                if placed.index is not None and not core.worker_ok and not core.finished:
+                    # it lost its worker (failed, refused it, misbehaved): it goes on without
+                    # one at once, and is placed again on another, if one is usable, when found
+                    assert pool is not None
+                    pool.detach(placed.index, core.rid, lost=True)
+                    placed.tried.add(placed.index)
+                    placed.index = None
+                    task = asyncio.create_task(place_again(frozenset(placed.tried)))
+                    tasks.add(task)
+                    task.add_done_callback(done)
                 for a in actions:
                     if isinstance(a, RunTarget):
                         run_target(a)
                     elif isinstance(a, RunDraft):
                         run_local(a)
                     elif isinstance(a, Send):
-                        if core.worker_ok and self.link is not None:
+                        if core.worker_ok and placed.index is not None and pool is not None:
                             try:
-                                await self.link.send(a.msg)
+                                await pool.links[placed.index].send(a.msg)
                             except ConnectionClosed:
                                 queue.put_nowait(WorkerLost("connection to the worker closed"))
                     elif isinstance(a, EmitTokens):
@@ -437,7 +492,13 @@ class RemoteEngine:
                 now = loop.time()
                 if isinstance(event, BaseException):
                     raise event
-                if isinstance(event, (TargetDone, DraftDone, WorkerLost)):
+                if isinstance(event, _Moved):
+                    actions = []
+                    if not core.worker_ok and not core.finished and pool is not None:
+                        placed.index = placed.last = event.index
+                        pool.attach(event.index, core.rid, queue)
+                        actions = core.on_worker_attached(now, pool.estimates[event.index])
+                elif isinstance(event, (TargetDone, DraftDone, WorkerLost)):
                     actions = core.on_event(event, now)
                 else:
                     actions = core.on_message(event, now)
