@@ -284,6 +284,11 @@ def test_controller_command_with_several_workers_one_of_them_down(runner, model_
     m = out["metrics"]
     assert m["worker_used"] is True and m["worker"] == thread_worker["address"]
     assert m["draft_passes"]["worker"] > 0
+    r = invoke(runner, "controller", "--worker", dead, "--worker", thread_worker["address"],
+               "--target", str(model_dirs["target"]), "--draft", str(model_dirs["draft"]),
+               "--timeout", "3", "--prompt", PROMPT, "--max-tokens", "8")
+    assert r.exit_code == 0, r.output
+    assert "workers" in r.stdout and dead in r.stdout  # the per-worker table
 
 
 def test_controller_command_refuses_a_worker_given_twice(runner, model_dirs):

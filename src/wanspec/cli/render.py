@@ -35,6 +35,10 @@ def metrics_table(result: dict[str, Any], title: str = "metrics") -> Table:
     t.add_row("TPOT mean / p50 / p95",
               f"{_ms(m['tpot_s_mean'])} / {_ms(m['tpot_s_p50'])} / {_ms(m['tpot_s_p95'])}")
     t.add_row("wall time", _ms(m["wall_s"]))
+    if m.get("worker") is not None:
+        moves = m.get("worker_moves", 0)
+        t.add_row("worker", m["worker"] + (f" (after {moves} move{'s' * (moves > 1)})"
+                                           if moves else ""))
     for name, d in m.get("devices", {}).items():
         t.add_row(f"device {name} busy / passes", f"{_ms(d['busy_s'])} / {d['passes']}")
         t.add_row(f"device {name} host compute", _ms(d["compute_s"]))
@@ -44,3 +48,20 @@ def metrics_table(result: dict[str, Any], title: str = "metrics") -> Table:
 def print_generation(result: dict[str, Any], console: Console) -> None:
     console.print(result["text"], markup=False, highlight=False)
     console.print(metrics_table(result))
+
+
+def workers_table(workers: list[dict[str, Any]]) -> Table:
+    """Per-worker state of a controller with several workers (``WorkerPool.describe``); each
+    worker's last error is a caption line, so the table fits 80 columns."""
+    t = Table(title="workers", show_header=True, header_style="bold", caption_justify="left")
+    t.add_column("worker", no_wrap=True)
+    for name in ("up", "RTT", "demand", "acceptance", "requests", "lost"):
+        t.add_column(name, justify="left" if name == "up" else "right")
+    for w in workers:
+        rtt = "-" if w["rtt_ms"] is None else f"{w['rtt_ms']:.1f} ms"
+        acceptance = "-" if w["acceptance"] is None else f"{w['acceptance']:.3f}"
+        t.add_row(w["worker"], "yes" if w["up"] else "no", rtt, f"{w['demand']:.2f}",
+                  acceptance, str(w["placed"]), str(w["lost"]))
+    errors = [f"{w['worker']}: {w['last_error']}" for w in workers if w["last_error"]]
+    t.caption = "\n".join(errors) or None
+    return t

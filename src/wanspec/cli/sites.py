@@ -13,7 +13,7 @@ from rich.console import Console
 
 from wanspec.cli.common import check
 from wanspec.cli.loading import load_models, timing_from_flags
-from wanspec.cli.render import print_generation
+from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
@@ -132,13 +132,17 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                     m["worker_rtt_ms"] = None
                     if errors:
                         m["worker_error"] = "; ".join(errors)
+            workers_state.extend(engine.workers.describe())
         finally:
             await engine.workers.close()
         return out
 
+    workers_state: list[dict[str, Any]] = []
     results = asyncio.run(main())
     if as_json:
         print(json.dumps(results[0] if len(results) == 1 else results))
     else:
         for r in results:
             print_generation(r, console)
+        if len(workers) > 1:
+            console.print(workers_table(workers_state))

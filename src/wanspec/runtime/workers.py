@@ -100,10 +100,12 @@ class WorkerPool:
     def describe(self) -> list[dict[str, Any]]:
         """Per-worker state: for the results and logs."""
         out = []
-        for view, counts, link in zip(self.views(), self.counts, self.links):
+        for view, counts, link, est in zip(self.views(), self.counts, self.links, self.estimates):
+            judged = sum(est.acceptance.trials) > 0  # (else the acceptance is only the prior)
             out.append({"worker": view.name, "up": view.up,
                         "rtt_ms": 1000 * link.rtt if link.rtt is not None else None,
-                        "demand": view.demand, "acceptance": round(view.acceptance, 4),
+                        "demand": view.demand,
+                        "acceptance": round(view.acceptance, 4) if judged else None,
                         "placed": counts.placed, "lost": counts.lost, "live": counts.live,
                         "last_error": link.last_error})
         return out
