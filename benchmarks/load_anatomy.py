@@ -1,0 +1,106 @@
+"""Why a policy gains or loses under load: the anatomy of the busy site's passes, simulated.
+
+    .venv/bin/python benchmarks/load_anatomy.py                       # c=32, RTT 30 ms
+    .venv/bin/python benchmarks/load_anatomy.py --concurrency 8,64 --rtt 150 --alpha 0.6
+
+Runs ``wanspec simulate``'s load driver (:class:`~wanspec.simulate.load.LoadSim`: the same
+cores, batcher, rides and roofline costs) for target-only, standard SD at every window and the
+policies, and prints per mode what throughput alone hides:
+
+* ``tok/seat``: committed tokens per request per target pass it was in (a *seat*);
+* ``plain``: seats that were plain steps (no drafts verified: one token);
+* ``ride``: seats taken as a rider (joined another request's pass while waiting for the worker);
+* ``D/T``: draft passes per target pass, and ``D batch``: requests per draft pass (lockstep
+  drafting shares each draft pass among every request that drafts; scattered rounds do not);
+* ``T ms`` / ``D ms``: mean target / draft pass time, and the busy split.
+
+Nothing is written; it is a diagnostic (the numbers of docs/results.md §7 come from
+``bench_load.py`` and ``wanspec simulate --concurrency``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from wanspec.core.actions import RunTarget
+from wanspec.core.batcher import PassKind
+from wanspec.emulate.load import Closed
+from wanspec.simulate.config import SimConfig
+from wanspec.simulate.load import LoadSim
+from wanspec.simulate.worlds import worlds
+
+
+def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None
+            ) -> dict[str, Any]:
+    """One closed-loop run of ``mode``, with its pass anatomy."""
+    sim = LoadSim(cfg, mode, worlds(cfg), Closed(concurrency), gamma=gamma)
+    batcher, passes = sim.busy.batcher, []
+    form = batcher.next_pass
+
+    def next_pass():  # record each busy pass as it is formed: kind, requests, plain steps
+        p = form()
+        if p is not None:
+            actions = [sim.busy.jobs[k][1] for k in p.keys]
+            plain = sum(1 for a in actions if isinstance(a, RunTarget) and len(a.tokens) == 1
+                        and a.start > 0)
+            passes.append((p.kind, len(p.keys), plain))
+        return p
+
+    batcher.next_pass = next_pass  # type: ignore[method-assign]
+    run = sim.run()
+    tokens = sum(len(s.result.token_ids) for s in run.served)
+    target = [p for p in passes if p[0] is PassKind.TARGET]
+    draft = [p for p in passes if p[0] is PassKind.DRAFT]
+    seats = sum(p[1] for p in target)
+    busy = run.busy
+    t_s = busy.busy_by_model.get("target", 0.0)
+    d_s = sum(v for k, v in busy.busy_by_model.items() if k != "target")
+    rides = sum(getattr(r.core.stats, "rides", 0) for r in sim.requests
+                if r.core is not None and hasattr(r.core, "stats"))
+    return {
+        "mode": mode if gamma is None else f"{mode} g={gamma}",
+        "tok_s": tokens / run.makespan_s,
+        "tok_per_seat": tokens / seats,
+        "plain": sum(p[2] for p in target) / seats,
+        "ride": rides / seats,
+        "d_per_t": len(draft) / len(target),
+        "d_batch": sum(p[1] for p in draft) / len(draft) if draft else 0.0,
+        "t_batch": seats / len(target),
+        "t_ms": 1000 * t_s / len(target),
+        "d_ms": 1000 * d_s / len(draft) if draft else 0.0,
+        "draft_frac": d_s / (t_s + d_s),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", default="32")
+    ap.add_argument("--rtt", default="30", help="ms, comma-separated")
+    ap.add_argument("--alpha", type=float, default=0.8)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--policies", default="entropy,adaptive")
+    ap.add_argument("--sd-windows", default="1,2,3,4,5,6,8")
+    args = ap.parse_args()
+    base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
+    head = (f"{'mode':>12} {'tok/s':>7} {'x best':>6} {'tok/seat':>8} {'plain':>6} {'ride':>5} "
+            f"{'D/T':>5} {'D batch':>7} {'T batch':>7} {'T ms':>6} {'D ms':>5} {'draft%':>6}")
+    for c in (int(x) for x in args.concurrency.split(",")):
+        sd = [anatomy(base, "sd", c, g) for g in (int(x) for x in args.sd_windows.split(","))]
+        best = max(r["tok_s"] for r in sd)
+        rows_sd = [anatomy(base, "target", c)] + sd
+        for rtt in (float(x) for x in args.rtt.split(",")):
+            point = dataclasses.replace(base, rtt_ms=rtt)
+            print(f"\nc={c}, RTT {rtt:g} ms, alpha {args.alpha:g}\n{head}")
+            for r in rows_sd + [anatomy(point, p, c) for p in args.policies.split(",")]:
+                print(f"{r['mode']:>12} {r['tok_s']:7.0f} {r['tok_s'] / best:6.3f} "
+                      f"{r['tok_per_seat']:8.2f} {r['plain']:6.2f} {r['ride']:5.2f} "
+                      f"{r['d_per_t']:5.2f} {r['d_batch']:7.1f} {r['t_batch']:7.1f} "
+                      f"{r['t_ms']:6.1f} {r['d_ms']:5.1f} {100 * r['draft_frac']:6.0f}")
+
+
+if __name__ == "__main__":
+    main()
