@@ -243,3 +243,31 @@ def test_mutual_tls_and_a_key_together_are_served_over_quic(target, drafter, cer
                                    controller_key=KEY, client_ca=certs.ca_cert,
                                    client=(certs.client_cert, certs.client_key))
     assert_served(r, error, passes, ref_measured)
+
+
+# ---- in-process deployments ---------------------------------------------------------------------
+
+
+def test_a_key_costs_no_round_trip_on_an_emulated_wan(target, near_draft):
+    """The worker's proof travels with its Hello and the controller's ahead of its first
+    SessionStart: on a virtual clock an authenticated deployment is exactly as fast."""
+    from remote_support import TIMING, virtual
+
+    from wanspec.runtime.inproc import InprocDeployment
+    from wanspec.transport.inproc import LinkParams
+
+    def run(key):
+        async def main():
+            async with InprocDeployment(target, near_draft, link=LinkParams(rtt_ms=80),
+                                        timing=TIMING, config=config("remote"),
+                                        local_draft=False, auth_key=key) as dep:
+                r = await dep.generate(PROMPT, max_tokens=MAX_TOKENS, ignore_eos=True)
+                return r, dep.link.last_error
+        return virtual(main)
+
+    (plain, _), (authed, error) = run(None), run(KEY)
+    assert error is None and authed.metrics["worker_used"] is True
+    assert authed.token_ids == plain.token_ids
+    for name in ("queued_s", "ttft_s", "wall_s"):  # queued_s: connecting and the handshake
+        assert authed.metrics[name] == plain.metrics[name], name
+    assert plain.metrics["queued_s"] == pytest.approx(0.08)  # one round trip, both ways
