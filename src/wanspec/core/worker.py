@@ -49,8 +49,8 @@ from wanspec.protocol.messages import (
 )
 from wanspec.sampling import SamplingParams
 
-HELLO_TIMEOUT_S = 10.0  # a peer that has not introduced itself (and proved its key) by then is
-# dropped
+# a peer that has not introduced itself (and, with a key, proved it) by then is dropped
+HELLO_TIMEOUT_S = 10.0
 KEY_MISMATCH = ("authentication failed: the controller's key does not match the worker's "
                 "(--auth-key-file must hold the same key at both sites)")
 
@@ -275,7 +275,8 @@ class WorkerCore:
             if msg.nonce:
                 return self._refuse(
                     "authentication failed: the controller has a pre-shared key but the worker "
-                    "has none (start the worker with --auth-key-file, the controller's key)", "auth")
+                    "has none (start the worker with --auth-key-file, the controller's key)",
+                    "auth")
             self.peer, self.authenticated = msg, True
             self._hello_deadline = None
             return [Send(self.hello)]

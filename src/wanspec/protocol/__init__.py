@@ -25,6 +25,6 @@ from wanspec.protocol.messages import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "FrameDecoder", "ProtocolError", "decode_message",
-    "encode_frame", "encode_message", "Auth", "Cancel", "Commit", "Drafts", "Error", "Hello", "Message",
-    "Ping", "Pong", "SessionStart", "SessionStats",
+    "encode_frame", "encode_message", "Auth", "Cancel", "Commit", "Drafts", "Error", "Hello",
+    "Message", "Ping", "Pong", "SessionStart", "SessionStats",
 ]
