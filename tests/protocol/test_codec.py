@@ -145,7 +145,10 @@ def test_encode_refuses_non_messages():
 def test_check_hello():
     mine = Hello(version=PROTOCOL_VERSION, role="controller", model="target", tokenizer="tok-A")
     check_hello(mine, Hello(version=PROTOCOL_VERSION, role="worker", tokenizer="tok-A"))
-    check_hello(mine, Hello(version=PROTOCOL_VERSION, role="worker"))  # unknown: not refused
+    with pytest.raises(ProtocolError, match="worker sent no tokenizer fingerprint"):
+        check_hello(mine, Hello(version=PROTOCOL_VERSION, role="worker"))  # would skip the check
+    with pytest.raises(ProtocolError, match="this worker has no tokenizer fingerprint"):
+        check_hello(Hello(version=PROTOCOL_VERSION, role="worker"), mine)
     with pytest.raises(ProtocolError, match="version mismatch"):
         check_hello(mine, Hello(version=PROTOCOL_VERSION + 1, role="worker", tokenizer="tok-A"))
     with pytest.raises(ProtocolError, match="tokenizer mismatch") as info:
@@ -154,8 +157,8 @@ def test_check_hello():
     assert "tok-A" in str(info.value) and "tok-B" in str(info.value)
 
 
-def test_the_protocol_version_counts_the_pong_load():
-    assert PROTOCOL_VERSION == 2
+def test_the_protocol_version_counts_the_pong_load_and_authentication():
+    assert PROTOCOL_VERSION == 3
 
 
 def test_a_pong_without_load_fields_decodes_as_an_idle_worker():

@@ -16,8 +16,8 @@ from wanspec.transport.tls import client_ssl_context, server_ssl_context
 def test_create_certs_writes_a_verifiable_chain(tmp_path):
     paths = create_certs(tmp_path / "c", hosts=("localhost", "10.1.2.3", "[::1]", "w.example"))
     names = {p.name for p in (tmp_path / "c").iterdir()}
-    assert names == {"ca.pem", "ca.key", "server.pem", "server.key"}
-    for key in (paths.ca_key, paths.key):
+    assert names == {"ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"}
+    for key in (paths.ca_key, paths.key, paths.client_key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())

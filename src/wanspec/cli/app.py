@@ -239,6 +239,9 @@ def worker(
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped draft)."),
     cert: Optional[Path] = typer.Option(None, "--cert", help="TLS certificate (PEM); QUIC requires one."),
     key: Optional[Path] = typer.Option(None, "--key", help="TLS private key (PEM)."),
+    client_ca: Optional[Path] = typer.Option(None, "--client-ca", help="Mutual TLS: serve only controllers presenting a certificate signed by this CA (PEM, e.g. the ca.pem of `wanspec certs`); needs --cert/--key."),
+    auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key (a file of at least 16 bytes, e.g. from `openssl rand -hex 32`): controllers must prove they hold the same key, and this worker proves it to them. Default: the key in $WANSPEC_AUTH_KEY, if set."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without authentication (neither --auth-key-file nor --client-ca): anyone who reaches the port gets drafts and sees prompts. Trusted test networks only."),
     draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per draft pass (floor on real time)."),
     max_sessions: int = typer.Option(64, "--max-sessions", help="Concurrent sessions per connection."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most sessions one draft pass carries (of all controllers together); beyond it, sessions share passes oldest first and their lookaheads shrink."),
@@ -255,6 +258,7 @@ def worker(
         setup_logging(verbose)
         configure_threads(threads)
         run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
+                   client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
                    draft_ms=draft_ms, max_sessions=max_sessions, max_batch=max_batch,
                    dtype=dtype, device=device, console=console)
 
@@ -280,7 +284,10 @@ def controller(
     draft: Optional[Path] = typer.Option(None, "--draft", help="Local draft copy (default: shipped draft)."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate to trust for the worker's TLS certificate."),
     tls: bool = typer.Option(False, "--tls", help="Use TLS over TCP (QUIC always uses TLS)."),
-    insecure: bool = typer.Option(False, "--insecure", help="Do not verify the worker's certificate (testing only)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Do not verify the worker's TLS certificate: still encrypted, but any host can pose as the worker (testing only)."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="Mutual TLS: client certificate (PEM) to present to a worker started with --client-ca, e.g. the client.pem of `wanspec certs` (implies --tls over TCP)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Private key (PEM) of --cert."),
+    auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key file, the worker's: both sites prove they hold it, and a worker that cannot is not used. Default: the key in $WANSPEC_AUTH_KEY, if set."),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the worker to connect/handshake."),
     target_ms: Optional[float] = typer.Option(None, "--target-ms"),
     draft_ms: Optional[float] = typer.Option(None, "--draft-ms"),
@@ -309,23 +316,33 @@ def controller(
             policy=policy, max_slowdown=max_slowdown,
             sampling=SamplingParams(temperature, top_k, top_p, seed),
             stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
-            tls=tls, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
+            tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
             device=device, exact=exact, as_json=as_json, console=console)
 
 
 @app.command()
 def certs(
-    directory: Path = typer.Argument(..., help="Where to write ca.pem, ca.key, server.pem, server.key."),
+    directory: Path = typer.Argument(..., help="Where to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key."),
     host: Optional[List[str]] = typer.Option(None, "--host", help="Extra DNS name or IP for the server certificate (repeatable)."),
+    client: Optional[str] = typer.Option(None, "--client", help="Only issue one more client certificate, NAME.pem / NAME.key, from the CA already in DIRECTORY (one per controller)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Create a self-signed CA and a worker certificate for TLS/QUIC on first use."""
+    """Create a self-signed CA, a worker certificate and a controller (client) certificate for
+    TLS/QUIC and mutual TLS on first use."""
     with user_errors():
-        from wanspec.transport.certs import DEFAULT_HOSTS, create_certs
+        from wanspec.transport.certs import DEFAULT_HOSTS, create_certs, create_client_cert
 
+        if client is not None:
+            one = create_client_cert(directory, client, overwrite=overwrite)
+            console.print(f"controller certificate / key (controller --cert / --key): "
+                          f"{one.cert} {one.key}")
+            return
         paths = create_certs(directory, hosts=(*DEFAULT_HOSTS, *(host or ())), overwrite=overwrite)
-        console.print(f"CA certificate (give to controllers with --ca): {paths.ca_cert}")
-        console.print(f"worker certificate / key (--cert / --key): {paths.cert} {paths.key}")
+        console.print(f"CA certificate (controller --ca; worker --client-ca for mutual TLS): "
+                      f"{paths.ca_cert}")
+        console.print(f"worker certificate / key (worker --cert / --key): {paths.cert} {paths.key}")
+        console.print(f"controller certificate / key (controller --cert / --key, mutual TLS): "
+                      f"{paths.client_cert} {paths.client_key}")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import signal
@@ -19,11 +20,13 @@ from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import draft_path
+from wanspec.protocol.auth import load_key
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.worker import WorkerService
 from wanspec.sampling import SamplingParams
 from wanspec.timing.device import PassCost
 from wanspec.transport import factory
+from wanspec.transport.tls import client_ssl_context, require_file
 
 log = logging.getLogger("wanspec")
 
@@ -33,21 +36,70 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # another host name: it may resolve to anything
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def worker_authentication(listen: str, *, auth_key: bytes | None, client_ca: Path | None,
+                          insecure: bool) -> str:
+    """How the worker at ``listen`` authenticates controllers, in words for its start-up line.
+
+    Refuses (one line naming the fix) to serve a non-loopback address without authentication
+    unless ``insecure``: anyone reaching the port would get drafts and see every prompt.
+    """
+    host, _ = factory.parse_address(listen)
+    kinds = [name for name, on in (("pre-shared key", auth_key is not None),
+                                   ("mutual TLS", client_ca is not None)) if on]
+    if kinds:
+        return " + ".join(kinds)
+    if is_loopback(host):
+        return "none (loopback only)"
+    if not insecure:
+        raise WanspecError(
+            f"refusing to serve {listen} without authentication: anyone who reaches it would get "
+            "drafts and see prompts; give --auth-key-file (a pre-shared key) and/or --client-ca "
+            "(mutual TLS), or --insecure to serve it anyway")
+    log.warning("serving %s without authentication (--insecure): anyone who reaches it gets "
+                "drafts and sees prompts", listen)
+    return "NONE (--insecure)"
+
+
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
                key: Path | None, draft_ms: float | None, max_sessions: int, dtype: str,
-               device: str, console: Console, max_batch: int = 64) -> None:
+               device: str, console: Console, max_batch: int = 64,
+               client_ca: Path | None = None, auth_key_file: Path | None = None,
+               insecure: bool = False) -> None:
     check(max_sessions >= 1, f"--max-sessions must be >= 1, got {max_sessions}")
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
+    # every check of the security options comes before the (slow) model load
+    auth_key = load_key(auth_key_file)
+    if client_ca is not None:
+        check(cert is not None and key is not None,
+              "--client-ca (mutual TLS) needs TLS: give the worker --cert and --key too")
+        require_file(client_ca, "client CA certificate")
+    authentication = worker_authentication(listen, auth_key=auth_key, client_ca=client_ca,
+                                           insecure=insecure)
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
-                            max_sessions=max_sessions, max_batch=max_batch)
+                            max_sessions=max_sessions, max_batch=max_batch, auth_key=auth_key)
 
     async def main() -> None:
-        server = await factory.serve(transport, listen, service.handle, cert=cert, key=key)
+        server = await factory.serve(transport, listen, service.handle, cert=cert, key=key,
+                                     client_ca=client_ca)
         host, port = server.address
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "
-                      f"up to {max_batch} sessions per draft pass)", soft_wrap=True)
+                      f"up to {max_batch} sessions per draft pass, "
+                      f"authentication: {authentication})", soft_wrap=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,7 +120,9 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                    stop: Sequence[str], ignore_eos: bool,
                    ca: Path | None, insecure: bool, tls: bool, timeout_s: float,
                    target_ms: float | None, draft_ms: float | None, dtype: str, device: str,
-                   as_json: bool, console: Console, exact: bool = False) -> None:
+                   as_json: bool, console: Console, exact: bool = False,
+                   cert: Path | None = None, key: Path | None = None,
+                   auth_key_file: Path | None = None) -> None:
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
@@ -82,6 +136,13 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
     check(len(set(workers)) == len(workers), f"--worker given twice: {', '.join(workers)}")
     for address in workers:
         factory.parse_address(address)  # fail fast on a malformed address
+    # the security options too, before the models load: a bad file is the user's error, not a
+    # worker that silently goes unused
+    auth_key = load_key(auth_key_file)
+    check((cert is None) == (key is None),
+          "--cert and --key go together: the controller's TLS client certificate and its key")
+    if transport == "quic" or tls or ca is not None or insecure or cert is not None:
+        client_ssl_context(ca, insecure=insecure, cert=cert, key=key)  # loads every file once
     timing = timing_from_flags(target_ms, draft_ms)
     tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
                            exact=exact)
@@ -92,13 +153,13 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
     def connector(address: str):
         async def connect():
             return await factory.connect(transport, address, tls=tls, ca=ca, insecure=insecure,
-                                         timeout=timeout_s)
+                                         cert=cert, key=key, timeout=timeout_s)
         return connect
 
     async def main() -> list[dict[str, Any]]:
         hello = RemoteEngine.hello_for(tgt)
-        links = [WorkerLink(connector(a), hello, hello_timeout=timeout_s, name=a)
-                 for a in workers]
+        links = [WorkerLink(connector(a), hello, hello_timeout=timeout_s, name=a,
+                            auth_key=auth_key) for a in workers]
         config = ControllerConfig(gamma=gamma,
                                   policy=PolicyConfig(pname, max_slowdown=max_slowdown))
         engine = RemoteEngine(tgt, links, local_draft=drf, timing=timing, config=config)

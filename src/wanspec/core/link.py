@@ -2,6 +2,7 @@
 
 One connection carries the sessions of every request.  This state machine owns what belongs to
 the connection rather than to a request: the Hello exchange (protocol version, tokenizer), the
+mutual proof of the pre-shared key when there is one (:mod:`wanspec.protocol.auth`), the
 pings that keep the one RTT estimate of the link up to date, connection-level errors, the
 back-off between connection attempts, the worker's load as its Pongs report it
 (:attr:`LinkCore.worker_load`), and routing of per-request messages by request id.  The
@@ -11,14 +12,19 @@ run timers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import secrets
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
 from wanspec.core.actions import Send
 from wanspec.core.estimates import Ewma
+from wanspec.protocol.auth import NONCE_BYTES, proof, proof_matches
 from wanspec.protocol.codec import ProtocolError, check_hello
 from wanspec.protocol.messages import (
+    Auth,
     Cancel,
     Commit,
     Drafts,
@@ -35,6 +41,7 @@ from wanspec.protocol.messages import (
 class LinkState(str, Enum):
     IDLE = "idle"  # not connected (never, or lost): may connect once the back-off allows
     HANDSHAKE = "handshake"  # our Hello is out, the worker's not yet in
+    AUTH = "auth"  # the worker's Hello is in, its proof of the pre-shared key not yet
     UP = "up"
 
 
@@ -79,13 +86,22 @@ class WorkerLoadReport:
 _PER_REQUEST = (Drafts, SessionStats, Error)
 # messages only a controller sends: a worker sending them is not a wanspec worker
 _CONTROLLER_ONLY = (SessionStart, Commit, Cancel)
+KEY_MISMATCH = ("authentication failed: the worker's key does not match the controller's "
+                "(--auth-key-file must hold the same key at both sites)")
 
 
 class LinkCore:
     def __init__(self, hello: Hello, *, rtt_prior_s: float = 0.05, hello_timeout_s: float = 10.0,
-                 ping_interval_s: float = 1.0, backoff_s: tuple[float, float] = (0.5, 30.0)
-                 ) -> None:
-        self.hello = hello
+                 ping_interval_s: float = 1.0, backoff_s: tuple[float, float] = (0.5, 30.0),
+                 auth_key: bytes | None = None,
+                 random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
+        """``auth_key``: the pre-shared key both sides must prove (None: the worker must not ask
+        for one); ``random_bytes``: the source of each connection's nonce (injectable for tests).
+        """
+        self.hello = dataclasses.replace(hello, nonce=b"")  # a nonce is per connection
+        self.auth_key = auth_key
+        self._random_bytes = random_bytes
+        self._sent_hello = self.hello  # this connection's (with its nonce)
         self.rtt = Ewma(rtt_prior_s)  # the link's RTT: every request's estimate reads this one
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
@@ -116,11 +132,20 @@ class LinkCore:
         self.worker_load = None
         self.worker_demand.value = None  # a new connection: nothing reported yet
         self._hello_sent = now
-        return [Send(self.hello)]
+        hello = self.hello
+        if self.auth_key is not None:
+            nonce = self._random_bytes(NONCE_BYTES)
+            if len(nonce) != NONCE_BYTES:
+                raise ValueError(f"random_bytes gave {len(nonce)} bytes, not {NONCE_BYTES}")
+            hello = dataclasses.replace(hello, nonce=nonce)
+        self._sent_hello = hello
+        return [Send(hello)]
 
     def on_message(self, msg: Message, now: float) -> list[LinkAction]:
         if self.state is LinkState.HANDSHAKE:
             return self._on_handshake(msg, now)
+        if self.state is LinkState.AUTH:
+            return self._on_auth(msg, now)
         if self.state is not LinkState.UP:
             return []
         if isinstance(msg, Pong):
@@ -144,14 +169,15 @@ class LinkCore:
         return self._lose(reason, now)
 
     def next_timer(self) -> float | None:
-        if self.state is LinkState.HANDSHAKE:
+        if self.state in (LinkState.HANDSHAKE, LinkState.AUTH):
             return self._hello_sent + self.hello_timeout_s
         if self.state is LinkState.UP:
             return self._next_ping
         return None
 
     def on_timer(self, now: float) -> list[LinkAction]:
-        if self.state is LinkState.HANDSHAKE and now >= self._hello_sent + self.hello_timeout_s:
+        if (self.state in (LinkState.HANDSHAKE, LinkState.AUTH)
+                and now >= self._hello_sent + self.hello_timeout_s):
             return self._lose("worker did not complete the handshake in time", now)
         if self.state is LinkState.UP and self._next_ping is not None and now >= self._next_ping:
             self._ping_seq += 1
@@ -169,12 +195,48 @@ class LinkCore:
             check_hello(self.hello, msg)
         except ProtocolError as exc:
             return self._lose(str(exc), now)
-        self.state, self.peer = LinkState.UP, msg
+        self.rtt.update(now - self._hello_sent)  # (a worker's Auth comes in the same flight)
+        if self.auth_key is None:
+            if msg.nonce:
+                return self._refuse(
+                    "authentication failed: the worker requires a pre-shared key and the "
+                    "controller has none (start the controller with --auth-key-file, the "
+                    "worker's key)", now)
+            return self._up(msg, now)
+        if not msg.nonce:
+            return self._refuse(
+                "authentication failed: the controller has a pre-shared key but the worker has "
+                "none (start the worker with --auth-key-file, the controller's key)", now)
+        self.state, self.peer = LinkState.AUTH, msg
+        return []
+
+    def _on_auth(self, msg: Message, now: float) -> list[LinkAction]:
+        """The worker's proof of the key; ours goes back only once it checked out."""
+        assert self.peer is not None and self.auth_key is not None
+        if isinstance(msg, Error):
+            return self._lose(f"worker refused the connection: {msg.message}", now)
+        if not isinstance(msg, Auth):
+            return self._refuse(f"authentication failed: the worker sent {type(msg).__name__} "
+                                "instead of proving its key", now)
+        ours, theirs = self._sent_hello.nonce, self.peer.nonce
+        expected = proof(self.auth_key, version=self.hello.version, prover="worker",
+                         controller_nonce=ours, worker_nonce=theirs)
+        if not proof_matches(msg.mac, expected):
+            return self._refuse(KEY_MISMATCH, now)
+        mine = proof(self.auth_key, version=self.hello.version, prover="controller",
+                     controller_nonce=ours, worker_nonce=theirs)
+        return [Send(Auth(mine)), *self._up(self.peer, now)]
+
+    def _up(self, peer: Hello, now: float) -> list[LinkAction]:
+        self.state, self.peer = LinkState.UP, peer
         self.last_error = None
         self._backoff_s = self.backoff_min_s
-        self.rtt.update(now - self._hello_sent)
         self._next_ping = now + self.ping_interval_s
         return [Up()]
+
+    def _refuse(self, reason: str, now: float) -> list[LinkAction]:
+        """Tell the worker why (so its operator sees it too), then lose the connection."""
+        return [Send(Error(reason, code="auth")), *self._lose(reason, now)]
 
     def _lose(self, reason: str, now: float) -> list[LinkAction]:
         self.state, self.peer = LinkState.IDLE, None

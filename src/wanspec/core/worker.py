@@ -1,7 +1,10 @@
 """The worker's sans-I/O state machine: one controller connection, draft ahead, roll back.
 
 The connection starts with a handshake (the controller's :class:`Hello`, checked against ours:
-protocol version and tokenizer).  After it, any number of sessions run side by side.  Per session
+protocol version and tokenizer).  A worker with a pre-shared key then requires the controller to
+prove it: the worker answers with its Hello (its nonce) and its own :class:`Auth`, and serves
+nothing until the controller's Auth has checked out (see :mod:`wanspec.protocol.auth`).  After
+the handshake, any number of sessions run side by side.  Per session
 the worker knows the committed prefix (prompt + commits received) and its own *chain* of drafts
 beyond it.  It drafts whenever the chain is shorter than the lookahead cap, streaming each draft at
 once, without waiting for verification.  A commit either consumes the head of the chain (every
@@ -20,14 +23,19 @@ Everything the controller sends is checked here; a bad session request is answer
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import secrets
 from dataclasses import dataclass, field
+from typing import Callable
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
 from wanspec.core.chain import feed_from
 from wanspec.errors import WanspecError
+from wanspec.protocol.auth import NONCE_BYTES, proof, proof_matches
 from wanspec.protocol.codec import MAX_DEMAND, ProtocolError, check_hello
 from wanspec.protocol.messages import (
+    Auth,
     Cancel,
     Commit,
     Drafts,
@@ -41,7 +49,10 @@ from wanspec.protocol.messages import (
 )
 from wanspec.sampling import SamplingParams
 
-HELLO_TIMEOUT_S = 10.0  # a peer that has not introduced itself by then is dropped
+# a peer that has not introduced itself (and, with a key, proved it) by then is dropped
+HELLO_TIMEOUT_S = 10.0
+KEY_MISMATCH = ("authentication failed: the controller's key does not match the worker's "
+                "(--auth-key-file must hold the same key at both sites)")
 
 
 @dataclass(slots=True)
@@ -151,8 +162,16 @@ class WorkerCore:
 
     def __init__(self, hello: Hello, *, now: float = 0.0, max_sessions: int = 64,
                  max_lookahead: int = 64, max_context: int = 1 << 16,
-                 load: WorkerLoad | None = None) -> None:
-        self.hello = hello  # ours: what the controller's Hello is checked against
+                 load: WorkerLoad | None = None, auth_key: bytes | None = None,
+                 random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
+        """``auth_key``: the pre-shared key the controller must prove (None: no such check);
+        ``random_bytes``: the source of this connection's nonce (injectable for tests)."""
+        self.auth_key = auth_key
+        # ours: what the controller's Hello is checked against; with a key, our fresh challenge
+        nonce = random_bytes(NONCE_BYTES) if auth_key is not None else b""
+        if auth_key is not None and len(nonce) != NONCE_BYTES:
+            raise ValueError(f"random_bytes gave {len(nonce)} bytes, not {NONCE_BYTES}")
+        self.hello = dataclasses.replace(hello, nonce=nonce)
         # shared with the other connections' cores; by default never over capacity
         self.load = load if load is not None else WorkerLoad()
         self.max_sessions = max_sessions
@@ -161,6 +180,7 @@ class WorkerCore:
         self.sessions: dict[int, _Session] = {}
         self.stats = WorkerStats()
         self.peer: Hello | None = None  # the controller's Hello, once accepted
+        self.authenticated = False  # the controller proved the key (or none is required)
         self.closed = False
         self._hello_deadline: float | None = now + HELLO_TIMEOUT_S
         self._op = 0
@@ -172,6 +192,8 @@ class WorkerCore:
             return []
         if self.peer is None:
             return self._on_hello(msg)
+        if not self.authenticated:
+            return self._on_auth(msg)
         if isinstance(msg, Commit):
             return self._on_commit(msg)
         if isinstance(msg, SessionStart):
@@ -220,7 +242,7 @@ class WorkerCore:
     def on_load_changed(self) -> list[WorkerAction]:
         """The worker's load changed (sessions came or went on some connection): a session held
         back by a smaller lookahead cap may draft again."""
-        if self.closed or self.peer is None:
+        if self.closed or not self.authenticated:
             return []
         return [a for rid, s in self.sessions.items() for a in self._next_draft(rid, s)]
 
@@ -230,8 +252,9 @@ class WorkerCore:
     def on_timer(self, now: float) -> list[WorkerAction]:
         if self._hello_deadline is not None and now >= self._hello_deadline and not self.closed:
             self.closed = True
-            return [Log(f"no Hello within {HELLO_TIMEOUT_S:g} s"),
-                    Close("no Hello in time")]
+            missing = "Hello" if self.peer is None else "proof of the pre-shared key (Auth)"
+            return [Log(f"no {missing} within {HELLO_TIMEOUT_S:g} s"),
+                    Close(f"no {missing} in time")]
         return []
 
     def on_connection_lost(self) -> list[WorkerAction]:
@@ -248,9 +271,44 @@ class WorkerCore:
             check_hello(self.hello, msg)
         except ProtocolError as exc:
             return self._refuse(str(exc), "handshake")
+        if self.auth_key is None:
+            if msg.nonce:
+                return self._refuse(
+                    "authentication failed: the controller has a pre-shared key but the worker "
+                    "has none (start the worker with --auth-key-file, the controller's key)",
+                    "auth")
+            self.peer, self.authenticated = msg, True
+            self._hello_deadline = None
+            return [Send(self.hello)]
+        if not msg.nonce:
+            return self._refuse(
+                "authentication failed: the worker requires a pre-shared key and the controller "
+                "has none (start the controller with --auth-key-file, the worker's key)", "auth")
+        # our proof goes with our Hello (one round trip in all); the role in the transcript
+        # keeps it from ever passing for the controller's proof
         self.peer = msg
+        mine = proof(self.auth_key, version=self.hello.version, prover="worker",
+                     controller_nonce=msg.nonce, worker_nonce=self.hello.nonce)
+        return [Send(self.hello), Send(Auth(mine))]
+
+    def _on_auth(self, msg: Message) -> list[WorkerAction]:
+        """The controller's proof of the key: nothing else is served before it checks out."""
+        assert self.peer is not None and self.auth_key is not None
+        if isinstance(msg, Error):  # it refused us (our proof did not check out there)
+            self.closed = True
+            self._hello_deadline = None
+            return [Log(f"controller refused the connection: {msg.message}"),
+                    Close(msg.message)]
+        if not isinstance(msg, Auth):
+            return self._refuse(f"authentication required: the controller sent "
+                                f"{type(msg).__name__} before proving its key", "auth")
+        expected = proof(self.auth_key, version=self.hello.version, prover="controller",
+                         controller_nonce=self.peer.nonce, worker_nonce=self.hello.nonce)
+        if not proof_matches(msg.mac, expected):
+            return self._refuse(KEY_MISMATCH, "auth")
+        self.authenticated = True
         self._hello_deadline = None
-        return [Send(self.hello)]
+        return []
 
     def _pong(self, ping: Ping) -> Pong:
         """The Ping's echo, with the worker's load (kept inside the ranges the codec accepts)."""

@@ -10,6 +10,7 @@ from wanspec.protocol.codec import (
     encode_message,
 )
 from wanspec.protocol.messages import (
+    Auth,
     Cancel,
     Commit,
     Drafts,
@@ -24,6 +25,6 @@ from wanspec.protocol.messages import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "FrameDecoder", "ProtocolError", "decode_message",
-    "encode_frame", "encode_message", "Cancel", "Commit", "Drafts", "Error", "Hello", "Message",
-    "Ping", "Pong", "SessionStart", "SessionStats",
+    "encode_frame", "encode_message", "Auth", "Cancel", "Commit", "Drafts", "Error", "Hello",
+    "Message", "Ping", "Pong", "SessionStart", "SessionStats",
 ]

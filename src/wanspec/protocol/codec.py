@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterator
 import msgpack
 
 from wanspec.errors import WanspecError
+from wanspec.protocol.auth import MAC_BYTES, NONCE_BYTES
 from wanspec.protocol.messages import (
+    Auth,
     Cancel,
     Commit,
     Drafts,
@@ -28,14 +30,15 @@ from wanspec.protocol.messages import (
     SessionStats,
 )
 
-PROTOCOL_VERSION = 2  # 2: Pong carries the worker's load (busy, demand)
+PROTOCOL_VERSION = 3  # 2: Pong carries the worker's load (busy, demand); 3: pre-shared-key
+# authentication (Hello.nonce, Auth), and a Hello must carry its tokenizer fingerprint
 DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB: a prompt of ~100k tokens fits; nothing legitimate is bigger
 _HEADER = struct.Struct(">I")
 HEADER_BYTES = _HEADER.size
 
 _TAGS: dict[type, int] = {
     Hello: 1, SessionStart: 2, Drafts: 3, Commit: 4, Cancel: 5, Ping: 6, Pong: 7, Error: 8,
-    SessionStats: 9,
+    SessionStats: 9, Auth: 10,
 }
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}  # wire order
@@ -70,8 +73,27 @@ def _check_pong(msg: Pong) -> None:
     _number_in(msg, "demand", 0.0, MAX_DEMAND)
 
 
+def _bytes_of(msg: Message, name: str, sizes: tuple[int, ...]) -> None:
+    """Field ``name`` must be msgpack bin (bytes) of one of the lengths ``sizes``."""
+    value = getattr(msg, name)
+    if not isinstance(value, bytes) or len(value) not in sizes:
+        got = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+        want = " or ".join(str(n) for n in sizes)
+        raise ProtocolError(f"{type(msg).__name__}.{name} must be {want} bytes, got {got}")
+
+
+def _check_hello(msg: Hello) -> None:
+    _bytes_of(msg, "nonce", (0, NONCE_BYTES))  # empty: the sender has no pre-shared key
+
+
+def _check_auth(msg: Auth) -> None:
+    _bytes_of(msg, "mac", (MAC_BYTES,))
+
+
 # checks of field values beyond what the dataclass constructor enforces, per message type
-_CHECKS: dict[type, Callable[[Any], None]] = {Pong: _check_pong}
+_CHECKS: dict[type, Callable[[Any], None]] = {
+    Pong: _check_pong, Hello: _check_hello, Auth: _check_auth,
+}
 
 
 def encode_message(msg: Message) -> bytes:
@@ -154,12 +176,22 @@ class FrameDecoder:
 
 
 def check_hello(mine: Hello, theirs: Hello) -> None:
-    """Refuse a peer with another protocol version or tokenizer, with a message a person can act on."""
+    """Refuse a peer with another protocol version or tokenizer, with a message a person can act on.
+
+    Both fingerprints must be present: a peer that leaves its own out would otherwise skip the
+    one check that its drafts mean the same text as ours.
+    """
     if theirs.version != mine.version:
         raise ProtocolError(
             f"protocol version mismatch: peer speaks v{theirs.version}, this side v{mine.version}"
         )
-    if mine.tokenizer and theirs.tokenizer and mine.tokenizer != theirs.tokenizer:
+    if not isinstance(theirs.tokenizer, str) or not theirs.tokenizer:
+        raise ProtocolError(f"the {theirs.role} sent no tokenizer fingerprint: cannot check "
+                            "that its tokens mean the same text as this side's")
+    if not mine.tokenizer:
+        raise ProtocolError(f"this {mine.role} has no tokenizer fingerprint to check the "
+                            f"{theirs.role}'s against")
+    if mine.tokenizer != theirs.tokenizer:
         raise ProtocolError(
             f"tokenizer mismatch: the {theirs.role}'s model {theirs.model!r} has tokenizer "
             f"{theirs.tokenizer}, this {mine.role} has {mine.tokenizer}"

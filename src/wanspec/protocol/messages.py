@@ -5,6 +5,8 @@ Flow for one request (``rid``)::
     controller                                   worker
       Hello  ───────────────────────────────────▶        (version, tokenizer fingerprint)
              ◀─────────────────────────────────── Hello
+             ◀─────────────────────────────────── Auth      } only with a pre-shared key: each
+      Auth   ───────────────────────────────────▶            } side proves it knows the key
       SessionStart(rid, prompt, sampling, ...) ──▶        prefill + draft ahead
              ◀────────── Drafts(rid, epoch, base, tokens, entropy, top_prob)   (streamed)
       Commit(rid, epoch, base, tokens) ─────────▶        keep or roll back (new epoch)
@@ -35,6 +37,18 @@ class Hello:
     tokenizer: str = ""  # tokenizer fingerprint; must match for drafts to mean anything
     vocab_size: int = 0
     capabilities: tuple[str, ...] = ()
+    # 32 fresh random bytes when the sender has a pre-shared key (its challenge to the peer, see
+    # Auth); empty without one
+    nonce: bytes = b""
+
+
+@dataclass(slots=True)
+class Auth:
+    """Proof of the pre-shared key: HMAC-SHA256 over both Hellos' nonces, the prover's role and
+    the protocol version (:func:`wanspec.protocol.auth.proof`).  The key never crosses the wire;
+    fresh nonces on both sides make a recorded proof useless on another connection."""
+
+    mac: bytes
 
 
 @dataclass(slots=True)
@@ -123,4 +137,4 @@ class Error:
     details: dict[str, str] = field(default_factory=dict)
 
 
-Message = Hello | SessionStart | Drafts | Commit | Cancel | SessionStats | Ping | Pong | Error
+Message = Hello | Auth | SessionStart | Drafts | Commit | Cancel | SessionStats | Ping | Pong | Error

@@ -45,7 +45,7 @@ from wanspec.runtime.placed import PlacedModel
 from wanspec.runtime.workers import WorkerPool
 from wanspec.sampling import SamplingParams
 from wanspec.timing.device import Device
-from wanspec.transport.base import Connection, ConnectionClosed
+from wanspec.transport.base import Connection, ConnectionClosed, PeerRefused
 
 log = logging.getLogger("wanspec.controller")
 
@@ -63,11 +63,13 @@ class WorkerLink:
 
     def __init__(self, connector: Connector, hello: Hello, *, hello_timeout: float = 10.0,
                  ping_interval: float = 1.0, backoff: tuple[float, float] = (0.5, 30.0),
-                 rtt_prior_s: float = 0.05, name: str = "worker") -> None:
+                 rtt_prior_s: float = 0.05, name: str = "worker",
+                 auth_key: bytes | None = None) -> None:
+        """``auth_key``: the pre-shared key to prove, and to require the worker to prove."""
         self.connector = connector
         self.name = name  # how logs and results name this worker (its address, usually)
         self.core = LinkCore(hello, rtt_prior_s=rtt_prior_s, hello_timeout_s=hello_timeout,
-                             ping_interval_s=ping_interval, backoff_s=backoff)
+                             ping_interval_s=ping_interval, backoff_s=backoff, auth_key=auth_key)
         self.conn: Connection | None = None
         self.session_stats: dict[int, SessionStats] = {}  # the worker's accounts, by request
         self._routes: dict[int, asyncio.Queue[Any]] = {}
@@ -148,6 +150,8 @@ class WorkerLink:
             while self.conn is conn:
                 msg = await conn.recv()
                 await self._execute(self.core.on_message(msg, loop.time()))
+        except PeerRefused as exc:  # e.g. our TLS client certificate, in the transport's words
+            reason = f"worker refused the connection: {exc}"
         except ConnectionClosed:
             reason = "connection closed by the worker"
         except ProtocolError as exc:

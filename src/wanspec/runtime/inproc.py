@@ -27,7 +27,9 @@ class InprocDeployment:
     def __init__(self, target: CausalLM, draft: CausalLM, *, link: LinkParams,
                  timing: TimingConfig | None = None, config: ControllerConfig | None = None,
                  local_draft: bool = True, limits: BatchLimits | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, auth_key: bytes | None = None) -> None:
+        """``auth_key``: a pre-shared key both sites prove in the handshake (None: none; it
+        costs no extra round trip, so emulated timings are the same either way)."""
         self.params = link
         self.timing = timing or TimingConfig()
         self.worker_device = Device("worker")
@@ -37,13 +39,14 @@ class InprocDeployment:
         self._siblings = [m for m in (worker_draft, local) if m is not None]
         self.service = WorkerService(worker_draft, cost=self.timing.draft,
                                      device=self.worker_device,
-                                     max_batch=(limits or BatchLimits()).max_sequences)
+                                     max_batch=(limits or BatchLimits()).max_sequences,
+                                     auth_key=auth_key)
         self.worker_alive = True
         self._ends: list[InprocConnection] = []
         self._handlers: list[asyncio.Task[None]] = []
         self._seed = link.seed
         self.link = WorkerLink(self._connect, RemoteEngine.hello_for(target),
-                               rtt_prior_s=link.rtt_ms / 1000.0)
+                               rtt_prior_s=link.rtt_ms / 1000.0, auth_key=auth_key)
         self.engine = RemoteEngine(target, self.link, local_draft=local, timing=self.timing,
                                    config=config, limits=limits, admission=admission)
 

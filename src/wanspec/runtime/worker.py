@@ -79,7 +79,9 @@ class WorkerService:
 
     def __init__(self, draft: CausalLM, *, cost: PassCost | None = None,
                  device: Device | None = None, max_sessions: int = 64,
-                 max_batch: int = 64) -> None:
+                 max_batch: int = 64, auth_key: bytes | None = None) -> None:
+        """``auth_key``: the pre-shared key every controller must prove before it is served
+        (None: no such check; mutual TLS, if any, is the transport's)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.draft = draft
@@ -92,6 +94,7 @@ class WorkerService:
         self.max_batch = max_batch
         self.load = WorkerLoad(max_batch=max_batch)  # read by every connection's core
         self.fingerprint = tokenizer_fingerprint(draft.tokenizer)
+        self.auth_key = auth_key
         self.connections = 0
         self.totals = WorkerStats()  # of connections that have closed
         self._open: set[_Connection] = set()
@@ -138,7 +141,7 @@ class _Connection:
         self.core = WorkerCore(service.hello(), now=loop.time(),
                                max_sessions=service.max_sessions,
                                max_context=getattr(service.draft, "max_context", 1 << 16),
-                               load=service.load)
+                               load=service.load, auth_key=service.auth_key)
         self.caches: dict[int, KVCache] = {}
         self.waiting: dict[int, asyncio.Task[None]] = {}  # per session: its pass, until it ran
         self.tasks: set[asyncio.Task[None]] = set()  # every draft task (a pass, then its results)

@@ -17,6 +17,11 @@ class ConnectionClosed(WanspecError):
     """The peer went away (or we closed): no more messages either way."""
 
 
+class PeerRefused(ConnectionClosed):
+    """The peer ended the connection for a reason it stated at the transport level, e.g. a TLS
+    alert or a QUIC close refusing our client certificate (the message says which)."""
+
+
 class ConnectError(WanspecError):
     """A connection could not be set up: unreachable, refused, timed out, or TLS refused."""
 

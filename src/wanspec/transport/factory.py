@@ -1,7 +1,9 @@
 """Pick a transport by name, so the CLI and the runtime depend on one function each way.
 
-TLS for TCP is opt-in (``tls=True``, or implied by ``ca``/``insecure`` on the client and by
-``cert``/``key`` on the server); QUIC always runs TLS 1.3 and so always needs a certificate.
+TLS for TCP is opt-in (``tls=True``, or implied by ``ca``/``insecure``/``cert`` on the client and
+by ``cert``/``key`` on the server); QUIC always runs TLS 1.3 and so always needs a certificate.
+Mutual TLS: the server's ``client_ca`` requires a client certificate signed by it, which the
+client presents with ``cert``/``key``.
 """
 
 from __future__ import annotations
@@ -58,25 +60,32 @@ async def connect(
     server_name: str | None = None,
     timeout: float = 5.0,
     max_frame: int = DEFAULT_MAX_FRAME,
+    cert: Path | None = None,
+    key: Path | None = None,
 ) -> Connection:
-    """Connect to a worker at ``address`` over ``kind`` ("tcp" or "quic")."""
+    """Connect to a worker at ``address`` over ``kind`` ("tcp" or "quic"); ``cert``/``key``: a
+    client certificate to present (mutual TLS)."""
     k = _kind(kind)
     host, port = parse_address(address)
     if port == 0:
         raise WanspecError(f"cannot connect to port 0 in {address!r}")
+    if (cert is None) != (key is None):
+        raise WanspecError("a TLS client certificate needs both --cert and --key")
     if k == "quic":
         from wanspec.transport.quic import connect_quic
 
         return await connect_quic(
             host, port, ca=ca, insecure=insecure, server_name=server_name, timeout=timeout,
-            max_frame=max_frame,
+            max_frame=max_frame, cert=cert, key=key,
         )
     from wanspec.transport.tcp import connect_tcp
     from wanspec.transport.tls import client_ssl_context
 
-    context = client_ssl_context(ca, insecure=insecure) if tls or ca or insecure else None
+    use_tls = tls or ca is not None or insecure or cert is not None
+    context = client_ssl_context(ca, insecure=insecure, cert=cert, key=key) if use_tls else None
     return await connect_tcp(
-        host, port, ssl=context, timeout=timeout, max_frame=max_frame, server_name=server_name
+        host, port, ssl=context, timeout=timeout, max_frame=max_frame, server_name=server_name,
+        client_cert=cert is not None,
     )
 
 
@@ -88,12 +97,16 @@ async def serve(
     cert: Path | None = None,
     key: Path | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
+    client_ca: Path | None = None,
 ) -> Server:
-    """Listen on ``listen`` ("host:port", port 0 = ephemeral) and run ``handler`` per connection."""
+    """Listen on ``listen`` ("host:port", port 0 = ephemeral) and run ``handler`` per connection;
+    with ``client_ca``, only for clients presenting a certificate that CA signed (mutual TLS)."""
     k = _kind(kind)
     host, port = parse_address(listen)
     if (cert is None) != (key is None):
         raise WanspecError("TLS needs both a certificate and its private key")
+    if client_ca is not None and cert is None:
+        raise WanspecError("--client-ca (mutual TLS) needs TLS: give the worker --cert and --key")
     if k == "quic":
         if cert is None or key is None:
             raise WanspecError(
@@ -102,9 +115,11 @@ async def serve(
             )
         from wanspec.transport.quic import serve_quic
 
-        return await serve_quic(host, port, handler, cert=cert, key=key, max_frame=max_frame)
+        return await serve_quic(host, port, handler, cert=cert, key=key, max_frame=max_frame,
+                                client_ca=client_ca)
     from wanspec.transport.tcp import serve_tcp
     from wanspec.transport.tls import server_ssl_context
 
-    context = server_ssl_context(cert, key) if cert is not None and key is not None else None
+    context = (server_ssl_context(cert, key, client_ca)
+               if cert is not None and key is not None else None)
     return await serve_tcp(host, port, handler, ssl=context, max_frame=max_frame)

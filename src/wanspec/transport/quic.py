@@ -18,6 +18,15 @@ Lifecycle details:
 * The client sends a QUIC PING every third of the idle timeout, so a quiet but healthy link stays
   up while a dead peer is detected after ``IDLE_TIMEOUT_S`` without any packet.
 * UDP has no "connection refused": an unreachable server is reported when ``timeout`` expires.
+
+Mutual TLS: aioquic's server neither asks for nor checks client certificates, so with
+``client_ca`` this module asks for one (aioquic's ``_request_client_certificate`` switch) and
+checks it once the handshake completes, before the connection is handed to the server's
+handler: the chain up to ``client_ca``, the validity dates and the clientAuth usage (aioquic
+itself verifies the client's signature proving it holds the key).  A refused client is closed
+with application error ``ERR_CLIENT_CERT`` and the reason, and the server logs it.  Should a
+future aioquic lack the private attributes used, no certificate is seen and every client is
+refused (it fails closed).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Callable
 
+from aioquic import tls as aioquic_tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -37,16 +47,21 @@ from aioquic.quic.connection import QuicConnection
 
 from wanspec.protocol.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
 from wanspec.protocol.messages import Message
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from wanspec.errors import WanspecError
 from wanspec.transport.base import (
     ConnectError,
     Connection,
     ConnectionClosed,
     ConnectionHandler,
+    PeerRefused,
     Server,
 )
 from wanspec.transport.common import Inbox, Traffic, log, run_handler
 from wanspec.transport.tcp import format_address
-from wanspec.transport.tls import require_file
+from wanspec.transport.tls import NO_CLIENT_CERT, require_file, untrusted_client_cert
 
 ALPN = "wanspec/1"
 CONTROL_STREAM = 0  # the first client-initiated bidirectional stream
@@ -54,6 +69,7 @@ IDLE_TIMEOUT_S = 60.0
 KEEPALIVE_S = IDLE_TIMEOUT_S / 3
 LINGER_S = 3.0  # close(): how long to wait for the peer to confirm it got everything
 _ERR_PROTOCOL = 0x1  # application close code: the peer broke the wanspec protocol
+ERR_CLIENT_CERT = 0x10  # application close code: the client's certificate was refused
 
 
 def _addr_text(addr: Any) -> str:
@@ -173,7 +189,11 @@ class QuicMessageConnection(Connection):
         self.close_reason = event.reason_phrase or f"error code {event.error_code}"
         normal = event.error_code == 0 and event.reason_phrase in ("", "closed")
         detail = "" if normal else f": {self.close_reason}"
-        self._inbox.finish(ConnectionClosed(f"QUIC connection to {self.peer} closed{detail}"))
+        if (self._is_client and event.error_code == ERR_CLIENT_CERT
+                and event.frame_type is None):  # an application close: the server's words
+            self._inbox.finish(PeerRefused(f"{self.peer}: {self.close_reason}"))
+        else:
+            self._inbox.finish(ConnectionClosed(f"QUIC connection to {self.peer} closed{detail}"))
         self._closed = True
         for ev in (self._terminated, self._peer_fin, self._stream_ready):
             ev.set()
@@ -260,9 +280,21 @@ class _Protocol(QuicConnectionProtocol):
             conn._on_terminated(event)
 
 
+def _load_chain(config: QuicConfiguration, cert: Path, key: Path, what: str) -> None:
+    cert = require_file(cert, f"{what} certificate")
+    key = require_file(key, f"{what} private key")
+    try:
+        config.load_cert_chain(str(cert), str(key))
+    except (ValueError, TypeError) as exc:
+        raise ConnectError(f"cannot load {what} certificate {cert} with key {key}: {exc}") from exc
+
+
 def _client_config(
-    host: str, ca: Path | None, insecure: bool, server_name: str | None
+    host: str, ca: Path | None, insecure: bool, server_name: str | None,
+    cert: Path | None = None, key: Path | None = None,
 ) -> QuicConfiguration:
+    if (cert is None) != (key is None):
+        raise WanspecError("a TLS client certificate needs both --cert and --key")
     config = QuicConfiguration(
         is_client=True,
         alpn_protocols=[ALPN],
@@ -273,7 +305,52 @@ def _client_config(
         config.verify_mode = ssl.CERT_NONE
     elif ca is not None:
         config.load_verify_locations(cafile=str(require_file(ca, "CA certificate")))
+    if cert is not None and key is not None:
+        _load_chain(config, cert, key, "TLS client")
     return config
+
+
+def _load_client_ca(client_ca: Path) -> Path:
+    """The client CA file, checked now: a bad file must stop the server, not refuse every client."""
+    path = require_file(client_ca, "client CA certificate")
+    try:
+        x509.load_pem_x509_certificates(path.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise WanspecError(f"cannot load client CA certificate {path}: {exc}") from exc
+    return path
+
+
+def _request_client_certificate(quic: QuicConnection) -> None:
+    """Make this server connection ask the client for a certificate (aioquic creates its TLS
+    context only when the first packet arrives, in ``_initialize``)."""
+    initialize = quic._initialize
+
+    def init(peer_cid: bytes) -> None:
+        initialize(peer_cid)
+        quic.tls._request_client_certificate = True
+
+    quic._initialize = init  # type: ignore[method-assign]
+
+
+def client_cert_problem(quic: QuicConnection, client_ca: Path) -> str | None:
+    """Why the client's certificate is refused (None: it is trusted).  Runs once the handshake
+    completed, so the client has proved it holds the certificate's private key."""
+    cert = getattr(quic.tls, "_peer_certificate", None)
+    if cert is None:
+        return NO_CLIENT_CERT
+    chain = getattr(quic.tls, "_peer_certificate_chain", [])
+    try:
+        aioquic_tls.verify_certificate(certificate=cert, chain=chain, cafile=str(client_ca))
+    except aioquic_tls.Alert as exc:
+        return untrusted_client_cert(str(exc) or type(exc).__name__)
+    try:  # what OpenSSL checks of a TCP client: its extended key usage, if any, allows clientAuth
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    allowed = {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+    if not allowed.intersection(usage):
+        return untrusted_client_cert("it is not a certificate for client authentication")
+    return None
 
 
 async def connect_quic(
@@ -286,13 +363,18 @@ async def connect_quic(
     timeout: float = 5.0,
     max_frame: int = DEFAULT_MAX_FRAME,
     role: str = "worker",
+    cert: Path | None = None,
+    key: Path | None = None,
 ) -> QuicMessageConnection:
-    """Connect over QUIC, verifying the server against ``ca`` (system store if None).
+    """Connect over QUIC, verifying the server against ``ca`` (system store if None), presenting
+    ``cert``/``key`` if given (mutual TLS).
 
-    Raises :class:`ConnectError` within ``timeout``: no answer, TLS refusal, ALPN mismatch.
+    Raises :class:`ConnectError` within ``timeout``: no answer, TLS refusal, ALPN mismatch.  (A
+    refused client certificate shows later, as :class:`PeerRefused` from ``recv()``: in TLS 1.3
+    the server checks it after the client's side of the handshake is complete.)
     """
     where = f"{role} at {format_address(host, port)}"
-    config = _client_config(host, ca, insecure, server_name)
+    config = _client_config(host, ca, insecure, server_name, cert, key)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
@@ -344,9 +426,11 @@ async def connect_quic(
 class QuicServer(Server):
     """Serves each QUIC connection (after its handshake) with the handler."""
 
-    def __init__(self, handler: ConnectionHandler, *, max_frame: int) -> None:
+    def __init__(self, handler: ConnectionHandler, *, max_frame: int,
+                 client_ca: Path | None = None) -> None:
         self._handler = handler
         self._max_frame = max_frame
+        self._client_ca = client_ca
         self._server: Any = None  # aioquic.asyncio.server.QuicServer
         self._address: tuple[str, int] = ("", 0)
         self._tasks: dict[asyncio.Task[None], QuicMessageConnection] = {}
@@ -356,9 +440,17 @@ class QuicServer(Server):
         return self._address
 
     def _create_protocol(self, quic: QuicConnection, stream_handler: Any = None) -> _Protocol:
+        if self._client_ca is not None:
+            _request_client_certificate(quic)
         return _Protocol(quic, max_frame=self._max_frame, on_ready=self._accept)
 
     def _accept(self, conn: QuicMessageConnection) -> None:
+        if self._client_ca is not None:
+            problem = client_cert_problem(conn._quic, self._client_ca)
+            if problem is not None:
+                log.warning("refusing a QUIC connection from %s: %s", conn.peer, problem)
+                conn.abort(problem[:200], ERR_CLIENT_CERT)
+                return
         task = asyncio.get_running_loop().create_task(self._serve(conn))
         self._tasks[task] = conn
         task.add_done_callback(lambda t: self._tasks.pop(t, None))
@@ -388,20 +480,20 @@ async def serve_quic(
     cert: Path,
     key: Path,
     max_frame: int = DEFAULT_MAX_FRAME,
+    client_ca: Path | None = None,
 ) -> QuicServer:
-    """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``)."""
+    """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``); with
+    ``client_ca``, serve only clients whose certificate that CA signed (mutual TLS)."""
     from aioquic.asyncio.server import serve as _aioquic_serve
 
-    cert = require_file(cert, "TLS certificate")
-    key = require_file(key, "TLS private key")
     config = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=IDLE_TIMEOUT_S
     )
-    try:
-        config.load_cert_chain(str(cert), str(key))
-    except (ValueError, TypeError) as exc:
-        raise ConnectError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from exc
-    server = QuicServer(handler, max_frame=max_frame)
+    _load_chain(config, cert, key, "TLS")
+    if client_ca is not None:
+        client_ca = _load_client_ca(client_ca)
+    # (no session tickets are issued, so no client skips the certificate by resuming a session)
+    server = QuicServer(handler, max_frame=max_frame, client_ca=client_ca)
     try:
         server._server = await _aioquic_serve(
             host, port, configuration=config, create_protocol=server._create_protocol

@@ -3,6 +3,10 @@
 One TCP connection carries the length-prefixed frames of :mod:`wanspec.protocol.codec` in both
 directions.  ``TCP_NODELAY`` is set on both ends: drafts and commits are tiny and latency-bound,
 and Nagle's algorithm would hold them back for an ACK, i.e. up to a whole RTT.
+
+A TLS server runs each handshake itself (``start_tls`` on the accepted stream) rather than
+leaving it to ``asyncio.start_server``, which drops failed handshakes silently: a client refused
+for its certificate (mutual TLS) is logged with the reason, and every handshake has a deadline.
 """
 
 from __future__ import annotations
@@ -20,14 +24,59 @@ from wanspec.transport.base import (
     Connection,
     ConnectionClosed,
     ConnectionHandler,
+    PeerRefused,
     Server,
 )
 from wanspec.transport.common import Inbox, Traffic, run_handler
+from wanspec.transport.tls import NO_CLIENT_CERT, untrusted_client_cert
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 16
 _CLOSE_GRACE_S = 1.0  # how long close() waits for the TLS shutdown / socket flush
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a TLS client that has not completed its handshake is dropped
+
+# TLS alerts by which a server refuses the client's certificate (in TLS 1.3 they arrive after
+# the client's side of the handshake completed, i.e. on the first read)
+_CLIENT_CERT_ALERTS = {
+    "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_REVOKED",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED", "TLSV1_ALERT_ACCESS_DENIED",
+}
+
+
+def client_cert_refusal(exc: BaseException, peer: str) -> str | None:
+    """If ``exc`` is the server's TLS alert refusing our client certificate, say so in words."""
+    reason = getattr(exc, "reason", None)
+    if not isinstance(exc, _ssl.SSLError) or not isinstance(reason, str):
+        return None
+    if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+        return f"{peer} requires a TLS client certificate (give this side --cert and --key)"
+    if reason in _CLIENT_CERT_ALERTS:
+        return (f"{peer} refused this side's TLS client certificate ({reason.lower()}): it must "
+                f"be signed by the CA that {peer} trusts (its --client-ca)")
+    return None
+
+
+def _server_tls_failure(exc: BaseException) -> str:
+    """Why a client's TLS handshake failed at the server, in words its operator can act on."""
+    if isinstance(exc, _ssl.SSLCertVerificationError):
+        return untrusted_client_cert(str(exc.verify_message))
+    if isinstance(exc, _ssl.SSLError) and exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return NO_CLIENT_CERT
+    if isinstance(exc, _ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    return f"TLS handshake failed: {exc or type(exc).__name__}"
+
+
+class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
+    """A server stream that reads nothing until ``start_tls`` takes over, so the client's first
+    TLS bytes reach TLS, not the plain stream's buffer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+        super().connection_made(transport)
 
 
 def format_address(host: str, port: int) -> str:
@@ -57,7 +106,11 @@ class TcpConnection(Connection):
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
         peer: str | None = None,
+        tls_client_cert: bool | None = None,
     ) -> None:
+        """``tls_client_cert``: on a TLS client, whether it presented a certificate (None: not
+        a TLS client); it only words the error when the server hangs up without a word."""
+        self._tls_client_cert = tls_client_cert
         if peer is None:
             name = writer.get_extra_info("peername")
             peer = format_address(str(name[0]), int(name[1])) if name else "?"
@@ -107,12 +160,25 @@ class TcpConnection(Connection):
         if not self._writer.is_closing():
             self._writer.close()
 
+    def _silent_refusal(self) -> PeerRefused | None:
+        """A TLS server that hangs up before sending a byte most likely refused our client
+        certificate (or our lack of one): asyncio servers drop the TLS alert that would say so."""
+        if self._tls_client_cert is None or self.received.bytes:
+            return None
+        if self._tls_client_cert:
+            guess = "have refused this side's TLS client certificate"
+        else:
+            guess = "require a TLS client certificate: give this side --cert and --key"
+        return PeerRefused(f"{self.peer} closed the connection before sending anything; its log "
+                           f"says why (it may {guess})")
+
     async def _read_loop(self) -> None:
         try:
             while True:
                 data = await self._reader.read(_READ_CHUNK)
                 if not data:
-                    self._inbox.finish(ConnectionClosed(f"{self.peer} closed the connection"))
+                    self._inbox.finish(self._silent_refusal() or
+                                       ConnectionClosed(f"{self.peer} closed the connection"))
                     break
                 self.received.bytes += len(data)
                 for msg in self._decoder.feed(data):
@@ -122,7 +188,10 @@ class TcpConnection(Connection):
             log.warning("closing connection with %s: %s", self.peer, exc)
             self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
         except (ConnectionError, OSError, _ssl.SSLError) as exc:
-            self._inbox.finish(ConnectionClosed(f"connection to {self.peer} lost: {exc}"))
+            refusal = client_cert_refusal(exc, self.peer)
+            self._inbox.finish(PeerRefused(refusal) if refusal is not None else
+                               self._silent_refusal() or
+                               ConnectionClosed(f"connection to {self.peer} lost: {exc}"))
         finally:
             # whatever ended the read side ends the connection: our protocol has no half-close
             self._inbox.finish(ConnectionClosed(f"connection to {self.peer} closed"))
@@ -138,11 +207,13 @@ async def connect_tcp(
     max_frame: int = DEFAULT_MAX_FRAME,
     server_name: str | None = None,
     role: str = "worker",
+    client_cert: bool = False,
 ) -> TcpConnection:
     """Connect to a wanspec peer; failures raise :class:`ConnectError` with a one-line reason.
 
     ``server_name`` overrides the name checked against the certificate (default: ``host``);
-    ``role`` only names the peer in error messages.
+    ``role`` only names the peer in error messages; ``client_cert``: whether ``ssl`` presents a
+    client certificate (it only words errors).
     """
     where = f"{role} at {format_address(host, port)}"
     kwargs: dict[str, object] = {}
@@ -161,6 +232,9 @@ async def connect_tcp(
             "certificate, and is the name you dial in that certificate?)"
         ) from exc
     except _ssl.SSLError as exc:
+        refusal = client_cert_refusal(exc, where)
+        if refusal is not None:
+            raise ConnectError(refusal) from exc
         raise ConnectError(
             f"TLS handshake with {where} failed: {exc.reason or exc} (does it serve TLS?)"
         ) from exc
@@ -177,15 +251,18 @@ async def connect_tcp(
     except OSError as exc:
         reason = exc.strerror or str(exc) or exc.__class__.__name__
         raise ConnectError(f"cannot reach {where}: {reason}") from exc
-    return TcpConnection(reader, writer, max_frame=max_frame, peer=format_address(host, port))
+    return TcpConnection(reader, writer, max_frame=max_frame, peer=format_address(host, port),
+                         tls_client_cert=client_cert if ssl is not None else None)
 
 
 class TcpServer(Server):
     """Accepts connections and runs the handler on each; closes the connection when it returns."""
 
-    def __init__(self, handler: ConnectionHandler, *, max_frame: int) -> None:
+    def __init__(self, handler: ConnectionHandler, *, max_frame: int,
+                 ssl: _ssl.SSLContext | None = None) -> None:
         self._handler = handler
         self._max_frame = max_frame
+        self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._connections: set[TcpConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -197,21 +274,39 @@ class TcpServer(Server):
         return str(name[0]), int(name[1])
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = TcpConnection(reader, writer, max_frame=self._max_frame)
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(conn)
         self._tasks.add(task)
+        conn: TcpConnection | None = None
         try:
+            if self._ssl is not None and not await self._tls_handshake(writer):
+                return
+            conn = TcpConnection(reader, writer, max_frame=self._max_frame)
+            self._connections.add(conn)
             await run_handler(self._handler, conn)
         except asyncio.CancelledError:
             # only close() cancels this task; ending it normally matters because Python 3.11's
             # start_server callback calls task.exception() on it, which raises if cancelled
             pass
         finally:
-            self._connections.discard(conn)
             self._tasks.discard(task)
-            await conn.close()
+            if conn is not None:
+                self._connections.discard(conn)
+                await conn.close()
+            elif not writer.is_closing():
+                writer.transport.abort()
+
+    async def _tls_handshake(self, writer: asyncio.StreamWriter) -> bool:
+        """Upgrade an accepted stream to TLS; False (logged with the reason) if that failed."""
+        assert self._ssl is not None
+        name = writer.get_extra_info("peername")
+        peer = format_address(str(name[0]), int(name[1])) if name else "?"
+        try:
+            await writer.start_tls(self._ssl, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        except (ConnectionError, OSError, _ssl.SSLError) as exc:
+            log.warning("refusing a TLS connection from %s: %s", peer, _server_tls_failure(exc))
+            return False
+        return True
 
     async def close(self) -> None:
         if self._server is not None:
@@ -236,9 +331,16 @@ async def serve_tcp(
     max_frame: int = DEFAULT_MAX_FRAME,
 ) -> TcpServer:
     """Listen on ``host:port`` (port 0 = ephemeral, see ``.address``) and serve each connection."""
-    server = TcpServer(handler, max_frame=max_frame)
+    server = TcpServer(handler, max_frame=max_frame, ssl=ssl)
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=_READ_CHUNK, loop=loop)
+        cls = asyncio.StreamReaderProtocol if ssl is None else _PausedStreamProtocol
+        return cls(reader, server._on_client, loop=loop)
+
     try:
-        server._server = await asyncio.start_server(server._on_client, host, port, ssl=ssl)
+        server._server = await loop.create_server(protocol, host, port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConnectError(f"cannot listen on {format_address(host, port)}: {reason}") from exc

@@ -3,6 +3,10 @@
 The worker serves a certificate (usually from ``wanspec certs DIR``); the controller verifies it
 against the CA that signed it.  ``insecure`` exists for quick tests on a trusted network only:
 it still encrypts but does not authenticate the worker.
+
+Mutual TLS: a worker given ``client_ca`` requires every controller to present a certificate
+signed by that CA (for client authentication: its extended key usage, if any, must allow
+``clientAuth``), which a controller does with ``cert``/``key``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,16 @@ from pathlib import Path
 from wanspec.errors import WanspecError
 
 
+NO_CLIENT_CERT = ("no TLS client certificate was presented (the worker's --client-ca requires "
+                  "one: give the controller --cert and --key)")
+
+
+def untrusted_client_cert(why: str) -> str:
+    """Why a client certificate is refused, in words both sites' operators can act on."""
+    return (f"the TLS client certificate is not trusted ({why}): the controller's --cert must be "
+            "signed by the CA given to the worker's --client-ca")
+
+
 def require_file(path: Path, what: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -20,33 +34,53 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """Server side: present ``cert`` (PEM chain) with its private ``key``; TLS 1.2 at least."""
-    cert = require_file(cert, "TLS certificate")
-    key = require_file(key, "TLS private key")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, what: str) -> None:
+    cert = require_file(cert, f"{what} certificate")
+    key = require_file(key, f"{what} private key")
     try:
         ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except (ssl.SSLError, ValueError) as exc:
         raise WanspecError(
-            f"cannot load TLS certificate {cert} with key {key}: {exc} "
+            f"cannot load {what} certificate {cert} with key {key}: {exc} "
             "(do they belong together and are they PEM?)"
         ) from exc
+
+
+def _load_ca(ctx: ssl.SSLContext, ca: Path, what: str) -> None:
+    ca = require_file(ca, what)
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except (ssl.SSLError, ValueError) as exc:
+        raise WanspecError(f"cannot load {what} {ca}: {exc}") from exc
+
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """Server side: present ``cert`` (PEM chain) with its private ``key``; TLS 1.2 at least.
+
+    With ``client_ca``, a client must present a certificate that CA signed, or the handshake fails.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(ctx, cert, key, "TLS")
+    if client_ca is not None:
+        _load_ca(ctx, client_ca, "client CA certificate")
+        ctx.verify_mode = ssl.CERT_REQUIRED  # (OpenSSL checks the clientAuth purpose too)
     return ctx
 
 
-def client_ssl_context(ca: Path | None, *, insecure: bool = False) -> ssl.SSLContext:
-    """Client side: trust ``ca`` (system store if None); ``insecure`` skips verification."""
+def client_ssl_context(ca: Path | None, *, insecure: bool = False, cert: Path | None = None,
+                       key: Path | None = None) -> ssl.SSLContext:
+    """Client side: trust ``ca`` (system store if None); ``insecure`` skips verification;
+    ``cert``/``key``: a client certificate to present (mutual TLS)."""
+    if (cert is None) != (key is None):
+        raise WanspecError("a TLS client certificate needs both --cert and --key")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
-        ca = require_file(ca, "CA certificate")
-        try:
-            ctx.load_verify_locations(cafile=str(ca))
-        except (ssl.SSLError, ValueError) as exc:
-            raise WanspecError(f"cannot load CA certificate {ca}: {exc}") from exc
+        _load_ca(ctx, ca, "CA certificate")
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None and key is not None:
+        _load_chain(ctx, cert, key, "TLS client")
     return ctx
