@@ -264,6 +264,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._since: float | None = None  # when the first byte of the frame held half arrived
         self._now: float | None = None  # when the latest bytes arrived
+        self.last_frame_bytes = 0  # wire size (header included) of the message yielded last
 
     def feed(self, data: bytes, now: float | None = None) -> Iterator[Message]:
         """Buffer ``data`` (arrived at ``now``) at once (not lazily on first ``next()``); iterate
@@ -293,6 +294,7 @@ class FrameDecoder:
             body = bytes(self._buf[_HEADER.size : _HEADER.size + length])
             del self._buf[: _HEADER.size + length]
             self._since = self._now if self._buf else None  # the rest came with the last bytes
+            self.last_frame_bytes = _HEADER.size + length
             yield decode_message(body)
 
     @property

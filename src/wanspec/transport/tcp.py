@@ -13,7 +13,13 @@ import logging
 import socket
 import ssl as _ssl
 
-from wanspec.protocol.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from wanspec.protocol.codec import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+)
 from wanspec.protocol.messages import Message
 from wanspec.transport.base import (
     ConnectError,
@@ -48,6 +54,12 @@ class TcpConnection(Connection):
     A background task reads and decodes; ``recv()`` drains what it decoded.  A peer that breaks
     the protocol (garbage, an oversize frame) gets the connection closed, and ``recv()`` raises
     the :class:`ProtocolError` after the valid messages that preceded it.
+
+    What a peer can make us hold is bounded: one frame being received (``max_frame`` bytes, and
+    it must be whole within ``frame_timeout`` seconds of its first byte), the decoded messages
+    not yet taken by ``recv()`` (the reader stops reading while the inbox is full: TCP's flow
+    control then holds the peer back), and what we send (a peer that does not read what we send
+    for ``frame_timeout`` seconds is dropped).  ``frame_timeout=None`` lifts the time limits.
     """
 
     def __init__(
@@ -57,6 +69,7 @@ class TcpConnection(Connection):
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
         peer: str | None = None,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
     ) -> None:
         if peer is None:
             name = writer.get_extra_info("peername")
@@ -67,8 +80,9 @@ class TcpConnection(Connection):
         self._reader = reader
         self._writer = writer
         self._max_frame = max_frame
-        self._decoder = FrameDecoder(max_frame)
-        self._inbox: Inbox[Message] = Inbox()
+        self._frame_timeout = frame_timeout
+        self._decoder = FrameDecoder(max_frame, frame_timeout)
+        self._inbox: Inbox[Message] = Inbox(max_bytes=max_frame)
         self._closed = False
         _set_nodelay(writer)
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -84,7 +98,11 @@ class TcpConnection(Connection):
         frame = encode_frame(msg, self._max_frame)
         try:
             self._writer.write(frame)
-            await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), self._frame_timeout)
+        except TimeoutError as exc:  # the peer does not read: what we send would pile up here
+            self._shutdown()
+            raise ConnectionClosed(f"{self.peer} has not read what was sent to it for "
+                                   f"{self._frame_timeout:g} s") from exc
         except (ConnectionError, OSError) as exc:
             self._shutdown()
             raise ConnectionClosed(f"connection to {self.peer} lost: {exc}") from exc
@@ -108,16 +126,27 @@ class TcpConnection(Connection):
             self._writer.close()
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = self._decoder
         try:
             while True:
-                data = await self._reader.read(_READ_CHUNK)
+                deadline = decoder.deadline  # a frame is half in: it must be whole by then
+                try:
+                    data = await asyncio.wait_for(
+                        self._reader.read(_READ_CHUNK),
+                        None if deadline is None else max(deadline - loop.time(), 0.0))
+                except TimeoutError:
+                    assert deadline is not None
+                    decoder.check_deadline(max(loop.time(), deadline))  # raises ProtocolError
+                    continue
                 if not data:
                     self._inbox.finish(ConnectionClosed(f"{self.peer} closed the connection"))
                     break
                 self.received.bytes += len(data)
-                for msg in self._decoder.feed(data):
+                for msg in decoder.feed(data, loop.time()):
                     self.received.messages += 1
-                    self._inbox.put(msg)
+                    self._inbox.put(msg, decoder.last_frame_bytes)
+                await self._inbox.wait_space()  # the application is behind: stop reading
         except ProtocolError as exc:
             log.warning("closing connection with %s: %s", self.peer, exc)
             self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
@@ -138,6 +167,7 @@ async def connect_tcp(
     max_frame: int = DEFAULT_MAX_FRAME,
     server_name: str | None = None,
     role: str = "worker",
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> TcpConnection:
     """Connect to a wanspec peer; failures raise :class:`ConnectError` with a one-line reason.
 
@@ -177,15 +207,18 @@ async def connect_tcp(
     except OSError as exc:
         reason = exc.strerror or str(exc) or exc.__class__.__name__
         raise ConnectError(f"cannot reach {where}: {reason}") from exc
-    return TcpConnection(reader, writer, max_frame=max_frame, peer=format_address(host, port))
+    return TcpConnection(reader, writer, max_frame=max_frame, peer=format_address(host, port),
+                         frame_timeout=frame_timeout)
 
 
 class TcpServer(Server):
     """Accepts connections and runs the handler on each; closes the connection when it returns."""
 
-    def __init__(self, handler: ConnectionHandler, *, max_frame: int) -> None:
+    def __init__(self, handler: ConnectionHandler, *, max_frame: int,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S) -> None:
         self._handler = handler
         self._max_frame = max_frame
+        self._frame_timeout = frame_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[TcpConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -197,7 +230,8 @@ class TcpServer(Server):
         return str(name[0]), int(name[1])
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = TcpConnection(reader, writer, max_frame=self._max_frame)
+        conn = TcpConnection(reader, writer, max_frame=self._max_frame,
+                             frame_timeout=self._frame_timeout)
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(conn)
@@ -234,9 +268,10 @@ async def serve_tcp(
     *,
     ssl: _ssl.SSLContext | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> TcpServer:
     """Listen on ``host:port`` (port 0 = ephemeral, see ``.address``) and serve each connection."""
-    server = TcpServer(handler, max_frame=max_frame)
+    server = TcpServer(handler, max_frame=max_frame, frame_timeout=frame_timeout)
     try:
         server._server = await asyncio.start_server(server._on_client, host, port, ssl=ssl)
     except OSError as exc:
