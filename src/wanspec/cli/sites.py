@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,9 +17,11 @@ from wanspec.cli.loading import load_models, timing_from_flags
 from wanspec.cli.render import print_generation
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.core.worker import WorkerLimits
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import draft_path
+from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.worker import WorkerService
 from wanspec.sampling import SamplingParams
@@ -33,17 +36,35 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def check_limits(limits: WorkerLimits, frame_timeout: float) -> None:
+    """One-line errors for limits that make no sense, before any model loads."""
+    for flag, value in (("--max-connections", limits.max_connections),
+                        ("--max-sessions", limits.max_sessions),
+                        ("--max-connection-sessions", limits.max_connection_sessions),
+                        ("--max-prompt", limits.max_prompt),
+                        ("--max-lookahead", limits.max_lookahead)):
+        check(value >= 1, f"{flag} must be >= 1, got {value}")
+    for flag, seconds in (("--hello-timeout", limits.hello_timeout_s),
+                          ("--frame-timeout", frame_timeout)):
+        check(math.isfinite(seconds) and seconds > 0, f"{flag} must be > 0 seconds, got {seconds}")
+    check(math.isfinite(limits.idle_timeout_s) and limits.idle_timeout_s >= 0,
+          f"--idle-timeout must be >= 0 seconds (0 = never), got {limits.idle_timeout_s}")
+
+
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
-               key: Path | None, draft_ms: float | None, max_sessions: int, dtype: str,
-               device: str, console: Console, max_batch: int = 64) -> None:
-    check(max_sessions >= 1, f"--max-sessions must be >= 1, got {max_sessions}")
+               key: Path | None, draft_ms: float | None, dtype: str, device: str,
+               console: Console, max_batch: int = 64, limits: WorkerLimits | None = None,
+               frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S) -> None:
+    limits = limits or WorkerLimits()
+    check_limits(limits, frame_timeout)
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
-                            max_sessions=max_sessions, max_batch=max_batch)
+                            limits=limits, max_batch=max_batch)
 
     async def main() -> None:
-        server = await factory.serve(transport, listen, service.handle, cert=cert, key=key)
+        server = await factory.serve(transport, listen, service.handle, cert=cert, key=key,
+                                     frame_timeout=frame_timeout)
         host, port = server.address
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "

@@ -83,9 +83,11 @@ _CONTROLLER_ONLY = (SessionStart, Commit, Cancel)
 
 class LinkCore:
     def __init__(self, hello: Hello, *, rtt_prior_s: float = 0.05, hello_timeout_s: float = 10.0,
-                 ping_interval_s: float = 1.0, backoff_s: tuple[float, float] = (0.5, 30.0)
-                 ) -> None:
+                 ping_interval_s: float = 1.0, backoff_s: tuple[float, float] = (0.5, 30.0),
+                 silence_timeout_s: float = 10.0) -> None:
         self.hello = hello
+        # a worker that sends nothing (not even the Pongs of our pings) this long is lost
+        self.silence_timeout_s = silence_timeout_s
         self.rtt = Ewma(rtt_prior_s)  # the link's RTT: every request's estimate reads this one
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
@@ -101,6 +103,7 @@ class LinkCore:
         self._hello_sent = 0.0
         self._next_ping: float | None = None
         self._ping_seq = 0
+        self._last_heard = 0.0
 
     @property
     def up(self) -> bool:
@@ -119,6 +122,7 @@ class LinkCore:
         return [Send(self.hello)]
 
     def on_message(self, msg: Message, now: float) -> list[LinkAction]:
+        self._last_heard = now
         if self.state is LinkState.HANDSHAKE:
             return self._on_handshake(msg, now)
         if self.state is not LinkState.UP:
@@ -146,13 +150,16 @@ class LinkCore:
     def next_timer(self) -> float | None:
         if self.state is LinkState.HANDSHAKE:
             return self._hello_sent + self.hello_timeout_s
-        if self.state is LinkState.UP:
-            return self._next_ping
+        if self.state is LinkState.UP and self._next_ping is not None:
+            return min(self._next_ping, self._last_heard + self.silence_timeout_s)
         return None
 
     def on_timer(self, now: float) -> list[LinkAction]:
         if self.state is LinkState.HANDSHAKE and now >= self._hello_sent + self.hello_timeout_s:
             return self._lose("worker did not complete the handshake in time", now)
+        if self.state is LinkState.UP and now >= self._last_heard + self.silence_timeout_s:
+            return self._lose(f"worker sent nothing for {self.silence_timeout_s:g} s "
+                              "(not even answers to pings)", now)
         if self.state is LinkState.UP and self._next_ping is not None and now >= self._next_ping:
             self._ping_seq += 1
             self._next_ping = now + self.ping_interval_s

@@ -67,6 +67,8 @@ class WorkerLink:
                              ping_interval_s=ping_interval, backoff_s=backoff)
         self.conn: Connection | None = None
         self.session_stats: dict[int, SessionStats] = {}  # the worker's accounts, by request
+        # requests whose account may still come (a worker's account of any other rid is dropped)
+        self._awaiting_stats: dict[int, None] = {}
         self._routes: dict[int, asyncio.Queue[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._logged: set[str] = set()
@@ -128,6 +130,9 @@ class WorkerLink:
     def route(self, rid: int) -> asyncio.Queue[Any]:
         q: asyncio.Queue[Any] = asyncio.Queue()
         self._routes[rid] = q
+        if len(self._awaiting_stats) >= MAX_KEPT_STATS:  # (accounts that never came)
+            self._awaiting_stats.pop(next(iter(self._awaiting_stats)))
+        self._awaiting_stats[rid] = None
         return q
 
     def unroute(self, rid: int) -> None:
@@ -197,6 +202,11 @@ class WorkerLink:
             self._timers_changed.set()
 
     def _keep_stats(self, stats: SessionStats) -> None:
+        """Keep the worker's account of a request we started (once): what a worker sends about
+        other ids grows nothing."""
+        if stats.rid not in self._awaiting_stats:
+            return
+        del self._awaiting_stats[stats.rid]
         if len(self.session_stats) >= MAX_KEPT_STATS:
             self.session_stats.pop(next(iter(self.session_stats)))
         self.session_stats[stats.rid] = stats
