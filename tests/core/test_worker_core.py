@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
-from wanspec.core.worker import HELLO_TIMEOUT_S, Close, DraftFor, Release, WorkerCore
+from wanspec.core.worker import (
+    HELLO_TIMEOUT_S,
+    Close,
+    DraftFor,
+    Release,
+    WorkerCore,
+    WorkerLimits,
+)
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import (
     Cancel,
@@ -105,7 +112,7 @@ def test_drafts_ahead_up_to_lookahead_and_stops():
 
 
 def test_lookahead_is_capped_by_the_worker_and_at_least_one():
-    core = new_core(max_lookahead=2)
+    core = new_core(limits=WorkerLimits(max_lookahead=2))
     start(core, lookahead=50)
     drive_to_lookahead(core, [10, 11])
     assert core.sessions[1].inflight is None and core.sessions[1].chain == [10, 11]
@@ -238,7 +245,7 @@ def test_max_context_is_respected():
     drive_to_lookahead(core, [10])
     assert core.sessions[1].inflight is None
     (refused,) = start(core, rid=2, prompt=(1, 2, 3, 4, 5))
-    assert refused == Send(Error("prompt of 5 tokens exceeds 4", rid=2, code="session"))
+    assert refused == Send(Error("prompt of 5 tokens exceeds the limit of 4", rid=2, code="session"))
 
 
 def test_cancel_releases_and_reports_session_stats():
@@ -272,7 +279,7 @@ def test_sessions_are_independent():
 
 
 def test_bad_requests_are_refused_with_an_error_for_that_session():
-    core = new_core(max_sessions=1)
+    core = new_core(limits=WorkerLimits(max_connection_sessions=1))
     start(core, rid=1)
     assert start(core, rid=1) == [Send(Error("session 1 already exists", rid=1, code="session"))]
     (limit,) = start(core, rid=2)
@@ -309,7 +316,8 @@ def test_hello_is_answered_with_ours():
     core = WorkerCore(WORKER_HELLO)
     assert core.next_timer() == HELLO_TIMEOUT_S
     assert core.on_message(CONTROLLER_HELLO, 0.1) == [Send(WORKER_HELLO)]
-    assert core.peer == CONTROLLER_HELLO and core.next_timer() is None
+    assert core.peer == CONTROLLER_HELLO
+    assert core.next_timer() == 0.1 + WorkerLimits().idle_timeout_s  # now: the idle timeout
 
 
 def test_anything_before_hello_closes_the_connection():

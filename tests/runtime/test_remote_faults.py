@@ -103,11 +103,12 @@ def test_worker_killed_by_a_timer(kill_after_s, target, random_draft, ref_greedy
 
 def test_worker_refusing_the_session_falls_back(target, same_draft, ref_greedy):
     """A worker that refuses SessionStart (here: at its session limit) is dropped for the request."""
+    from wanspec.core.worker import WorkerLimits
 
     async def main():
         async with InprocDeployment(target, same_draft, link=LinkParams(rtt_ms=40),
                                     timing=TIMING, config=config("entropy")) as dep:
-            dep.service.max_sessions = 0  # every new connection's core refuses sessions
+            dep.service.limits = WorkerLimits(max_sessions=0)  # every session is refused
             return await dep.generate(PROMPT, max_tokens=MAX_TOKENS, ignore_eos=True)
 
     r = virtual(main)

@@ -10,6 +10,7 @@ from typing import Sequence
 import pytest
 from remote_support import MAX_TOKENS, PROMPT, SAMPLED, TIMING, config, virtual
 
+from wanspec.core.worker import WorkerLimits
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.worker import WorkerService
 from wanspec.timing.device import Device
@@ -122,7 +123,7 @@ def test_a_request_moves_when_its_worker_dies(sampled, target, near_draft, ref_g
 
 def test_a_refused_request_moves_to_another_worker(target, same_draft, ref_greedy):
     async def body(engine, sites):
-        sites[0].service.max_sessions = 0  # the nearer worker refuses every session
+        sites[0].service.limits = WorkerLimits(max_sessions=0)  # the nearer one refuses all
         r = await engine.agenerate(PROMPT, max_tokens=MAX_TOKENS, ignore_eos=True)
         return r, sites[1].device.stats.passes
 

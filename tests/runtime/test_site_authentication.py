@@ -103,26 +103,30 @@ def run_case(target, drafter, transport: str, certs: CertPaths, caplog, *,
             r = await engine.agenerate(PROMPT, max_tokens=MAX_TOKENS, ignore_eos=True)
             if expect_worker_log is not None:
                 await eventually(lambda: expect_worker_log in caplog.text)
-            return r, link.last_error, service.device.stats.passes
+            error = link.last_error
         finally:
             await link.close()
-            await server.close()
+        # sessions the worker served (its connections' totals, once the connection has closed):
+        # whether any drafts came back before the request ended is up to a busy machine's timing
+        await eventually(lambda: service.totals.sessions > 0 or not service.active)
+        await server.close()
+        return r, error, service.totals.sessions
 
-    r, error, passes = real(main)
+    r, error, sessions = real(main)
     worker_lines = [rec.getMessage() for rec in caplog.records
                     if rec.name.startswith(("wanspec.worker", "wanspec.transport"))]
-    return r, error, passes, worker_lines
+    return r, error, sessions, worker_lines
 
 
-def assert_served(r, error, passes, ref):
+def assert_served(r, error, sessions, ref):
     assert r.token_ids == ref.token_ids
     assert r.metrics["worker_used"] is True and error is None
-    assert r.metrics["remote_drafts_received"] > 0 and passes > 0
+    assert sessions == 1  # the worker started the request's session
 
 
-def assert_refused(r, error, passes, ref):
+def assert_refused(r, error, sessions, ref):
     assert r.token_ids == ref.token_ids  # the controller went on by itself
-    assert r.metrics["worker_used"] is False and passes == 0
+    assert r.metrics["worker_used"] is False and sessions == 0
     assert error is not None and "\n" not in error and "Traceback" not in error
 
 
@@ -131,19 +135,19 @@ def assert_refused(r, error, passes, ref):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_the_right_key_is_served(transport, target, drafter, certs, caplog, ref_measured):
-    r, error, passes, _ = run_case(target, drafter, transport, certs, caplog,
+    r, error, sessions, _ = run_case(target, drafter, transport, certs, caplog,
                                    worker_key=KEY, controller_key=KEY)
-    assert_served(r, error, passes, ref_measured)
+    assert_served(r, error, sessions, ref_measured)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_wrong_key_is_refused_with_a_reason_at_both_sites(transport, target, drafter, certs,
                                                            caplog, ref_measured):
     words = "authentication failed: the worker's key does not match the controller's"
-    r, error, passes, worker_lines = run_case(
+    r, error, sessions, worker_lines = run_case(
         target, drafter, transport, certs, caplog, worker_key=KEY, controller_key=WRONG_KEY,
         expect_worker_log=f"controller refused the connection: {words}")
-    assert_refused(r, error, passes, ref_measured)
+    assert_refused(r, error, sessions, ref_measured)
     assert error.startswith(words)
     assert any(f"controller refused the connection: {words}" in line for line in worker_lines)
 
@@ -152,10 +156,10 @@ def test_a_wrong_key_is_refused_with_a_reason_at_both_sites(transport, target, d
 def test_a_controller_without_the_key_is_refused(transport, target, drafter, certs, caplog,
                                                  ref_measured):
     words = "the worker requires a pre-shared key and the controller has none"
-    r, error, passes, worker_lines = run_case(
+    r, error, sessions, worker_lines = run_case(
         target, drafter, transport, certs, caplog, worker_key=KEY, controller_key=None,
         expect_worker_log=words)
-    assert_refused(r, error, passes, ref_measured)
+    assert_refused(r, error, sessions, ref_measured)
     assert error.startswith(f"worker refused the connection: authentication failed: {words}")
     assert "--auth-key-file" in error
     assert any(f"refusing the controller: authentication failed: {words}" in line
@@ -197,20 +201,20 @@ def test_a_client_skipping_the_proof_gets_no_session(transport, drafter, certs):
 @pytest.mark.parametrize("transport", TLS_TRANSPORTS)
 def test_a_client_certificate_from_the_workers_ca_is_served(transport, target, drafter, certs,
                                                             caplog, ref_measured):
-    r, error, passes, _ = run_case(target, drafter, transport, certs, caplog,
+    r, error, sessions, _ = run_case(target, drafter, transport, certs, caplog,
                                    client_ca=certs.ca_cert,
                                    client=(certs.client_cert, certs.client_key))
-    assert_served(r, error, passes, ref_measured)
+    assert_served(r, error, sessions, ref_measured)
 
 
 @pytest.mark.parametrize("transport", TLS_TRANSPORTS)
 def test_a_client_certificate_from_another_ca_is_refused(transport, target, drafter, certs,
                                                          other_certs, caplog, ref_measured):
     words = "the TLS client certificate is not trusted"
-    r, error, passes, worker_lines = run_case(
+    r, error, sessions, worker_lines = run_case(
         target, drafter, transport, certs, caplog, client_ca=certs.ca_cert,
         client=(other_certs.client_cert, other_certs.client_key), expect_worker_log=words)
-    assert_refused(r, error, passes, ref_measured)
+    assert_refused(r, error, sessions, ref_measured)
     assert error.startswith("worker refused the connection:") and "client certificate" in error
     assert any("refusing a" in line and words in line and "--client-ca" in line
                for line in worker_lines)
@@ -220,10 +224,10 @@ def test_a_client_certificate_from_another_ca_is_refused(transport, target, draf
 def test_a_controller_without_a_client_certificate_is_refused(transport, target, drafter, certs,
                                                               caplog, ref_measured):
     words = "no TLS client certificate was presented"
-    r, error, passes, worker_lines = run_case(
+    r, error, sessions, worker_lines = run_case(
         target, drafter, transport, certs, caplog, client_ca=certs.ca_cert,
         expect_worker_log=words)
-    assert_refused(r, error, passes, ref_measured)
+    assert_refused(r, error, sessions, ref_measured)
     assert "client certificate" in error and "--cert and --key" in error
     assert any(words in line for line in worker_lines)
 
@@ -231,18 +235,18 @@ def test_a_controller_without_a_client_certificate_is_refused(transport, target,
 @pytest.mark.parametrize("transport", TLS_TRANSPORTS)
 def test_the_workers_own_server_certificate_is_no_client_certificate(transport, target, drafter,
                                                                      certs, caplog, ref_measured):
-    r, error, passes, _ = run_case(target, drafter, transport, certs, caplog,
+    r, error, sessions, _ = run_case(target, drafter, transport, certs, caplog,
                                    client_ca=certs.ca_cert, client=(certs.cert, certs.key),
                                    expect_worker_log="not trusted")
-    assert_refused(r, error, passes, ref_measured)
+    assert_refused(r, error, sessions, ref_measured)
 
 
 def test_mutual_tls_and_a_key_together_are_served_over_quic(target, drafter, certs, caplog,
                                                            ref_measured):
-    r, error, passes, _ = run_case(target, drafter, "quic", certs, caplog, worker_key=KEY,
+    r, error, sessions, _ = run_case(target, drafter, "quic", certs, caplog, worker_key=KEY,
                                    controller_key=KEY, client_ca=certs.ca_cert,
                                    client=(certs.client_cert, certs.client_key))
-    assert_served(r, error, passes, ref_measured)
+    assert_served(r, error, sessions, ref_measured)
 
 
 # ---- in-process deployments ---------------------------------------------------------------------

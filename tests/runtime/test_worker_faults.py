@@ -118,13 +118,11 @@ def test_worker_releases_sessions_when_the_controller_goes_away(target, same_dra
     assert service.totals.sessions == 2 and not service.active  # the connection's core is gone
 
 
-def test_worker_handles_a_silent_peer_without_raising(same_draft, monkeypatch):
-    import wanspec.core.worker as worker_core
-
-    monkeypatch.setattr(worker_core, "HELLO_TIMEOUT_S", 0.2)
+def test_worker_handles_a_silent_peer_without_raising(same_draft):
+    from wanspec.core.worker import WorkerLimits
 
     async def main():
-        service = WorkerService(same_draft.sibling("w"))
+        service = WorkerService(same_draft.sibling("w"), limits=WorkerLimits(hello_timeout_s=0.2))
         conn, task = _served(service)
         try:
             await asyncio.wait_for(task, 5)  # raises if handle() raised

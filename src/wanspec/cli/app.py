@@ -14,6 +14,8 @@ from wanspec import __version__
 from wanspec.cli.common import configure_threads, quiet_libraries, user_errors
 from wanspec.cli.render import print_generation
 from wanspec.core.policy import PolicyConfig
+from wanspec.core.worker import WorkerLimits
+from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
 from wanspec.timing.device import DEFAULT_TARGET_COST
 
 app = typer.Typer(
@@ -25,6 +27,7 @@ app = typer.Typer(
 )
 console = Console(highlight=False)
 _POLICY = PolicyConfig()  # its defaults are the options' defaults
+_LIMITS = WorkerLimits()  # the worker's limits: their defaults are the options' defaults
 
 
 class GenerateMode(str, Enum):
@@ -243,8 +246,15 @@ def worker(
     auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key (a file of at least 16 bytes, e.g. from `openssl rand -hex 32`): controllers must prove they hold the same key, and this worker proves it to them. Default: the key in $WANSPEC_AUTH_KEY, if set."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without authentication (neither --auth-key-file nor --client-ca): anyone who reaches the port gets drafts and sees prompts. Trusted test networks only."),
     draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per draft pass (floor on real time)."),
-    max_sessions: int = typer.Option(64, "--max-sessions", help="Concurrent sessions per connection."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most sessions one draft pass carries (of all controllers together); beyond it, sessions share passes oldest first and their lookaheads shrink."),
+    max_connections: int = typer.Option(_LIMITS.max_connections, "--max-connections", help="Most open connections (handshakes included); beyond it a controller is refused as overloaded and decodes locally."),
+    max_sessions: int = typer.Option(_LIMITS.max_sessions, "--max-sessions", help="Most live sessions, all connections together; beyond it a request is refused as overloaded."),
+    max_connection_sessions: int = typer.Option(_LIMITS.max_connection_sessions, "--max-connection-sessions", help="Most live sessions of one connection."),
+    max_prompt: int = typer.Option(_LIMITS.max_prompt, "--max-prompt", help="Longest prompt of a session, in tokens."),
+    max_lookahead: int = typer.Option(_LIMITS.max_lookahead, "--max-lookahead", help="Most tokens a session drafts past its committed prefix (a controller asks for less)."),
+    hello_timeout: float = typer.Option(_LIMITS.hello_timeout_s, "--hello-timeout", help="Seconds a new connection has to send Hello."),
+    idle_timeout: float = typer.Option(_LIMITS.idle_timeout_s, "--idle-timeout", help="Seconds without any message (controllers ping every second) before a connection is closed; 0 = never."),
+    frame_timeout: float = typer.Option(DEFAULT_FRAME_TIMEOUT_S, "--frame-timeout", help="Seconds a frame may take to arrive whole from its first byte, or to be taken by the peer; a peer slower than that is dropped."),
     dtype: str = typer.Option("auto", "--dtype"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
@@ -257,10 +267,15 @@ def worker(
 
         setup_logging(verbose)
         configure_threads(threads)
+        limits = WorkerLimits(
+            max_connections=max_connections, max_sessions=max_sessions,
+            max_connection_sessions=max_connection_sessions, max_prompt=max_prompt,
+            max_lookahead=max_lookahead, hello_timeout_s=hello_timeout,
+            idle_timeout_s=idle_timeout)
         run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
                    client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
-                   draft_ms=draft_ms, max_sessions=max_sessions, max_batch=max_batch,
-                   dtype=dtype, device=device, console=console)
+                   draft_ms=draft_ms, limits=limits, frame_timeout=frame_timeout,
+                   max_batch=max_batch, dtype=dtype, device=device, console=console)
 
 
 @app.command()

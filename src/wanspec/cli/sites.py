@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import signal
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,10 +18,12 @@ from wanspec.cli.loading import load_models, timing_from_flags
 from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.core.worker import WorkerLimits
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import draft_path
 from wanspec.protocol.auth import load_key
+from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.worker import WorkerService
 from wanspec.sampling import SamplingParams
@@ -73,12 +76,29 @@ def worker_authentication(listen: str, *, auth_key: bytes | None, client_ca: Pat
     return "NONE (--insecure)"
 
 
+def check_limits(limits: WorkerLimits, frame_timeout: float) -> None:
+    """One-line errors for limits that make no sense, before any model loads."""
+    for flag, value in (("--max-connections", limits.max_connections),
+                        ("--max-sessions", limits.max_sessions),
+                        ("--max-connection-sessions", limits.max_connection_sessions),
+                        ("--max-prompt", limits.max_prompt),
+                        ("--max-lookahead", limits.max_lookahead)):
+        check(value >= 1, f"{flag} must be >= 1, got {value}")
+    for flag, seconds in (("--hello-timeout", limits.hello_timeout_s),
+                          ("--frame-timeout", frame_timeout)):
+        check(math.isfinite(seconds) and seconds > 0, f"{flag} must be > 0 seconds, got {seconds}")
+    check(math.isfinite(limits.idle_timeout_s) and limits.idle_timeout_s >= 0,
+          f"--idle-timeout must be >= 0 seconds (0 = never), got {limits.idle_timeout_s}")
+
+
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
-               key: Path | None, draft_ms: float | None, max_sessions: int, dtype: str,
-               device: str, console: Console, max_batch: int = 64,
+               key: Path | None, draft_ms: float | None, dtype: str, device: str,
+               console: Console, max_batch: int = 64, limits: WorkerLimits | None = None,
+               frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S,
                client_ca: Path | None = None, auth_key_file: Path | None = None,
                insecure: bool = False) -> None:
-    check(max_sessions >= 1, f"--max-sessions must be >= 1, got {max_sessions}")
+    limits = limits or WorkerLimits()
+    check_limits(limits, frame_timeout)
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
     # every check of the security options comes before the (slow) model load
     auth_key = load_key(auth_key_file)
@@ -90,11 +110,11 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
                                            insecure=insecure)
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
-                            max_sessions=max_sessions, max_batch=max_batch, auth_key=auth_key)
+                            limits=limits, max_batch=max_batch, auth_key=auth_key)
 
     async def main() -> None:
         server = await factory.serve(transport, listen, service.handle, cert=cert, key=key,
-                                     client_ca=client_ca)
+                                     client_ca=client_ca, frame_timeout=frame_timeout)
         host, port = server.address
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "

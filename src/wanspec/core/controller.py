@@ -212,8 +212,9 @@ class ControllerCore:
                 self.stats.worker_account = msg
             return []
         if isinstance(msg, Error):
-            if msg.rid == self.rid:
-                return self.on_worker_lost(f"worker refused the request: {msg.message}", now)
+            if msg.rid == self.rid:  # (overloaded or not, the request goes on locally at once)
+                why = " (overloaded)" if msg.code == "overloaded" else ""
+                return self.on_worker_lost(f"worker refused the request{why}: {msg.message}", now)
             return []
         if not isinstance(msg, Drafts) or msg.rid != self.rid or not self.worker_ok or self.finished:
             return []

@@ -93,7 +93,7 @@ KEY_MISMATCH = ("authentication failed: the worker's key does not match the cont
 class LinkCore:
     def __init__(self, hello: Hello, *, rtt_prior_s: float = 0.05, hello_timeout_s: float = 10.0,
                  ping_interval_s: float = 1.0, backoff_s: tuple[float, float] = (0.5, 30.0),
-                 auth_key: bytes | None = None,
+                 silence_timeout_s: float = 10.0, auth_key: bytes | None = None,
                  random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
         """``auth_key``: the pre-shared key both sides must prove (None: the worker must not ask
         for one); ``random_bytes``: the source of each connection's nonce (injectable for tests).
@@ -102,6 +102,8 @@ class LinkCore:
         self.auth_key = auth_key
         self._random_bytes = random_bytes
         self._sent_hello = self.hello  # this connection's (with its nonce)
+        # a worker that sends nothing (not even the Pongs of our pings) this long is lost
+        self.silence_timeout_s = silence_timeout_s
         self.rtt = Ewma(rtt_prior_s)  # the link's RTT: every request's estimate reads this one
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
@@ -117,6 +119,7 @@ class LinkCore:
         self._hello_sent = 0.0
         self._next_ping: float | None = None
         self._ping_seq = 0
+        self._last_heard = 0.0
 
     @property
     def up(self) -> bool:
@@ -142,6 +145,7 @@ class LinkCore:
         return [Send(hello)]
 
     def on_message(self, msg: Message, now: float) -> list[LinkAction]:
+        self._last_heard = now
         if self.state is LinkState.HANDSHAKE:
             return self._on_handshake(msg, now)
         if self.state is LinkState.AUTH:
@@ -171,14 +175,17 @@ class LinkCore:
     def next_timer(self) -> float | None:
         if self.state in (LinkState.HANDSHAKE, LinkState.AUTH):
             return self._hello_sent + self.hello_timeout_s
-        if self.state is LinkState.UP:
-            return self._next_ping
+        if self.state is LinkState.UP and self._next_ping is not None:
+            return min(self._next_ping, self._last_heard + self.silence_timeout_s)
         return None
 
     def on_timer(self, now: float) -> list[LinkAction]:
         if (self.state in (LinkState.HANDSHAKE, LinkState.AUTH)
                 and now >= self._hello_sent + self.hello_timeout_s):
             return self._lose("worker did not complete the handshake in time", now)
+        if self.state is LinkState.UP and now >= self._last_heard + self.silence_timeout_s:
+            return self._lose(f"worker sent nothing for {self.silence_timeout_s:g} s "
+                              "(not even answers to pings)", now)
         if self.state is LinkState.UP and self._next_ping is not None and now >= self._next_ping:
             self._ping_seq += 1
             self._next_ping = now + self.ping_interval_s

@@ -19,6 +19,12 @@ session's lookahead, and the load is reported to the controller in every :class:
 
 Everything the controller sends is checked here; a bad session request is answered with an
 :class:`Error` for that session, a protocol violation closes the connection.  Nothing raises.
+
+What one worker serves is bounded by :class:`WorkerLimits` (flags of ``wanspec worker``,
+docs/security.md): connections (:func:`admit_connection`), sessions of all connections and of
+one connection, prompt length, lookahead; a connection silent for the idle timeout is closed.  A
+request over a capacity limit is refused with ``Error(code="overloaded")``, on which the
+controller decodes locally at once.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import dataclasses
 import math
 import secrets
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
@@ -53,6 +60,40 @@ from wanspec.sampling import SamplingParams
 HELLO_TIMEOUT_S = 10.0
 KEY_MISMATCH = ("authentication failed: the controller's key does not match the worker's "
                 "(--auth-key-file must hold the same key at both sites)")
+OVERLOADED = "overloaded"  # Error.code of a refusal for capacity: the controller decodes locally
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLimits:
+    """What one worker serves at most, so that no controller (or anyone who can reach the port)
+    can make it hold unbounded state.  Each is a flag of ``wanspec worker``."""
+
+    max_connections: int = 64  # open connections, handshakes included
+    max_sessions: int = 256  # live sessions, all connections together
+    max_connection_sessions: int = 64  # live sessions of one connection
+    max_prompt: int = 32768  # tokens of a SessionStart's prompt
+    max_lookahead: int = 64  # a session drafts at most this far past its committed prefix
+    hello_timeout_s: float = HELLO_TIMEOUT_S  # a connection must send Hello within this
+    idle_timeout_s: float = 60.0  # after Hello, a connection silent this long is closed (0: never)
+
+
+class Admit(str, Enum):
+    """What to do with a new connection (:func:`admit_connection`)."""
+
+    SERVE = "serve"
+    REFUSE = "refuse"  # answer its first message with Error(code="overloaded"), then close
+    DROP = "drop"  # close it without a word: even the refusals are at their limit
+
+
+def admit_connection(serving: int, refusing: int, limits: WorkerLimits) -> Admit:
+    """A connection arrives while ``serving`` connections are served and ``refusing`` are being
+    refused.  Beyond ``max_connections`` it is refused with a reason the controller understands;
+    refusals are connections too, so beyond as many again it is closed at once."""
+    if serving < limits.max_connections:
+        return Admit.SERVE
+    if refusing < limits.max_connections:
+        return Admit.REFUSE
+    return Admit.DROP
 
 
 @dataclass(slots=True)
@@ -158,11 +199,15 @@ class _Session:
 
 
 class WorkerCore:
-    """One connection's sessions; at most one draft pass in flight per session."""
+    """One connection's sessions; at most one draft pass in flight per session.
 
-    def __init__(self, hello: Hello, *, now: float = 0.0, max_sessions: int = 64,
-                 max_lookahead: int = 64, max_context: int = 1 << 16,
-                 load: WorkerLoad | None = None, auth_key: bytes | None = None,
+    ``overloaded``: the worker is at its connection limit; this connection's first message is
+    answered with ``Error(code="overloaded")`` and the connection closed.
+    """
+
+    def __init__(self, hello: Hello, *, now: float = 0.0, limits: WorkerLimits | None = None,
+                 max_context: int = 1 << 16, load: WorkerLoad | None = None,
+                 overloaded: bool = False, auth_key: bytes | None = None,
                  random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
         """``auth_key``: the pre-shared key the controller must prove (None: no such check);
         ``random_bytes``: the source of this connection's nonce (injectable for tests)."""
@@ -174,15 +219,16 @@ class WorkerCore:
         self.hello = dataclasses.replace(hello, nonce=nonce)
         # shared with the other connections' cores; by default never over capacity
         self.load = load if load is not None else WorkerLoad()
-        self.max_sessions = max_sessions
-        self.max_lookahead = max_lookahead
+        self.limits = limits or WorkerLimits()
         self.max_context = max_context
+        self.overloaded = overloaded
         self.sessions: dict[int, _Session] = {}
         self.stats = WorkerStats()
         self.peer: Hello | None = None  # the controller's Hello, once accepted
         self.authenticated = False  # the controller proved the key (or none is required)
         self.closed = False
-        self._hello_deadline: float | None = now + HELLO_TIMEOUT_S
+        self._hello_deadline: float | None = now + self.limits.hello_timeout_s
+        self._last_heard = now  # when the controller last sent anything (the idle timeout)
         self._op = 0
 
     # ---- events ---------------------------------------------------------------------------------
@@ -190,6 +236,11 @@ class WorkerCore:
         """A message from the controller."""
         if self.closed:
             return []
+        self._last_heard = now
+        if self.overloaded:
+            n = self.limits.max_connections
+            return self._refuse(f"the worker is serving its limit of {n} connections; "
+                                "try again later", OVERLOADED)
         if self.peer is None:
             return self._on_hello(msg)
         if not self.authenticated:
@@ -247,14 +298,28 @@ class WorkerCore:
         return [a for rid, s in self.sessions.items() for a in self._next_draft(rid, s)]
 
     def next_timer(self) -> float | None:
-        return None if self.closed else self._hello_deadline
+        if self.closed:
+            return None
+        if not self.authenticated:  # (no Hello yet, or no proof of the key yet)
+            return self._hello_deadline
+        idle = self.limits.idle_timeout_s
+        return self._last_heard + idle if idle > 0 else None
 
     def on_timer(self, now: float) -> list[WorkerAction]:
-        if self._hello_deadline is not None and now >= self._hello_deadline and not self.closed:
-            self.closed = True
-            missing = "Hello" if self.peer is None else "proof of the pre-shared key (Auth)"
-            return [Log(f"no {missing} within {HELLO_TIMEOUT_S:g} s"),
-                    Close(f"no {missing} in time")]
+        if self.closed:
+            return []
+        if not self.authenticated:
+            if self._hello_deadline is not None and now >= self._hello_deadline:
+                self.closed = True
+                missing = "Hello" if self.peer is None else "proof of the pre-shared key (Auth)"
+                return [Log(f"no {missing} within {self.limits.hello_timeout_s:g} s"),
+                        Close(f"no {missing} in time")]
+            return []
+        deadline = self.next_timer()
+        if deadline is not None and now >= deadline:  # an honest controller pings every second
+            idle = self.limits.idle_timeout_s
+            return self._refuse(f"nothing received for {idle:g} s: closing the idle connection",
+                                "idle")
         return []
 
     def on_connection_lost(self) -> list[WorkerAction]:
@@ -324,29 +389,36 @@ class WorkerCore:
 
     # ---- sessions -------------------------------------------------------------------------------
     def _on_start(self, msg: SessionStart) -> list[WorkerAction]:
-        problem = self._check_start(msg)
-        if problem is not None:
-            return [Send(Error(problem, rid=msg.rid, code="session"))]
+        refusal = self._check_start(msg)
+        if refusal is not None:
+            problem, code = refusal
+            return [Send(Error(problem, rid=msg.rid, code=code))]
         try:
             sampling = SamplingParams(msg.temperature, msg.top_k, msg.top_p, msg.seed)
         except (WanspecError, TypeError) as exc:
             return [Send(Error(f"bad sampling parameters: {exc}", rid=msg.rid, code="session"))]
         end = min(msg.max_position or self.max_context, self.max_context)
         s = _Session(msg, sampling, list(msg.prompt),
-                     lookahead=max(1, min(msg.lookahead, self.max_lookahead)), end=end)
+                     lookahead=max(1, min(msg.lookahead, self.limits.max_lookahead)), end=end)
         self.sessions[msg.rid] = s
         self.stats.sessions += 1
         return self._next_draft(msg.rid, s)
 
-    def _check_start(self, msg: SessionStart) -> str | None:
+    def _check_start(self, msg: SessionStart) -> tuple[str, str] | None:
+        """Why ``msg`` is refused, and the Error code to refuse it with; None to start it."""
+        limits = self.limits
         if msg.rid in self.sessions:
-            return f"session {msg.rid} already exists"
-        if len(self.sessions) >= self.max_sessions:
-            return f"worker is at its limit of {self.max_sessions} sessions"
+            return f"session {msg.rid} already exists", "session"
+        if len(self.sessions) >= limits.max_connection_sessions:
+            return (f"this connection is at the worker's limit of "
+                    f"{limits.max_connection_sessions} sessions", OVERLOADED)
+        if self.load.sessions >= limits.max_sessions:  # (the adapter counts every connection's)
+            return f"the worker is at its limit of {limits.max_sessions} sessions", OVERLOADED
         if not msg.prompt:
-            return "empty prompt"
-        if len(msg.prompt) > self.max_context:
-            return f"prompt of {len(msg.prompt)} tokens exceeds {self.max_context}"
+            return "empty prompt", "session"
+        longest = min(limits.max_prompt, self.max_context)
+        if len(msg.prompt) > longest:
+            return f"prompt of {len(msg.prompt)} tokens exceeds the limit of {longest}", "session"
         return None
 
     def _on_commit(self, msg: Commit) -> list[WorkerAction]:

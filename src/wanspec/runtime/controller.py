@@ -72,6 +72,8 @@ class WorkerLink:
                              ping_interval_s=ping_interval, backoff_s=backoff, auth_key=auth_key)
         self.conn: Connection | None = None
         self.session_stats: dict[int, SessionStats] = {}  # the worker's accounts, by request
+        # requests whose account may still come (a worker's account of any other rid is dropped)
+        self._awaiting_stats: dict[int, None] = {}
         self._routes: dict[int, asyncio.Queue[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._logged: set[str] = set()
@@ -134,6 +136,9 @@ class WorkerLink:
         """Deliver request ``rid``'s messages (and a lost link) to ``queue`` (a new one if None)."""
         q: asyncio.Queue[Any] = queue if queue is not None else asyncio.Queue()
         self._routes[rid] = q
+        if len(self._awaiting_stats) >= MAX_KEPT_STATS:  # (accounts that never came)
+            self._awaiting_stats.pop(next(iter(self._awaiting_stats)))
+        self._awaiting_stats[rid] = None
         return q
 
     def unroute(self, rid: int) -> None:
@@ -205,6 +210,11 @@ class WorkerLink:
             self._timers_changed.set()
 
     def _keep_stats(self, stats: SessionStats) -> None:
+        """Keep the worker's account of a request we started (once): what a worker sends about
+        other ids grows nothing."""
+        if stats.rid not in self._awaiting_stats:
+            return
+        del self._awaiting_stats[stats.rid]
         if len(self.session_stats) >= MAX_KEPT_STATS:
             self.session_stats.pop(next(iter(self.session_stats)))
         self.session_stats[stats.rid] = stats

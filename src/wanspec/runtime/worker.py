@@ -6,7 +6,13 @@ a core says so.
 
 Every session of every connection drafts on one :class:`~wanspec.runtime.busy.SharedAccelerator`:
 the passes waiting when the device is free run as one batched forward (oldest first, at most
-``max_batch`` sequences), so many controllers' sessions share each draft pass.
+``max_batch`` sequences), so many controllers' sessions share each draft pass.  Each session has
+at most one pass waiting, so oldest-first is round-robin over sessions: a connection with many
+sessions gets more passes only in proportion, and never delays another's beyond one turn.
+
+The limits (:class:`~wanspec.core.worker.WorkerLimits`) are the cores' decisions; this adapter
+counts the connections for :func:`~wanspec.core.worker.admit_connection`, and forgets everything
+of a connection when it closes.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from typing import Sequence
 from wanspec.core.actions import Log, Send
 from wanspec.core.batcher import BatchLimits, PassKind
 from wanspec.core.worker import (
+    Admit,
     Close,
     DraftFor,
     Release,
     WorkerAction,
     WorkerCore,
+    WorkerLimits,
     WorkerLoad,
     WorkerStats,
+    admit_connection,
 )
 from wanspec.models.backend import CausalLM, KVCache
 from wanspec.models.fingerprint import tokenizer_fingerprint
@@ -78,7 +87,7 @@ class WorkerService:
     batched across every session of every connection."""
 
     def __init__(self, draft: CausalLM, *, cost: PassCost | None = None,
-                 device: Device | None = None, max_sessions: int = 64,
+                 device: Device | None = None, limits: WorkerLimits | None = None,
                  max_batch: int = 64, auth_key: bytes | None = None) -> None:
         """``auth_key``: the pre-shared key every controller must prove before it is served
         (None: no such check; mutual TLS, if any, is the transport's)."""
@@ -90,14 +99,16 @@ class WorkerService:
         self.accelerator = SharedAccelerator(None, self.placed,
                                              BatchLimits(max_sequences=max_batch))
         self.drafter = self.accelerator.model(PassKind.DRAFT)
-        self.max_sessions = max_sessions
+        self.limits = limits or WorkerLimits()
         self.max_batch = max_batch
         self.load = WorkerLoad(max_batch=max_batch)  # read by every connection's core
         self.fingerprint = tokenizer_fingerprint(draft.tokenizer)
         self.auth_key = auth_key
-        self.connections = 0
+        self.connections = 0  # served since the start (a count, not state)
+        self.refused = 0  # connections refused or dropped at the connection limit
         self.totals = WorkerStats()  # of connections that have closed
-        self._open: set[_Connection] = set()
+        self._open: set[_Connection] = set()  # served now, handshakes included
+        self._refusing = 0  # connections being answered "overloaded" now
         self._busy = BusyMeter()
 
     @property
@@ -111,10 +122,26 @@ class WorkerService:
                      capabilities=("drafts", "entropy"))
 
     async def handle(self, conn: Connection) -> None:
-        """Serve one controller connection until it closes; never raises on peer errors."""
-        self.connections += 1
+        """Serve one controller connection until it closes; never raises on peer errors.
+
+        Beyond the connection limit it is refused (its first message is answered with
+        ``Error(code="overloaded")``) or, when even the refusals are at their limit, closed."""
+        verdict = admit_connection(len(self._open), self._refusing, self.limits)
         try:
-            await _Connection(self, conn).run()
+            if verdict is Admit.SERVE:
+                self.connections += 1
+                await _Connection(self, conn).run()
+            elif verdict is Admit.REFUSE:
+                self.refused += 1
+                self._refusing += 1
+                try:
+                    await _Connection(self, conn, overloaded=True).run()
+                finally:
+                    self._refusing -= 1
+            else:
+                self.refused += 1
+                log.warning("dropping %s: over the limit of %d connections",
+                            conn.peer, self.limits.max_connections)
         finally:
             await conn.close()
 
@@ -134,14 +161,16 @@ class WorkerService:
 class _Connection:
     """One controller connection: its core, its sessions' caches, their draft passes."""
 
-    def __init__(self, service: WorkerService, conn: Connection) -> None:
+    def __init__(self, service: WorkerService, conn: Connection, *,
+                 overloaded: bool = False) -> None:
         self.svc = service
         self.conn = conn
+        self.served = not overloaded
         loop = asyncio.get_running_loop()
-        self.core = WorkerCore(service.hello(), now=loop.time(),
-                               max_sessions=service.max_sessions,
+        self.core = WorkerCore(service.hello(), now=loop.time(), limits=service.limits,
                                max_context=getattr(service.draft, "max_context", 1 << 16),
-                               load=service.load, auth_key=service.auth_key)
+                               load=service.load, overloaded=overloaded,
+                               auth_key=service.auth_key)
         self.caches: dict[int, KVCache] = {}
         self.waiting: dict[int, asyncio.Task[None]] = {}  # per session: its pass, until it ran
         self.tasks: set[asyncio.Task[None]] = set()  # every draft task (a pass, then its results)
@@ -149,7 +178,8 @@ class _Connection:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.svc._open.add(self)
+        if self.served:
+            self.svc._open.add(self)
         try:
             while not self.closing:
                 deadline = self.core.next_timer()
@@ -198,7 +228,7 @@ class _Connection:
             task = asyncio.create_task(self._draft(a, cache))
             self.waiting[a.rid] = task
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._task_done)
         elif isinstance(a, Release):
             # its waiting pass leaves the queue (or the running pass skips it); the KV slot goes
             # back now, or when a pass still writing into it ends
@@ -214,6 +244,19 @@ class _Connection:
             self.closing = True
         elif isinstance(a, Send):
             raise TypeError("Send is carried out by _execute")
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A draft task ended.  One that failed (not a pass: a bug of ours, or the transport
+        failing in a way it should not) ends the connection, whose sessions would otherwise wait
+        for it forever; its controllers decode locally.  Never an unretrieved exception."""
+        self.tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s: a draft task failed, closing the connection: %r", self.conn.peer,
+                  task.exception())
+        self.closing = True
+        closer = asyncio.get_running_loop().create_task(self.conn.close())  # ends run()'s recv
+        closer.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _draft(self, a: DraftFor, cache: KVCache) -> None:
         """Run one draft pass on the shared accelerator, then hand its result to the core."""

@@ -33,8 +33,17 @@ class Traffic:
         self.bytes += nbytes
 
 
+MAX_QUEUED_MESSAGES = 1024  # received messages waiting for the application, at most (TCP pauses)
+
+
 class Inbox(Generic[T]):
     """FIFO of received items that ends with an exception instead of blocking forever.
+
+    It is bounded: :attr:`full` once it holds ``max_items`` items or ``max_bytes`` bytes (the
+    sizes given to :meth:`put`; one item is always accepted).  A transport that can stop reading
+    (TCP) waits for :meth:`wait_space` before it reads on; one that cannot (QUIC) treats a peer
+    that keeps it far over full as hostile.  So a peer sending faster than we process -- or
+    while we are blocked sending to it -- cannot grow our memory.
 
     ``finish(exc)`` raises ``exc`` after the queued items are drained (graceful end, or a protocol
     error after the good frames); ``abort(exc)`` drops the queue and raises at once (we closed,
@@ -44,8 +53,12 @@ class Inbox(Generic[T]):
     waiter that has woken up.
     """
 
-    def __init__(self) -> None:
-        self._items: collections.deque[T] = collections.deque()
+    def __init__(self, max_items: int = MAX_QUEUED_MESSAGES, max_bytes: int = 1 << 20) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: collections.deque[tuple[T, int]] = collections.deque()
+        self._bytes = 0
+        self._space: asyncio.Event | None = None
         self._end: BaseException | None = None
         self._end_raised = False
         self._event: asyncio.Event | None = None  # created lazily inside the running loop
@@ -57,10 +70,27 @@ class Inbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: T) -> None:
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.max_items or self._bytes >= self.max_bytes
+
+    async def wait_space(self) -> None:
+        """Return once the inbox is not full (or has ended)."""
+        while self.full and self._end is None:
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
+            await self._space.wait()
+
+    def put(self, item: T, size: int = 0) -> None:
         if self._end is not None:
             return  # nothing arrives after the end
-        self._items.append(item)
+        self._items.append((item, size))
+        self._bytes += size
         self._wake()
 
     def finish(self, exc: BaseException) -> None:
@@ -70,6 +100,7 @@ class Inbox(Generic[T]):
 
     def abort(self, exc: BaseException) -> None:
         self._items.clear()
+        self._bytes = 0
         self.finish(exc)
 
     async def get(self) -> T:
@@ -83,11 +114,17 @@ class Inbox(Generic[T]):
                 self._event = asyncio.Event()
             self._event.clear()
             await self._event.wait()
-        return self._items.popleft()
+        item, size = self._items.popleft()
+        self._bytes -= size
+        if self._space is not None and not self.full:
+            self._space.set()
+        return item
 
     def _wake(self) -> None:
         if self._event is not None:
             self._event.set()
+        if self._end is not None and self._space is not None:
+            self._space.set()
 
 
 async def run_handler(handler: ConnectionHandler, conn: Connection) -> None:

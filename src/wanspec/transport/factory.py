@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wanspec.errors import WanspecError
-from wanspec.protocol.codec import DEFAULT_MAX_FRAME
+from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_MAX_FRAME
 from wanspec.transport.base import Connection, ConnectionHandler, Server
 
 KINDS = ("tcp", "quic")
@@ -62,9 +62,11 @@ async def connect(
     max_frame: int = DEFAULT_MAX_FRAME,
     cert: Path | None = None,
     key: Path | None = None,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> Connection:
     """Connect to a worker at ``address`` over ``kind`` ("tcp" or "quic"); ``cert``/``key``: a
-    client certificate to present (mutual TLS)."""
+    client certificate to present (mutual TLS).  ``frame_timeout``: a frame must cross whole,
+    either way, within that many seconds (None: no limit)."""
     k = _kind(kind)
     host, port = parse_address(address)
     if port == 0:
@@ -76,7 +78,7 @@ async def connect(
 
         return await connect_quic(
             host, port, ca=ca, insecure=insecure, server_name=server_name, timeout=timeout,
-            max_frame=max_frame, cert=cert, key=key,
+            max_frame=max_frame, cert=cert, key=key, frame_timeout=frame_timeout,
         )
     from wanspec.transport.tcp import connect_tcp
     from wanspec.transport.tls import client_ssl_context
@@ -85,7 +87,7 @@ async def connect(
     context = client_ssl_context(ca, insecure=insecure, cert=cert, key=key) if use_tls else None
     return await connect_tcp(
         host, port, ssl=context, timeout=timeout, max_frame=max_frame, server_name=server_name,
-        client_cert=cert is not None,
+        client_cert=cert is not None, frame_timeout=frame_timeout,
     )
 
 
@@ -98,9 +100,13 @@ async def serve(
     key: Path | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
     client_ca: Path | None = None,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> Server:
     """Listen on ``listen`` ("host:port", port 0 = ephemeral) and run ``handler`` per connection;
-    with ``client_ca``, only for clients presenting a certificate that CA signed (mutual TLS)."""
+    with ``client_ca``, only for clients presenting a certificate that CA signed (mutual TLS).
+
+    ``frame_timeout``: a frame must cross whole, either way, within that many seconds of its
+    first byte (None: no limit); on QUIC, a TLS handshake must also complete within it."""
     k = _kind(kind)
     host, port = parse_address(listen)
     if (cert is None) != (key is None):
@@ -113,13 +119,15 @@ async def serve(
                 "QUIC always uses TLS: give a certificate and key (create them with "
                 "`wanspec certs DIR`)"
             )
-        from wanspec.transport.quic import serve_quic
+        from wanspec.transport.quic import HANDSHAKE_TIMEOUT_S, serve_quic
 
         return await serve_quic(host, port, handler, cert=cert, key=key, max_frame=max_frame,
-                                client_ca=client_ca)
+                                client_ca=client_ca, frame_timeout=frame_timeout,
+                                handshake_timeout=frame_timeout or HANDSHAKE_TIMEOUT_S)
     from wanspec.transport.tcp import serve_tcp
     from wanspec.transport.tls import server_ssl_context
 
     context = (server_ssl_context(cert, key, client_ca)
                if cert is not None and key is not None else None)
-    return await serve_tcp(host, port, handler, ssl=context, max_frame=max_frame)
+    return await serve_tcp(host, port, handler, ssl=context, max_frame=max_frame,
+                           frame_timeout=frame_timeout)

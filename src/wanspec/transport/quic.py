@@ -12,9 +12,16 @@ Lifecycle details:
 * The client opens stream 0 with its first message (QUIC cannot open a stream without data), so
   the server's ``send()`` waits until the client has spoken; the controller speaks first anyway
   (its Hello).
-* ``close()`` sends FIN on the stream and waits (briefly) for the peer's FIN, which the peer
-  sends automatically on receiving ours: that proves everything we sent was received before the
-  CONNECTION_CLOSE that follows discards the connection's state.
+* ``close()`` sends FIN on the stream and waits (briefly, ``LINGER_S``) for the peer's FIN, which
+  the peer sends automatically on receiving ours: that proves everything we sent was received
+  before the CONNECTION_CLOSE that follows discards the connection's state.  A dead peer costs
+  ``close()`` at most ``LINGER_S`` plus ``CLOSING_S``.
+* What a peer can make us hold is bounded as on TCP: a frame must arrive whole within
+  ``frame_timeout`` of its first byte, and since QUIC delivers data whether or not we have
+  processed it, a peer that keeps more than ``OVERFLOW_FACTOR`` times the inbox's bound waiting
+  (or does not take what we send, leaving over ``OVERFLOW_FACTOR`` frames unacknowledged) is
+  dropped.  The server drops a connection whose TLS handshake has not completed within
+  ``handshake_timeout``; after it, the application's own Hello deadline applies.
 * The client sends a QUIC PING every third of the idle timeout, so a quiet but healthy link stays
   up while a dead peer is detected after ``IDLE_TIMEOUT_S`` without any packet.
 * UDP has no "connection refused": an unreachable server is reported when ``timeout`` expires.
@@ -45,7 +52,13 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from wanspec.protocol.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from wanspec.protocol.codec import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+)
 from wanspec.protocol.messages import Message
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -67,7 +80,10 @@ ALPN = "wanspec/1"
 CONTROL_STREAM = 0  # the first client-initiated bidirectional stream
 IDLE_TIMEOUT_S = 60.0
 KEEPALIVE_S = IDLE_TIMEOUT_S / 3
-LINGER_S = 3.0  # close(): how long to wait for the peer to confirm it got everything
+LINGER_S = 0.5  # close(): how long to wait for the peer to confirm it got everything
+CLOSING_S = 0.5  # close() at the client: how long the UDP socket outlives the CONNECTION_CLOSE
+HANDSHAKE_TIMEOUT_S = 10.0  # server: a TLS handshake not complete by then is dropped
+OVERFLOW_FACTOR = 4  # a peer keeping this many times the inbox's bound queued is dropped
 _ERR_PROTOCOL = 0x1  # application close code: the peer broke the wanspec protocol
 ERR_CLIENT_CERT = 0x10  # application close code: the client's certificate was refused
 
@@ -84,7 +100,8 @@ def _addr_text(addr: Any) -> str:
 class QuicMessageConnection(Connection):
     """Protocol messages over the control stream of one QUIC connection."""
 
-    def __init__(self, protocol: "_Protocol", *, is_client: bool, max_frame: int) -> None:
+    def __init__(self, protocol: "_Protocol", *, is_client: bool, max_frame: int,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S) -> None:
         self.peer = "?"
         self.sent = Traffic()
         self.received = Traffic()
@@ -92,8 +109,9 @@ class QuicMessageConnection(Connection):
         self._quic: QuicConnection = protocol._quic
         self._is_client = is_client
         self._max_frame = max_frame
-        self._decoder = FrameDecoder(max_frame)
-        self._inbox: Inbox[Message] = Inbox()
+        self._decoder = FrameDecoder(max_frame, frame_timeout)
+        self._inbox: Inbox[Message] = Inbox(max_bytes=max_frame)
+        self._frame_timer: asyncio.TimerHandle | None = None
         self._closed = False  # no more sending
         self._fin_sent = False
         self._peer_fin = asyncio.Event()
@@ -118,6 +136,11 @@ class QuicMessageConnection(Connection):
             await self._stream_ready.wait()  # the server may only answer on the client's stream
             if self._closed:
                 raise ConnectionClosed(f"QUIC connection to {self.peer} is closed")
+        if self._unacked() > OVERFLOW_FACTOR * self._max_frame:
+            # the peer does not take what we send (no flow-control credit, no ACKs): aioquic
+            # would buffer without end
+            self._fail(ProtocolError(f"{self.peer} does not take what is sent to it"))
+            raise ConnectionClosed(f"QUIC connection to {self.peer}: the peer does not read")
         try:
             self._quic.send_stream_data(CONTROL_STREAM, frame)
         except ValueError as exc:  # stream finished underneath us
@@ -125,6 +148,12 @@ class QuicMessageConnection(Connection):
             raise ConnectionClosed(f"QUIC connection to {self.peer} is closed") from exc
         self._protocol.transmit()
         self.sent.add(len(frame))
+
+    def _unacked(self) -> int:
+        """Bytes of the control stream aioquic still holds for the peer (0 if it cannot say)."""
+        stream = getattr(self._quic, "_streams", {}).get(CONTROL_STREAM)
+        buffer = getattr(getattr(stream, "sender", None), "_buffer", b"")
+        return len(buffer)
 
     async def recv(self) -> Message:
         return await self._inbox.get()
@@ -139,7 +168,7 @@ class QuicMessageConnection(Connection):
             self.abort("closed")
             if self._is_client:  # wait out the closing period so the UDP socket goes last
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._terminated.wait(), 1.0)
+                    await asyncio.wait_for(self._terminated.wait(), CLOSING_S)
         self._release(final=True)
 
     def abort(self, reason: str = "closed", error_code: int = 0) -> None:
@@ -167,13 +196,19 @@ class QuicMessageConnection(Connection):
         self._stream_ready.set()
         if event.data:
             self.received.bytes += len(event.data)
+            decoder, inbox = self._decoder, self._inbox
             try:
-                for msg in self._decoder.feed(event.data):
+                for msg in decoder.feed(event.data, asyncio.get_running_loop().time()):
                     self.received.messages += 1
-                    self._inbox.put(msg)
+                    inbox.put(msg, decoder.last_frame_bytes)
+                if (len(inbox) > OVERFLOW_FACTOR * inbox.max_items
+                        or inbox.queued_bytes > OVERFLOW_FACTOR * inbox.max_bytes):
+                    raise ProtocolError("peer sends faster than its messages are processed "
+                                        f"({len(inbox)} waiting)")
             except ProtocolError as exc:
                 self._fail(exc)
                 return
+            self._arm_frame_timer()
         if event.end_stream:
             self._inbox.finish(ConnectionClosed(f"{self.peer} closed the connection"))
             self._send_fin()  # no half-close in our protocol: confirm and stop sending
@@ -203,6 +238,26 @@ class QuicMessageConnection(Connection):
         self._release()
 
     # ---- internals -----------------------------------------------------------------------------
+
+    def _arm_frame_timer(self) -> None:
+        """Time the frame held half (if any): it must be whole by the decoder's deadline."""
+        deadline = self._decoder.deadline
+        if self._frame_timer is not None and (deadline is None
+                                              or self._frame_timer.when() != deadline):
+            self._frame_timer.cancel()
+            self._frame_timer = None
+        if deadline is not None and self._frame_timer is None:
+            self._frame_timer = asyncio.get_running_loop().call_at(deadline, self._frame_late)
+
+    def _frame_late(self) -> None:
+        self._frame_timer = None
+        deadline = self._decoder.deadline
+        if deadline is None or self._terminated.is_set():
+            return
+        try:  # (a timer may fire a hair early: as far as the decoder knows, at its deadline)
+            self._decoder.check_deadline(max(asyncio.get_running_loop().time(), deadline))
+        except ProtocolError as exc:
+            self._fail(exc)
 
     def _fail(self, exc: ProtocolError) -> None:
         log.warning("closing QUIC connection with %s: %s", self.peer, exc)
@@ -239,6 +294,9 @@ class QuicMessageConnection(Connection):
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
         if self.udp_transport is not None and (final or self._terminated.is_set()):
             self.udp_transport.close()
             self.udp_transport = None
@@ -253,11 +311,13 @@ class _Protocol(QuicConnectionProtocol):
         stream_handler: Any = None,
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
         on_ready: Callable[[QuicMessageConnection], None] | None = None,
     ) -> None:
         super().__init__(quic)
         self.conn = QuicMessageConnection(
-            self, is_client=quic.configuration.is_client, max_frame=max_frame
+            self, is_client=quic.configuration.is_client, max_frame=max_frame,
+            frame_timeout=frame_timeout,
         )
         self._on_ready = on_ready
 
@@ -365,6 +425,7 @@ async def connect_quic(
     role: str = "worker",
     cert: Path | None = None,
     key: Path | None = None,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> QuicMessageConnection:
     """Connect over QUIC, verifying the server against ``ca`` (system store if None), presenting
     ``cert``/``key`` if given (mutual TLS).
@@ -390,7 +451,8 @@ async def connect_quic(
     try:
         sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Protocol(QuicConnection(configuration=config), max_frame=max_frame),
+            lambda: _Protocol(QuicConnection(configuration=config), max_frame=max_frame,
+                              frame_timeout=frame_timeout),
             sock=sock,
         )
     except OSError as exc:
@@ -427,10 +489,14 @@ class QuicServer(Server):
     """Serves each QUIC connection (after its handshake) with the handler."""
 
     def __init__(self, handler: ConnectionHandler, *, max_frame: int,
-                 client_ca: Path | None = None) -> None:
+                 client_ca: Path | None = None,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         self._handler = handler
         self._max_frame = max_frame
         self._client_ca = client_ca
+        self._frame_timeout = frame_timeout
+        self._handshake_timeout = handshake_timeout
         self._server: Any = None  # aioquic.asyncio.server.QuicServer
         self._address: tuple[str, int] = ("", 0)
         self._tasks: dict[asyncio.Task[None], QuicMessageConnection] = {}
@@ -442,7 +508,19 @@ class QuicServer(Server):
     def _create_protocol(self, quic: QuicConnection, stream_handler: Any = None) -> _Protocol:
         if self._client_ca is not None:
             _request_client_certificate(quic)
-        return _Protocol(quic, max_frame=self._max_frame, on_ready=self._accept)
+        protocol = _Protocol(quic, max_frame=self._max_frame, frame_timeout=self._frame_timeout,
+                             on_ready=self._accept)
+        conn = protocol.conn
+
+        def too_slow() -> None:  # (aioquic alone would keep it until its idle timeout)
+            if not conn.handshake.done():
+                log.info("dropping a QUIC peer whose handshake did not complete in %g s",
+                         self._handshake_timeout)
+                conn.abort("handshake timeout")
+
+        timer = asyncio.get_running_loop().call_later(self._handshake_timeout, too_slow)
+        conn.handshake.add_done_callback(lambda _: timer.cancel())
+        return protocol
 
     def _accept(self, conn: QuicMessageConnection) -> None:
         if self._client_ca is not None:
@@ -481,6 +559,8 @@ async def serve_quic(
     key: Path,
     max_frame: int = DEFAULT_MAX_FRAME,
     client_ca: Path | None = None,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
 ) -> QuicServer:
     """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``); with
     ``client_ca``, serve only clients whose certificate that CA signed (mutual TLS)."""
@@ -493,7 +573,8 @@ async def serve_quic(
     if client_ca is not None:
         client_ca = _load_client_ca(client_ca)
     # (no session tickets are issued, so no client skips the certificate by resuming a session)
-    server = QuicServer(handler, max_frame=max_frame, client_ca=client_ca)
+    server = QuicServer(handler, max_frame=max_frame, client_ca=client_ca,
+                        frame_timeout=frame_timeout, handshake_timeout=handshake_timeout)
     try:
         server._server = await _aioquic_serve(
             host, port, configuration=config, create_protocol=server._create_protocol

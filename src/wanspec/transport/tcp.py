@@ -17,7 +17,13 @@ import logging
 import socket
 import ssl as _ssl
 
-from wanspec.protocol.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from wanspec.protocol.codec import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+)
 from wanspec.protocol.messages import Message
 from wanspec.transport.base import (
     ConnectError,
@@ -97,6 +103,12 @@ class TcpConnection(Connection):
     A background task reads and decodes; ``recv()`` drains what it decoded.  A peer that breaks
     the protocol (garbage, an oversize frame) gets the connection closed, and ``recv()`` raises
     the :class:`ProtocolError` after the valid messages that preceded it.
+
+    What a peer can make us hold is bounded: one frame being received (``max_frame`` bytes, and
+    it must be whole within ``frame_timeout`` seconds of its first byte), the decoded messages
+    not yet taken by ``recv()`` (the reader stops reading while the inbox is full: TCP's flow
+    control then holds the peer back), and what we send (a peer that does not read what we send
+    for ``frame_timeout`` seconds is dropped).  ``frame_timeout=None`` lifts the time limits.
     """
 
     def __init__(
@@ -107,6 +119,7 @@ class TcpConnection(Connection):
         max_frame: int = DEFAULT_MAX_FRAME,
         peer: str | None = None,
         tls_client_cert: bool | None = None,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
     ) -> None:
         """``tls_client_cert``: on a TLS client, whether it presented a certificate (None: not
         a TLS client); it only words the error when the server hangs up without a word."""
@@ -120,8 +133,9 @@ class TcpConnection(Connection):
         self._reader = reader
         self._writer = writer
         self._max_frame = max_frame
-        self._decoder = FrameDecoder(max_frame)
-        self._inbox: Inbox[Message] = Inbox()
+        self._frame_timeout = frame_timeout
+        self._decoder = FrameDecoder(max_frame, frame_timeout)
+        self._inbox: Inbox[Message] = Inbox(max_bytes=max_frame)
         self._closed = False
         _set_nodelay(writer)
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -137,7 +151,11 @@ class TcpConnection(Connection):
         frame = encode_frame(msg, self._max_frame)
         try:
             self._writer.write(frame)
-            await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), self._frame_timeout)
+        except TimeoutError as exc:  # the peer does not read: what we send would pile up here
+            self._shutdown()
+            raise ConnectionClosed(f"{self.peer} has not read what was sent to it for "
+                                   f"{self._frame_timeout:g} s") from exc
         except (ConnectionError, OSError) as exc:
             self._shutdown()
             raise ConnectionClosed(f"connection to {self.peer} lost: {exc}") from exc
@@ -173,17 +191,28 @@ class TcpConnection(Connection):
                            f"says why (it may {guess})")
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = self._decoder
         try:
             while True:
-                data = await self._reader.read(_READ_CHUNK)
+                deadline = decoder.deadline  # a frame is half in: it must be whole by then
+                try:
+                    data = await asyncio.wait_for(
+                        self._reader.read(_READ_CHUNK),
+                        None if deadline is None else max(deadline - loop.time(), 0.0))
+                except TimeoutError:
+                    assert deadline is not None
+                    decoder.check_deadline(max(loop.time(), deadline))  # raises ProtocolError
+                    continue
                 if not data:
                     self._inbox.finish(self._silent_refusal() or
                                        ConnectionClosed(f"{self.peer} closed the connection"))
                     break
                 self.received.bytes += len(data)
-                for msg in self._decoder.feed(data):
+                for msg in decoder.feed(data, loop.time()):
                     self.received.messages += 1
-                    self._inbox.put(msg)
+                    self._inbox.put(msg, decoder.last_frame_bytes)
+                await self._inbox.wait_space()  # the application is behind: stop reading
         except ProtocolError as exc:
             log.warning("closing connection with %s: %s", self.peer, exc)
             self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
@@ -208,6 +237,7 @@ async def connect_tcp(
     server_name: str | None = None,
     role: str = "worker",
     client_cert: bool = False,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> TcpConnection:
     """Connect to a wanspec peer; failures raise :class:`ConnectError` with a one-line reason.
 
@@ -252,17 +282,20 @@ async def connect_tcp(
         reason = exc.strerror or str(exc) or exc.__class__.__name__
         raise ConnectError(f"cannot reach {where}: {reason}") from exc
     return TcpConnection(reader, writer, max_frame=max_frame, peer=format_address(host, port),
-                         tls_client_cert=client_cert if ssl is not None else None)
+                         tls_client_cert=client_cert if ssl is not None else None,
+                         frame_timeout=frame_timeout)
 
 
 class TcpServer(Server):
     """Accepts connections and runs the handler on each; closes the connection when it returns."""
 
     def __init__(self, handler: ConnectionHandler, *, max_frame: int,
-                 ssl: _ssl.SSLContext | None = None) -> None:
+                 ssl: _ssl.SSLContext | None = None,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S) -> None:
         self._handler = handler
         self._max_frame = max_frame
         self._ssl = ssl
+        self._frame_timeout = frame_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[TcpConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -281,7 +314,8 @@ class TcpServer(Server):
         try:
             if self._ssl is not None and not await self._tls_handshake(writer):
                 return
-            conn = TcpConnection(reader, writer, max_frame=self._max_frame)
+            conn = TcpConnection(reader, writer, max_frame=self._max_frame,
+                                 frame_timeout=self._frame_timeout)
             self._connections.add(conn)
             await run_handler(self._handler, conn)
         except asyncio.CancelledError:
@@ -329,9 +363,10 @@ async def serve_tcp(
     *,
     ssl: _ssl.SSLContext | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
 ) -> TcpServer:
     """Listen on ``host:port`` (port 0 = ephemeral, see ``.address``) and serve each connection."""
-    server = TcpServer(handler, max_frame=max_frame, ssl=ssl)
+    server = TcpServer(handler, max_frame=max_frame, ssl=ssl, frame_timeout=frame_timeout)
     loop = asyncio.get_running_loop()
 
     def protocol() -> asyncio.StreamReaderProtocol:
