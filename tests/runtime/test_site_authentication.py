@@ -91,7 +91,7 @@ def run_case(target, drafter, transport: str, certs: CertPaths, caplog, *,
              client_ca: Path | None = None, client: tuple[Path, Path] | None = None,
              expect_worker_log: str | None = None):
     """One request from a controller to a worker configured as given; returns the result, the
-    controller's last error, the worker's draft passes and the worker-side log lines."""
+    controller's last error, the sessions the worker served and the worker-side log lines."""
     caplog.set_level(logging.WARNING)
 
     async def main():
