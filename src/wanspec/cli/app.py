@@ -338,16 +338,16 @@ def bench(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Closed loop: N clients, each sending its next prompt when its last response ended (default: 1)."),
     request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Open loop: Poisson arrivals at R requests/s (seeded by --seed), whatever is in flight."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line); default: the shipped held-out prompts."),
-    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Requests to send (the file's prompts in order, cycled); default: one per prompt."),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Requests to send (the prompts of the file in order, cycled); default: one per prompt."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most new tokens per request."),
     chat: bool = typer.Option(False, "--chat", help="POST /v1/chat/completions (one user message) instead of /v1/completions."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name; default: the first of GET /v1/models."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="Sent as 'Authorization: Bearer KEY'."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="Sent in an Authorization: Bearer KEY header."),
     temperature: float = typer.Option(0.0, "--temperature"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the arrivals and of each request's sampling."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Ask for exactly --max-tokens tokens (vLLM's ignore_eos extension)."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait to connect and for each chunk; beyond, the request is a 'timeout' error."),
-    slo_tpot: Optional[str] = typer.Option("50ms", "--slo-tpot", help="Goodput counts requests whose time per output token meets this ('none': no TPOT target)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the arrivals and of the sampling of each request."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Ask for exactly --max-tokens tokens (the ignore_eos extension of vLLM)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait to connect and for each chunk; beyond, the request fails as a timeout."),
+    slo_tpot: Optional[str] = typer.Option("50ms", "--slo-tpot", help="Goodput counts requests whose time per output token meets this (none: no TPOT target)."),
     slo_ttft: Optional[str] = typer.Option(None, "--slo-ttft", help="... and whose time to first token meets this."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the summary and every request."),
 ) -> None:
@@ -372,20 +372,20 @@ def probe(
     count: int = typer.Option(10, "--count", "-c", help="Samples per target."),
     interval: str = typer.Option("100ms", "--interval", help="Pause between two samples of a target."),
     transport: Transport = typer.Option(Transport.tcp, "--transport", help="HOST:PORT targets: time TCP connects, or QUIC handshakes with a wanspec worker."),
-    ca: Optional[Path] = typer.Option(None, "--ca", help="QUIC: CA certificate the worker's certificate is checked against."),
-    insecure: bool = typer.Option(False, "--insecure", help="QUIC: do not verify the worker's certificate."),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="QUIC: CA certificate to check the certificate of the worker against."),
+    insecure: bool = typer.Option(False, "--insecure", help="QUIC: do not verify the certificate of the worker."),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds per sample before it counts as failed."),
     chat: bool = typer.Option(False, "--chat", help="URL targets: probe /v1/chat/completions."),
     model: Optional[str] = typer.Option(None, "--model", help="URL targets: model name; default: the first of GET /v1/models."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="URL targets: sent as 'Authorization: Bearer KEY'."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="URL targets: sent in an Authorization: Bearer KEY header."),
     max_tokens: int = typer.Option(8, "--max-tokens", "-n", help="URL targets: tokens per probe completion."),
-    prompt: str = typer.Option("Hello", "--prompt", help="URL targets: the probe completion's prompt."),
+    prompt: str = typer.Option("Hello", "--prompt", help="URL targets: the prompt of the probe completions."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="Recommendation: the latency budget of remote drafting, as a multiple of best SD."),
     min_saving: float = typer.Option(0.5, "--min-saving", help="Recommendation: close enough when remote drafting saves at least this fraction of busy-site draft passes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list, a record per target."),
 ) -> None:
-    """Measure the RTT (and an endpoint's TTFT) to each target and say which are close enough
-    for remote drafting (the simulator's prediction at the measured RTT)."""
+    """Measure the RTT (and the TTFT of an endpoint) to each target and say which are close enough
+    for remote drafting (as the simulator predicts at the measured RTT)."""
     with user_errors():
         from wanspec.cli.bench import probe_config, run_probe_cli
 
