@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from wanspec.bench.sse import DONE, SSEParser
+from wanspec.bench.sse import DONE, Event, SSEParser
 from wanspec.errors import WanspecError
 
 _ENDPOINTS = {"/completions": False, "/chat/completions": True}
@@ -191,38 +191,55 @@ def _chunk_output(choice: Any, chat: bool) -> tuple[bool, int | None]:
     return bool(any(texts) or n), n
 
 
-def _handle_chunk(rec: RequestRecord, data: str, chat: bool, now: float, t0: float,
-                  last: list[float]) -> None:
-    """Account for one ``data:`` payload (not ``[DONE]``); ``last`` holds the previous output
-    chunk's time."""
-    try:
-        obj = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise _Malformed(f"chunk is not JSON ({exc.msg}): {data[:80]!r}") from None
-    if not isinstance(obj, dict):
-        raise _Malformed(f"chunk is not a JSON object: {data[:80]!r}")
-    if "error" in obj:
-        raise _StreamError(_error_text(obj))
-    choices = obj.get("choices", [])
-    if not isinstance(choices, list):
-        raise _Malformed("choices is not a list")
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        if isinstance(usage.get("completion_tokens"), int):
-            rec.output_tokens, rec.tokens_from = usage["completion_tokens"], "usage"
-        if isinstance(usage.get("prompt_tokens"), int):
-            rec.prompt_tokens = usage["prompt_tokens"]
-    outputs = [_chunk_output(c, chat) for c in choices]
-    if not any(carries for carries, _ in outputs):
-        return
-    if rec.ttft_s is None:
-        rec.ttft_s = now - t0
-    else:
-        rec.itl_s.append(now - last[0])
-    last[0] = now
-    rec.chunks += 1
-    if rec.tokens_from == "chunks":
-        rec.output_tokens += sum(n if n is not None else int(c) for c, n in outputs)
+class _Stream:
+    """The reading of one response's events into its record."""
+
+    def __init__(self, rec: RequestRecord, chat: bool, t0: float) -> None:
+        self.rec, self.chat, self.t0 = rec, chat, t0
+        self.last_output = t0  # when the previous output chunk arrived
+        self.done = False  # data: [DONE] seen
+
+    def event(self, ev: Event) -> None:
+        if self.done:
+            return  # nothing counts after [DONE]
+        if ev.data.strip() == DONE:
+            self.done = True
+        elif ev.event == "error":
+            raise _StreamError(ev.data)
+        else:
+            self.chunk(ev.data, time.perf_counter())
+
+    def chunk(self, data: str, now: float) -> None:
+        """One ``data:`` payload other than ``[DONE]``."""
+        rec = self.rec
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise _Malformed(f"chunk is not JSON ({exc.msg}): {data[:80]!r}") from None
+        if not isinstance(obj, dict):
+            raise _Malformed(f"chunk is not a JSON object: {data[:80]!r}")
+        if "error" in obj:
+            raise _StreamError(_error_text(obj))
+        choices = obj.get("choices", [])
+        if not isinstance(choices, list):
+            raise _Malformed("choices is not a list")
+        usage = obj.get("usage")
+        if isinstance(usage, dict):  # the last chunk; or every chunk, cumulative (vLLM option)
+            if isinstance(usage.get("completion_tokens"), int):
+                rec.output_tokens, rec.tokens_from = usage["completion_tokens"], "usage"
+            if isinstance(usage.get("prompt_tokens"), int):
+                rec.prompt_tokens = usage["prompt_tokens"]
+        outputs = [_chunk_output(c, self.chat) for c in choices]
+        if not any(carries for carries, _ in outputs):
+            return
+        if rec.ttft_s is None:
+            rec.ttft_s = now - self.t0
+        else:
+            rec.itl_s.append(now - self.last_output)
+        self.last_output = now
+        rec.chunks += 1
+        if rec.tokens_from == "chunks":
+            rec.output_tokens += sum(n if n is not None else int(c) for c, n in outputs)
 
 
 async def stream_request(client: httpx.AsyncClient, endpoint: Endpoint, opts: RequestOptions,
@@ -230,7 +247,6 @@ async def stream_request(client: httpx.AsyncClient, endpoint: Endpoint, opts: Re
     """Send one streaming request and measure it; every failure becomes the record's error."""
     rec = RequestRecord()
     t0 = time.perf_counter()
-    last = [t0]
     try:
         async with client.stream("POST", endpoint.url,
                                  json=request_body(endpoint, opts, prompt)) as resp:
@@ -246,24 +262,13 @@ async def stream_request(client: httpx.AsyncClient, endpoint: Endpoint, opts: Re
             if not ctype.startswith("text/event-stream"):
                 return rec.fail("malformed", f"expected a text/event-stream response, got "
                                              f"{ctype or 'no content type'}")
-            parser, done = SSEParser(), False
+            parser, stream = SSEParser(), _Stream(rec, endpoint.chat, t0)
             async for line in resp.aiter_lines():
-                event = parser.feed(line)
-                if event is None or done:
-                    continue
-                if event.data.strip() == DONE:
-                    done = True
-                    continue
-                if event.event == "error":
-                    raise _StreamError(event.data)
-                _handle_chunk(rec, event.data, endpoint.chat, time.perf_counter(), t0, last)
-            event = parser.close()
-            if event is not None and not done:
-                if event.data.strip() == DONE:
-                    done = True
-                else:
-                    _handle_chunk(rec, event.data, endpoint.chat, time.perf_counter(), t0, last)
-            if not done:
+                if (ev := parser.feed(line)) is not None:
+                    stream.event(ev)
+            if (ev := parser.close()) is not None:
+                stream.event(ev)
+            if not stream.done:
                 return rec.fail("malformed", "the stream ended without data: [DONE]")
             rec.e2e_s = time.perf_counter() - t0
             rec.ok = True
@@ -290,7 +295,7 @@ async def first_model(client: httpx.AsyncClient, endpoint: Endpoint) -> str:
         resp = await client.get(endpoint.models_url)
     except httpx.HTTPError as exc:
         raise WanspecError(f"cannot list models at {endpoint.models_url}: "
-                           f"{exc or type(exc).__name__}{hint}") from None
+                           f"{str(exc) or type(exc).__name__}{hint}") from None
     if resp.status_code != 200:
         try:
             detail = _error_text(resp.json())

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
+import httpx
+
 from wanspec.bench.openai import Endpoint, RequestOptions, resolve_endpoint, stream_request
 from wanspec.core.metrics import percentile
 from wanspec.errors import WanspecError
@@ -129,28 +131,34 @@ def _quantiles(samples: list[float]) -> dict[str, Any] | None:
             "samples": ms}
 
 
-async def probe_target(t: Target, cfg: ProbeConfig, client: Any = None) -> dict[str, Any]:
-    """Measure one target: RTT samples (and TTFT for a URL); failures are counted, not raised."""
-    rtts: list[float] = []
-    ttfts: list[float] = []
-    errors: Counter[str] = Counter()
+async def _rtt_samples(t: Target, cfg: ProbeConfig, errors: Counter[str]) -> list[float]:
+    """``cfg.count`` connect (or QUIC handshake) times to ``t``; failures go to ``errors``."""
     kind = socket.SOCK_DGRAM if t.kind == "quic" else socket.SOCK_STREAM
     try:
         family, sockaddr = await asyncio.wait_for(_resolve(t.host, t.port, kind), cfg.timeout_s)
     except (OSError, TimeoutError) as exc:
         errors[f"cannot resolve: {_why(exc)}"] += cfg.count
-        family = sockaddr = None
-    if sockaddr is not None:
-        for i in range(cfg.count):
-            if i:
-                await asyncio.sleep(cfg.interval_s)
-            try:
-                if t.kind == "quic":
-                    rtts.append(await quic_handshake_s(t.host, sockaddr[0], t.port, cfg))
-                else:
-                    rtts.append(await tcp_connect_s(family, sockaddr, cfg.timeout_s))
-            except (OSError, TimeoutError, WanspecError) as exc:
-                errors[f"connect: {_why(exc)}"] += 1
+        return []
+    rtts: list[float] = []
+    for i in range(cfg.count):
+        if i:
+            await asyncio.sleep(cfg.interval_s)
+        try:
+            if t.kind == "quic":
+                rtts.append(await quic_handshake_s(t.host, sockaddr[0], t.port, cfg))
+            else:
+                rtts.append(await tcp_connect_s(family, sockaddr, cfg.timeout_s))
+        except (OSError, TimeoutError, WanspecError) as exc:
+            errors[f"connect: {_why(exc)}"] += 1
+    return rtts
+
+
+async def probe_target(t: Target, cfg: ProbeConfig,
+                       client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    """Measure one target: RTT samples (and TTFT for a URL); failures are counted, not raised."""
+    ttfts: list[float] = []
+    errors: Counter[str] = Counter()
+    rtts = await _rtt_samples(t, cfg, errors)
     model = None
     if t.endpoint is not None and client is not None:
         from wanspec.bench.openai import first_model
@@ -220,7 +228,7 @@ async def run_probe(targets: Sequence[Target], cfg: ProbeConfig,
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Probe every target in turn (one at a time: probes must not queue behind each other), then
     recommend from one simulator sweep over all the measured RTTs."""
-    client = None
+    client: httpx.AsyncClient | None = None
     if any(t.endpoint is not None for t in targets):
         from wanspec.bench.runner import client_for
 
