@@ -360,6 +360,78 @@ def certs(
                       f"{paths.client_cert} {paths.client_key}")
 
 
+# ---- client tools for OpenAI-compatible endpoints (issue 13): bench, probe ----------------------
+_API_KEY_ENV = ["WANSPEC_API_KEY", "OPENAI_API_KEY"]
+
+
+@app.command()
+def bench(
+    url: str = typer.Option(..., "--url", help="The server: http(s)://HOST:PORT, its /v1, or the full /v1/completions or /v1/chat/completions URL."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Closed loop: N clients, each sending its next prompt when its last response ended (default: 1)."),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Open loop: Poisson arrivals at R requests/s (seeded by --seed), whatever is in flight."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line); default: the shipped held-out prompts."),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Requests to send (the prompts of the file in order, cycled); default: one per prompt."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most new tokens per request."),
+    chat: bool = typer.Option(False, "--chat", help="POST /v1/chat/completions (one user message) instead of /v1/completions."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name; default: the first of GET /v1/models."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="Sent in an Authorization: Bearer KEY header."),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the arrivals and of the sampling of each request."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Ask for exactly --max-tokens tokens (the ignore_eos extension of vLLM)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait to connect and for each chunk; beyond, the request fails as a timeout."),
+    slo_tpot: Optional[str] = typer.Option("50ms", "--slo-tpot", help="Goodput counts requests whose time per output token meets this (none: no TPOT target)."),
+    slo_ttft: Optional[str] = typer.Option(None, "--slo-ttft", help="... and whose time to first token meets this."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the summary and every request."),
+) -> None:
+    """Load-test an OpenAI-compatible endpoint (wanspec or vLLM): TTFT, TPOT, ITL, E2E
+    percentiles, throughput, goodput under an SLO, errors by kind (definitions: docs/bench.md)."""
+    with user_errors():
+        from wanspec.cli.bench import bench_config, run_bench_cli
+
+        cfg = bench_config(url=url, chat=chat, concurrency=concurrency,
+                           request_rate=request_rate, prompts=prompts, num_prompts=num_prompts,
+                           max_tokens=max_tokens, model=model, api_key=api_key, seed=seed,
+                           temperature=temperature, ignore_eos=ignore_eos, timeout=timeout,
+                           slo_tpot=slo_tpot, slo_ttft=slo_ttft)
+        ok = run_bench_cli(cfg, as_json=as_json, console=console)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def probe(
+    targets: List[str] = typer.Argument(..., help="HOST:PORT (a worker: connect RTT) or http(s)://URL (an OpenAI-compatible server: connect RTT and TTFT)."),
+    count: int = typer.Option(10, "--count", "-c", help="Samples per target."),
+    interval: str = typer.Option("100ms", "--interval", help="Pause between two samples of a target."),
+    transport: Transport = typer.Option(Transport.tcp, "--transport", help="HOST:PORT targets: time TCP connects, or QUIC handshakes with a wanspec worker."),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="QUIC: CA certificate to check the certificate of the worker against."),
+    insecure: bool = typer.Option(False, "--insecure", help="QUIC: do not verify the certificate of the worker."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds per sample before it counts as failed."),
+    chat: bool = typer.Option(False, "--chat", help="URL targets: probe /v1/chat/completions."),
+    model: Optional[str] = typer.Option(None, "--model", help="URL targets: model name; default: the first of GET /v1/models."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="URL targets: sent in an Authorization: Bearer KEY header."),
+    max_tokens: int = typer.Option(8, "--max-tokens", "-n", help="URL targets: tokens per probe completion."),
+    prompt: str = typer.Option("Hello", "--prompt", help="URL targets: the prompt of the probe completions."),
+    max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="Recommendation: the latency budget of remote drafting, as a multiple of best SD."),
+    min_saving: float = typer.Option(0.5, "--min-saving", help="Recommendation: close enough when remote drafting saves at least this fraction of busy-site draft passes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list, a record per target."),
+) -> None:
+    """Measure the RTT (and the TTFT of an endpoint) to each target and say which are close enough
+    for remote drafting (as the simulator predicts at the measured RTT)."""
+    with user_errors():
+        from wanspec.cli.bench import probe_config, run_probe_cli
+
+        parsed, cfg = probe_config(
+            targets=targets, transport=transport.value, chat=chat, count=count,
+            interval=interval, timeout=timeout, ca=ca, insecure=insecure, model=model,
+            api_key=api_key, max_tokens=max_tokens, prompt=prompt, max_slowdown=max_slowdown,
+            min_saving=min_saving)
+        ok = run_probe_cli(parsed, cfg, as_json=as_json, console=console)
+    if not ok:
+        raise typer.Exit(1)
+# ---- end of client tools --------------------------------------------------------------------------
+
+
 def main() -> None:
     app()
 

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from wanspec.errors import WanspecError
 
@@ -31,7 +32,7 @@ def quiet_libraries() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False,
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False,
                       soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
 

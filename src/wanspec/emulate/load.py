@@ -131,6 +131,14 @@ async def serve(generate: Callable[[str], Awaitable[GenerationResult]], prompts:
     return done, loop.time() - t0
 
 
+def meets_slo(tpot_s: float | None, slo_tpot_s: float | None, ttft_s: float | None = None,
+              slo_ttft_s: float | None = None) -> bool:
+    """Whether a request counts toward goodput: its TPOT and TTFT within the targets given (a
+    target of None is no target; a request of one token has no TPOT and meets any)."""
+    return ((slo_tpot_s is None or (tpot_s or 0.0) <= slo_tpot_s)
+            and (slo_ttft_s is None or (ttft_s is not None and ttft_s <= slo_ttft_s)))
+
+
 def summarize(run: LoadRun, reference: Sequence[list[int]], slo_tpot_ms: float) -> dict[str, Any]:
     """The record of one (mode, load, RTT): what a serving operator reads."""
     span = max(run.makespan_s, 1e-12)
@@ -141,7 +149,7 @@ def summarize(run: LoadRun, reference: Sequence[list[int]], slo_tpot_ms: float) 
              for s in run.served]
     slo_s = slo_tpot_ms / 1000.0
     good = sum(s.result.metrics["committed_tokens"] for s in run.served
-               if (s.tpot_s or 0.0) <= slo_s)
+               if meets_slo(s.tpot_s, slo_s))
     busy = run.busy
     target_s = sum(v for k, v in busy.busy_by_model.items() if k == "target")
     draft_s = busy.busy_s - target_s
@@ -162,7 +170,7 @@ def summarize(run: LoadRun, reference: Sequence[list[int]], slo_tpot_ms: float) 
         "goodput_tok_s": good / span,
         "slo_tpot_ms": slo_tpot_ms,
         "admission": run.extra.get("admission", "none"),
-        "slo_attained": sum((s.tpot_s or 0.0) <= slo_s for s in run.served) / max(len(run.served), 1),
+        "slo_attained": sum(meets_slo(s.tpot_s, slo_s) for s in run.served) / max(len(run.served), 1),
         **{f"ttft_ms_p{q}": 1000 * percentile(ttfts, q) for q in (50, 95, 99)},
         **{f"tpot_ms_p{q}": 1000 * percentile(tpots, q) for q in (50, 95, 99)},
         "busy_target_frac": target_s / span,
