@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
 from wanspec.core.actions import Send
 from wanspec.core.estimates import Ewma
@@ -87,6 +88,8 @@ class LinkCore:
                  ) -> None:
         self.hello = hello
         self.rtt = Ewma(rtt_prior_s)  # the link's RTT: every request's estimate reads this one
+        # told of every RTT sample (handshake and pings): for an operator's histogram
+        self.on_rtt_sample: Callable[[float], None] | None = None
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
         self.backoff_min_s, self.backoff_max_s = backoff_s
@@ -125,7 +128,7 @@ class LinkCore:
             return []
         if isinstance(msg, Pong):
             if isinstance(msg.t, float) and msg.t <= now:  # an echo of one of our own clocks
-                self.rtt.update(now - msg.t)
+                self._rtt_sample(now - msg.t)
             self.worker_load = WorkerLoadReport(msg.busy, msg.demand, now)
             self.worker_demand.update(msg.demand)
             return []
@@ -172,9 +175,14 @@ class LinkCore:
         self.state, self.peer = LinkState.UP, msg
         self.last_error = None
         self._backoff_s = self.backoff_min_s
-        self.rtt.update(now - self._hello_sent)
+        self._rtt_sample(now - self._hello_sent)
         self._next_ping = now + self.ping_interval_s
         return [Up()]
+
+    def _rtt_sample(self, seconds: float) -> None:
+        self.rtt.update(seconds)
+        if self.on_rtt_sample is not None:
+            self.on_rtt_sample(seconds)
 
     def _lose(self, reason: str, now: float) -> list[LinkAction]:
         self.state, self.peer = LinkState.IDLE, None
