@@ -246,6 +246,7 @@ def worker(
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Also serve /metrics (Prometheus) and /health over HTTP on this port (same host as --listen); docs/serving.md."),
 ) -> None:
     """Serve drafts at the under-used site: draft ahead continuously for each controller session."""
     quiet_libraries()
@@ -256,7 +257,7 @@ def worker(
         configure_threads(threads)
         run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
                    draft_ms=draft_ms, max_sessions=max_sessions, max_batch=max_batch,
-                   dtype=dtype, device=device, console=console)
+                   dtype=dtype, device=device, console=console, metrics_port=metrics_port)
 
 
 @app.command()
@@ -290,6 +291,10 @@ def controller(
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    listen: Optional[str] = typer.Option(None, "--listen", help="Serve an OpenAI-compatible API (as vLLM's) on HOST:PORT until SIGINT/SIGTERM, instead of decoding --prompt(s); docs/serving.md."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="WANSPEC_API_KEY", show_envvar=True, help="With --listen: require 'Authorization: Bearer KEY' on /v1/*."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to [default: the target directory's name]."),
+    grace: float = typer.Option(30.0, "--grace", help="With --listen: seconds in-flight requests may take to finish once stopped (then they are cancelled)."),
 ) -> None:
     """Decode at the busy site: verify the worker's drafts with the target; lossless."""
     quiet_libraries()
@@ -300,8 +305,12 @@ def controller(
         from wanspec.sampling import SamplingParams
 
         setup_logging(verbose)
-        check((prompt is None) != (prompts is None), "give exactly one of --prompt or --prompts")
-        prompt_list = [prompt] if prompt is not None else load_prompts(prompts)
+        given = [f for f, v in (("--listen", listen), ("--prompt", prompt), ("--prompts", prompts))
+                 if v is not None]
+        check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"
+              + (f"; got {' and '.join(given)}" if given else ""))
+        prompt_list = ([] if listen is not None else
+                       [prompt] if prompt is not None else load_prompts(prompts))
         configure_threads(threads)
         run_controller(
             worker=worker_addr, transport=transport.value, target=target, draft=draft,
@@ -310,7 +319,8 @@ def controller(
             sampling=SamplingParams(temperature, top_k, top_p, seed),
             stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
             tls=tls, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
-            device=device, exact=exact, as_json=as_json, console=console)
+            device=device, exact=exact, as_json=as_json, console=console,
+            listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name)
 
 
 @app.command()

@@ -35,9 +35,16 @@ def setup_logging(verbose: bool) -> None:
 
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
                key: Path | None, draft_ms: float | None, max_sessions: int, dtype: str,
-               device: str, console: Console, max_batch: int = 64) -> None:
+               device: str, console: Console, max_batch: int = 64,
+               metrics_port: int | None = None) -> None:
     check(max_sessions >= 1, f"--max-sessions must be >= 1, got {max_sessions}")
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
+    # ---- issue 13: the worker's /metrics and /health ----
+    from wanspec.cli.serving import check_metrics_port, start_worker_metrics
+
+    check_metrics_port(metrics_port)
+    listen_host = factory.parse_address(listen)[0]
+    # ----
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
                             max_sessions=max_sessions, max_batch=max_batch)
@@ -48,6 +55,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "
                       f"up to {max_batch} sessions per draft pass)", soft_wrap=True)
+        stop_metrics = (await start_worker_metrics(service, metrics_port, listen_host, console)
+                        if metrics_port is not None else None)  # issue 13
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,6 +65,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
             except NotImplementedError:  # pragma: no cover - non-Unix
                 pass
         await stop.wait()
+        if stop_metrics is not None:
+            await stop_metrics()
         await server.close()
         console.print("wanspec worker stopped")
 
@@ -68,7 +79,9 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                    stop: Sequence[str], ignore_eos: bool,
                    ca: Path | None, insecure: bool, tls: bool, timeout_s: float,
                    target_ms: float | None, draft_ms: float | None, dtype: str, device: str,
-                   as_json: bool, console: Console, exact: bool = False) -> None:
+                   as_json: bool, console: Console, exact: bool = False,
+                   listen: str | None = None, api_key: str | None = None, grace_s: float = 30.0,
+                   model_name: str | None = None) -> None:
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
@@ -82,6 +95,11 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
     check(len(set(workers)) == len(workers), f"--worker given twice: {', '.join(workers)}")
     for address in workers:
         factory.parse_address(address)  # fail fast on a malformed address
+    if listen is not None:  # issue 13: serve the API until stopped
+        from wanspec.cli.serving import check_service_flags, serve_engine
+
+        api_key = check_service_flags(listen=listen, grace_s=grace_s, model_name=model_name,
+                                      api_key=api_key)
     timing = timing_from_flags(target_ms, draft_ms)
     tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
                            exact=exact)
@@ -103,6 +121,10 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                                   policy=PolicyConfig(pname, max_slowdown=max_slowdown))
         engine = RemoteEngine(tgt, links, local_draft=drf, timing=timing, config=config)
         assert engine.workers is not None
+        if listen is not None:  # issue 13 (the app closes the worker links when it stops)
+            await serve_engine(engine, listen=listen, model_name=model_name or tgt.path.name,
+                               api_key=api_key, grace_s=grace_s, console=console)
+            return []
         out = []
         try:
             for p in prompts:
@@ -137,6 +159,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
         return out
 
     results = asyncio.run(main())
+    if listen is not None:
+        return
     if as_json:
         print(json.dumps(results[0] if len(results) == 1 else results))
     else:
