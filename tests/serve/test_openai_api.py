@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, MODEL
+from serve_support import API_KEY, MODEL
 
 from wanspec.sampling import SamplingParams
 

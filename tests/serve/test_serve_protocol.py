@@ -28,7 +28,7 @@ def completion(**fields):
 def chat(**fields):
     body = {"messages": [{"role": "user", "content": "hi"}], **fields}
     return plan_chat(ChatCompletionRequest.model_validate(body),
-                     lambda msgs, gen: "".join(m["content"] for m in msgs), encode, LIMITS)
+                     lambda msgs, gen, kw: "".join(m["content"] for m in msgs), encode, LIMITS)
 
 
 @pytest.mark.parametrize("fields,needle", [

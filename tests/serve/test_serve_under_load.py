@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, MODEL, start_service, start_worker, stop_service
+from serve_support import API_KEY, MODEL, start_service, start_worker, stop_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from wanspec.sampling import SamplingParams

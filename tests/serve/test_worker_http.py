@@ -4,7 +4,7 @@ of the command line (refused in one line before any model loads)."""
 from __future__ import annotations
 
 import httpx
-from conftest import API_KEY, MODEL
+from serve_support import API_KEY, MODEL
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 

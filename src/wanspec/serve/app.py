@@ -44,6 +44,7 @@ from wanspec.serve.protocol import (
     CompletionRequest,
     ModelLimits,
     Plan,
+    Render,
     plan_chat,
     plan_completion,
 )
@@ -145,16 +146,20 @@ def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[
     return (f"{loc}: {msg}{more}" if loc else f"{msg}{more}"), (loc.split(".")[0] or None)
 
 
-def chat_renderer(tokenizer: Any) -> Callable[[list[dict[str, str]], bool], str]:
+def chat_renderer(tokenizer: Any) -> Render:
     """The tokenizer's own chat template; a model without one answers chat with a 400."""
-    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool,
+               kwargs: dict[str, Any]) -> str:
         if not getattr(tokenizer, "chat_template", None):
             raise APIError("This model has no chat template (chat_template in its "
                            "tokenizer_config.json), so /v1/chat/completions cannot format "
                            "messages; use /v1/completions with a prompt.", param="messages")
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+                                                 add_generation_prompt=add_generation_prompt,
+                                                 **{k: v for k, v in kwargs.items()
+                                                    if k not in ("tokenize", "conversation",
+                                                                 "add_generation_prompt")})
         except Exception as exc:  # a template's own refusal (raise_exception) or a bug in it
             raise APIError(f"the chat template could not format these messages: {exc}",
                            param="messages") from None

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from wanspec.sampling import SamplingParams
 from wanspec.serve.errors import APIError
@@ -68,11 +68,6 @@ class CompletionRequest(_Common):
     suffix: StrictStr | None = None
 
 
-class TextPart(_Body):
-    type: Literal["text"]
-    text: StrictStr
-
-
 class ChatMessage(_Body):
     role: StrictStr
     content: StrictStr | list[dict[str, Any]] | None = None
@@ -90,7 +85,7 @@ class ChatCompletionRequest(_Common):
     tool_choice: Any = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
-    chat_template_kwargs: dict[str, Any] | None = Field(default=None)
+    chat_template_kwargs: dict[str, Any] | None = None  # passed to the template, as in vLLM
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -289,7 +284,10 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
     return out
 
 
-def plan_chat(req: ChatCompletionRequest, render: Callable[[list[dict[str, str]], bool], str],
+Render = Callable[[list[dict[str, str]], bool, dict[str, Any]], str]
+
+
+def plan_chat(req: ChatCompletionRequest, render: Render,
               encode: Callable[[str], list[int]], limits: ModelLimits) -> Plan:
     check_neutral(req, [
         ("tools", lambda v: not v), ("functions", lambda v: not v),
@@ -307,5 +305,5 @@ def plan_chat(req: ChatCompletionRequest, render: Callable[[list[dict[str, str]]
     max_tokens, param = ((req.max_completion_tokens, "max_completion_tokens")
                          if req.max_completion_tokens is not None
                          else (req.max_tokens, "max_tokens"))
-    text = render(chat_messages(req), req.add_generation_prompt)
+    text = render(chat_messages(req), req.add_generation_prompt, req.chat_template_kwargs or {})
     return _plan(req, [encode(text)], max_tokens, param, logprobs, limits)
