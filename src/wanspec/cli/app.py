@@ -259,6 +259,7 @@ def worker(
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Also serve /metrics (Prometheus) and /health over HTTP on this port (same host as --listen); docs/serving.md."),
 ) -> None:
     """Serve drafts at the under-used site: draft ahead continuously for each controller session."""
     quiet_libraries()
@@ -275,7 +276,8 @@ def worker(
         run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
                    client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
                    draft_ms=draft_ms, limits=limits, frame_timeout=frame_timeout,
-                   max_batch=max_batch, dtype=dtype, device=device, console=console)
+                   max_batch=max_batch, dtype=dtype, device=device, console=console,
+                   metrics_port=metrics_port)
 
 
 @app.command()
@@ -312,6 +314,10 @@ def controller(
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    listen: Optional[str] = typer.Option(None, "--listen", help="Serve an OpenAI-compatible API (as vLLM's) on HOST:PORT until SIGINT/SIGTERM, instead of decoding --prompt(s); docs/serving.md."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="WANSPEC_API_KEY", show_envvar=True, help="With --listen: require 'Authorization: Bearer KEY' on /v1/*."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to [default: the target directory's name]."),
+    grace: float = typer.Option(30.0, "--grace", help="With --listen: seconds in-flight requests may take to finish once stopped (then they are cancelled)."),
 ) -> None:
     """Decode at the busy site: verify the worker's drafts with the target; lossless."""
     quiet_libraries()
@@ -322,8 +328,12 @@ def controller(
         from wanspec.sampling import SamplingParams
 
         setup_logging(verbose)
-        check((prompt is None) != (prompts is None), "give exactly one of --prompt or --prompts")
-        prompt_list = [prompt] if prompt is not None else load_prompts(prompts)
+        given = [f for f, v in (("--listen", listen), ("--prompt", prompt), ("--prompts", prompts))
+                 if v is not None]
+        check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"
+              + (f"; got {' and '.join(given)}" if given else ""))
+        prompt_list = ([] if listen is not None else
+                       [prompt] if prompt is not None else load_prompts(prompts))
         configure_threads(threads)
         run_controller(
             worker=worker_addr, transport=transport.value, target=target, draft=draft,
@@ -331,8 +341,10 @@ def controller(
             policy=policy, max_slowdown=max_slowdown,
             sampling=SamplingParams(temperature, top_k, top_p, seed),
             stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
-            tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout, target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
-            device=device, exact=exact, as_json=as_json, console=console)
+            tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout,
+            target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
+            device=device, exact=exact, as_json=as_json, console=console,
+            listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name)
 
 
 @app.command()

@@ -96,7 +96,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
                console: Console, max_batch: int = 64, limits: WorkerLimits | None = None,
                frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S,
                client_ca: Path | None = None, auth_key_file: Path | None = None,
-               insecure: bool = False) -> None:
+               insecure: bool = False, metrics_port: int | None = None) -> None:
     limits = limits or WorkerLimits()
     check_limits(limits, frame_timeout)
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
@@ -108,6 +108,12 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
         require_file(client_ca, "client CA certificate")
     authentication = worker_authentication(listen, auth_key=auth_key, client_ca=client_ca,
                                            insecure=insecure)
+    # ---- issue 13: the worker's /metrics and /health ----
+    from wanspec.cli.serving import check_metrics_port, start_worker_metrics
+
+    check_metrics_port(metrics_port)
+    listen_host = factory.parse_address(listen)[0]
+    # ----
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
                             limits=limits, max_batch=max_batch, auth_key=auth_key)
@@ -120,6 +126,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "
                       f"up to {max_batch} sessions per draft pass, "
                       f"authentication: {authentication})", soft_wrap=True)
+        stop_metrics = (await start_worker_metrics(service, metrics_port, listen_host, console)
+                        if metrics_port is not None else None)  # issue 13
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,6 +136,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
             except NotImplementedError:  # pragma: no cover - non-Unix
                 pass
         await stop.wait()
+        if stop_metrics is not None:
+            await stop_metrics()
         await server.close()
         console.print("wanspec worker stopped")
 
@@ -142,7 +152,9 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                    target_ms: float | None, draft_ms: float | None, dtype: str, device: str,
                    as_json: bool, console: Console, exact: bool = False,
                    cert: Path | None = None, key: Path | None = None,
-                   auth_key_file: Path | None = None) -> None:
+                   auth_key_file: Path | None = None,
+                   listen: str | None = None, api_key: str | None = None, grace_s: float = 30.0,
+                   model_name: str | None = None) -> None:
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
@@ -163,6 +175,11 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
           "--cert and --key go together: the controller's TLS client certificate and its key")
     if transport == "quic" or tls or ca is not None or insecure or cert is not None:
         client_ssl_context(ca, insecure=insecure, cert=cert, key=key)  # loads every file once
+    if listen is not None:  # issue 13: serve the API until stopped
+        from wanspec.cli.serving import check_service_flags, serve_engine
+
+        api_key = check_service_flags(listen=listen, grace_s=grace_s, model_name=model_name,
+                                      api_key=api_key)
     timing = timing_from_flags(target_ms, draft_ms)
     tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
                            exact=exact)
@@ -184,6 +201,10 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                                   policy=PolicyConfig(pname, max_slowdown=max_slowdown))
         engine = RemoteEngine(tgt, links, local_draft=drf, timing=timing, config=config)
         assert engine.workers is not None
+        if listen is not None:  # issue 13 (the app closes the worker links when it stops)
+            await serve_engine(engine, listen=listen, model_name=model_name or tgt.path.name,
+                               api_key=api_key, grace_s=grace_s, console=console)
+            return []
         out = []
         try:
             for p in prompts:
@@ -220,6 +241,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
 
     workers_state: list[dict[str, Any]] = []
     results = asyncio.run(main())
+    if listen is not None:
+        return
     if as_json:
         print(json.dumps(results[0] if len(results) == 1 else results))
     else:

@@ -67,6 +67,8 @@ class ControllerStats:
     rides: int = 0  # passes joined while waiting for the worker (other requests' passes)
     remote_accepted: int = 0
     remote_received: int = 0
+    remote_stale: int = 0  # received drafts dropped on arrival (an old epoch, a dead chain)
+    remote_late: int = 0  # received drafts for positions already committed when they came
     stall_s: float = 0.0  # accelerator idle while waiting for the worker
     worker_lost: str | None = None
     worker_moves: int = 0  # times the request moved to another worker after losing one
@@ -225,8 +227,12 @@ class ControllerCore:
         chain = self.chain
         last, extends = chain.last_arrival, not chain.dead and msg.epoch == chain.epoch
         self.stats.remote_received += len(drafts)
+        stale_before = chain.stale_dropped
         if not chain.on_drafts(msg.epoch, msg.base, drafts, now):
+            self.stats.remote_stale += chain.stale_dropped - stale_before
             return []  # stale: nothing changed
+        n = len(self.transcript.tokens)
+        self.stats.remote_late += max(0, min(n, msg.base + len(drafts)) - msg.base)
         if extends and last is not None:
             # the pace of a live chain: how fast the worker's drafts come when nothing stops it
             self.est.draft_interval.update((now - last) / len(drafts))
@@ -243,6 +249,17 @@ class ControllerCore:
         out: list[ControllerAction] = [Log(f"worker lost ({reason}); continuing with {fallback}")]
         self._wait_until = None
         out.extend(self._schedule(now))
+        return out
+
+    def on_abandoned(self) -> list[ControllerAction]:
+        """The request is given up before it finished (its client went away): no event will
+        come any more, so the worker is told at once to free the session."""
+        if self.finished:
+            return []
+        self.finished = True
+        out: list[ControllerAction] = []
+        if self.worker_ok:
+            out.append(Send(Cancel(self.rid, "cancelled")))
         return out
 
     def on_worker_attached(self, now: float, estimates: Estimates | None = None

@@ -105,6 +105,8 @@ class LinkCore:
         # a worker that sends nothing (not even the Pongs of our pings) this long is lost
         self.silence_timeout_s = silence_timeout_s
         self.rtt = Ewma(rtt_prior_s)  # the link's RTT: every request's estimate reads this one
+        # told of every RTT sample (handshake and pings): for an operator's histogram
+        self.on_rtt_sample: Callable[[float], None] | None = None
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
         self.backoff_min_s, self.backoff_max_s = backoff_s
@@ -154,7 +156,7 @@ class LinkCore:
             return []
         if isinstance(msg, Pong):
             if isinstance(msg.t, float) and msg.t <= now:  # an echo of one of our own clocks
-                self.rtt.update(now - msg.t)
+                self._rtt_sample(now - msg.t)
             self.worker_load = WorkerLoadReport(msg.busy, msg.demand, now)
             self.worker_demand.update(msg.demand)
             return []
@@ -202,7 +204,7 @@ class LinkCore:
             check_hello(self.hello, msg)
         except ProtocolError as exc:
             return self._lose(str(exc), now)
-        self.rtt.update(now - self._hello_sent)  # (a worker's Auth comes in the same flight)
+        self._rtt_sample(now - self._hello_sent)  # (a worker's Auth comes in the same flight)
         if self.auth_key is None:
             if msg.nonce:
                 return self._refuse(
@@ -240,6 +242,11 @@ class LinkCore:
         self._backoff_s = self.backoff_min_s
         self._next_ping = now + self.ping_interval_s
         return [Up()]
+
+    def _rtt_sample(self, seconds: float) -> None:
+        self.rtt.update(seconds)
+        if self.on_rtt_sample is not None:
+            self.on_rtt_sample(seconds)
 
     def _refuse(self, reason: str, now: float) -> list[LinkAction]:
         """Tell the worker why (so its operator sees it too), then lose the connection."""

@@ -136,6 +136,7 @@ class RequestMetrics:
             "verify_rounds": self.verify_rounds,
             "verify_rejections": self.rejections,
             "mean_acceptance_length": self.mean_acceptance_length,
+            "accepted_per_position": list(self.position_accepts),
             "per_position_acceptance": [
                 a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_attempts)
             ],

@@ -81,6 +81,7 @@ class WorkerLink:
         self._handshake: asyncio.Future[bool] | None = None
         self._timers_changed: asyncio.Event | None = None
         self._stats_event: asyncio.Event | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # sends nobody waits for (send_soon)
 
     @property
     def up(self) -> bool:
@@ -209,6 +210,19 @@ class WorkerLink:
         if self._timers_changed is not None:
             self._timers_changed.set()
 
+    def send_soon(self, msg: Message) -> None:
+        """Send ``msg`` without waiting (from code that may not wait: a cancelled request's
+        clean-up); a closed connection drops it, as it drops the session it concerns."""
+        async def send() -> None:
+            try:
+                await self.send(msg)
+            except ConnectionClosed:
+                pass
+
+        task = asyncio.create_task(send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
     def _keep_stats(self, stats: SessionStats) -> None:
         """Keep the worker's account of a request we started (once): what a worker sends about
         other ids grows nothing."""
@@ -331,7 +345,12 @@ class RemoteEngine:
         stop_strings: Sequence[str] = (),
         ignore_eos: bool = False,
         on_tokens: OnTokens | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> GenerationResult:
+        """Decode one prompt (many may run at once: their passes are batched).  ``stop_token_ids``
+        end the output like EOS (even with ``ignore_eos``).  Cancelling the call withdraws the
+        request at once: its passes leave the queue, its KV slots go back, and its worker is told
+        to free the session."""
         sampling = sampling or SamplingParams()
         ids = self.target.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
@@ -339,8 +358,8 @@ class RemoteEngine:
         fits = getattr(self.target, "check_fits", None)  # duck-typed models may lack it
         if fits is not None:
             fits(len(ids), max_tokens)
-        stop = StopCriteria(max_tokens=max_tokens,
-                            eos_ids=frozenset() if ignore_eos else self.target.eos_ids,
+        eos = frozenset() if ignore_eos else self.target.eos_ids
+        stop = StopCriteria(max_tokens=max_tokens, eos_ids=eos | frozenset(stop_token_ids),
                             stop_strings=tuple(stop_strings),
                             detokenize=self.target.decode if stop_strings else None)
         rid = next(self._rids)
@@ -372,6 +391,11 @@ class RemoteEngine:
             pool.attach(placed.index, rid, queue)
         try:
             reason = await self._drive(core, queue, sampling, on_tokens, placed)
+        except BaseException:  # cancelled (its client left) or failed: free the worker's session
+            for a in core.on_abandoned():
+                if isinstance(a, Send) and placed.index is not None and pool is not None:
+                    pool.links[placed.index].send_soon(a.msg)
+            raise
         finally:
             if placed.index is not None and pool is not None:
                 pool.detach(placed.index, rid)
@@ -383,6 +407,7 @@ class RemoteEngine:
             "plain_steps": st.plain_steps, "rides": st.rides,
             "remote_drafts_received": st.remote_received,
             "remote_drafts_accepted": st.remote_accepted,
+            "remote_drafts_stale": st.remote_stale, "remote_drafts_late": st.remote_late,
             "wasted_remote_drafts": max(st.remote_received - st.remote_accepted, 0),
             "stall_s": st.stall_s, "worker_lost": st.worker_lost,
             "worker_used": worker_used, "request_id": rid, "queued_s": queued_s,
