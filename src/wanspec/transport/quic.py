@@ -68,13 +68,13 @@ def _addr_text(addr: Any) -> str:
 class QuicMessageConnection(Connection):
     """Protocol messages over the control stream of one QUIC connection."""
 
-    def __init__(self, protocol: "_Protocol", *, is_client: bool, max_frame: int) -> None:
+    def __init__(self, protocol: "_Protocol", quic: QuicConnection, *, max_frame: int) -> None:
         self.peer = "?"
         self.sent = Traffic()
         self.received = Traffic()
         self._protocol = protocol
-        self._quic: QuicConnection = protocol._quic
-        self._is_client = is_client
+        self._quic = quic  # the protocol's connection, handed to us (not read from its ``_quic``)
+        self._is_client = quic.configuration.is_client
         self._max_frame = max_frame
         self._decoder = FrameDecoder(max_frame)
         self._inbox: Inbox[Message] = Inbox()
@@ -87,7 +87,7 @@ class QuicMessageConnection(Connection):
         self.close_reason = ""
         self.udp_transport: asyncio.DatagramTransport | None = None  # client only: ours to close
         self._keepalive: asyncio.TimerHandle | None = None
-        if is_client:
+        if self._is_client:
             self._stream_ready.set()
 
     @property
@@ -236,9 +236,7 @@ class _Protocol(QuicConnectionProtocol):
         on_ready: Callable[[QuicMessageConnection], None] | None = None,
     ) -> None:
         super().__init__(quic)
-        self.conn = QuicMessageConnection(
-            self, is_client=quic.configuration.is_client, max_frame=max_frame
-        )
+        self.conn = QuicMessageConnection(self, quic, max_frame=max_frame)
         self._on_ready = on_ready
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -389,8 +387,12 @@ async def serve_quic(
     key: Path,
     max_frame: int = DEFAULT_MAX_FRAME,
 ) -> QuicServer:
-    """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``)."""
-    from aioquic.asyncio.server import serve as _aioquic_serve
+    """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``).
+
+    This is ``aioquic.asyncio.serve`` spelled out: ``serve`` keeps the UDP transport in a private
+    attribute of the server it returns, and the bound address (port 0) is read from that transport.
+    """
+    from aioquic.asyncio.server import QuicServer as _AioquicServer
 
     cert = require_file(cert, "TLS certificate")
     key = require_file(key, "TLS private key")
@@ -403,13 +405,14 @@ async def serve_quic(
         raise ConnectError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from exc
     server = QuicServer(handler, max_frame=max_frame)
     try:
-        server._server = await _aioquic_serve(
-            host, port, configuration=config, create_protocol=server._create_protocol
+        udp, server._server = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _AioquicServer(configuration=config, create_protocol=server._create_protocol),
+            local_addr=(host, port),
         )
     except OSError as exc:
         raise ConnectError(
             f"cannot listen on {format_address(host, port)}/udp: {exc.strerror or exc}"
         ) from exc
-    name = server._server._transport.get_extra_info("sockname")
+    name = udp.get_extra_info("sockname")
     server._address = (str(name[0]), int(name[1]))
     return server
