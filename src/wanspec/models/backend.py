@@ -12,7 +12,6 @@ so two models and the network progress concurrently.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import json
 import logging
 from pathlib import Path
@@ -65,19 +64,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if name is None:  # auto: half precision is slow or unsupported for CPU matmuls
         return torch.float32 if device.type == "cpu" else torch.bfloat16
     return getattr(torch, name)
-
-
-def _cache_keyword(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.x); use what the model takes."""
-    return _cache_keyword_of(type(model))
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_keyword_of(model_class: type) -> str:
-    import inspect
-
-    params = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 class Feed(NamedTuple):
@@ -269,7 +255,7 @@ class CausalLM:
                 f.cache.crop(f.start)
             out = self.model(input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
                              attention_mask=mask.to(self.device), use_cache=True,
-                             **{_cache_keyword(self.model): view})
+                             cache=view)  # ``past_key_values`` before transformers 5.24
             for f in feeds:
                 f.cache.length = f.start + len(f.tokens)
             logits = out.logits.float()

@@ -100,14 +100,14 @@ def _addr_text(addr: Any) -> str:
 class QuicMessageConnection(Connection):
     """Protocol messages over the control stream of one QUIC connection."""
 
-    def __init__(self, protocol: "_Protocol", *, is_client: bool, max_frame: int,
+    def __init__(self, protocol: "_Protocol", quic: QuicConnection, *, max_frame: int,
                  frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S) -> None:
         self.peer = "?"
         self.sent = Traffic()
         self.received = Traffic()
         self._protocol = protocol
-        self._quic: QuicConnection = protocol._quic
-        self._is_client = is_client
+        self._quic = quic  # the protocol's connection, handed to us (not read from its ``_quic``)
+        self._is_client = quic.configuration.is_client
         self._max_frame = max_frame
         self._decoder = FrameDecoder(max_frame, frame_timeout)
         self._inbox: Inbox[Message] = Inbox(max_bytes=max_frame)
@@ -121,8 +121,13 @@ class QuicMessageConnection(Connection):
         self.close_reason = ""
         self.udp_transport: asyncio.DatagramTransport | None = None  # client only: ours to close
         self._keepalive: asyncio.TimerHandle | None = None
-        if is_client:
+        if self._is_client:
             self._stream_ready.set()
+
+    @property
+    def quic(self) -> QuicConnection:
+        """The aioquic connection this runs on (its TLS state is checked for mutual TLS)."""
+        return self._quic
 
     @property
     def closed(self) -> bool:
@@ -315,10 +320,8 @@ class _Protocol(QuicConnectionProtocol):
         on_ready: Callable[[QuicMessageConnection], None] | None = None,
     ) -> None:
         super().__init__(quic)
-        self.conn = QuicMessageConnection(
-            self, is_client=quic.configuration.is_client, max_frame=max_frame,
-            frame_timeout=frame_timeout,
-        )
+        self.conn = QuicMessageConnection(self, quic, max_frame=max_frame,
+                                          frame_timeout=frame_timeout)
         self._on_ready = on_ready
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -524,7 +527,7 @@ class QuicServer(Server):
 
     def _accept(self, conn: QuicMessageConnection) -> None:
         if self._client_ca is not None:
-            problem = client_cert_problem(conn._quic, self._client_ca)
+            problem = client_cert_problem(conn.quic, self._client_ca)
             if problem is not None:
                 log.warning("refusing a QUIC connection from %s: %s", conn.peer, problem)
                 conn.abort(problem[:200], ERR_CLIENT_CERT)
@@ -563,8 +566,12 @@ async def serve_quic(
     handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
 ) -> QuicServer:
     """Listen for QUIC on UDP ``host:port`` (port 0 = ephemeral, see ``.address``); with
-    ``client_ca``, serve only clients whose certificate that CA signed (mutual TLS)."""
-    from aioquic.asyncio.server import serve as _aioquic_serve
+    ``client_ca``, serve only clients whose certificate that CA signed (mutual TLS).
+
+    This is ``aioquic.asyncio.serve`` spelled out: ``serve`` keeps the UDP transport in a private
+    attribute of the server it returns, and the bound address (port 0) is read from that transport.
+    """
+    from aioquic.asyncio.server import QuicServer as _AioquicServer
 
     config = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=IDLE_TIMEOUT_S
@@ -576,13 +583,14 @@ async def serve_quic(
     server = QuicServer(handler, max_frame=max_frame, client_ca=client_ca,
                         frame_timeout=frame_timeout, handshake_timeout=handshake_timeout)
     try:
-        server._server = await _aioquic_serve(
-            host, port, configuration=config, create_protocol=server._create_protocol
+        udp, server._server = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _AioquicServer(configuration=config, create_protocol=server._create_protocol),
+            local_addr=(host, port),
         )
     except OSError as exc:
         raise ConnectError(
             f"cannot listen on {format_address(host, port)}/udp: {exc.strerror or exc}"
         ) from exc
-    name = server._server._transport.get_extra_info("sockname")
+    name = udp.get_extra_info("sockname")
     server._address = (str(name[0]), int(name[1]))
     return server
