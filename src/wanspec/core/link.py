@@ -88,6 +88,7 @@ _PER_REQUEST = (Drafts, SessionStats, Error)
 _CONTROLLER_ONLY = (SessionStart, Commit, Cancel)
 KEY_MISMATCH = ("authentication failed: the worker's key does not match the controller's "
                 "(--auth-key-file must hold the same key at both sites)")
+_PINGS_KEPT = 8  # pings awaiting their Pong (one a second: older echoes are too late to matter)
 
 
 class LinkCore:
@@ -122,6 +123,7 @@ class LinkCore:
         self._next_ping: float | None = None
         self._ping_seq = 0
         self._last_heard = 0.0
+        self._pings: dict[int, float] = {}  # sent, not yet echoed: seq -> our clock when sent
 
     @property
     def up(self) -> bool:
@@ -155,8 +157,11 @@ class LinkCore:
         if self.state is not LinkState.UP:
             return []
         if isinstance(msg, Pong):
-            if isinstance(msg.t, float) and msg.t <= now:  # an echo of one of our own clocks
-                self._rtt_sample(now - msg.t)
+            # only the echo of a Ping we sent measures the RTT (once): any other t is a lie
+            sent = self._pings.get(msg.seq) if type(msg.seq) is int else None
+            if sent is not None and msg.t == sent and sent <= now:
+                del self._pings[msg.seq]
+                self._rtt_sample(now - sent)
             self.worker_load = WorkerLoadReport(msg.busy, msg.demand, now)
             self.worker_demand.update(msg.demand)
             return []
@@ -191,6 +196,9 @@ class LinkCore:
         if self.state is LinkState.UP and self._next_ping is not None and now >= self._next_ping:
             self._ping_seq += 1
             self._next_ping = now + self.ping_interval_s
+            self._pings[self._ping_seq] = now
+            if len(self._pings) > _PINGS_KEPT:
+                del self._pings[min(self._pings)]
             return [Send(Ping(now, self._ping_seq))]
         return []
 
@@ -258,6 +266,7 @@ class LinkCore:
         self.worker_demand.value = None  # a new connection: nothing reported yet
         self.last_error = reason
         self._next_ping = None
+        self._pings.clear()
         self._next_attempt = now + self._backoff_s
         self._backoff_s = min(2 * self._backoff_s, self.backoff_max_s)
         return [Lost(reason)]
