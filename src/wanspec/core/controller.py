@@ -40,7 +40,6 @@ from wanspec.sampling import SamplingParams
 
 ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | Send | Log
 
-
 @dataclass(frozen=True)
 class ControllerConfig:
     gamma: int = 4  # window of the fixed policies (and of local rounds' first guess)
@@ -154,6 +153,8 @@ class ControllerCore:
         self._account = _LatencyAccount(
             credit_per_token_s=max(self.est.unspent_per_token.get, 0.0))
         self._worker_lookahead = 0  # set when the session starts
+        self._drafts_messages = 0  # Drafts received for this request, stale ones included
+        self._commits_sent = 0
         self._judged: dict[int, bool] = {}  # latest judged positions: was their draft accepted
 
     # ---- public API ---------------------------------------------------------------------------
@@ -220,7 +221,11 @@ class ControllerCore:
             return []
         if not isinstance(msg, Drafts) or msg.rid != self.rid or not self.worker_ok or self.finished:
             return []
+        self._drafts_messages += 1
         problem = self._check_drafts(msg)
+        if problem is None and self._drafts_messages > self._drafts_allowed():
+            problem = (f"more Drafts ({self._drafts_messages}) than an honest worker sends "
+                       f"for {self._commits_sent} commits")
         if problem is not None:
             return self.on_worker_lost(f"protocol error from worker: {problem}", now)
         drafts = _draft_tokens(msg)
@@ -374,6 +379,18 @@ class ControllerCore:
                 return f"draft statistic {x!r} is not a finite non-negative number"
         return None
 
+    def _drafts_allowed(self) -> int:
+        """Twice the most Drafts messages an honest worker can have sent so far.
+
+        It sends one per draft pass and drafts at most its lookahead ``L`` past what we
+        committed: ``L`` for the first chain, and after a commit of ``k`` tokens either ``k``
+        more (its chain held) or a new chain of ``L`` -- at most ``L * (commits + 1) +
+        tokens`` in all.  Past that, its messages are a flood: each costs this request time
+        while its own pass results wait behind them.
+        """
+        tokens = self._committed_sent - self.transcript.n_prompt
+        return 2 * (self._worker_lookahead * (self._commits_sent + 1) + tokens) + 16
+
     def _run(self, action: RunTarget | RunDraft, now: float) -> RunTarget | RunDraft:
         self._busy, self._busy_since = action, now
         if self._idle_since is not None:
@@ -404,6 +421,7 @@ class ControllerCore:
                                        tuple(taken))))
                 self._last_commit_base, self._last_commit_time = self._committed_sent, now
                 self._committed_sent += len(taken)
+                self._commits_sent += 1
         if self.transcript.finished:
             self.finished = True
             self.metrics.on_finish(now)
