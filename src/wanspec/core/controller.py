@@ -40,6 +40,11 @@ from wanspec.sampling import SamplingParams
 
 ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | Send | Log
 
+# worker drafts overdue by more than this many round trips (plus draft intervals) are not
+# expected any more: not until the worker sends again (or, after a rejection, we commit again)
+STALLED_AFTER_RTTS = 3.0
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     gamma: int = 4  # window of the fixed policies (and of local rounds' first guess)
@@ -465,6 +470,11 @@ class ControllerCore:
                 # the worker was held at its lookahead cap: it resumes when our last commit lands
                 first_at = max(first_at, self._last_commit_time + self.est.rtt.get + interval)
         times = [first_at + (n + j - first_position) * interval for j in range(have, want)]
+        if now - times[0] > STALLED_AFTER_RTTS * (self.est.rtt.get + interval):
+            # overdue by several round trips: the worker has stalled (or never meant to draft).
+            # Expect nothing more for now; otherwise each wait would end just before its next
+            # 'imminent' draft, and a silent worker would hold the request forever
+            return ()
         if times[0] <= now:  # overdue: expect it any moment, the rest at the usual pace
             shift = now + interval - times[0]
             times = [t + shift for t in times]
