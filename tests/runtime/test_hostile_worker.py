@@ -1,0 +1,673 @@
+"""The controller against a hostile worker: whatever the worker sends, the output is the target's.
+
+A fake worker, served on a real TCP socket on 127.0.0.1, speaks the protocol by hand (the
+project's codec, or raw msgpack and raw bytes) and misbehaves in one way per case: wrong,
+out-of-vocabulary, wrongly typed, stale, shifted, enormous or endless drafts, floods of stats,
+pongs, pings and errors, stalls before and after the handshake, closes and resets mid-stream,
+garbage.  Each case runs a real :class:`RemoteEngine` with the shipped pair, greedy (policy
+``remote``, no local draft: the controller leans on the worker the most) and seeded sampling
+(policy ``adaptive`` with a local draft, the default), and checks that the output equals
+target-only decoding within a hard wall-clock deadline.
+
+The handshake of the fake worker lives in one function, :func:`handshake`: when the protocol's
+handshake changes, only it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import msgpack
+import pytest
+
+from wanspec.core.controller import ControllerConfig
+from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.models.backend import CausalLM
+from wanspec.models.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+from wanspec.models.fingerprint import tokenizer_fingerprint
+from wanspec.protocol.codec import PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode_frame
+from wanspec.protocol.messages import (
+    Commit,
+    Drafts,
+    Error,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    SessionStart,
+    SessionStats,
+)
+from wanspec.runtime.controller import RemoteEngine, WorkerLink
+from wanspec.runtime.engine import LocalEngine
+from wanspec.sampling import SamplingParams
+from wanspec.transport import factory
+
+PROMPT = "To be, or not to be, that is"
+MAX_TOKENS = 24
+DEADLINE_S = 30.0  # hard bound on one request, handshake timeouts included (real seconds; a
+# case takes under 5 s on a quiet machine, the margin is for a loaded CI host)
+HELLO_TIMEOUT_S = 1.0  # the controller's patience with a worker that does not answer Hello
+SAMPLINGS = {
+    "greedy": (SamplingParams(), "remote", False),
+    "sampled": (SamplingParams(temperature=0.8, top_p=0.95, seed=7), "adaptive", True),
+}
+
+
+# ---- the shipped pair and the references ------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    target: CausalLM
+    draft: CausalLM
+    prompt_ids: list[int]
+    refs: dict[str, list[int]]  # target-only output, per sampling
+
+
+@pytest.fixture(scope="module")
+def pair():
+    target = CausalLM(DEFAULT_TARGET, dtype="float32", device="cpu", name="target")
+    draft = CausalLM(DEFAULT_DRAFT, dtype="float32", device="cpu", name="draft")
+    engine = LocalEngine(target)
+    refs = {name: engine.generate(PROMPT, mode="target", max_tokens=MAX_TOKENS, sampling=s,
+                                  ignore_eos=True).token_ids
+            for name, (s, _, _) in SAMPLINGS.items()}
+    yield Pair(target, draft, target.encode(PROMPT), refs)
+    target.close()
+    draft.close()
+
+
+# ---- the fake worker ----------------------------------------------------------------------------
+
+
+def raw_frame(obj: Any) -> bytes:
+    """Any msgpack object as a frame, whatever it means (or not) to the protocol."""
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def drafts_frame(rid: Any, epoch: Any, base: Any, tokens: Any, entropy: Any = (),
+                 top_prob: Any = ()) -> bytes:
+    """A Drafts frame with fields of any type (the codec's encoder would refuse nothing either,
+    but this makes the wire content explicit)."""
+    return raw_frame([3, rid, epoch, base, list(tokens), list(entropy), list(top_prob)])
+
+
+@dataclass
+class FakeWorker:
+    """The worker end of one TCP connection, driven by a behaviour.
+
+    A background task reads what the controller sends and keeps the session's state: the
+    ``SessionStart`` and the committed sequence (prompt + commits), so behaviours can aim their
+    lies at the right request and positions.
+    """
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    hello: Hello  # what an honest worker would answer
+    ref: list[int]  # the target's own sequence (prompt + output): an oracle drafter's source
+    vocab: int
+    rng: random.Random
+    start: SessionStart | None = None
+    committed: list[int] = field(default_factory=list)
+    received: list[Message] = field(default_factory=list)
+    eof: bool = False  # the controller closed its end
+    _inbox: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # ---- wire ------------------------------------------------------------------------------------
+    async def send(self, msg: Message) -> None:
+        await self.send_raw(encode_frame(msg))
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def recv(self) -> Message | None:
+        """The controller's next message before the session pump runs (None at end of stream)."""
+        return await self._inbox.get()
+
+    async def read_loop(self) -> None:
+        """Decode what the controller sends; track its session once the handshake is done."""
+        decoder = FrameDecoder()
+        try:
+            while data := await self.reader.read(1 << 16):
+                for msg in decoder.feed(data):
+                    self.received.append(msg)
+                    self._inbox.put_nowait(msg)
+                    if isinstance(msg, SessionStart) and self.start is None:
+                        self.start, self.committed = msg, list(msg.prompt)
+                        self._started.set()
+                    elif isinstance(msg, Commit) and self.start and msg.rid == self.start.rid:
+                        self.committed.extend(msg.tokens)
+                    self._changed.set()
+        except (ConnectionError, OSError, ProtocolError):
+            pass
+        finally:
+            self.eof = True
+            self._inbox.put_nowait(None)
+            self._changed.set()
+
+    # ---- session helpers ---------------------------------------------------------------------
+    async def session(self) -> SessionStart:
+        await self._started.wait()
+        assert self.start is not None
+        return self.start
+
+    async def changed(self) -> None:
+        """Wait until the controller sent something new (a commit, a cancel, or closed)."""
+        await self._changed.wait()
+        self._changed.clear()
+
+    def oracle(self, position: int) -> int:
+        return self.ref[position] if position < len(self.ref) else 0
+
+    def wrong(self, position: int) -> int:
+        return (self.oracle(position) + 1) % self.vocab
+
+    async def chain(self, token_at: Callable[[int], int], *, shift: int = 0,
+                    epoch_step: int = 1, first_epoch: int = 0,
+                    epoch_after_rollback: Callable[[int], int] | None = None,
+                    send_limit: int | None = None) -> None:
+        """Draft like an honest worker (chain, lookahead, rollback with a new epoch) with the
+        drafter ``token_at``; ``shift`` misplaces every Drafts' base, ``epoch_step`` 0 never
+        renews the epoch, ``epoch_after_rollback`` picks the epochs of later chains."""
+        start = await self.session()
+        rid, end = start.rid, start.max_position or 1 << 30
+        epoch, rollbacks, base = first_epoch, 0, len(start.prompt)
+        chain: list[int] = []
+        sent = 0
+        while not self.eof and not self.writer.is_closing():
+            n = len(self.committed)
+            if n > base:
+                k = n - base
+                if chain[:k] == self.committed[base:n] and len(chain) >= k:
+                    chain, base = chain[k:], n
+                else:  # our chain diverged from the commits: roll back, new epoch
+                    rollbacks += 1
+                    epoch = (epoch_after_rollback(rollbacks) if epoch_after_rollback
+                             else epoch + epoch_step)
+                    chain, base = [], n
+            at = base + len(chain)
+            new = [token_at(p) for p in range(at, min(n + start.lookahead, end))]
+            if new and (send_limit is None or sent < send_limit):
+                await self.send(Drafts(rid, epoch, at + shift, tuple(new),
+                                       (0.1,) * len(new), (0.9,) * len(new)))
+                chain += new
+                sent += 1
+            await self.changed()
+            if self.eof:
+                return
+
+
+async def handshake(w: FakeWorker) -> Hello | None:
+    """The honest handshake: read the controller's Hello, answer with ours (None: it went away).
+
+    The only place that knows the handshake; a behaviour that skips or breaks it does so itself.
+    """
+    msg = await w.recv()
+    if not isinstance(msg, Hello):
+        return None
+    await w.send(w.hello)
+    return msg
+
+
+async def forever() -> None:
+    await asyncio.sleep(3600)
+
+
+# ---- behaviours ---------------------------------------------------------------------------------
+# Each takes the fake worker right after the controller connected; when it returns the fake
+# worker keeps the connection open and silent (unless the behaviour closed it).
+
+Behaviour = Callable[[FakeWorker], Awaitable[None]]
+
+
+async def honest_oracle(w: FakeWorker) -> None:
+    """The control case: a worker that drafts the target's own tokens (so the harness works)."""
+    await handshake(w)
+    await w.chain(w.oracle)
+
+
+async def wrong_drafts(w: FakeWorker) -> None:
+    """Protocol-correct, but every draft is wrong (in the vocabulary)."""
+    await handshake(w)
+    await w.chain(w.wrong)
+
+
+async def random_drafts(w: FakeWorker) -> None:
+    await handshake(w)
+    await w.chain(lambda p: w.rng.randrange(w.vocab))
+
+
+async def wrong_same_epoch(w: FakeWorker) -> None:
+    """Wrong drafts, and after a rollback the chain goes on under the old epoch."""
+    await handshake(w)
+    await w.chain(w.wrong, epoch_step=0)
+
+
+async def stale_epoch_oracle(w: FakeWorker) -> None:
+    """The first chain (epoch 7) is wrong; later chains are right but claim older epochs."""
+    await handshake(w)
+    first = True
+
+    def token(p: int) -> int:
+        return w.wrong(p) if first else w.oracle(p)
+
+    def epoch(rollbacks: int) -> int:
+        nonlocal first
+        first = False
+        return max(0, 6 - rollbacks)
+
+    await w.chain(token, first_epoch=7, epoch_after_rollback=epoch)
+
+
+async def shifted_plus(w: FakeWorker) -> None:
+    """The target's tokens, each claimed one position later."""
+    await handshake(w)
+    await w.chain(w.oracle, shift=1)
+
+
+async def shifted_minus(w: FakeWorker) -> None:
+    """The target's next tokens, claimed one position earlier (overlapping the commits)."""
+    await handshake(w)
+    await w.chain(lambda p: w.oracle(p + 1), shift=-1)
+
+
+async def oracle_one_ahead(w: FakeWorker) -> None:
+    """Correct bases, but each draft is the token of the next position (a shifted drafter)."""
+    await handshake(w)
+    await w.chain(lambda p: w.oracle(p + 1))
+
+
+async def out_of_vocab(w: FakeWorker) -> None:
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    for token in (w.vocab, -1, 2**63 - 1, 2**64 - 1):
+        await w.send_raw(drafts_frame(start.rid, 0, n, [w.oracle(n), token]))
+
+
+async def typed_tokens(w: FakeWorker) -> None:
+    """Drafts whose tokens are strings, floats, booleans, None, lists, maps."""
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    for bad in ("7", 7.0, True, None, [7], {"t": 7}, b"\x07"):
+        await w.send_raw(drafts_frame(start.rid, 0, n, [bad]))
+
+
+async def typed_fields(w: FakeWorker) -> None:
+    """Drafts whose rid, epoch or base have the wrong type (some unhashable)."""
+    await handshake(w)
+    start = await w.session()
+    n, rid, tok = len(start.prompt), start.rid, [w.oracle(len(start.prompt))]
+    for fields in ((rid, "0", n), (rid, 0, float(n)), (rid, 0.0, n), (rid, None, n),
+                   (rid, -1, n), (rid, 0, -5), (float(rid), 0, n), (str(rid), 0, n),
+                   (True, 0, n), ([rid], 0, n), ({"r": rid}, 0, n)):
+        await w.send_raw(drafts_frame(*fields, tok))
+    await w.chain(w.oracle)
+
+
+async def typed_statistics(w: FakeWorker) -> None:
+    """Entropy / top-probability lists of the wrong length, type or value."""
+    await handshake(w)
+    start = await w.session()
+    n, rid = len(start.prompt), start.rid
+    tok = [w.oracle(n)]
+    for entropy, top in (([1.0, 2.0], []), ([], [0.5, 0.5]), (["x"], []), ([float("nan")], []),
+                         ([float("inf")], []), ([-1.0], []), ([], [None]), ([[1.0]], [])):
+        await w.send_raw(drafts_frame(rid, 0, n, tok, entropy, top))
+
+
+async def typed_other_messages(w: FakeWorker) -> None:
+    """Errors, stats and pongs with fields of the wrong type (rids that do not hash or compare)."""
+    await handshake(w)
+    start = await w.session()
+    for obj in ([8, "boom", None], [8, "boom", [start.rid]], [8, "boom", "1"],
+                [8, "boom", start.rid, 5, "not a map"], [9, [start.rid], 1, 2, 3, 4],
+                [9, start.rid, "a", None, [], {}], [7, "t", 1], [7, None, None, 0.5, 0.5]):
+        await w.send_raw(raw_frame(obj))
+    await w.chain(w.oracle)
+
+
+async def wrong_arity(w: FakeWorker) -> None:
+    """A Drafts with no fields, then one with too many."""
+    await handshake(w)
+    start = await w.session()
+    await w.send_raw(raw_frame([3]))
+    await w.send_raw(raw_frame([3, start.rid, 0, len(start.prompt), [1], [], [], "extra"]))
+
+
+async def enormous_drafts(w: FakeWorker) -> None:
+    """One Drafts of 150,000 valid tokens (a ~450 kB frame, under the frame limit)."""
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    tokens = [w.oracle(n + i) if i < 4 else w.rng.randrange(w.vocab) for i in range(150_000)]
+    await w.send_raw(drafts_frame(start.rid, 0, n, tokens))
+
+
+async def enormous_statistics(w: FakeWorker) -> None:
+    """A short chain with 100,000 entropies (a ~900 kB frame)."""
+    await handshake(w)
+    start = await w.session()
+    await w.send_raw(drafts_frame(start.rid, 0, len(start.prompt), [w.oracle(len(start.prompt))],
+                                  [0.5] * 100_000))
+
+
+async def oversize_frame(w: FakeWorker) -> None:
+    """A frame header announcing 2 GiB (the controller must not allocate it)."""
+    await handshake(w)
+    await w.session()
+    await w.send_raw(struct.pack(">I", 2**31) + b"\x93\x03\x01")
+
+
+async def length_lie_short(w: FakeWorker) -> None:
+    """A header announcing 1,000 bytes followed by 10, then silence with the socket open."""
+    await handshake(w)
+    await w.session()
+    await w.send_raw(struct.pack(">I", 1000) + bytes(10))
+
+
+async def drafts_past_the_end(w: FakeWorker) -> None:
+    """Drafts for positions past the session's max_position (and far past the lookahead)."""
+    await handshake(w)
+    start = await w.session()
+    await w.send(Drafts(start.rid, 0, start.max_position, (1, 2, 3)))
+    await w.send(Drafts(start.rid, 0, 2**40, (1,)))
+
+
+async def endless_drafts(w: FakeWorker) -> None:
+    """A new chain of random drafts at the committed end, as fast as the socket takes them."""
+    await handshake(w)
+    start = await w.session()
+    epoch = 0
+    while not w.writer.is_closing():
+        epoch += 1
+        await w.send(Drafts(start.rid, epoch, len(w.committed),
+                            tuple(w.rng.randrange(w.vocab) for _ in range(3))))
+        await asyncio.sleep(0)
+
+
+async def endless_stale(w: FakeWorker) -> None:
+    """One live chain, then an endless stream of stale-epoch drafts."""
+    await handshake(w)
+    start = await w.session()
+    await w.send(Drafts(start.rid, 5, len(start.prompt), (w.oracle(len(start.prompt)),)))
+    while not w.writer.is_closing():
+        await w.send(Drafts(start.rid, w.rng.randrange(5), len(w.committed), (1, 2)))
+        await asyncio.sleep(0)
+
+
+async def stats_flood(w: FakeWorker) -> None:
+    """SessionStats for this request and random ones, pongs and pings, without end; then
+    oracle drafts would be welcome, but the flood goes on in parallel."""
+    await handshake(w)
+    start = await w.session()
+
+    async def flood() -> None:
+        i = 0
+        while not w.writer.is_closing():
+            i += 1
+            await w.send(SessionStats(start.rid if i % 2 else w.rng.randrange(1 << 30),
+                                      i, i, i, i))
+            await w.send(Pong(float(i), i, 1.0, 1e6))
+            await w.send(Ping(float(i), i))
+            await w.send(Error("noise", rid=w.rng.randrange(1 << 20) + 1000, code="session"))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(flood())
+    try:
+        await w.chain(w.oracle)
+    finally:
+        task.cancel()
+
+
+async def pong_lies(w: FakeWorker) -> None:
+    """Pongs that claim an enormous RTT and load, answered to every ping, with oracle drafts."""
+    await handshake(w)
+
+    async def answer() -> None:
+        while (msg := await w.recv()) is not None:
+            if isinstance(msg, Ping):
+                await w.send(Pong(-1e300, msg.seq, 1.0, 1e6))
+
+    task = asyncio.create_task(answer())
+    await w.send(Pong(-1e300, 0, 1.0, 1e6))  # unasked, too
+    try:
+        await w.chain(w.oracle)
+    finally:
+        task.cancel()
+
+
+async def stall_before_hello(w: FakeWorker) -> None:
+    await forever()
+
+
+async def partial_hello(w: FakeWorker) -> None:
+    """Half of an honest Hello frame, then silence."""
+    await w.recv()
+    frame = encode_frame(w.hello)
+    await w.send_raw(frame[: len(frame) // 2])
+
+
+async def stall_after_hello(w: FakeWorker) -> None:
+    await handshake(w)
+
+
+async def stall_after_drafts(w: FakeWorker) -> None:
+    """Two right drafts, then silence with the socket open."""
+    await handshake(w)
+    await w.chain(w.oracle, send_limit=1)
+
+
+async def close_before_hello(w: FakeWorker) -> None:
+    await w.recv()
+    w.writer.close()
+
+
+async def close_mid_stream(w: FakeWorker) -> None:
+    """A few right drafts, then a clean close."""
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    await w.send(Drafts(start.rid, 0, n, tuple(w.oracle(n + i) for i in range(3))))
+    await asyncio.sleep(0.01)
+    w.writer.close()
+
+
+async def reset_mid_stream(w: FakeWorker) -> None:
+    """A few right drafts and half a frame, then a TCP reset (RST, not FIN)."""
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    await w.send(Drafts(start.rid, 0, n, tuple(w.oracle(n + i) for i in range(3))))
+    frame = encode_frame(Drafts(start.rid, 0, n + 3, (w.oracle(n + 3),)))
+    await w.send_raw(frame[:5])
+    sock = w.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.writer.transport.abort()
+
+
+async def garbage_before_hello(w: FakeWorker) -> None:
+    await w.recv()
+    await w.send_raw(bytes(w.rng.randrange(256) for _ in range(4096)))
+
+
+async def garbage_after_hello(w: FakeWorker) -> None:
+    await handshake(w)
+    await w.session()
+    await w.send_raw(b"\x00\x00\x00\x08" + bytes(w.rng.randrange(256) for _ in range(4096)))
+
+
+async def raw_msgpack(w: FakeWorker) -> None:
+    """Well-formed msgpack that is no wanspec message: a map, a string, an unknown tag, an
+    extension type, deep nesting."""
+    await handshake(w)
+    await w.session()
+    kind = w.rng.randrange(5)
+    objs = [{"type": 3}, "Drafts", [99, 1, 2], msgpack.ExtType(5, b"x"), [3] + [[[[[[1]]]]]] * 6]
+    await w.send_raw(raw_frame(objs[kind]))
+
+
+async def controller_only_message(w: FakeWorker) -> None:
+    """The worker sends a Commit (only controllers do)."""
+    await handshake(w)
+    start = await w.session()
+    await w.send(Commit(start.rid, 0, len(start.prompt), (1,)))
+    await w.chain(w.oracle)
+
+
+async def fatal_error(w: FakeWorker) -> None:
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    await w.send(Drafts(start.rid, 0, n, (w.oracle(n),)))
+    await w.send(Error("I give up", rid=-1))
+
+
+async def session_error_then_drafts(w: FakeWorker) -> None:
+    """Refuses the session, then drafts for it anyway (right ones)."""
+    await handshake(w)
+    start = await w.session()
+    await w.send(Error("no", rid=start.rid, code="session"))
+    await w.chain(w.oracle)
+
+
+async def second_hello(w: FakeWorker) -> None:
+    """A second Hello mid-stream (another tokenizer, another version), then right drafts."""
+    await handshake(w)
+    await w.session()
+    await w.send(Hello(PROTOCOL_VERSION + 1, "worker", tokenizer="feedfacefeedface"))
+    await w.chain(w.oracle)
+
+
+async def other_rid(w: FakeWorker) -> None:
+    """Right drafts, addressed to a request that does not exist."""
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    for rid in (start.rid + 1000, 0, -7):
+        await w.send(Drafts(rid, 0, n, (w.oracle(n),)))
+
+
+async def wrong_hello(w: FakeWorker) -> None:
+    """A Hello with the right version but wrongly typed fields."""
+    await w.recv()
+    await w.send_raw(raw_frame([1, PROTOCOL_VERSION, ["worker"], 5, {"t": 1}, "x", None]))
+    await w.chain(w.oracle)
+
+
+async def drafts_instead_of_hello(w: FakeWorker) -> None:
+    await w.recv()
+    await w.send(Drafts(1, 0, 0, (1,)))
+
+
+BEHAVIOURS: dict[str, Behaviour] = {f.__name__.replace("_", "-"): f for f in (
+    honest_oracle, wrong_drafts, random_drafts, wrong_same_epoch, stale_epoch_oracle,
+    shifted_plus, shifted_minus, oracle_one_ahead, out_of_vocab, typed_tokens, typed_fields,
+    typed_statistics, typed_other_messages, wrong_arity, enormous_drafts, enormous_statistics,
+    oversize_frame, length_lie_short, drafts_past_the_end, endless_drafts, endless_stale,
+    stats_flood, pong_lies, stall_before_hello, partial_hello, stall_after_hello,
+    stall_after_drafts, close_before_hello, close_mid_stream, reset_mid_stream,
+    garbage_before_hello, garbage_after_hello, raw_msgpack, controller_only_message, fatal_error,
+    session_error_then_drafts, second_hello, other_rid, wrong_hello, drafts_instead_of_hello,
+)}
+
+
+# ---- running a case ----------------------------------------------------------------------------
+
+
+async def serve_fake(pair: Pair, behaviour: Behaviour, ref: list[int], seed: int
+                     ) -> tuple[asyncio.Server, list[asyncio.Task[Any]]]:
+    """A TCP server on 127.0.0.1 whose every connection is a fake worker running ``behaviour``."""
+    hello = Hello(PROTOCOL_VERSION, "worker", model="hostile",
+                  tokenizer=tokenizer_fingerprint(pair.draft.tokenizer),
+                  vocab_size=pair.draft.vocab_size, capabilities=("drafts", "entropy"))
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        w = FakeWorker(reader, writer, hello, pair.prompt_ids + ref, pair.target.vocab_size,
+                       random.Random(seed))
+        pump = asyncio.create_task(w.read_loop())
+        tasks.append(pump)
+        try:
+            await behaviour(w)
+            await forever()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # (the server's close cancels this task; asyncio then asks it for its result)
+        finally:
+            pump.cancel()
+            writer.close()
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    return server, tasks
+
+
+async def run_case(pair: Pair, behaviour: Behaviour, sampling_name: str, seed: int = 0
+                   ) -> tuple[Any, WorkerLink]:
+    sampling, policy, local = SAMPLINGS[sampling_name]
+    ref = pair.refs[sampling_name]
+    server, tasks = await serve_fake(pair, behaviour, ref, seed)
+    port = server.sockets[0].getsockname()[1]
+
+    async def connector():
+        return await factory.connect("tcp", f"127.0.0.1:{port}", timeout=2.0)
+
+    link = WorkerLink(connector, RemoteEngine.hello_for(pair.target),
+                      hello_timeout=HELLO_TIMEOUT_S)
+    engine = RemoteEngine(pair.target, link, local_draft=pair.draft if local else None,
+                          config=ControllerConfig(policy=PolicyConfig(PolicyName(policy))))
+    try:
+        result = await asyncio.wait_for(
+            engine.agenerate(PROMPT, max_tokens=MAX_TOKENS, sampling=sampling, ignore_eos=True),
+            DEADLINE_S)
+    finally:
+        await link.close()
+        server.close()
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+    return result, link
+
+
+# what each case must show besides the output (a substring of why the worker was dropped)
+DROPPED_FOR = {
+    "out-of-vocab": "vocabulary", "typed-tokens": "Drafts.tokens must be an integer",
+    "typed-statistics": "inconsistent lengths", "enormous-drafts": "past the",
+    "enormous-statistics": "inconsistent lengths", "drafts-past-the-end": "past the",
+    "oversize-frame": "over the", "fatal-error": "I give up",
+    "session-error-then-drafts": "refused the request", "controller-only-message": "unexpected Commit",
+    "stall-before-hello": "handshake in time", "partial-hello": "handshake in time",
+    "drafts-instead-of-hello": "did not answer with Hello", "garbage-after-hello": "protocol error",
+    "close-before-hello": "closed", "wrong-arity": "protocol error",
+}
+
+
+@pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
+@pytest.mark.parametrize("name", list(BEHAVIOURS))
+def test_hostile_worker_cannot_change_the_output(name, sampling_name, pair):
+    t0 = time.monotonic()
+    result, link = asyncio.run(run_case(pair, BEHAVIOURS[name], sampling_name))
+    wall = time.monotonic() - t0
+    assert result.token_ids == pair.refs[sampling_name], name
+    assert wall < DEADLINE_S
+    why = " / ".join(filter(None, [result.metrics["worker_lost"], link.last_error]))
+    if name in DROPPED_FOR:
+        assert DROPPED_FOR[name] in why, why
+    if name == "honest-oracle":
+        # the harness reaches the controller: an oracle's drafts are verified and accepted
+        assert result.metrics["worker_used"] and not why
+        # (with a local draft at hand the adaptive policy verifies fewer of them)
+        least = MAX_TOKENS // 2 if sampling_name == "greedy" else 1
+        assert result.metrics["remote_drafts_accepted"] >= least
