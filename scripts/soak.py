@@ -39,7 +39,7 @@ import time
 import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import msgpack
 
@@ -103,6 +103,20 @@ TIMING = TimingConfig.emulate(30, 4)  # target / draft pass costs (ms) on the vi
 # ---- the shipped pair and target-only references -----------------------------------------------
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: as fast for these tiny models, and it never oversubscribes a
+    shared machine (two threads per process made every pass several times slower there)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Pair:
     """The shipped pair in fp32 on the CPU, and target-only outputs, computed once each."""
 
@@ -111,9 +125,11 @@ class Pair:
         self.draft = CausalLM(DEFAULT_DRAFT, dtype="float32", device="cpu", name="draft")
         self._engine = LocalEngine(self.target, timing=TIMING)
         self._refs: dict[tuple[str, str], list[int]] = {}
-        for prompt in PROMPTS:  # now, not inside a running event loop later
-            for sampling in SAMPLINGS:
-                self.reference(prompt, sampling, REFERENCE_TOKENS)
+
+    def prepare(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Compute the references of ``(prompt, sampling)`` now: not inside a running loop."""
+        for prompt, sampling in keys:
+            self.reference(prompt, sampling, REFERENCE_TOKENS)
 
     def reference(self, prompt: str, sampling: str, max_tokens: int) -> list[int]:
         """Target-only output; EOS ignored, so a shorter request's is a prefix of a longer's
@@ -332,6 +348,7 @@ def virtual_bound(s: Schedule) -> float:
 
 def run_schedule(pair: Pair, s: Schedule, wall_limit_s: float = 60.0) -> ScheduleResult:
     """Run one schedule on a fresh virtual-time loop, under both bounds."""
+    pair.prepare((PROMPTS[r.prompt], s.sampling) for r in s.requests)
     result = ScheduleResult(s.index, ok=False)
     outputs: list[list[int] | None] = [None] * len(s.requests)
     t0 = time.monotonic()
@@ -900,6 +917,7 @@ async def _real_controller(pair: Pair, port: int) -> dict[str, Any]:
 def soak_fuzz(pair: Pair, frames: int, seed: int, controller_frames: int | None = None
               ) -> dict[str, Any]:
     """``frames`` mutated frames into the live worker, as many into the controller's side."""
+    pair.prepare((PROMPTS[0], name) for name in SAMPLINGS)
     tracemalloc.start()
     t0 = time.monotonic()
     worker = asyncio.run(_fuzz_worker(pair, frames, seed))
@@ -984,9 +1002,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         sp.add_argument("--json", type=Path, default=None, help="write the report here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)  # the faults are expected: keep the log quiet
-    import torch
+    with one_thread():
+        return _run(args)
 
-    torch.set_num_threads(1)  # tiny models: one thread is as fast, and never oversubscribes
+
+def _commit() -> str:
+    """The checkout's commit (with '+dirty' if it has changes): what a report measured."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def _run(args: argparse.Namespace) -> int:
     pair = Pair()
     try:
         if args.command == "faults":
@@ -1001,7 +1036,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         pair.close()
     report["verdict"] = "pass" if ok else "FAIL"
-    print(f"verdict: {report['verdict']}")
+    report["command"] = "python scripts/soak.py " + " ".join(sys.argv[1:])
+    report["commit"] = _commit()
+    print(f"verdict: {report['verdict']} (commit {report['commit']})")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
     return 0 if ok else 1

@@ -1,7 +1,7 @@
 """scripts/soak.py faults, CI-sized: randomized fault schedules on the virtual clock.
 
 The full run (1,000 schedules) and its figures are in docs/reliability.md; this runs the first
-30 schedules of another seed, and shows that the harness does see a divergence and a hang.
+25 schedules of another seed, and shows that the harness does see a divergence and a hang.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import pytest
 from soak_module import load
 
 soak = load()
-SCHEDULES = 30
+SCHEDULES = 25
 SEED = 12  # the soak's recorded run uses seed 1: CI covers other schedules
 
 
 @pytest.fixture(scope="module")
 def pair():
-    p = soak.Pair()
-    yield p
-    p.close()
+    with soak.one_thread():
+        p = soak.Pair()
+        yield p
+        p.close()
 
 
 def test_fault_schedules_end_with_the_target_output_within_their_bounds(pair):
@@ -37,13 +38,12 @@ def test_schedules_are_reproducible_from_their_seed():
     assert soak.make_schedule(1, 7) != soak.make_schedule(2, 7)
 
 
-def _quiet_schedule(seed: int = 3):
-    """A schedule without faults whose requests use the worker (policy remote)."""
-    for i in range(500):
-        s = soak.make_schedule(seed, i)
-        if not s.faults and s.policy == "remote" and s.link.rtt_ms < 50:
-            return s
-    raise AssertionError("no quiet schedule")
+def _quiet_schedule():
+    """No faults, a short clean link, policy remote: the worker's drafts are verified."""
+    from wanspec.transport.inproc import LinkParams
+
+    return soak.Schedule(0, LinkParams(rtt_ms=10.0), "remote", False, 4, "greedy", False,
+                         (soak.Request(0, 24),), ())
 
 
 def test_the_harness_sees_a_divergence(pair, monkeypatch):

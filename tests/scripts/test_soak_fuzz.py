@@ -16,9 +16,10 @@ SEED = 12  # the soak's recorded run uses seed 1
 
 @pytest.fixture(scope="module")
 def pair():
-    p = soak.Pair()
-    yield p
-    p.close()
+    with soak.one_thread():
+        p = soak.Pair()
+        yield p
+        p.close()
 
 
 def test_fuzzed_frames_crash_nothing_and_the_worker_serves_identically_afterwards(pair):
@@ -48,6 +49,7 @@ def test_the_harness_sees_crashes(pair, monkeypatch):
 
     monkeypatch.setattr(WorkerCore, "on_message", raising(WorkerCore.on_message, Ping))
     monkeypatch.setattr(LinkCore, "on_message", raising(LinkCore.on_message, Pong))
+    pair.prepare((soak.PROMPTS[0], name) for name in soak.SAMPLINGS)
     worker = soak.asyncio.run(soak._fuzz_worker(pair, 300, SEED))
     controller = soak.fuzz_controller(300, SEED)
     assert worker["crashes"] > 0 and controller["crashes"] > 0
