@@ -95,7 +95,7 @@ def generate(
         kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop_strings=stop or (),
                       ignore_eos=ignore_eos)
         if mode is GenerateMode.remote:
-            from wanspec.cli.units import parse_duration_ms
+            from wanspec.units import parse_duration_ms
             from wanspec.runtime.inproc import remote_generate
 
             assert drf is not None
@@ -115,9 +115,9 @@ def generate(
 @app.command()
 def emulate(
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated RTTs in ms, e.g. 0,10,20,30,50,70,100,150 (overrides --rtt)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="RTTs to compare, in the syntax of simulate --sweep: 0,10,20,30,50 or rtt=0:150:10 (ms unless a unit is given, e.g. 0.1s; overrides --rtt)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message (never reorders)."),
-    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
+    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
     target_ms: float = typer.Option(30.0, "--target-ms", help="Emulated ms per target pass (default: 70B-class target)."),
     draft_ms: float = typer.Option(4.0, "--draft-ms", help="Emulated ms per draft pass (default: 1B-class draft)."),
@@ -176,10 +176,10 @@ def emulate(
 
 @app.command()
 def simulate(
-    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (ms); bandwidth (Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (durations, as --rtt: bare numbers are ms); bandwidth (as --bandwidth: 100Mbit/s, 12.5MB/s; bare numbers are Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message, uniform in [0, jitter] (never reorders)."),
-    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
+    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
     spike: Optional[str] = typer.Option(None, "--spike", help="Delay of a loss spike (default: one RTT)."),
     target_ms: Optional[float] = typer.Option(None, "--target-ms", help="ms per target pass (base cost) [default: 30, a 70B-class target; with --trace: the recorded value]."),
