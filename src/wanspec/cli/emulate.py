@@ -8,7 +8,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, configure_threads, write_file
+from wanspec.cli.common import check, check_output, configure_threads, write_file
 from wanspec.cli.loading import load_models
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.emulate.prompts import load_prompts
@@ -174,8 +174,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         seed=seed, sd_gammas=gammas, limits=BatchLimits(max_sequences=max_batch),
         slo_tpot_ms=slo_tpot_ms, admission=admission)
-    if record is not None:  # fail before minutes of emulation, not after
-        check(record.parent.is_dir(), f"cannot write {record}: no directory {record.parent}")
+    for path, flag in ((record, "--record"), (csv_path, "--csv"), (plot_path, "--plot")):
+        check_output(path, flag)  # fail before minutes of emulation, not after
     prompt_list = load_prompts(prompts, num_prompts)
     configure_threads(threads)
     tgt, drf = load_models(target, draft, need_draft=True, exact=exact)

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, write_file
+from wanspec.cli.common import check, check_output, write_file
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.baselines import BASELINES
 from wanspec.errors import WanspecError
@@ -57,6 +57,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     check(match in MATCH_MODELS, f"unknown --match {match!r}; choose from {', '.join(MATCH_MODELS)}")
     check(match != "trace" or trace is not None, "--match trace needs --trace FILE")
     check(jobs >= 0, f"--jobs must be >= 0 (0 = automatic), got {jobs}")
+    check_output(csv_path, "--csv")
+    check_output(plot_path, "--plot")
     policies = parse_policies(policy)
     sweeps = [parse_sweep(s) for s in sweep]
     loaded = read_trace(trace) if match == "trace" and trace is not None else None
