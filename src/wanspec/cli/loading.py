@@ -6,8 +6,6 @@ from pathlib import Path
 
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM, resolve_device, resolve_dtype
-from wanspec.models.defaults import draft_path, target_path
-from wanspec.models.fingerprint import check_compatible
 from wanspec.runtime.engine import TimingConfig
 
 
@@ -31,11 +29,9 @@ def check_model_flags(dtype: str, device: str) -> None:
 
 def load_models(target: Path | None, draft: Path | None, *, need_draft: bool, dtype: str = "auto",
                 device: str = "auto", exact: bool = False) -> tuple[CausalLM, CausalLM | None]:
-    """The target (batch-invariant if ``exact``: only its choices make the output) and the draft."""
-    tgt = CausalLM(target_path(target), dtype=dtype, device=device, name="target", exact=exact)
-    drf = None
-    if need_draft or draft is not None:
-        drf = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
-        check_compatible(tgt.tokenizer, drf.tokenizer, target_name=str(tgt.path),
-                         draft_name=str(drf.path))
-    return tgt, drf
+    """The target (batch-invariant if ``exact``: only its choices make the output) and the draft
+    (:func:`wanspec.load_pair`)."""
+    from wanspec.api import load_pair
+
+    return tuple(load_pair(target, draft, with_draft=need_draft, dtype=dtype,  # type: ignore[return-value]
+                           device=device, exact=exact))

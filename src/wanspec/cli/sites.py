@@ -161,7 +161,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
     """Decode ``prompts`` (printing each result as it finishes) or, with ``listen``, serve the
     API; raises :class:`WorkerRequired` if ``require_worker`` and a prompt had no worker."""
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
-    check(math.isfinite(timeout_s) and timeout_s > 0, f"--timeout must be > 0 seconds, got {timeout_s}")
+    check(math.isfinite(timeout_s) and timeout_s > 0,
+          f"--timeout must be > 0 seconds, got {timeout_s}")
     check(not (require_worker and listen is not None),
           "--require-worker is for --prompt/--prompts; a service reports a missing worker on "
           "/health and /metrics")
@@ -197,20 +198,15 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
         drf = None
         pname = PolicyName.REMOTE
 
-    def connector(address: str):
-        async def connect():
-            return await factory.connect(transport, address, tls=tls, ca=ca, insecure=insecure,
-                                         cert=cert, key=key, timeout=timeout_s)
-        return connect
-
     async def main() -> str | None:
-        hello = RemoteEngine.hello_for(tgt)
-        links = [WorkerLink(connector(a), hello, hello_timeout=timeout_s, name=a,
-                            auth_key=auth_key) for a in workers]
-        config = ControllerConfig(gamma=gamma,
-                                  policy=PolicyConfig(pname, max_slowdown=max_slowdown))
-        engine = RemoteEngine(tgt, links, local_draft=drf, timing=timing, config=config)
+        from wanspec.api import ModelPair, remote_engine
+
+        engine = remote_engine(ModelPair(tgt, drf), workers, transport=transport, tls=tls, ca=ca,
+                               insecure=insecure, cert=cert, key=key, auth_key=auth_key,
+                               timeout_s=timeout_s, policy=pname.value, gamma=gamma,
+                               max_slowdown=max_slowdown, timing=timing)
         assert engine.workers is not None
+        links = engine.workers.links
         if listen is not None:  # issue 13 (the app closes the worker links when it stops)
             await serve_engine(engine, listen=listen, model_name=model_name or tgt.path.name,
                                api_key=api_key, grace_s=grace_s, console=console)

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 # Linux's IP_PKTINFO (Python's socket module names it only from 3.12 on)
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8) if sys.platform == "linux" else None
-_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
-_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
+_IPV6_RECVPKTINFO: int = getattr(socket, "IPV6_RECVPKTINFO", 49)  # (Linux's values)
+_IPV6_PKTINFO: int = getattr(socket, "IPV6_PKTINFO", 50)
 _ANCILLARY = socket.CMSG_SPACE(20) * 2  # one in_pktinfo (12 B) or in6_pktinfo (20 B), with room
 _MAX_DATAGRAM = 65535
 _MAX_PEERS = 65536  # remembered reply-from addresses; the oldest peer is forgotten beyond
