@@ -412,7 +412,7 @@ def controller(
 @app.command()
 def certs(
     directory: Path = typer.Argument(..., help="Where to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key."),
-    host: Optional[List[str]] = typer.Option(None, "--host", help="Extra DNS name or IP for the server certificate (repeatable)."),
+    host: Optional[List[str]] = typer.Option(None, "--host", help="A DNS name or IP address controllers dial, for the worker certificate (repeatable); localhost, 127.0.0.1 and ::1 are always in it. A controller dialling a name it lacks refuses the worker."),
     client: Optional[str] = typer.Option(None, "--client", help="Only issue one more client certificate, NAME.pem / NAME.key, from the CA already in DIRECTORY (one per controller)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace certificates and keys already in DIRECTORY."),
 ) -> None:
