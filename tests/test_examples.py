@@ -31,6 +31,15 @@ def test_python_api_example():
     assert "Warning" not in r.stderr, r.stderr
 
 
+def test_readme_python_block_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    r = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
+                       timeout=300, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == "", r.stderr  # no progress bars or warnings
+
+
 def test_python_api_is_typed_and_small():
     import wanspec
 
@@ -54,3 +63,4 @@ def test_two_sites_example_runs_without_an_activated_venv():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "identical to target-only: yes" in r.stdout
     assert "Loading weights" not in r.stdout + r.stderr
+    assert "Warning" not in r.stderr, r.stderr
