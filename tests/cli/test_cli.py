@@ -236,25 +236,32 @@ def thread_worker(model_dirs):
         lm.close()
 
 
-def controller(runner, dirs, address: str, *args: str):
-    r = invoke(runner, "controller", "--worker", address, "--target", str(dirs["target"]),
-               "--draft", str(dirs["draft"]), "--ignore-eos", "--json", "--timeout", "3", *args)
+def controller_lines(runner, dirs, address: str, *args: str, **kwargs) -> list[dict]:
+    """``controller --json``: JSON Lines, one object per prompt."""
+    r = runner.invoke(app, ["controller", "--worker", address, "--target", str(dirs["target"]),
+                            "--draft", str(dirs["draft"]), "--ignore-eos", "--json",
+                            "--timeout", "3", *args], **kwargs)
     assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
+    return [json.loads(line) for line in r.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("local", ["--local-draft", "--no-local-draft"])
+def controller(runner, dirs, address: str, *args: str) -> dict:
+    (out,) = controller_lines(runner, dirs, address, *args)
+    return out
+
+
+@pytest.mark.parametrize("local", [[], ["--no-local-draft"]], ids=["local-draft", "no-local-draft"])
 def test_controller_command_against_a_worker(local, runner, model_dirs, thread_worker):
     ref = generate(runner, model_dirs, "--mode", "target", *SAMPLING, draft=False)
     out = controller(runner, model_dirs, thread_worker["address"], "--prompt", PROMPT,
-                     "--max-tokens", "20", local, *SAMPLING)
+                     "--max-tokens", "20", *local, *SAMPLING)
     assert out["token_ids"] == ref["token_ids"]
     m = out["metrics"]
     assert m["worker_used"] is True and m["worker_lost"] is None
     assert set(m["draft_passes"]) >= {"controller", "worker"}
     assert m["draft_passes"]["worker"] > 0
     assert m["worker_rtt_ms"] is not None and m["worker_rtt_ms"] >= 0
-    if local == "--no-local-draft":
+    if local:
         assert m["draft_passes"]["controller"] == 0
 
 
@@ -262,9 +269,9 @@ def test_controller_command_with_a_prompts_file(runner, model_dirs, thread_worke
     prompts = ["To be, or not to be", "that is the question"]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts) + "\n")
-    out = controller(runner, model_dirs, thread_worker["address"], "--prompts", str(path),
-                     "--max-tokens", "12", "--policy", "remote")
-    assert isinstance(out, list) and len(out) == 2
+    out = controller_lines(runner, model_dirs, thread_worker["address"], "--prompts", str(path),
+                           "--max-tokens", "12", "--policy", "remote")
+    assert len(out) == 2  # JSON Lines: one object per prompt
     for p, o in zip(prompts, out):
         r = invoke(runner, "generate", "--mode", "target", "--target", str(model_dirs["target"]),
                    "--prompt", p, "--max-tokens", "12", "--ignore-eos", "--json")
@@ -308,3 +315,65 @@ def test_controller_command_without_a_worker(runner, model_dirs):
     assert m["worker_used"] is False
     assert "refused" in m["worker_error"] or "cannot reach" in m["worker_error"]
     assert m["draft_passes"]["worker"] == 0
+
+
+# ---- output for scripts: JSON Lines as each prompt finishes, -p -, --require-worker ----------
+
+
+def test_controller_json_lines_come_as_each_prompt_finishes(runner, model_dirs, thread_worker,
+                                                           tmp_path, monkeypatch):
+    import sys
+
+    from wanspec.runtime.controller import RemoteEngine
+
+    prompts = ["To be, or not to be", "that is the question", "whether 'tis nobler"]
+    path = tmp_path / "p.txt"
+    path.write_text("\n".join(prompts) + "\n")
+    printed_before: list[int] = []  # lines on stdout when each prompt starts decoding
+    decode = RemoteEngine.agenerate
+
+    async def counting(self, *args, **kwargs):
+        printed_before.append(sys.stdout.buffer.getvalue().count(b"\n"))
+        return await decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteEngine, "agenerate", counting)
+    out = controller_lines(runner, model_dirs, thread_worker["address"], "--prompts", str(path),
+                           "--max-tokens", "6")
+    assert printed_before == [0, 1, 2]
+    assert len(out) == 3 and all(o["metrics"]["worker_used"] for o in out)
+    one = controller_lines(runner, model_dirs, thread_worker["address"], "--prompt", prompts[0],
+                           "--max-tokens", "6")
+    assert len(one) == 1 and one[0]["token_ids"] == out[0]["token_ids"]  # same shape for one
+
+
+def test_prompt_dash_reads_stdin(runner, model_dirs, thread_worker):
+    stdin = PROMPT + "\n"  # as `echo` writes it: the one trailing newline is dropped
+    (piped,) = controller_lines(runner, model_dirs, thread_worker["address"], "--prompt", "-",
+                                "--max-tokens", "8", input=stdin)
+    given = controller(runner, model_dirs, thread_worker["address"], "--prompt", PROMPT,
+                       "--max-tokens", "8")
+    assert piped["token_ids"] == given["token_ids"]
+    assert piped["prompt_tokens"] == given["prompt_tokens"]
+    r = runner.invoke(app, ["generate", "--mode", "target", "--target", str(model_dirs["target"]),
+                            "-p", "-", "-n", "8", "--ignore-eos", "--json"], input=stdin)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["token_ids"] == generate(
+        runner, model_dirs, "--mode", "target", "-n", "8", draft=False)["token_ids"]
+
+
+def test_require_worker_exits_non_zero_instead_of_decoding_alone(runner, model_dirs,
+                                                                 thread_worker, narrow_stderr):
+    from helpers import free_tcp_port
+
+    dead = f"127.0.0.1:{free_tcp_port()}"
+    r = invoke(runner, "controller", "--worker", dead, "--target", str(model_dirs["target"]),
+               "--draft", str(model_dirs["draft"]), "--timeout", "2", "--prompt", PROMPT,
+               "--max-tokens", "8", "--json", "--require-worker")
+    assert r.exit_code == 1, r.output
+    assert r.stdout == ""  # nothing decoded without the worker is printed
+    assert r.stderr.startswith("error: no worker drafted prompt 1 of 1")
+    assert "--require-worker" in r.stderr
+    assert dead in r.stderr  # the reason names the worker
+    out = controller(runner, model_dirs, thread_worker["address"], "--prompt", PROMPT,
+                     "--max-tokens", "8", "--require-worker")
+    assert out["metrics"]["worker_used"] is True

@@ -45,7 +45,7 @@ def emulate(setup, *args: str):
 def sweep(setup):
     """One sweep with every output at once (JSON on stdout, CSV and PNG files)."""
     png, csv_path = setup["root"] / "sweep.png", setup["root"] / "sweep.csv"
-    r = emulate(setup, "--sweep", "0,50", "--json", "--plot", str(png), "--csv", str(csv_path))
+    r = emulate(setup, "--sweep", "rtt=0:50:50", "--json", "--plot", str(png), "--csv", str(csv_path))
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout), png, csv_path
 
@@ -133,14 +133,20 @@ def test_policy_subset_and_single_rtt(setup):
 
 
 def test_tables_report_losslessness(setup):
-    r = emulate(setup, "--rtt", "20", "--policy", "always")
+    r = emulate(setup, "--rtt", "20", "--policy", "always", "--jitter", "2ms",
+                "--bandwidth", "12.5MB/s")
     assert r.exit_code == 0, r.output
     assert "token-identical to target-only" in " ".join(r.stdout.split())
+    assert "jitter 2 ms, bandwidth 100 Mbit/s" in " ".join(r.stdout.split())  # bytes are bytes
 
 
 @pytest.mark.parametrize("args,needle", [
     (["--sweep", "0,abc"], "invalid --sweep"),
-    (["--sweep", "-5"], "RTTs must be >= 0"),
+    (["--sweep", "-5"], "rtt must be >= 0"),
+    (["--sweep", "jitter=0,5"], "emulate sweeps the RTT only"),
+    (["--bandwidth", "lots"], "invalid --bandwidth 'lots'"),
+    (["--bandwidth", "100bit/s"], "--bandwidth must be 0 (unlimited) or between 1 kbit/s"),
+    (["--jitter", "-1ms"], "--jitter must be between 0 and 100 s"),
     (["--policy", "bogus"], "unknown policy"),
     (["--loss", "2"], "--loss must be between 0 and 1"),
     (["--gamma", "0"], "--gamma must be >= 1"),

@@ -121,8 +121,8 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def results_of(out: str) -> list[dict]:
-    data = json.loads(out)
-    return data if isinstance(data, list) else [data]
+    """``controller --json``: JSON Lines, one object per prompt."""
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 _runner = CliRunner()

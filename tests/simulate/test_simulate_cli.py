@@ -51,7 +51,7 @@ def test_sweep_json_csv_and_plot(runner, tmp_path):
 def test_sweep_table_and_policy_subset(runner):
     r = invoke(runner, "--sweep", "rtt=0,50", "--policy", "remote,adaptive")
     assert r.exit_code == 0, r.output
-    assert "lat busy stall" in r.output and "always" not in r.output
+    assert all(m in r.output for m in ("lat", "busy", "stall")) and "always" not in r.output
 
 
 def test_trace_replay_from_the_cli(runner):
@@ -69,7 +69,8 @@ def test_trace_replay_from_the_cli(runner):
     (["--sweep", "gamma=1.5"], "gamma must be a whole number"),
     (["--sweep", "rtt=1", "--sweep", "rtt=2"], "given twice"),
     (["--rtt", "fast"], "invalid --rtt 'fast'"),
-    (["--bandwidth", "lots"], "invalid bandwidth 'lots'"),
+    (["--bandwidth", "lots"], "invalid --bandwidth 'lots'"),
+    (["--bandwidth", "20Tbit/s"], "--bandwidth must be 0 (unlimited) or between 1 kbit/s and 10 Tbit/s"),
     (["--alpha", "1.5"], "alpha must be >= 0 and < 1"),
     (["--gamma", "0"], "gamma must be >= 1"),
     (["--policy", "greedy"], "unknown policy 'greedy'"),
@@ -94,3 +95,20 @@ def test_bad_values_are_one_line_errors(runner, narrow_stderr, args, needle):
 def test_unwritable_outputs_are_user_errors(runner, narrow_stderr, tmp_path):
     r = invoke(runner, "--csv", str(tmp_path / "missing" / "x.csv"))
     assert r.exit_code == 2 and "cannot write" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--bandwidth", "100"], ["--bandwidth", "100Mbit/s"], ["--bandwidth", "12.5MB/s"],
+    ["--sweep", "bandwidth=100"], ["--sweep", "bandwidth=12.5MB/s"], ["--bandwidth", "100mbps"],
+], ids=" ".join)
+def test_one_bandwidth_grammar_for_flags_and_sweeps(runner, args):
+    """A bare number is Mbit/s and bytes are bytes, whether given as a flag or a sweep value."""
+    r = invoke(runner, "--policy", "remote", "--json", *args)
+    assert r.exit_code == 0, r.output
+    assert {x["bandwidth_mbit"] for x in json.loads(r.stdout)} == {100.0}
+
+
+def test_the_header_shows_the_link(runner):
+    r = invoke(runner, "--policy", "remote", "--jitter", "3ms", "--bandwidth", "1Gbit")
+    assert r.exit_code == 0, r.output
+    assert "jitter 3 ms, bandwidth 1 Gbit/s" in " ".join(r.output.split())

@@ -22,7 +22,10 @@ from wanspec.simulate.sweep import grid, parse_sweep
     ("0,10,20", (0.0, 10.0, 20.0)),  # no NAME=: RTTs, as for `wanspec emulate --sweep`
     ("target-ms=20:40:10", (20.0, 30.0, 40.0)),
     ("draft=2,4", (2.0, 4.0)),
-    ("bandwidth=0,10", (0.0, 10.0)),
+    ("bandwidth=0,10", (0.0, 10.0)),  # a bare bandwidth is Mbit/s, as --bandwidth 10
+    ("bandwidth=10Mbit/s,1MB/s,1Gbit,500kbps", (10.0, 8.0, 1000.0, 0.5)),  # bytes are x 8
+    ("rtt=0.01s,20ms,30", (10.0, 20.0, 30.0)),
+    ("jitter=0:1s:250ms", (0.0, 250.0, 500.0, 750.0, 1000.0)),
 ])
 def test_valid_sweeps(spec, values):
     s = parse_sweep(spec)
@@ -37,7 +40,11 @@ def test_valid_sweeps(spec, values):
     ("rtt=0:10:0", "step must be > 0"),
     ("rtt=0:10:-1", "step must be > 0"),
     ("rtt=10:0:1", "stop is below start"),
-    ("rtt=a,b", "'a' is not a number"),
+    ("rtt=a,b", "invalid rtt 'a'"),
+    ("alpha=a", "'a' is not a number"),
+    ("bandwidth=100furlongs", "unknown unit 'furlongs'"),
+    ("bandwidth=20Tbit/s", "bandwidth must be >= 0 and <= 1e"),
+    ("bandwidth=100bit/s", "bandwidth must be 0 or >= 0.001 Mbit/s"),
     ("rtt=1,,2", "empty value"),
     ("rtt=-5,5", "rtt must be >= 0"),
     ("alpha=0.5,1.0", "alpha must be >= 0 and < 1"),

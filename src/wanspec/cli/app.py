@@ -7,18 +7,58 @@ from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
+import sys
+from typing import Any
+
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from wanspec import __version__
-from wanspec.cli.common import configure_threads, quiet_libraries, user_errors
+from wanspec.cli.common import configure_threads, fail, quiet_libraries, user_errors
 from wanspec.cli.render import print_generation
 from wanspec.core.policy import PolicyConfig
 from wanspec.core.worker import WorkerLimits
 from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
 from wanspec.timing.device import DEFAULT_TARGET_COST
 
+# the click that Typer runs on: the click package, or the copy that newer Typers vendor (whose
+# exceptions are other classes); reached through a public name either way
+_click_errors = sys.modules[typer.BadParameter.__module__]
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad choice, a malformed number, an unknown or missing option) print as the
+    one-line ``error: ...`` with exit code 2 that every other bad value gives, not a boxed
+    usage message."""
+
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _click_errors.UsageError as exc:
+            _usage_error(exc)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _click_errors.UsageError as exc:
+            _usage_error(exc)
+            raise
+
+
+def _usage_error(exc: Any) -> None:
+    """Print ``exc`` as the one-line error (and exit 2), unless it is the help of a bare
+    ``wanspec``, which it re-raises to show."""
+    if isinstance(exc, getattr(_click_errors, "NoArgsIsHelpError", ())):
+        return
+    path = exc.ctx.command_path if exc.ctx is not None else "wanspec COMMAND"
+    message = exc.format_message().replace("Value error, ", "").rstrip(".")
+    fail(f"{message[:1].lower()}{message[1:]} (see {path} --help)")
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="wanspec",
     help="Speculative decoding across a wide-area network (lossless: identical to the target alone).",
     no_args_is_help=True,
@@ -28,6 +68,16 @@ app = typer.Typer(
 console = Console(highlight=False)
 _POLICY = PolicyConfig()  # its defaults are the options' defaults
 _LIMITS = WorkerLimits()  # the worker's limits: their defaults are the options' defaults
+# help of options several commands take, so that each reads the same everywhere
+_H_TEMPERATURE = "Sampling temperature; 0 = greedy."
+_H_TOP_P = "Nucleus sampling: keep the likeliest tokens up to this probability mass; 1 disables."
+_H_TOP_K = "Keep only the K likeliest tokens; 0 disables."
+_H_SEED = "Sampling seed: output is a function of (seed, position)."
+_H_DTYPE = "Model dtype: auto, float32, bfloat16 or float16."
+_H_DEVICE = "Torch device: auto, cpu, cuda or cuda:N."
+_H_THREADS = "torch CPU threads (default: torch's own choice)."
+_H_VERBOSE = "Log connections, sessions and fallbacks (INFO level)."
+_H_TRANSPORT = "tcp (TLS optional) or quic (always TLS)."
 
 
 class GenerateMode(str, Enum):
@@ -52,17 +102,17 @@ def _root(
 
 @app.command()
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (- reads it from stdin)."),
     mode: GenerateMode = typer.Option(GenerateMode.sd, "--mode", help="target: target-only; sd: standard SD at one site; remote: controller + worker in one process over an emulated link."),
     rtt: str = typer.Option("0ms", "--rtt", help="remote mode: round-trip time of the emulated link (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="remote mode: one-way jitter (never reorders)."),
     policy: str = typer.Option("adaptive", "--policy", help="remote mode: remote, always, entropy or adaptive."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k", help="0 disables top-k."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed: output is a function of (seed, position)."),
+    temperature: float = typer.Option(0.0, "--temperature", help=_H_TEMPERATURE),
+    top_p: float = typer.Option(1.0, "--top-p", help=_H_TOP_P),
+    top_k: int = typer.Option(0, "--top-k", help=_H_TOP_K),
+    seed: int = typer.Option(0, "--seed", help=_H_SEED),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at the EOS token."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: shipped pair)."),
@@ -70,42 +120,49 @@ def generate(
     target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Emulate: ms per target pass (virtual clock)."),
     draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate: ms per draft pass."),
     verify_per_token_ms: float = typer.Option(0.0, "--verify-per-token-ms", help="Emulate: extra ms per additional token in a target pass."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
+    device: str = typer.Option("auto", "--device", help=_H_DEVICE),
     exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token_ids, metrics)."),
 ) -> None:
     """Decode one prompt at a single site: target-only or standard speculative decoding."""
     quiet_libraries()
     with user_errors():
-        from wanspec.cli.loading import load_models, timing_from_flags
+        from wanspec.cli.common import check, read_prompt
+        from wanspec.cli.loading import check_model_flags, load_models, timing_from_flags
         from wanspec.runtime.engine import LocalEngine
         from wanspec.sampling import SamplingParams
+        from wanspec.units import parse_duration_ms
 
+        # every flag, before the models load
+        text = read_prompt(prompt)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        from wanspec.cli.common import check
-
         check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
         check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
+        rtt_ms, jitter_ms = parse_duration_ms(rtt, "--rtt"), parse_duration_ms(jitter, "--jitter")
+        if mode is GenerateMode.remote:
+            from wanspec.core.policy import PolicyName
+
+            check(policy in {p.value for p in PolicyName}, f"unknown policy {policy!r}; choose "
+                  f"from {', '.join(p.value for p in PolicyName)}")
         timing = timing_from_flags(target_ms, draft_ms, verify_per_token_ms)
+        check_model_flags(dtype, device)
         configure_threads(threads)
         tgt, drf = load_models(target, draft, need_draft=mode is not GenerateMode.target, dtype=dtype,
                                device=device, exact=exact)
         kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop_strings=stop or (),
                       ignore_eos=ignore_eos)
         if mode is GenerateMode.remote:
-            from wanspec.cli.units import parse_duration_ms
             from wanspec.runtime.inproc import remote_generate
 
             assert drf is not None
             result = remote_generate(
-                tgt, drf, prompt, rtt_ms=parse_duration_ms(rtt, "--rtt"),
-                jitter_ms=parse_duration_ms(jitter, "--jitter"), policy=policy, gamma=gamma,
+                tgt, drf, text, rtt_ms=rtt_ms, jitter_ms=jitter_ms, policy=policy, gamma=gamma,
                 timing=timing, **kwargs).to_dict()
         else:
             engine = LocalEngine(tgt, drf, timing)
-            result = engine.generate(prompt, mode=mode.value, gamma=gamma, **kwargs).to_dict()
+            result = engine.generate(text, mode=mode.value, gamma=gamma, **kwargs).to_dict()
     if as_json:
         print(json.dumps(result))
     else:
@@ -115,9 +172,9 @@ def generate(
 @app.command()
 def emulate(
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated RTTs in ms, e.g. 0,10,20,30,50,70,100,150 (overrides --rtt)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="RTTs to compare, in the syntax of simulate --sweep: 0,10,20,30,50 or rtt=0:150:10 (ms unless a unit is given, e.g. 0.1s; overrides --rtt)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message (never reorders)."),
-    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
+    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
     target_ms: float = typer.Option(30.0, "--target-ms", help="Emulated ms per target pass (default: 70B-class target)."),
     draft_ms: float = typer.Option(4.0, "--draft-ms", help="Emulated ms per draft pass (default: 1B-class draft)."),
@@ -134,14 +191,14 @@ def emulate(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line); default: 16 held-out prompts."),
     num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Use only the first N prompts."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="New tokens per prompt."),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int = typer.Option(0, "--seed"),
+    temperature: float = typer.Option(0.0, "--temperature", help=_H_TEMPERATURE),
+    top_p: float = typer.Option(1.0, "--top-p", help=_H_TOP_P),
+    top_k: int = typer.Option(0, "--top-k", help=_H_TOP_K),
+    seed: int = typer.Option(0, "--seed", help=_H_SEED),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: shipped pair)."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped pair)."),
     exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per (RTT, mode) instead of tables."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the records as CSV."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Also draw latency and busy-site pass ratios vs RTT (PNG)."),
@@ -176,18 +233,18 @@ def emulate(
 
 @app.command()
 def simulate(
-    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (ms); bandwidth (Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (durations, as --rtt: bare numbers are ms); bandwidth (as --bandwidth: 100Mbit/s, 12.5MB/s; bare numbers are Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message, uniform in [0, jitter] (never reorders)."),
-    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction, e.g. 100mbit (0 = unlimited)."),
+    bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
     spike: Optional[str] = typer.Option(None, "--spike", help="Delay of a loss spike (default: one RTT)."),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="ms per target pass (base cost) [default: 30, a 70B-class target; with --trace: the recorded value]."),
-    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="ms per draft pass, at either site [default: 4, a 1B-class draft; with --trace: the recorded value]."),
-    verify_per_token_ms: Optional[float] = typer.Option(None, "--verify-per-token-ms", help="Extra ms per extra token in a target pass [default: 0.5; with --trace: the recorded value]."),
-    draft_per_token_ms: Optional[float] = typer.Option(None, "--draft-per-token-ms", help="Extra ms per extra token fed to a draft pass (catch-up) [default: 0; with --trace: the recorded value]."),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="ms per target pass, base cost (default: 30, a 70B-class target; with --trace: the recorded value)."),
+    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="ms per draft pass, at either site (default: 4, a 1B-class draft; with --trace: the recorded value)."),
+    verify_per_token_ms: Optional[float] = typer.Option(None, "--verify-per-token-ms", help="Extra ms per extra token in a target pass (default: 0.5; with --trace: the recorded value)."),
+    draft_per_token_ms: Optional[float] = typer.Option(None, "--draft-per-token-ms", help="Extra ms per extra token fed to a draft pass, to catch up (default: 0; with --trace: the recorded value)."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
-    gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window [default: 4; with --trace: the recorded value]."),
+    gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window (default: 4; with --trace: the recorded value)."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
     entropy_threshold: float = typer.Option(_POLICY.entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
@@ -198,7 +255,7 @@ def simulate(
     entropy_sd: float = typer.Option(0.35, "--entropy-sd", help="Spread (sd, nats) of the draft entropy within each class."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Replay acceptance and entropy from a JSONL trace (wanspec emulate --record; docs/simulator.md); implies --match trace."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="New tokens per request."),
-    requests: Optional[int] = typer.Option(None, "--requests", help="Requests per mode and point, run one after another [default: 16; with --trace: one per recorded request]."),
+    requests: Optional[int] = typer.Option(None, "--requests", help="Requests per mode and point, run one after another (default: 16; with --trace: one per recorded request)."),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Prompt length in tokens (trace replay uses the trace's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every synthetic sequence and of the link's jitter."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0 = automatic: all CPUs for big sweeps). Results do not depend on it."),
@@ -238,7 +295,7 @@ class Transport(str, Enum):
 @app.command()
 def worker(
     listen: str = typer.Option("127.0.0.1:7700", "--listen", help="HOST:PORT to listen on (port 0 = any free port)."),
-    transport: Transport = typer.Option(Transport.tcp, "--transport"),
+    transport: Transport = typer.Option(Transport.tcp, "--transport", help=_H_TRANSPORT),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped draft)."),
     cert: Optional[Path] = typer.Option(None, "--cert", help="TLS certificate (PEM); QUIC requires one."),
     key: Optional[Path] = typer.Option(None, "--key", help="TLS private key (PEM)."),
@@ -255,10 +312,10 @@ def worker(
     hello_timeout: float = typer.Option(_LIMITS.hello_timeout_s, "--hello-timeout", help="Seconds a new connection has to send Hello."),
     idle_timeout: float = typer.Option(_LIMITS.idle_timeout_s, "--idle-timeout", help="Seconds without any message (controllers ping every second) before a connection is closed; 0 = never."),
     frame_timeout: float = typer.Option(DEFAULT_FRAME_TIMEOUT_S, "--frame-timeout", help="Seconds a frame may take to arrive whole from its first byte, or to be taken by the peer; a peer slower than that is dropped."),
-    dtype: str = typer.Option("auto", "--dtype"),
-    device: str = typer.Option("auto", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
+    device: str = typer.Option("auto", "--device", help=_H_DEVICE),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_H_VERBOSE),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Also serve /metrics (Prometheus) and /health over HTTP on this port (same host as --listen); docs/serving.md."),
 ) -> None:
     """Serve drafts at the under-used site: draft ahead continuously for each controller session."""
@@ -283,21 +340,21 @@ def worker(
 @app.command()
 def controller(
     worker_addr: List[str] = typer.Option(..., "--worker", help="Worker HOST:PORT. Repeat for several workers: each request drafts on the one with the least expected wait per accepted draft (RTT, load, acceptance) and moves to another if its worker fails or refuses it."),
-    transport: Transport = typer.Option(Transport.tcp, "--transport"),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p"),
+    transport: Transport = typer.Option(Transport.tcp, "--transport", help=_H_TRANSPORT),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (- reads it from stdin)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line)."),
-    max_tokens: int = typer.Option(64, "--max-tokens", "-n"),
-    gamma: int = typer.Option(4, "--gamma"),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens per prompt."),
+    gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
     policy: str = typer.Option("adaptive", "--policy", help="remote, always, entropy or adaptive."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
-    local_draft: bool = typer.Option(True, "--local-draft/--no-local-draft", help="Load a local draft copy (redundancy and fallback)."),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int = typer.Option(0, "--seed"),
-    stop: Optional[List[str]] = typer.Option(None, "--stop"),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos"),
-    target: Optional[Path] = typer.Option(None, "--target"),
+    no_local_draft: bool = typer.Option(False, "--no-local-draft", help="Load no local draft copy: without a worker, decode target-only (default: a local copy for redundant drafts and fallback)."),
+    temperature: float = typer.Option(0.0, "--temperature", help=_H_TEMPERATURE),
+    top_p: float = typer.Option(1.0, "--top-p", help=_H_TOP_P),
+    top_k: int = typer.Option(0, "--top-k", help=_H_TOP_K),
+    seed: int = typer.Option(0, "--seed", help=_H_SEED),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at the EOS token."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: shipped target)."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Local draft copy (default: shipped draft)."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate to trust for the worker's TLS certificate."),
     tls: bool = typer.Option(False, "--tls", help="Use TLS over TCP (QUIC always uses TLS)."),
@@ -306,24 +363,25 @@ def controller(
     key: Optional[Path] = typer.Option(None, "--key", help="Private key (PEM) of --cert."),
     auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key file, the worker's: both sites prove they hold it, and a worker that cannot is not used. Default: the key in $WANSPEC_AUTH_KEY, if set."),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the worker to connect/handshake."),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms"),
-    draft_ms: Optional[float] = typer.Option(None, "--draft-ms"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    device: str = typer.Option("auto", "--device"),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Emulate this many ms per target pass (floor on real time); with --draft-ms."),
+    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per local draft pass; with --target-ms."),
+    dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
+    device: str = typer.Option("auto", "--device", help=_H_DEVICE),
     exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    as_json: bool = typer.Option(False, "--json"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON Lines: one object (text, token_ids, metrics) per prompt as it finishes."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_H_VERBOSE),
     listen: Optional[str] = typer.Option(None, "--listen", help="Serve an OpenAI-compatible API (as vLLM's) on HOST:PORT until SIGINT/SIGTERM, instead of decoding --prompt(s); docs/serving.md."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="WANSPEC_API_KEY", show_envvar=True, help="With --listen: require 'Authorization: Bearer KEY' on /v1/*."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to [default: the target directory's name]."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to (default: the target directory's name)."),
     grace: float = typer.Option(30.0, "--grace", help="With --listen: seconds in-flight requests may take to finish once stopped (then they are cancelled)."),
+    require_worker: bool = typer.Option(False, "--require-worker", help="Exit with code 1 at the first prompt no worker drafted (unreachable, refused, failed), instead of decoding it at the busy site alone: for scripts that must not fall back silently."),
 ) -> None:
     """Decode at the busy site: verify the worker's drafts with the target; lossless."""
     quiet_libraries()
     with user_errors():
-        from wanspec.cli.common import check
-        from wanspec.cli.sites import run_controller, setup_logging
+        from wanspec.cli.common import check, read_prompt
+        from wanspec.cli.sites import WorkerRequired, run_controller, setup_logging
         from wanspec.emulate.prompts import load_prompts
         from wanspec.sampling import SamplingParams
 
@@ -333,26 +391,30 @@ def controller(
         check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"
               + (f"; got {' and '.join(given)}" if given else ""))
         prompt_list = ([] if listen is not None else
-                       [prompt] if prompt is not None else load_prompts(prompts))
+                       [read_prompt(prompt)] if prompt is not None else load_prompts(prompts))
         configure_threads(threads)
-        run_controller(
-            worker=worker_addr, transport=transport.value, target=target, draft=draft,
-            local_draft=local_draft, prompts=prompt_list, max_tokens=max_tokens, gamma=gamma,
-            policy=policy, max_slowdown=max_slowdown,
-            sampling=SamplingParams(temperature, top_k, top_p, seed),
-            stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
-            tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout,
-            target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
-            device=device, exact=exact, as_json=as_json, console=console,
-            listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name)
+        try:
+            run_controller(
+                worker=worker_addr, transport=transport.value, target=target, draft=draft,
+                local_draft=not no_local_draft, prompts=prompt_list, max_tokens=max_tokens, gamma=gamma,
+                policy=policy, max_slowdown=max_slowdown,
+                sampling=SamplingParams(temperature, top_k, top_p, seed),
+                stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
+                tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout,
+                target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
+                device=device, exact=exact, as_json=as_json, console=console,
+                listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name,
+                require_worker=require_worker)
+        except WorkerRequired as exc:
+            fail(str(exc), code=1)
 
 
 @app.command()
 def certs(
     directory: Path = typer.Argument(..., help="Where to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key."),
-    host: Optional[List[str]] = typer.Option(None, "--host", help="Extra DNS name or IP for the server certificate (repeatable)."),
+    host: Optional[List[str]] = typer.Option(None, "--host", help="A DNS name or IP address controllers dial, for the worker certificate (repeatable); localhost, 127.0.0.1 and ::1 are always in it. A controller dialling a name it lacks refuses the worker."),
     client: Optional[str] = typer.Option(None, "--client", help="Only issue one more client certificate, NAME.pem / NAME.key, from the CA already in DIRECTORY (one per controller)."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace certificates and keys already in DIRECTORY."),
 ) -> None:
     """Create a self-signed CA, a worker certificate and a controller (client) certificate for
     TLS/QUIC and mutual TLS on first use."""
@@ -387,7 +449,7 @@ def bench(
     chat: bool = typer.Option(False, "--chat", help="POST /v1/chat/completions (one user message) instead of /v1/completions."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name; default: the first of GET /v1/models."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="Sent in an Authorization: Bearer KEY header."),
-    temperature: float = typer.Option(0.0, "--temperature"),
+    temperature: float = typer.Option(0.0, "--temperature", help=_H_TEMPERATURE),
     seed: int = typer.Option(0, "--seed", help="Seed of the arrivals and of the sampling of each request."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Ask for exactly --max-tokens tokens (the ignore_eos extension of vLLM)."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait to connect and for each chunk; beyond, the request fails as a timeout."),

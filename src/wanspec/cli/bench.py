@@ -31,7 +31,7 @@ from wanspec.bench.report import (
 )
 from wanspec.bench.runner import BenchConfig, request_prompts, run_bench, summarize
 from wanspec.cli.common import check
-from wanspec.cli.units import parse_duration_ms
+from wanspec.units import parse_duration_ms
 from wanspec.emulate.load import Closed, Load, Poisson
 from wanspec.emulate.prompts import load_prompts
 

@@ -28,7 +28,8 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("quic").setLevel(logging.ERROR)  # aioquic's own handshake chatter
+    # aioquic logs every failed handshake; wanspec reports each as its own one-line error
+    logging.getLogger("quic").setLevel(logging.CRITICAL)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -64,6 +65,23 @@ def configure_threads(threads: int | None) -> None:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def check_output(path: Path | None, flag: str) -> None:
+    """Refuse an output file that cannot be written before minutes of work, not after."""
+    if path is not None:
+        parent = Path(path).expanduser().parent
+        check(parent.is_dir(), f"cannot write {flag} {path}: no directory {parent}")
+        check(not Path(path).is_dir(), f"cannot write {flag} {path}: it is a directory")
+
+
+def read_prompt(text: str) -> str:
+    """``-p TEXT`` as given, or ``-p -``: the prompt read from stdin (one trailing newline
+    dropped, as shells drop it from ``$(...)``)."""
+    if text != "-":
+        return text
+    data = sys.stdin.read()
+    return data[:-1] if data.endswith("\n") else data
 
 
 def write_file(fn: Callable[[], None], path: Path) -> None:

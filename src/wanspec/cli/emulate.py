@@ -8,9 +8,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, configure_threads, write_file
+from wanspec.cli.common import check, check_output, configure_threads, write_file
 from wanspec.cli.loading import load_models
-from wanspec.cli.units import parse_duration_ms, parse_rate_bps
+from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.emulate.prompts import load_prompts
 from wanspec.core.batcher import BatchLimits
 from wanspec.emulate.load import Closed, Load, Poisson
@@ -31,14 +31,16 @@ from wanspec.simulate.trace import Trace, write_trace
 from wanspec.timing.device import DEFAULT_DRAFT_COST
 
 
-def parse_sweep(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v.strip().removesuffix("ms")) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise WanspecError(f"invalid --sweep {text!r}: use comma-separated ms, e.g. 0,10,20,50") from None
-    check(bool(values), "--sweep needs at least one RTT")
-    check(all(v >= 0 for v in values), "RTTs must be >= 0 ms")
-    return values
+def parse_rtt_sweep(text: str) -> tuple[float, ...]:
+    """``--sweep`` in ``wanspec simulate``'s syntax (``0,10,20``, ``rtt=0:150:10``, units
+    allowed); the emulator sweeps the RTT only."""
+    from wanspec.simulate.sweep import parse_sweep
+
+    swept = parse_sweep(text)
+    check(swept.param.name == "rtt", f"invalid --sweep {text!r}: emulate sweeps the RTT only "
+                                     "(e.g. 0,10,20 or rtt=0:150:10); wanspec simulate sweeps "
+                                     f"{swept.param.name}")
+    return tuple(float(v) for v in swept.values)
 
 
 def parse_gammas(text: str) -> tuple[int, ...]:
@@ -87,7 +89,8 @@ def _run_load(emu: Emulation, prompts: list[str], loads: list[Load], *, as_json:
         emu.progress = lambda label: progress.update(task, advance=1, description=label)
         records = emu.run_load(prompts, loads)
     header = (f"[bold]wanspec emulate[/] under load: {len(prompts)} prompts x "
-              f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, at most "
+              f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, link "
+              f"{describe_link(cfg.jitter_ms, cfg.bandwidth_bps, cfg.spike_prob)}, at most "
               f"{cfg.limits.max_sequences} requests per pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
               f"{' (admission on)' if cfg.admission else ''}")
     return report_load(records, loads, cfg.rtts_ms, header=header, as_json=as_json,
@@ -138,7 +141,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 compute_ms_per_token: float = 0.0, kv_ms_per_ktoken: float = 0.0,
                 per_sequence_ms: float = 0.0) -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
-    rtts = parse_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
+    rtts = parse_rtt_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     loads = parse_loads(concurrency, request_rate, seed)
     slo_tpot_ms = parse_duration_ms(slo_tpot, "--slo-tpot")
     check(slo_tpot_ms > 0, "--slo-tpot must be > 0")
@@ -150,6 +153,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
     gammas = parse_gammas(sd_gammas)
+    jitter_ms = parse_duration_ms(jitter, "--jitter")
+    bandwidth_bps = parse_bandwidth_bps(bandwidth, "--bandwidth")
     policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
     for p in policies:
         check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
@@ -162,16 +167,15 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         draft_kv_ms_per_ktoken=DEFAULT_DRAFT_COST.kv_ms_per_ktoken,
         draft_per_sequence_ms=DEFAULT_DRAFT_COST.per_sequence_ms)
     cfg = EmulationConfig(
-        rtts_ms=rtts, jitter_ms=parse_duration_ms(jitter, "--jitter"),
-        bandwidth_bps=parse_rate_bps(bandwidth), spike_prob=loss,
+        rtts_ms=rtts, jitter_ms=jitter_ms, bandwidth_bps=bandwidth_bps, spike_prob=loss,
         spike_ms=max(rtts) if loss else 0.0, timing=timing, policies=policies, gamma=gamma,
         max_tokens=max_tokens, entropy_threshold=entropy_threshold,
         max_slowdown=max_slowdown,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         seed=seed, sd_gammas=gammas, limits=BatchLimits(max_sequences=max_batch),
         slo_tpot_ms=slo_tpot_ms, admission=admission)
-    if record is not None:  # fail before minutes of emulation, not after
-        check(record.parent.is_dir(), f"cannot write {record}: no directory {record.parent}")
+    for path, flag in ((record, "--record"), (csv_path, "--csv"), (plot_path, "--plot")):
+        check_output(path, flag)  # fail before minutes of emulation, not after
     prompt_list = load_prompts(prompts, num_prompts)
     configure_threads(threads)
     tgt, drf = load_models(target, draft, need_draft=True, exact=exact)
@@ -215,7 +219,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
             console = Console(width=170, highlight=False)  # files and pipes: no squeezing
         best = next(r for r in records if r["mode"] == "sd-best")
         console.print(f"[bold]wanspec emulate[/]: {len(prompt_list)} prompts x {max_tokens} tokens, "
-                      f"gamma={gamma}, timing {timing.describe()}, jitter {cfg.jitter_ms:g} ms; "
+                      f"gamma={gamma}, timing {timing.describe()}, link "
+                      f"{describe_link(cfg.jitter_ms, cfg.bandwidth_bps, cfg.spike_prob)}; "
                       f"best SD: window {best['sd_gamma']} of {min(gammas)}-{max(gammas)}")
         for r in rtts:
             console.print(rtt_table(records, r))

@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, write_file
-from wanspec.cli.units import parse_duration_ms, parse_rate_bps
+from wanspec.cli.common import check, check_output, write_file
+from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.baselines import BASELINES
 from wanspec.errors import WanspecError
 from wanspec.simulate.config import MATCH_MODELS, POLICIES, SimConfig
@@ -57,6 +57,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     check(match in MATCH_MODELS, f"unknown --match {match!r}; choose from {', '.join(MATCH_MODELS)}")
     check(match != "trace" or trace is not None, "--match trace needs --trace FILE")
     check(jobs >= 0, f"--jobs must be >= 0 (0 = automatic), got {jobs}")
+    check_output(csv_path, "--csv")
+    check_output(plot_path, "--plot")
     policies = parse_policies(policy)
     sweeps = [parse_sweep(s) for s in sweep]
     loaded = read_trace(trace) if match == "trace" and trace is not None else None
@@ -74,7 +76,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         requests = len(loaded.requests) if loaded is not None else 16
     base = SimConfig(
         rtt_ms=parse_duration_ms(rtt, "--rtt"), jitter_ms=parse_duration_ms(jitter, "--jitter"),
-        bandwidth_mbit=parse_rate_bps(bandwidth) / 1e6, loss=loss,
+        bandwidth_mbit=parse_bandwidth_bps(bandwidth, "--bandwidth") / 1e6, loss=loss,
         spike_ms=None if spike is None else parse_duration_ms(spike, "--spike"),
         target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
         draft_per_token_ms=draft_per_token_ms, gamma=gamma, lookahead=lookahead,
@@ -116,7 +118,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     if not console.is_terminal:
         console = Console(width=170, highlight=False)  # files and pipes: no squeezing
     n_points = len(records) // (len(BASELINES) + len(policies))
-    console.print(f"[bold]wanspec simulate[/]: {base.describe()}; {n_points} point(s) in "
+    console.print(f"[bold]wanspec simulate[/]: {base.describe()}{_link(base, swept)}; "
+                  f"{n_points} point(s) in "
                   f"{wall:.2f} s")
     if n_points == 1:
         console.print(mode_table(records, f"RTT {base.rtt_ms:g} ms" if not swept
@@ -132,6 +135,14 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     return ok
 
 
+def _link(base: SimConfig, swept: list[str]) -> str:
+    """``, link ...``: the header's link settings but those the sweep varies (in the table)."""
+    text = describe_link(None if "jitter_ms" in swept else base.jitter_ms,
+                         None if "bandwidth_mbit" in swept else base.bandwidth_mbit * 1e6,
+                         0.0 if "loss" in swept else base.loss)
+    return f", link {text}" if text else ""
+
+
 def _run_load(base: SimConfig, loads: list, policies: tuple[str, ...], *,
               rtts: list[float] | None, slo_tpot_ms: float, max_batch: int, admission: bool,
               trace, as_json: bool, csv_path: Path | None, plot_path: Path | None,
@@ -143,7 +154,8 @@ def _run_load(base: SimConfig, loads: list, policies: tuple[str, ...], *,
     t0 = time.perf_counter()
     records = run_load(base, loads, policies, rtts=rtts, limits=BatchLimits(max_sequences=max_batch),
                        slo_tpot_ms=slo_tpot_ms, admission=admission, trace=trace)
-    header = (f"[bold]wanspec simulate[/] under load: {base.describe()}; at most {max_batch} "
+    header = (f"[bold]wanspec simulate[/] under load: {base.describe()}{_link(base, [])}; "
+              f"at most {max_batch} "
               f"requests per pass, TPOT SLO {slo_tpot_ms:g} ms"
               f"{' (admission on)' if admission else ''}; {time.perf_counter() - t0:.2f} s")
     return report_load(records, loads, rtts or [base.rtt_ms], header=header, as_json=as_json,

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from wanspec.cli.common import check
-from wanspec.cli.loading import load_models, timing_from_flags
+from wanspec.cli.loading import check_model_flags, load_models, timing_from_flags
 from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
@@ -100,6 +100,9 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
     limits = limits or WorkerLimits()
     check_limits(limits, frame_timeout)
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
+    check(draft_ms is None or (math.isfinite(draft_ms) and draft_ms >= 0),
+          f"--draft-ms must be >= 0, got {draft_ms}")
+    check_model_flags(dtype, device)
     # every check of the security options comes before the (slow) model load
     auth_key = load_key(auth_key_file)
     if client_ca is not None:
@@ -154,8 +157,15 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                    cert: Path | None = None, key: Path | None = None,
                    auth_key_file: Path | None = None,
                    listen: str | None = None, api_key: str | None = None, grace_s: float = 30.0,
-                   model_name: str | None = None) -> None:
+                   model_name: str | None = None, require_worker: bool = False) -> None:
+    """Decode ``prompts`` (printing each result as it finishes) or, with ``listen``, serve the
+    API; raises :class:`WorkerRequired` if ``require_worker`` and a prompt had no worker."""
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
+    check(math.isfinite(timeout_s) and timeout_s > 0,
+          f"--timeout must be > 0 seconds, got {timeout_s}")
+    check(not (require_worker and listen is not None),
+          "--require-worker is for --prompt/--prompts; a service reports a missing worker on "
+          "/health and /metrics")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
     try:
@@ -181,72 +191,77 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
         api_key = check_service_flags(listen=listen, grace_s=grace_s, model_name=model_name,
                                       api_key=api_key)
     timing = timing_from_flags(target_ms, draft_ms)
+    check_model_flags(dtype, device)
     tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
                            exact=exact)
     if not local_draft:
         drf = None
         pname = PolicyName.REMOTE
 
-    def connector(address: str):
-        async def connect():
-            return await factory.connect(transport, address, tls=tls, ca=ca, insecure=insecure,
-                                         cert=cert, key=key, timeout=timeout_s)
-        return connect
+    async def main() -> str | None:
+        from wanspec.api import ModelPair, remote_engine
 
-    async def main() -> list[dict[str, Any]]:
-        hello = RemoteEngine.hello_for(tgt)
-        links = [WorkerLink(connector(a), hello, hello_timeout=timeout_s, name=a,
-                            auth_key=auth_key) for a in workers]
-        config = ControllerConfig(gamma=gamma,
-                                  policy=PolicyConfig(pname, max_slowdown=max_slowdown))
-        engine = RemoteEngine(tgt, links, local_draft=drf, timing=timing, config=config)
+        engine = remote_engine(ModelPair(tgt, drf), workers, transport=transport, tls=tls, ca=ca,
+                               insecure=insecure, cert=cert, key=key, auth_key=auth_key,
+                               timeout_s=timeout_s, policy=pname.value, gamma=gamma,
+                               max_slowdown=max_slowdown, timing=timing)
         assert engine.workers is not None
+        links = engine.workers.links
         if listen is not None:  # issue 13 (the app closes the worker links when it stops)
             await serve_engine(engine, listen=listen, model_name=model_name or tgt.path.name,
                                api_key=api_key, grace_s=grace_s, console=console)
-            return []
-        out = []
+            return None
         try:
-            for p in prompts:
-                r = await engine.agenerate(p, max_tokens=max_tokens, sampling=sampling,
-                                           stop_strings=stop, ignore_eos=ignore_eos)
-                out.append(r.to_dict())
-            for link in links:  # the workers' own accounts of the sessions they served
-                rids = [o["metrics"]["request_id"] for o in out
-                        if o["metrics"]["worker"] == link.name]
-                rtt = link.rtt or 0.0
-                stats = (await link.wait_stats(rids, timeout=min(2.0, 4 * rtt + 0.5))
-                         if rids else {})
-                for o in out:
-                    m = o["metrics"]
-                    if m["worker"] == link.name:
-                        st = stats.get(m["request_id"])
-                        m["draft_passes"]["worker"] = st.passes if st else 0
-                        m["worker_wasted_passes"] = st.wasted if st else 0
-                        m["worker_rtt_ms"] = 1000 * rtt if link.rtt is not None else None
-            errors = [link.last_error if len(links) == 1 else f"{link.name}: {link.last_error}"
-                      for link in links if link.last_error]
-            for o in out:
-                m = o["metrics"]
-                if m["worker"] is None:  # decoded without a worker
-                    m["draft_passes"]["worker"] = 0
-                    m["worker_wasted_passes"] = 0
-                    m["worker_rtt_ms"] = None
-                    if errors:
-                        m["worker_error"] = "; ".join(errors)
+            for i, p in enumerate(prompts, 1):
+                r = (await engine.agenerate(p, max_tokens=max_tokens, sampling=sampling,
+                                            stop_strings=stop, ignore_eos=ignore_eos)).to_dict()
+                await _account_worker(r, links)
+                if require_worker and r["metrics"]["worker"] is None:
+                    return (f"no worker drafted prompt {i} of {len(prompts)} "
+                            f"({r['metrics'].get('worker_error') or 'no worker was usable'}); "
+                            "--require-worker stops here")
+                emit(r)
             workers_state.extend(engine.workers.describe())
         finally:
             await engine.workers.close()
-        return out
+        return None
+
+    def emit(result: dict[str, Any]) -> None:
+        """Each prompt's result as soon as it is decoded: a JSON line, or the text and table."""
+        if as_json:
+            print(json.dumps(result), flush=True)
+        else:
+            print_generation(result, console)
 
     workers_state: list[dict[str, Any]] = []
-    results = asyncio.run(main())
-    if listen is not None:
+    failure = asyncio.run(main())
+    if failure is not None:
+        raise WorkerRequired(failure)
+    if listen is None and not as_json and len(workers) > 1:
+        console.print(workers_table(workers_state))
+
+
+class WorkerRequired(WanspecError):
+    """``--require-worker``: a prompt was decoded without a worker (exit code 1)."""
+
+
+async def _account_worker(result: dict[str, Any], links: Sequence[WorkerLink]) -> None:
+    """Fill in the worker's own account of the session that drafted ``result`` (its passes and
+    wasted passes, the RTT), or why no worker did."""
+    m = result["metrics"]
+    link = next((k for k in links if k.name == m["worker"]), None)
+    if link is None:  # decoded without a worker
+        m["draft_passes"]["worker"] = 0
+        m["worker_wasted_passes"] = 0
+        m["worker_rtt_ms"] = None
+        errors = [k.last_error if len(links) == 1 else f"{k.name}: {k.last_error}"
+                  for k in links if k.last_error]
+        if errors:
+            m["worker_error"] = "; ".join(errors)
         return
-    if as_json:
-        print(json.dumps(results[0] if len(results) == 1 else results))
-    else:
-        for r in results:
-            print_generation(r, console)
-        if len(workers) > 1:
-            console.print(workers_table(workers_state))
+    rtt = link.rtt or 0.0
+    stats = await link.wait_stats([m["request_id"]], timeout=min(2.0, 4 * rtt + 0.5))
+    st = stats.get(m["request_id"])
+    m["draft_passes"]["worker"] = st.passes if st else 0
+    m["worker_wasted_passes"] = st.wasted if st else 0
+    m["worker_rtt_ms"] = 1000 * rtt if link.rtt is not None else None

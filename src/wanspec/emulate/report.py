@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from rich.table import Table
-
 from wanspec.baselines import BASELINES, mode_label
+from wanspec.tables import Column, FitTable
 
 COLUMNS = [
     "rtt_ms", "mode", "sd_gamma", "requests", "tokens", "tpot_ms_mean", "tpot_ms_p95",
@@ -26,15 +25,16 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
-def rtt_table(records: Sequence[dict[str, Any]], rtt: float, title_extra: str = "") -> Table:
-    t = Table(title=f"RTT {rtt:g} ms{title_extra}", header_style="bold", show_lines=False,
-              caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
-                      "wrk: at the worker; /tok: per committed token; /best: relative to best "
-                      "SD (standard SD at its fastest window g, searched in this run).",
-              caption_justify="left")
-    for name in ("mode", "TPOT", "p95", "x target", "lat/best", "busy/tok", "busy/best",
-                 "wrk/tok", "wasted/tok", "stall/tok", "accept", "identical"):
-        t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
+def rtt_table(records: Sequence[dict[str, Any]], rtt: float, title_extra: str = "") -> FitTable:
+    """Every mode at one RTT; at 80 columns: TPOT, speed-up, and the two ratios to best SD."""
+    t = FitTable([Column("mode", justify="left"), Column("TPOT"), Column("p95", 4),
+                  Column("x target", 2), Column("lat/best"), Column("busy/tok", 5),
+                  Column("busy/best"), Column("wrk/tok", 7), Column("wasted/tok", 8),
+                  Column("stall/tok", 3), Column("accept", 6), Column("identical", 1)],
+                 title=f"RTT {rtt:g} ms{title_extra}",
+                 caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
+                         "wrk: at the worker; /tok: per committed token; /best: relative to best "
+                         "SD (standard SD at its fastest window g, searched in this run).")
     for r in records:
         if r["rtt_ms"] != rtt:
             continue
@@ -61,16 +61,19 @@ LOAD_COLUMNS = [
 ]
 
 
-def load_table(records: Sequence[dict[str, Any]], load: str, rtt: float) -> Table:
-    """One load level at one RTT: what each mode gets out of the busy site."""
-    t = Table(title=f"{load}, RTT {rtt:g} ms", header_style="bold",
-              caption="tok/s: committed tokens per second (busy-site throughput); goodput: of "
-                      "requests meeting the TPOT SLO; TPOT per request (ms); busy: the busy "
-                      "accelerator's time in target / draft passes / idle (%); batch: mean "
-                      "requests per busy pass; wrk: worker utilisation.", caption_justify="left")
-    for name in ("mode", "tok/s", "x target", "x best", "goodput", "TTFT p50", "TTFT p95",
-                 "TPOT p50", "p95", "p99", "busy t/d/idle", "batch", "wrk", "identical"):
-        t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
+def load_table(records: Sequence[dict[str, Any]], load: str, rtt: float) -> FitTable:
+    """One load level at one RTT: what each mode gets out of the busy site; at 80 columns:
+    throughput, its ratios, goodput and p95 TPOT."""
+    t = FitTable([Column("mode", justify="left"), Column("tok/s"), Column("x target", 3),
+                  Column("x best"), Column("goodput", 2), Column("TTFT p50", 6),
+                  Column("TTFT p95", 5), Column("TPOT p50", 4), Column("TPOT p95"),
+                  Column("TPOT p99", 7), Column("busy t/d/idle", 10), Column("batch", 8),
+                  Column("wrk", 9), Column("identical", 1)],
+                 title=f"{load}, RTT {rtt:g} ms",
+                 caption="tok/s: committed tokens per second (busy-site throughput); goodput: of "
+                         "requests meeting the TPOT SLO; TPOT per request (ms); busy: the busy "
+                         "accelerator's time in target / draft passes / idle (%); batch: mean "
+                         "requests per busy pass; wrk: worker utilisation.")
     for r in records:
         if r["load"] != load or r["rtt_ms"] != rtt:
             continue

@@ -12,10 +12,11 @@ so two models and the network progress concurrently.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from wanspec.errors import ModelLoadError
 from wanspec.models.kv import BatchView, KVCache, SlotPool
@@ -39,6 +40,23 @@ _DTYPES = {  # name -> torch attribute
     "bf16": "bfloat16",
     "float64": "float64",
 }
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No weight-loading progress bars or load-report chatter from transformers while a model
+    loads (whoever loads it: the CLI or a program using the API); its settings are restored."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -90,10 +108,11 @@ class CausalLM:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                self.path, local_files_only=True, dtype=self.dtype
-            )
+            with _quiet_loading():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.path, local_files_only=True, dtype=self.dtype
+                )
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"could not load a causal LM from {self.path}: {exc}") from exc
         self.model = model.to(self.device).eval()

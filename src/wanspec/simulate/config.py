@@ -10,10 +10,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
+from wanspec.units import (
+    MAX_BANDWIDTH_BPS,
+    MAX_DURATION_MS,
+    MIN_BANDWIDTH_BPS,
+    read_bandwidth_bps,
+    read_duration_ms,
+)
 
 POLICIES: tuple[str, ...] = tuple(p.value for p in PolicyName)
 _POLICY_DEFAULTS = PolicyConfig()  # thresholds default to what the real controller uses
@@ -32,20 +39,29 @@ class Param:
     unit: str
     help: str
     hi_open: bool = False  # ``hi`` itself is not allowed
+    read: Callable[[str, str], float] | None = None  # a value with units (wanspec.units)
+    min_nonzero: float = 0.0  # 0 is allowed, but nothing between 0 and this
+
+
+def _mbit(text: str, what: str) -> float:
+    return read_bandwidth_bps(text, what) / 1e6
+
+
+def _duration(name: str, field: str, help: str) -> Param:
+    return Param(name, field, float, 0, MAX_DURATION_MS, "ms", help, read=read_duration_ms)
 
 
 PARAMS: dict[str, Param] = {p.name: p for p in [
-    Param("rtt", "rtt_ms", float, 0, 1e5, "ms", "round-trip time controller<->worker"),
-    Param("jitter", "jitter_ms", float, 0, 1e5, "ms", "extra one-way delay, uniform in [0, jitter]"),
-    Param("bandwidth", "bandwidth_mbit", float, 0, 1e6, "Mbit/s", "per direction (0 = unlimited)"),
+    _duration("rtt", "rtt_ms", "round-trip time controller<->worker"),
+    _duration("jitter", "jitter_ms", "extra one-way delay, uniform in [0, jitter]"),
+    Param("bandwidth", "bandwidth_mbit", float, 0, MAX_BANDWIDTH_BPS / 1e6, "Mbit/s",
+          "per direction (0 = unlimited)", read=_mbit, min_nonzero=MIN_BANDWIDTH_BPS / 1e6),
     Param("loss", "loss", float, 0, 1, "prob", "chance a message is hit by a retransmission spike"),
-    Param("spike", "spike_ms", float, 0, 1e5, "ms", "delay of a loss spike (default: one RTT)"),
-    Param("target_ms", "target_ms", float, 0, 1e5, "ms", "target pass, base cost"),
-    Param("draft_ms", "draft_ms", float, 0, 1e5, "ms", "draft pass, base cost (both sites)"),
-    Param("verify_per_token_ms", "verify_per_token_ms", float, 0, 1e5, "ms",
-          "extra target cost per extra token fed"),
-    Param("draft_per_token_ms", "draft_per_token_ms", float, 0, 1e5, "ms",
-          "extra draft cost per extra token fed"),
+    _duration("spike", "spike_ms", "delay of a loss spike (default: one RTT)"),
+    _duration("target_ms", "target_ms", "target pass, base cost"),
+    _duration("draft_ms", "draft_ms", "draft pass, base cost (both sites)"),
+    _duration("verify_per_token_ms", "verify_per_token_ms", "extra target cost per extra token fed"),
+    _duration("draft_per_token_ms", "draft_per_token_ms", "extra draft cost per extra token fed"),
     Param("gamma", "gamma", int, 1, 64, "tokens", "draft tokens per verification window"),
     Param("lookahead", "lookahead", int, 0, 64, "tokens", "worker lookahead cap (0 = automatic)"),
     Param("entropy_threshold", "entropy_threshold", float, 0, 100, "nats",
@@ -150,3 +166,5 @@ def check_value(p: Param, value: Any) -> None:
     if not math.isfinite(value) or value < p.lo or value > p.hi or (p.hi_open and value >= p.hi):
         upper = f"< {p.hi:g}" if p.hi_open else f"<= {p.hi:g}"
         raise WanspecError(f"{p.name} must be >= {p.lo:g} and {upper}, got {value:g}")
+    if 0 < value < p.min_nonzero:
+        raise WanspecError(f"{p.name} must be 0 or >= {p.min_nonzero:g} {p.unit}, got {value:g}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from rich.table import Table
-
 from wanspec.emulate import report as emulate_report
 from wanspec.emulate.report import _f, write_json
 from wanspec.simulate.config import PARAMS, POLICIES
 from wanspec.baselines import BASELINES, LABELS, mode_label
+from wanspec.tables import Column, Fit, FitTable
 
 PARAM_COLUMNS = [p.field for p in PARAMS.values()] + ["match"]
 METRIC_COLUMNS = [
@@ -37,19 +36,19 @@ def point_label(rec: dict[str, Any], swept: Sequence[str]) -> str:
     return ", ".join(f"{k}={rec[k]:g}" for k in swept) if swept else f"rtt_ms={rec['rtt_ms']:g}"
 
 
-def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
+def mode_table(records: Sequence[dict[str, Any]], title: str) -> FitTable:
     """Every mode of one point (the emulator's table, plus per-token acceptance)."""
-    t = Table(title=title, header_style="bold",
-              caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
-                      "wrk: at the worker; /tok: per committed token; /best: relative to best SD "
-                      "(standard SD at its fastest window, g). accept: accepted / verified "
-                      "drafts (as emulate); tok acc: per-token acceptance of the drafts a "
-                      "verification tested (the SD analysis' alpha).",
-              caption_justify="left")
-    for name in ("mode", "TPOT", "p95", "x target", "lat/best", "busy/tok", "busy/best",
-                 "wrk/tok", "wasted/tok", "stall/tok", "accept", "tok acc", "tok/round",
-                 "identical"):
-        t.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
+    t = FitTable([Column("mode", justify="left"), Column("TPOT"), Column("p95", 4),
+                  Column("x target", 2), Column("lat/best"), Column("busy/tok", 5),
+                  Column("busy/best"), Column("wrk/tok", 9), Column("wasted/tok", 10),
+                  Column("stall/tok", 3), Column("accept", 7), Column("tok acc", 6),
+                  Column("tok/round", 8), Column("identical", 1)],
+                 title=title,
+                 caption="TPOT: time per output token (ms). busy: draft passes at the busy site; "
+                         "wrk: at the worker; /tok: per committed token; /best: relative to best "
+                         "SD (standard SD at its fastest window, g). accept: accepted / verified "
+                         "drafts (as emulate); tok acc: per-token acceptance of the drafts a "
+                         "verification tested (the SD analysis' alpha).")
     for r in records:
         t.add_row(
             mode_label(r), f"{r['tpot_ms_mean']:.2f}", f"{r['tpot_ms_p95']:.2f}",
@@ -65,39 +64,46 @@ def mode_table(records: Sequence[dict[str, Any]], title: str) -> Table:
     return t
 
 
+_SWEEP_CAPTION = ("TPOT in ms. best SD: standard SD at its fastest window (g). lat: TPOT / best "
+                  "SD. busy: busy-site draft passes / best SD. stall: ms per token the busy site "
+                  "idled waiting for the worker.")
+
+
 def sweep_table(records: Sequence[dict[str, Any]], swept: Sequence[str],
-                policies: Sequence[str]) -> Table:
-    """One row per point: the baselines' TPOT, then lat, busy and stall per policy."""
-    t = Table(title="wanspec simulate", header_style="bold",
-              caption="TPOT in ms. best SD: standard SD at its fastest window (g). lat: TPOT / "
-                      "best SD. busy: busy-site draft passes / best SD. stall: ms per token the "
-                      "busy site idled waiting for the worker.",
-              caption_justify="left")
-    for name in swept or ["rtt_ms"]:
-        t.add_column(name, justify="right", no_wrap=True)
-    for name in ("target", "SD", "best SD", "dyn SD"):
-        t.add_column(name, justify="right", no_wrap=True)
-    for p in policies:
-        t.add_column(f"{p}\nlat busy stall", justify="right", no_wrap=True)
-    t.add_column("ok", justify="center")
+                policies: Sequence[str]) -> Fit:
+    """One row per point: the baselines' TPOT, then lat, busy and stall per policy; where that
+    is too wide, one row per point and policy (every key number, whatever the width)."""
+    names = list(swept or ["rtt_ms"])
     width = len(BASELINES) + len(policies)
-    for i in range(0, len(records), width):
-        row = records[i : i + width]
+    points = [records[i: i + width] for i in range(0, len(records), width)]
+    wide = FitTable([*(Column(n) for n in names), Column("target", 3), Column("SD", 4),
+                     Column("best SD"), Column("dyn SD", 2),
+                     *(Column(f"{p}\n{m}", drop) for p in policies
+                       for m, drop in (("lat", 0), ("busy", 0), ("stall", 1))),
+                     Column("ok", justify="center")],
+                    title="wanspec simulate", caption=_SWEEP_CAPTION)
+    long = FitTable([*(Column(n) for n in names), Column("best SD"), Column("mode", justify="left"),
+                     Column("lat"), Column("busy"), Column("stall"), Column("ok", justify="center")],
+                    title="wanspec simulate", caption=_SWEEP_CAPTION)
+    for row in points:
         by_mode = {r["mode"]: r for r in row}
-        cells = [f"{row[0][k]:g}" for k in (swept or ["rtt_ms"])]
+        at = [f"{row[0][k]:g}" for k in names]
         best = by_mode["sd-best"]
-        cells += [f"{by_mode['target']['tpot_ms_mean']:.2f}", f"{by_mode['sd']['tpot_ms_mean']:.2f}",
-                  f"{best['tpot_ms_mean']:.2f} g={best['sd_gamma']}",
-                  f"{by_mode['sd-dynamic']['tpot_ms_mean']:.2f}"]
+        best_cell = f"{best['tpot_ms_mean']:.2f} g={best['sd_gamma']}"
+        ok = all(r["identical_to_target_only"] for r in row)
+        ok_cell = "[green]yes[/]" if ok else "[bold red]NO[/]"
+        ratios = {p: (_f(by_mode[p]["latency_vs_best_sd"], "{:.3f}"),
+                      _f(by_mode[p]["busy_site_draft_passes_vs_best_sd"]),
+                      f"{by_mode[p]['stall_ms_per_token']:.2f}") for p in policies}
+        wide.add_row(*at, f"{by_mode['target']['tpot_ms_mean']:.2f}",
+                     f"{by_mode['sd']['tpot_ms_mean']:.2f}", best_cell,
+                     f"{by_mode['sd-dynamic']['tpot_ms_mean']:.2f}",
+                     *(cell for p in policies for cell in ratios[p]), ok_cell)
         for p in policies:
             r = by_mode[p]
-            cells.append(f"{_f(r['latency_vs_best_sd'], '{:.3f}')} "
-                         f"{_f(r['busy_site_draft_passes_vs_best_sd'])} "
-                         f"{r['stall_ms_per_token']:5.2f}")
-        ok = all(r["identical_to_target_only"] for r in row)
-        cells.append("[green]yes[/]" if ok else "[bold red]NO[/]")
-        t.add_row(*cells)
-    return t
+            long.add_row(*at, best_cell, p, *ratios[p],
+                         "[green]yes[/]" if r["identical_to_target_only"] else "[bold red]NO[/]")
+    return Fit(*wide.candidates, long.table)
 
 
 def write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:

@@ -35,15 +35,23 @@ class Sweep:
 
 
 def _number(text: str, p: Param, spec: str) -> float:
+    """One value of a sweep, in ``p``'s unit: durations and bandwidths in the grammar of
+    :mod:`wanspec.units` (as the flags take them), other parameters as plain numbers."""
+    what = f"--sweep {spec!r}:"
+    if p.read is not None:
+        try:
+            return p.read(text.strip(), p.name)
+        except WanspecError as exc:
+            raise WanspecError(f"invalid {what} {exc}") from None
     t = text.strip().lower()
     if p.unit and t.endswith(p.unit.lower()):
         t = t[: -len(p.unit)].strip()
     try:
         x = float(t)
     except ValueError:
-        raise WanspecError(f"invalid --sweep {spec!r}: {text.strip()!r} is not a number") from None
+        raise WanspecError(f"invalid {what} {text.strip()!r} is not a number") from None
     if not math.isfinite(x):
-        raise WanspecError(f"invalid --sweep {spec!r}: {text.strip()!r} is not a finite number")
+        raise WanspecError(f"invalid {what} {text.strip()!r} is not a finite number")
     return x
 
 

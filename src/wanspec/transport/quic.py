@@ -74,7 +74,13 @@ from wanspec.transport.base import (
 )
 from wanspec.transport.common import Inbox, Traffic, log, run_handler
 from wanspec.transport.tcp import format_address
-from wanspec.transport.tls import NO_CLIENT_CERT, require_file, untrusted_client_cert
+from wanspec.transport.udp import create_server_endpoint
+from wanspec.transport.tls import (
+    NO_CLIENT_CERT,
+    name_not_covered,
+    require_file,
+    untrusted_client_cert,
+)
 
 ALPN = "wanspec/1"
 CONTROL_STREAM = 0  # the first client-initiated bidirectional stream
@@ -477,6 +483,8 @@ async def connect_quic(
         ) from exc
     except ConnectError as exc:
         transport.close()
+        if "doesn't match" in str(exc):  # aioquic's words for a certificate of other names
+            raise ConnectError(name_not_covered(where, server_name or host)) from exc
         raise ConnectError(
             f"QUIC handshake with {where} failed: {exc} "
             "(wrong CA, wrong server name, or not a wanspec QUIC server?)"
@@ -583,9 +591,9 @@ async def serve_quic(
     server = QuicServer(handler, max_frame=max_frame, client_ca=client_ca,
                         frame_timeout=frame_timeout, handshake_timeout=handshake_timeout)
     try:
-        udp, server._server = await asyncio.get_running_loop().create_datagram_endpoint(
+        udp, server._server = await create_server_endpoint(  # replies leave from the dialled address
             lambda: _AioquicServer(configuration=config, create_protocol=server._create_protocol),
-            local_addr=(host, port),
+            host, port,
         )
     except OSError as exc:
         raise ConnectError(

@@ -34,7 +34,10 @@ from wanspec.transport.base import (
     Server,
 )
 from wanspec.transport.common import Inbox, Traffic, run_handler
-from wanspec.transport.tls import NO_CLIENT_CERT, untrusted_client_cert
+from wanspec.transport.tls import NO_CLIENT_CERT, name_not_covered, untrusted_client_cert
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH_CODES = (62, 64)
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +260,8 @@ async def connect_tcp(
     except TimeoutError as exc:
         raise ConnectError(f"cannot reach {where}: no answer within {timeout:g} s") from exc
     except _ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in _NAME_MISMATCH_CODES:
+            raise ConnectError(name_not_covered(where, server_name or host)) from exc
         raise ConnectError(
             f"cannot trust {where}: {exc.verify_message} (is the CA the one that signed its "
             "certificate, and is the name you dial in that certificate?)"

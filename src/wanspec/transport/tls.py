@@ -21,6 +21,15 @@ NO_CLIENT_CERT = ("no TLS client certificate was presented (the worker's --clien
                   "one: give the controller --cert and --key)")
 
 
+def name_not_covered(where: str, host: str) -> str:
+    """The worker's certificate is valid but not for the name the controller dialled: which name,
+    and how to issue a certificate that covers it (``wanspec certs`` covers only localhost
+    unless given ``--host``)."""
+    return (f"cannot trust {where}: its certificate does not cover the name {host!r}; issue one "
+            f"that does with `wanspec certs DIR --host {host}` and restart the worker with it, "
+            "or dial a name the certificate covers")
+
+
 def untrusted_client_cert(why: str) -> str:
     """Why a client certificate is refused, in words both sites' operators can act on."""
     return (f"the TLS client certificate is not trusted ({why}): the controller's --cert must be "

@@ -1,0 +1,58 @@
+"""Every flag is checked before a model loads: a typo costs no loading time.
+
+The model constructor is replaced by one that fails the test, so each case proves its one-line
+error came from the flag check, ahead of any loading (and of any import-time cost but the CLI's).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from wanspec.cli.app import app
+from wanspec.models.backend import CausalLM
+
+
+@pytest.fixture(autouse=True)
+def no_model_loads(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a model was loaded before every flag was checked")
+
+    monkeypatch.setattr(CausalLM, "__init__", refuse)
+
+
+CASES = [
+    (["generate", "-p", "x", "--mode", "remote", "--rtt", "abc"], "invalid --rtt 'abc'"),
+    (["generate", "-p", "x", "--mode", "remote", "--jitter", "-1ms"], "--jitter must be"),
+    (["generate", "-p", "x", "--mode", "remote", "--policy", "bogus"], "unknown policy 'bogus'"),
+    (["generate", "-p", "x", "--dtype", "float8"], "unknown dtype 'float8'"),
+    (["generate", "-p", "x", "--target-ms", "-3", "--draft-ms", "4"], "must be >= 0"),
+    (["emulate", "--rtt", "abc"], "invalid --rtt 'abc'"),
+    (["emulate", "--sweep", "0,x"], "invalid --sweep"),
+    (["emulate", "--bandwidth", "100 furlongs"], "invalid --bandwidth"),
+    (["emulate", "--csv", "/nonexistent/dir/out.csv"], "cannot write --csv"),
+    (["emulate", "--plot", "/nonexistent/dir/out.png"], "cannot write --plot"),
+    (["emulate", "--prompts", "/nonexistent/prompts.txt"], "prompts file not found"),
+    (["emulate", "--threads", "0"], "threads must be >= 1"),
+    (["emulate", "--concurrency", "0"], "client counts must be >= 1"),
+    (["controller", "--worker", "127.0.0.1:1", "-p", "x", "--timeout", "0"], "--timeout must be > 0"),
+    (["controller", "--worker", "127.0.0.1:1", "-p", "x", "--dtype", "int3"], "unknown dtype"),
+    (["controller", "--worker", "127.0.0.1:1", "-p", "x", "--device", "tpu:9"], "device"),
+    (["controller", "--worker", "127.0.0.1:1", "--prompts", "/nonexistent.txt"], "not found"),
+    (["controller", "--worker", "127.0.0.1:1", "-p", "x", "--ca", "/nonexistent/ca.pem"],
+     "not found"),
+    (["controller", "--worker", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--require-worker"],
+     "--require-worker is for --prompt/--prompts"),
+    (["worker", "--draft-ms", "-1"], "--draft-ms must be >= 0"),
+    (["worker", "--dtype", "float8"], "unknown dtype"),
+    (["worker", "--listen", "nohost"], "has no port"),
+    (["worker", "--metrics-port", "70000"], "--metrics-port"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_flags_fail_before_any_model_loads(runner, narrow_stderr, args, needle):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.output
