@@ -30,7 +30,6 @@ import contextlib
 import gc
 import json
 import logging
-import math
 import random
 import struct
 import sys
@@ -702,9 +701,9 @@ class CoreHarness:
 def fuzz_controller(frames: int, seed: int) -> dict[str, Any]:
     """Mutated worker frames into the controller's decoder and cores (no I/O: fast)."""
     rng = random.Random(f"wanspec-soak-fuzz-controller:{seed}")
-    stats = {"frames": 0, "requests": 0, "crashes": 0, "hangs": 0, "divergences": 0,
-             "max_chain": 0, "max_decoder_buffered": 0, "by_mutator": {m: 0 for m in MUTATORS},
-             "failed": []}
+    stats: dict[str, Any] = {
+        "frames": 0, "requests": 0, "crashes": 0, "hangs": 0, "divergences": 0, "max_chain": 0,
+        "max_decoder_buffered": 0, "by_mutator": {m: 0 for m in MUTATORS}, "failed": []}
     while stats["frames"] < frames:
         h = CoreHarness(rng, rng.choice(POLICIES))
         stats["requests"] += 1

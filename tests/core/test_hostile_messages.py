@@ -83,8 +83,9 @@ def test_adaptive_waits_for_a_silent_worker_are_bounded(has_local):
         if passes:
             (run,) = passes
             now += 0.03 if isinstance(run, RunTarget) else 0.002
-            actions = core.on_event(TargetDone(run.op, (5,) * run.want) if isinstance(run, RunTarget)
-                                    else DraftDone(run.op, 5, 0.1, 0.9), now)
+            done = (TargetDone(run.op, (5,) * run.want) if isinstance(run, RunTarget)
+                    else DraftDone(run.op, 5, 0.1, 0.9))
+            actions = core.on_event(done, now)
             continue
         deadline = core.next_timer()
         assert deadline is not None, "idle with nothing to wait for"

@@ -310,10 +310,12 @@ async def typed_fields(w: FakeWorker) -> None:
     await handshake(w)
     start = await w.session()
     n, rid, tok = len(start.prompt), start.rid, [w.oracle(len(start.prompt))]
-    for fields in ((rid, "0", n), (rid, 0, float(n)), (rid, 0.0, n), (rid, None, n),
-                   (rid, -1, n), (rid, 0, -5), (float(rid), 0, n), (str(rid), 0, n),
-                   (True, 0, n), ([rid], 0, n), ({"r": rid}, 0, n)):
-        await w.send_raw(drafts_frame(*fields, tok))
+    fields: list[tuple[Any, Any, Any]] = [
+        (rid, "0", n), (rid, 0, float(n)), (rid, 0.0, n), (rid, None, n), (rid, -1, n),
+        (rid, 0, -5), (float(rid), 0, n), (str(rid), 0, n), (True, 0, n), ([rid], 0, n),
+        ({"r": rid}, 0, n)]
+    for r, epoch, base in fields:
+        await w.send_raw(drafts_frame(r, epoch, base, tok))
     await w.chain(w.oracle)
 
 
@@ -647,7 +649,8 @@ DROPPED_FOR = {
     "typed-statistics": "inconsistent lengths", "enormous-drafts": "past the",
     "enormous-statistics": "inconsistent lengths", "drafts-past-the-end": "past the",
     "oversize-frame": "over the", "fatal-error": "I give up",
-    "session-error-then-drafts": "refused the request", "controller-only-message": "unexpected Commit",
+    "session-error-then-drafts": "refused the request",
+    "controller-only-message": "unexpected Commit",
     "stall-before-hello": "handshake in time", "partial-hello": "handshake in time",
     "drafts-instead-of-hello": "did not answer with Hello", "garbage-after-hello": "protocol error",
     "close-before-hello": "closed", "wrong-arity": "protocol error",
