@@ -4,8 +4,10 @@
 jitter, delay spikes), a policy, greedy or seeded sampling, a few requests (one after another
 or at once) and faults at random virtual times: the worker process killed and restarted, its
 connection reset (the worker lives on), the worker stalled (it neither reads nor sends), and
-RTT spikes (its messages held back).  Every request's output must equal target-only decoding,
-and every schedule must end within a virtual-time and a wall-time bound.
+RTT spikes (its messages held back).  A quarter of the schedules give the controller two workers
+and a quarter three (each with its own RTT, each fault hitting one of them): requests are placed
+on one and move to another when theirs fails.  Every request's output must equal target-only
+decoding, and every schedule must end within a virtual-time and a wall-time bound.
 
 ``fuzz``: mutated frames (bit flips, truncation, extension, field-type swaps, arity changes,
 length lies, random msgpack, random bytes, splices) fed (1) to a live worker over loopback TCP,
@@ -36,7 +38,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -159,6 +161,7 @@ class Fault:
     at: float  # virtual seconds after the schedule starts
     duration: float
     extra_ms: float = 0.0
+    worker: int = 0  # which of the schedule's workers it hits
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,13 @@ class Schedule:
     concurrent: bool  # the requests run at once (batched) rather than one after another
     requests: tuple[Request, ...]
     faults: tuple[Fault, ...]
+    # the RTT of each worker after the first (several workers: each request is placed on one and
+    # moves to another when it fails); () for one worker
+    more_workers_rtt_ms: tuple[float, ...] = ()
+
+    @property
+    def workers(self) -> int:
+        return 1 + len(self.more_workers_rtt_ms)
 
 
 def make_schedule(seed: int, index: int) -> Schedule:
@@ -198,8 +208,14 @@ def make_schedule(seed: int, index: int) -> Schedule:
         faults.append(Fault(kind, round(rng.uniform(0.0, horizon), 4),
                             round(rng.choice([0.01, 0.1, 0.5, 2.0, 15.0]) * rng.random(), 4),
                             round(rng.uniform(50.0, 2000.0), 1) if kind == "spike" else 0.0))
-    return Schedule(index, link, policy, local, rng.randint(1, 6), rng.choice(list(SAMPLINGS)),
-                    rng.random() < 0.4, requests, tuple(sorted(faults, key=lambda f: f.at)))
+    gamma, sampling, concurrent = rng.randint(1, 6), rng.choice(list(SAMPLINGS)), rng.random() < 0.4
+    # drawn last, so that a schedule's single-worker part is what it always was
+    workers = rng.choice([1, 1, 2, 3])
+    more_rtt = tuple(round(rng.choice([1.0, 10.0, 30.0, 80.0, 200.0]) * rng.uniform(0.5, 1.5), 3)
+                     for _ in range(workers - 1))
+    faults = [replace(f, worker=rng.randrange(workers)) if workers > 1 else f for f in faults]
+    return Schedule(index, link, policy, local, gamma, sampling, concurrent, requests,
+                    tuple(sorted(faults, key=lambda f: f.at)), more_rtt)
 
 
 class FaultyEnd(Connection):
@@ -210,7 +226,7 @@ class FaultyEnd(Connection):
     reads nothing either: a message is handed over only once the stall has ended.
     """
 
-    def __init__(self, inner: InprocConnection, world: "FaultyWorld") -> None:
+    def __init__(self, inner: InprocConnection, world: "FaultyWorker") -> None:
         self.inner, self.world = inner, world
         self.peer = inner.peer
         self._queue: asyncio.Queue[tuple[float, Message]] = asyncio.Queue()
@@ -253,32 +269,25 @@ class FaultyEnd(Connection):
         await self.inner.close()
 
 
-class FaultyWorld:
-    """A controller and a worker over in-process links, with the schedule's faults applied."""
+class FaultyWorker:
+    """One worker site of a schedule behind its own in-process link, with its faults applied."""
 
-    def __init__(self, pair: Pair, s: Schedule) -> None:
-        self.s = s
+    def __init__(self, pair: Pair, link: LinkParams, name: str) -> None:
+        self.link_params = link
         self.alive = True
         self.windows: list[tuple[str, float, float, float]] = []  # (kind, start, end, extra s)
-        self.worker_draft = pair.draft.sibling("soak-worker")
-        self.local = pair.draft.sibling("soak-local") if s.local_draft else None
-        self.service = WorkerService(self.worker_draft, cost=TIMING.draft)
+        self.draft = pair.draft.sibling(f"soak-{name}")
+        self.service = WorkerService(self.draft, cost=TIMING.draft)
         self.ends: list[InprocConnection] = []
         self.handlers: list[asyncio.Task[None]] = []
         self.connections = 0
-        self._seed = s.link.seed
-        self.link = WorkerLink(self._connect, RemoteEngine.hello_for(pair.target),
-                               hello_timeout=2.0, backoff=(0.05, 0.5),
-                               rtt_prior_s=max(s.link.rtt_ms, 1.0) / 1000.0)
-        config = ControllerConfig(gamma=s.gamma, policy=PolicyConfig(PolicyName(s.policy)))
-        self.engine = RemoteEngine(pair.target, self.link, local_draft=self.local, timing=TIMING,
-                                   config=config)
+        self._seed = link.seed
 
-    async def _connect(self) -> Connection:
+    async def connect(self) -> Connection:
         if not self.alive:
             raise ConnectionClosed("worker is down")
         self._seed += 1
-        ours, theirs = inproc_pair(LinkParams(**{**self.s.link.__dict__, "seed": self._seed}))
+        ours, theirs = inproc_pair(LinkParams(**{**self.link_params.__dict__, "seed": self._seed}))
         self.ends += [ours, theirs]
         self.connections += 1
         self.handlers.append(asyncio.create_task(self.service.handle(FaultyEnd(theirs, self))))
@@ -312,13 +321,44 @@ class FaultyWorld:
             self.windows.append((f.kind, now, now + f.duration, f.extra_ms / 1000.0))
 
     async def close(self) -> None:
-        await self.link.close()
         for end in self.ends:
             await end.close()
         for t in self.handlers:
             t.cancel()
         await asyncio.gather(*self.handlers, return_exceptions=True)
-        self.worker_draft.close()
+        self.draft.close()
+
+
+class FaultyWorld:
+    """A controller and its worker(s) over in-process links, with the schedule's faults."""
+
+    def __init__(self, pair: Pair, s: Schedule) -> None:
+        self.s = s
+        links = [s.link, *(replace(s.link, rtt_ms=rtt, seed=s.link.seed + 1000 * (i + 1))
+                           for i, rtt in enumerate(s.more_workers_rtt_ms))]
+        self.workers = [FaultyWorker(pair, link, f"worker{i}") for i, link in enumerate(links)]
+        self.local = pair.draft.sibling("soak-local") if s.local_draft else None
+        self.links = [WorkerLink(w.connect, RemoteEngine.hello_for(pair.target),
+                                 hello_timeout=2.0, backoff=(0.05, 0.5),
+                                 rtt_prior_s=max(w.link_params.rtt_ms, 1.0) / 1000.0,
+                                 name=f"worker{i}")
+                      for i, w in enumerate(self.workers)]
+        config = ControllerConfig(gamma=s.gamma, policy=PolicyConfig(PolicyName(s.policy)))
+        self.engine = RemoteEngine(pair.target, self.links, local_draft=self.local,
+                                   timing=TIMING, config=config)
+
+    @property
+    def connections(self) -> int:
+        return sum(w.connections for w in self.workers)
+
+    def apply(self, f: Fault, loop: asyncio.AbstractEventLoop) -> None:
+        self.workers[f.worker].apply(f, loop)
+
+    async def close(self) -> None:
+        assert self.engine.workers is not None
+        await self.engine.workers.close()
+        for w in self.workers:
+            await w.close()
         if self.local is not None:
             self.local.close()
 
@@ -334,6 +374,7 @@ class ScheduleResult:
     wall_s: float = 0.0
     worker_used: int = 0
     worker_lost: int = 0
+    worker_moves: int = 0  # (several workers) moves of a request to another worker
     connections: int = 0
 
 
@@ -365,6 +406,7 @@ def run_schedule(pair: Pair, s: Schedule, wall_limit_s: float = 60.0) -> Schedul
             outputs[i] = res.token_ids
             result.worker_used += bool(res.metrics["worker_used"])
             result.worker_lost += bool(res.metrics["worker_lost"])
+            result.worker_moves += res.metrics["worker_moves"]
 
         try:
             if s.concurrent:
@@ -449,6 +491,9 @@ def soak_faults(pair: Pair, schedules: int, seed: int, only: int | None = None,
         "errors": sum(r.error is not None for r in results),
         "requests_using_the_worker": sum(r.worker_used for r in results),
         "requests_losing_the_worker": sum(r.worker_lost for r in results),
+        "schedules_with_several_workers": sum(make_schedule(seed, i).workers > 1
+                                              for i in indices),
+        "requests_moved_to_another_worker": sum(r.worker_moves for r in results),
         "connections": sum(r.connections for r in results),
         "virtual_s_max": max((r.virtual_s for r in results), default=0.0),
         "wall_s_max_schedule": max((r.wall_s for r in results), default=0.0),

@@ -31,6 +31,9 @@ def test_fault_schedules_end_with_the_target_output_within_their_bounds(pair):
     # faults of every kind happened, and requests both used and lost the worker
     assert all(n > 0 for n in report["faults"].values()), report["faults"]
     assert report["requests_using_the_worker"] > 0 and report["requests_losing_the_worker"] > 0
+    # several workers: some schedules had them, and some requests moved to another worker
+    assert report["schedules_with_several_workers"] > 0
+    assert report["requests_moved_to_another_worker"] > 0, report
 
 
 def test_schedules_are_reproducible_from_their_seed():
