@@ -1014,6 +1014,8 @@ def _print_faults(r: dict[str, Any]) -> None:
     print(f"  divergences {r['divergences']}, hangs {r['hangs']}, errors {r['errors']}")
     print(f"  requests that used the worker {r['requests_using_the_worker']}, lost it "
           f"{r['requests_losing_the_worker']}; connections {r['connections']}")
+    print(f"  schedules with several workers {r['schedules_with_several_workers']}, requests "
+          f"moved to another worker {r['requests_moved_to_another_worker']}")
     print(f"  longest schedule: {r['virtual_s_max']:.2f} virtual s, "
           f"{r['wall_s_max_schedule']:.2f} wall s; total {r['wall_s']:.0f} wall s")
 
