@@ -70,6 +70,15 @@ def eos_pair(target):
 # ---- CLI tests ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def site_registry(tmp_path_factory, monkeypatch):
+    """Sites started by a test register in a directory of their own: wanspec processes running
+    elsewhere on this machine must not change a test's thread split (wanspec.threads)."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime / "wanspec" / "sites"
+
+
 @pytest.fixture
 def runner():
     from typer.testing import CliRunner

@@ -15,7 +15,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from wanspec import __version__
-from wanspec.cli.common import configure_threads, fail, quiet_libraries, user_errors
+from wanspec.cli.common import (configure_threads, fail, quiet_libraries, site_threads,
+                                user_errors)
 from wanspec.cli.render import print_generation
 from wanspec.core.policy import PolicyConfig
 from wanspec.core.worker import WorkerLimits
@@ -76,6 +77,8 @@ _H_SEED = "Sampling seed: output is a function of (seed, position)."
 _H_DTYPE = "Model dtype: auto, float32, bfloat16 or float16."
 _H_DEVICE = "Torch device: auto, cpu, cuda or cuda:N."
 _H_THREADS = "torch CPU threads (default: torch's own choice)."
+_H_SITE_THREADS = ("torch CPU threads (default: the CPUs this process may use, split evenly "
+                   "with the other wanspec worker/controller processes on this machine).")
 _H_VERBOSE = "Log connections, sessions and fallbacks (INFO level)."
 _H_TRANSPORT = "tcp (TLS optional) or quic (always TLS)."
 
@@ -314,7 +317,7 @@ def worker(
     frame_timeout: float = typer.Option(DEFAULT_FRAME_TIMEOUT_S, "--frame-timeout", help="Seconds a frame may take to arrive whole from its first byte, or to be taken by the peer; a peer slower than that is dropped."),
     dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
     device: str = typer.Option("auto", "--device", help=_H_DEVICE),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_H_SITE_THREADS),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_H_VERBOSE),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Also serve /metrics (Prometheus) and /health over HTTP on this port (same host as --listen); docs/serving.md."),
 ) -> None:
@@ -324,17 +327,17 @@ def worker(
         from wanspec.cli.sites import run_worker, setup_logging
 
         setup_logging(verbose)
-        configure_threads(threads)
         limits = WorkerLimits(
             max_connections=max_connections, max_sessions=max_sessions,
             max_connection_sessions=max_connection_sessions, max_prompt=max_prompt,
             max_lookahead=max_lookahead, hello_timeout_s=hello_timeout,
             idle_timeout_s=idle_timeout)
-        run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
-                   client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
-                   draft_ms=draft_ms, limits=limits, frame_timeout=frame_timeout,
-                   max_batch=max_batch, dtype=dtype, device=device, console=console,
-                   metrics_port=metrics_port)
+        with site_threads("worker", threads) as site:
+            run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
+                       client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
+                       draft_ms=draft_ms, limits=limits, frame_timeout=frame_timeout,
+                       max_batch=max_batch, dtype=dtype, device=device, console=console,
+                       metrics_port=metrics_port, site=site)
 
 
 @app.command()
@@ -368,7 +371,7 @@ def controller(
     dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
     device: str = typer.Option("auto", "--device", help=_H_DEVICE),
     exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
+    threads: Optional[int] = typer.Option(None, "--threads", help=_H_SITE_THREADS),
     as_json: bool = typer.Option(False, "--json", help="Print JSON Lines: one object (text, token_ids, metrics) per prompt as it finishes."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_H_VERBOSE),
     listen: Optional[str] = typer.Option(None, "--listen", help="Serve an OpenAI-compatible API (as vLLM's) on HOST:PORT until SIGINT/SIGTERM, instead of decoding --prompt(s); docs/serving.md."),
@@ -392,19 +395,20 @@ def controller(
               + (f"; got {' and '.join(given)}" if given else ""))
         prompt_list = ([] if listen is not None else
                        [read_prompt(prompt)] if prompt is not None else load_prompts(prompts))
-        configure_threads(threads)
         try:
-            run_controller(
-                worker=worker_addr, transport=transport.value, target=target, draft=draft,
-                local_draft=not no_local_draft, prompts=prompt_list, max_tokens=max_tokens, gamma=gamma,
-                policy=policy, max_slowdown=max_slowdown,
-                sampling=SamplingParams(temperature, top_k, top_p, seed),
-                stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
-                tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout,
-                target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
-                device=device, exact=exact, as_json=as_json, console=console,
-                listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name,
-                require_worker=require_worker)
+            with site_threads("controller", threads) as site:
+                run_controller(
+                    worker=worker_addr, transport=transport.value, target=target, draft=draft,
+                    local_draft=not no_local_draft, prompts=prompt_list, max_tokens=max_tokens,
+                    gamma=gamma,
+                    policy=policy, max_slowdown=max_slowdown,
+                    sampling=SamplingParams(temperature, top_k, top_p, seed),
+                    stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
+                    tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout,
+                    target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
+                    device=device, exact=exact, as_json=as_json, console=console,
+                    listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name,
+                    require_worker=require_worker, site=site)
         except WorkerRequired as exc:
             fail(str(exc), code=1)
 

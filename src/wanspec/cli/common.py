@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from wanspec.errors import WanspecError
+from wanspec.threads import (SiteRegistry, ThreadPlan, available_cpus, cgroup_cpu_limit, cpu_set,
+                             plan_threads)
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -61,6 +63,77 @@ def configure_threads(threads: int | None) -> None:
 
         check(threads >= 1, f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+class SiteThreads:
+    """A ``worker``/``controller`` process's torch threads, split with the other wanspec sites
+    on this machine (:mod:`wanspec.threads`); registered while the command runs."""
+
+    def __init__(self, role: str, explicit: int | None, registry: SiteRegistry | None = None):
+        import torch
+
+        check(explicit is None or explicit >= 1, f"threads must be >= 1, got {explicit}")
+        self.role, self.explicit = role, explicit
+        self.registry = registry or SiteRegistry()
+        self.cpus = cpu_set()
+        self.available = available_cpus(self.cpus, cgroup_cpu_limit())
+        self.default = torch.get_num_threads()  # torch's own choice, before any is set
+        self.threads = self.default
+
+    def plan(self) -> ThreadPlan:
+        peers = [p for p in self.registry.peers() if p.shares(self.cpus)]
+        return plan_threads(role=self.role, available=self.available, default=self.default,
+                            explicit=self.explicit, peers=peers)
+
+    def start(self) -> None:
+        """Set this process's threads (before any model loads: torch threads started later
+        take the count) and register, printing the split or the warning."""
+        import torch
+
+        plan = self.plan()
+        if plan.threads is not None:
+            torch.set_num_threads(plan.threads)
+            self.threads = plan.threads
+        if plan.message:
+            err_console.print(escape(plan.message), soft_wrap=True)
+        self._register()
+
+    def rebalance(self) -> int | None:
+        """For a long-running site: the new thread count if sites came or went since, else
+        None (explicit ``--threads`` never changes).  Prints the new split."""
+        if self.explicit is not None:
+            return None
+        plan = self.plan()
+        threads = plan.threads if plan.threads is not None else self.default
+        if threads == self.threads:
+            return None
+        self.threads = threads
+        self._register()
+        err_console.print(escape(plan.message or (
+            f"wanspec {self.role}: back to {threads} torch threads, "
+            "no other wanspec site on this machine now")), soft_wrap=True)
+        return threads
+
+    def _register(self) -> None:
+        try:
+            self.registry.register(self.role, self.threads, self.cpus)
+        except OSError:
+            pass  # no writable runtime directory: this site only goes unseen by later ones
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.registry.unregister()
+
+
+@contextlib.contextmanager
+def site_threads(role: str, threads: int | None) -> Iterator[SiteThreads]:
+    """A site process's threads; :meth:`SiteThreads.start` (once the flags are checked)
+    registers it on this machine until the command ends."""
+    site = SiteThreads(role, threads)
+    try:
+        yield site
+    finally:
+        site.stop()
 
 
 def stdout_is_tty() -> bool:

@@ -8,12 +8,13 @@ import json
 import logging
 import math
 import signal
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
 
-from wanspec.cli.common import check
+from wanspec.cli.common import SiteThreads, check
 from wanspec.cli.loading import check_model_flags, load_models, timing_from_flags
 from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
@@ -91,12 +92,35 @@ def check_limits(limits: WorkerLimits, frame_timeout: float) -> None:
           f"--idle-timeout must be >= 0 seconds (0 = never), got {limits.idle_timeout_s}")
 
 
+async def follow_sites(site: SiteThreads | None, executors: Sequence[Executor],
+                       every_s: float = 2.0) -> None:
+    """Keep a long-running site's threads split as other sites on this machine start and stop.
+
+    A site started first took every CPU; when another starts, both must shrink, and the first
+    learns of it only here.  torch's thread count is per thread once a thread has run an op, so
+    the new count is set in each model's executor thread itself.
+    """
+    if site is None or site.explicit is not None:
+        return
+    import torch
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        threads = site.rebalance()
+        if threads is not None:
+            torch.set_num_threads(threads)
+            for executor in executors:
+                await loop.run_in_executor(executor, torch.set_num_threads, threads)
+
+
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
                key: Path | None, draft_ms: float | None, dtype: str, device: str,
                console: Console, max_batch: int = 64, limits: WorkerLimits | None = None,
                frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S,
                client_ca: Path | None = None, auth_key_file: Path | None = None,
-               insecure: bool = False, metrics_port: int | None = None) -> None:
+               insecure: bool = False, metrics_port: int | None = None,
+               site: SiteThreads | None = None) -> None:
     limits = limits or WorkerLimits()
     check_limits(limits, frame_timeout)
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
@@ -117,6 +141,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
     check_metrics_port(metrics_port)
     listen_host = factory.parse_address(listen)[0]
     # ----
+    if site is not None:
+        site.start()  # threads split with other sites on this machine, before the model load
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
                             limits=limits, max_batch=max_batch, auth_key=auth_key)
@@ -131,6 +157,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
                       f"authentication: {authentication})", soft_wrap=True)
         stop_metrics = (await start_worker_metrics(service, metrics_port, listen_host, console)
                         if metrics_port is not None else None)  # issue 13
+        following = asyncio.create_task(follow_sites(site, [lm.executor]))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,6 +166,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
             except NotImplementedError:  # pragma: no cover - non-Unix
                 pass
         await stop.wait()
+        following.cancel()
         if stop_metrics is not None:
             await stop_metrics()
         await server.close()
@@ -157,7 +185,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                    cert: Path | None = None, key: Path | None = None,
                    auth_key_file: Path | None = None,
                    listen: str | None = None, api_key: str | None = None, grace_s: float = 30.0,
-                   model_name: str | None = None, require_worker: bool = False) -> None:
+                   model_name: str | None = None, require_worker: bool = False,
+                   site: SiteThreads | None = None) -> None:
     """Decode ``prompts`` (printing each result as it finishes) or, with ``listen``, serve the
     API; raises :class:`WorkerRequired` if ``require_worker`` and a prompt had no worker."""
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
@@ -192,6 +221,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                                       api_key=api_key)
     timing = timing_from_flags(target_ms, draft_ms)
     check_model_flags(dtype, device)
+    if site is not None:
+        site.start()  # threads split with other sites on this machine, before the models load
     tgt, drf = load_models(target, draft, need_draft=local_draft, dtype=dtype, device=device,
                            exact=exact)
     if not local_draft:
@@ -208,8 +239,11 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
         assert engine.workers is not None
         links = engine.workers.links
         if listen is not None:  # issue 13 (the app closes the worker links when it stops)
+            executors = [m.executor for m in (tgt, drf) if m is not None]
+            following = asyncio.create_task(follow_sites(site, executors))
             await serve_engine(engine, listen=listen, model_name=model_name or tgt.path.name,
                                api_key=api_key, grace_s=grace_s, console=console)
+            following.cancel()
             return None
         try:
             for i, p in enumerate(prompts, 1):
