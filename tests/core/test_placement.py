@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from wanspec.core.placement import WorkerView, choose_worker, wait_per_accepted_draft
 
 
@@ -40,6 +42,18 @@ def test_only_connected_workers_not_lost_by_the_request_are_placed_on():
 def test_ties_go_to_the_worker_with_fewer_requests_then_to_the_users_order():
     assert choose_worker([view(requests=3), view(requests=1), view(requests=1)]) == 1
     assert choose_worker([view(), view()]) == 0
+
+
+def test_a_burst_is_spread_over_workers_whose_waits_differ_by_noise_only():
+    a, b = view(rtt=0.0300), view(rtt=0.0305)  # a ping's worth apart
+    placed = [0, 0]
+    for _ in range(10):
+        i = choose_worker([replace(a, requests=placed[0]), replace(b, requests=placed[1])])
+        assert i is not None
+        placed[i] += 1
+    assert placed == [5, 5]
+    # a clearly nearer worker still takes everything
+    assert choose_worker([view(rtt=0.03, requests=9), view(rtt=0.06)]) == 0
 
 
 def test_a_perfect_acceptance_estimate_does_not_make_the_wait_vanish():

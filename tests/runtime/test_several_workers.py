@@ -119,6 +119,12 @@ def test_a_request_moves_when_its_worker_dies(sampled, target, near_draft, ref_g
     assert w1_passes > 0  # the second worker drafted for it
     assert r.metrics["remote_drafts_accepted"] > 0
     assert workers[0]["lost"] == 1 and workers[1]["placed"] == 1
+    # each worker is credited with its own drafts; it finished with a worker (no fallback)
+    by_worker = r.metrics["remote_drafts_by_worker"]
+    assert set(by_worker) == {"w0", "w1"} and by_worker["w1"]["received"] > 0
+    assert sum(d["received"] for d in by_worker.values()) == r.metrics["remote_drafts_received"]
+    assert sum(d["accepted"] for d in by_worker.values()) == r.metrics["remote_drafts_accepted"]
+    assert r.metrics["worker_at_end"] is True
 
 
 def test_a_refused_request_moves_to_another_worker(target, same_draft, ref_greedy):
@@ -162,4 +168,5 @@ def test_no_usable_worker_decodes_alone(local, target, same_draft, ref_greedy):
     r, workers = virtual(lambda: run_with(target, same_draft, [20, 40], body, local=local))
     assert r.token_ids == ref_greedy.token_ids
     assert r.metrics["worker_used"] is False and r.metrics["worker"] is None
+    assert r.metrics["worker_at_end"] is False and r.metrics["remote_drafts_by_worker"] == {}
     assert all(w["last_error"] and "down" in w["last_error"] for w in workers)

@@ -9,8 +9,11 @@ takes the other half back.  So a worker is worth choosing by the *wait per accep
     cost       = resync_s / (run_tokens + 1)               # (+1: the correction token itself)
 
 ``demand`` is the worker's reported live sessions per pass slot: above 1 its drafts come that
-much slower.  Lower cost is better; ties go to the worker with fewer of our requests, then to the
-order the user gave.  Only workers whose handshake completed are placed on; a request whose
+much slower.  Lower cost is better.  Workers whose costs are within ``ALIKE`` of the best are
+treated as equal -- their RTT estimates are averages of noisy samples, and the load they report
+lags behind a burst of our own requests -- and among those the one with fewer of our requests
+wins (then the order the user gave): a burst is spread instead of piled on whichever worker's
+last ping was a hair faster.  Only workers whose handshake completed are placed on; a request whose
 worker fails (or refuses it as overloaded) is placed again among the others, each worker at most
 once per request, and decodes at the busy site alone only when none is usable.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 MAX_ACCEPTANCE = 0.95  # an estimate of 1 would make every worker's run endless: cap the run
+ALIKE = 0.10  # relative difference in expected wait below which two workers count as equal
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,5 +56,6 @@ def choose_worker(workers: Sequence[WorkerView], exclude: frozenset[int] = froze
     usable = [i for i, w in enumerate(workers) if w.up and i not in exclude]
     if not usable:
         return None
-    return min(usable, key=lambda i: (wait_per_accepted_draft(workers[i]),
-                                      workers[i].requests, i))
+    best = min(wait_per_accepted_draft(workers[i]) for i in usable)
+    alike = [i for i in usable if wait_per_accepted_draft(workers[i]) <= best * (1 + ALIKE)]
+    return min(alike, key=lambda i: (workers[i].requests, i))

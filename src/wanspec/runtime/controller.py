@@ -29,7 +29,7 @@ from wanspec.core.actions import (
 )
 from wanspec.core.admission import Admission
 from wanspec.core.batcher import BatchLimits, PassKind
-from wanspec.core.controller import ControllerConfig, ControllerCore
+from wanspec.core.controller import ControllerConfig, ControllerCore, ControllerStats
 from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
 from wanspec.core.stopping import StopCriteria
@@ -279,14 +279,30 @@ class _Moved:
 
 @dataclass(slots=True)
 class _Placement:
-    """Which worker a request uses now (None: none), the ones it lost, the last it used."""
+    """Which worker a request uses now (None: none), the ones it lost, the last it used, and
+    the worker drafts it received and accepted from each (a request may move)."""
 
     index: int | None
     tried: set[int] = field(default_factory=set)
     last: int | None = None
+    drafts: dict[int, list[int]] = field(default_factory=dict)  # worker: [received, accepted]
+    _mark: tuple[int, int] = (0, 0)  # the request's totals when its current worker took it
 
     def __post_init__(self) -> None:
         self.last = self.index
+
+    def attach(self, index: int, stats: ControllerStats) -> None:
+        self.index = self.last = index
+        self._mark = (stats.remote_received, stats.remote_accepted)
+
+    def settle(self, stats: ControllerStats) -> None:
+        """Credit the current worker with the drafts received and accepted since it took over."""
+        if self.index is None:
+            return
+        counts = self.drafts.setdefault(self.index, [0, 0])
+        counts[0] += stats.remote_received - self._mark[0]
+        counts[1] += stats.remote_accepted - self._mark[1]
+        self._mark = (stats.remote_received, stats.remote_accepted)
 
 
 class RemoteEngine:
@@ -307,6 +323,7 @@ class RemoteEngine:
         self.timing = timing or TimingConfig()
         self.config = config or ControllerConfig()
         self._rids = itertools.count(1)
+        self._warned: set[str] = set()  # request notices already logged as warnings
         self.device = Device(Site.CONTROLLER.value)
         # every request's verifications, plain steps and local drafts share the busy accelerator's
         # passes: concurrent requests are served by continuous batching (one alone runs as before)
@@ -324,6 +341,18 @@ class RemoteEngine:
             rtt=self.link.core.rtt if len(links) == 1 else None,
             worker_demand=self.link.core.worker_demand if len(links) == 1 else None)
         self.workers = WorkerPool(links, self.estimates) if links else None
+
+    def _log_once(self, rid: int, message: str) -> None:
+        """A request's notice (e.g. losing its worker) as a warning the first time its words are
+        seen, then at info level: a burst of refused requests is one warning, not thousands."""
+        if message in self._warned:
+            log.info("request %d: %s", rid, message)
+            return
+        if len(self._warned) >= 256:
+            self._warned.clear()
+        self._warned.add(message)
+        log.warning("request %d: %s (further requests with the same notice are logged at info "
+                    "level)", rid, message)
 
     def _on_pass(self, kind: PassKind, requests: int, longest: int) -> None:
         """How full the busy accelerator's passes are: what a draft pass or a longer window
@@ -397,6 +426,8 @@ class RemoteEngine:
                     pool.links[placed.index].send_soon(a.msg)
             raise
         finally:
+            placed.settle(core.stats)
+            worker_at_end = placed.index is not None
             if placed.index is not None and pool is not None:
                 pool.detach(placed.index, rid)
         out = core.transcript.output
@@ -414,6 +445,11 @@ class RemoteEngine:
             "worker": pool.name(placed.last) if pool is not None and placed.last is not None
             else None,
             "worker_moves": st.worker_moves,
+            # did it finish with a worker (after moves, maybe), or by itself at the busy site
+            "worker_at_end": worker_at_end,
+            "remote_drafts_by_worker": {
+                pool.name(i): {"received": r, "accepted": a}
+                for i, (r, a) in placed.drafts.items()} if pool is not None else {},
         })
         return GenerationResult(
             text=self.target.decode(out), token_ids=out, prompt_tokens=len(ids),
@@ -492,6 +528,7 @@ class RemoteEngine:
                     # it lost its worker (failed, refused it, misbehaved): it goes on without
                     # one at once, and is placed again on another, if one is usable, when found
                     assert pool is not None
+                    placed.settle(core.stats)
                     pool.detach(placed.index, core.rid, lost=True)
                     placed.tried.add(placed.index)
                     placed.index = None
@@ -513,7 +550,7 @@ class RemoteEngine:
                         if on_tokens is not None:
                             on_tokens(a.tokens)
                     elif isinstance(a, Log):
-                        log.warning("request %d: %s", core.rid, a.message)
+                        self._log_once(core.rid, a.message)
                     elif isinstance(a, Finished):
                         return a.reason
                 deadline = core.next_timer()
@@ -534,7 +571,7 @@ class RemoteEngine:
                 if isinstance(event, _Moved):
                     actions = []
                     if not core.worker_ok and not core.finished and pool is not None:
-                        placed.index = placed.last = event.index
+                        placed.attach(event.index, core.stats)
                         pool.attach(event.index, core.rid, queue)
                         actions = core.on_worker_attached(now, pool.estimates[event.index])
                 elif isinstance(event, (TargetDone, DraftDone, WorkerLost)):

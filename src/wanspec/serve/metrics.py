@@ -204,8 +204,13 @@ class ServerMetrics:
             self.spec_per_pos.labels(*self._labels, str(pos)).inc(n)
         name = self.model_name
         worker = m.get("worker") or NO_WORKER
-        self.drafts_received.labels(name, worker).inc(m["remote_drafts_received"])
-        self.drafts_used.labels(name, worker).inc(m["remote_drafts_accepted"])
+        # a request that moved drafted on several workers: each is credited with its own drafts
+        by_worker = m.get("remote_drafts_by_worker") or {
+            worker: {"received": m["remote_drafts_received"],
+                     "accepted": m["remote_drafts_accepted"]}}
+        for w, counts in by_worker.items():
+            self.drafts_received.labels(name, w).inc(counts["received"])
+            self.drafts_used.labels(name, w).inc(counts["accepted"])
         self.drafts_stale.labels(name, worker).inc(m.get("remote_drafts_stale", 0))
         self.drafts_late.labels(name, worker).inc(m.get("remote_drafts_late", 0))
         busy_drafts = m["draft_passes"].get("controller", 0)
@@ -217,7 +222,8 @@ class ServerMetrics:
             max(m["accepted_tokens"] - m["remote_drafts_accepted"], 0))
         self.stall.inc(m["stall_s"])
         self.rides.inc(m["rides"])
-        if m.get("worker_lost") is not None:
+        if m.get("worker_lost") is not None and not m.get("worker_at_end", False):
+            # (a request that lost a worker but moved to another did not fall back)
             self.fallbacks.labels(name, fallback_reason(m["worker_lost"])).inc()
         elif not m.get("worker_used", True):
             self.fallbacks.labels(name, "no_worker").inc()
