@@ -378,6 +378,9 @@ def controller(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="WANSPEC_API_KEY", show_envvar=True, help="With --listen: require 'Authorization: Bearer KEY' on /v1/*."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to (default: the target directory's name)."),
     grace: float = typer.Option(30.0, "--grace", help="With --listen: seconds in-flight requests may take to finish once stopped (then they are cancelled)."),
+    max_request_bytes: Optional[int] = typer.Option(None, "--max-request-bytes", help="With --listen: the largest request body accepted (413 beyond it; default: room for a full-context prompt, 1-8 MiB)."),
+    max_prompts_per_request: int = typer.Option(64, "--max-prompts-per-request", help="With --listen: the most completions one request may ask for (prompts x n; 400 beyond it)."),
+    max_queued_requests: int = typer.Option(256, "--max-queued-requests", help="With --listen: the most generation requests in flight, running or waiting (503 beyond it)."),
     require_worker: bool = typer.Option(False, "--require-worker", help="Exit with code 1 at the first prompt no worker drafted (unreachable, refused, failed), instead of decoding it at the busy site alone: for scripts that must not fall back silently."),
 ) -> None:
     """Decode at the busy site: verify the worker's drafts with the target; lossless."""
@@ -408,6 +411,9 @@ def controller(
                     target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
                     device=device, exact=exact, as_json=as_json, console=console,
                     listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name,
+                    service_limits=dict(max_request_bytes=max_request_bytes,
+                                        max_prompts_per_request=max_prompts_per_request,
+                                        max_queued_requests=max_queued_requests),
                     require_worker=require_worker, site=site)
         except WorkerRequired as exc:
             fail(str(exc), code=1)
