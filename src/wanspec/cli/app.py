@@ -105,7 +105,7 @@ def _root(
 
 @app.command()
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (- reads it from stdin)."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (-: read from stdin, less one trailing newline, as $(...) drops it; printf 'ROMEO.\\n\\n' gives the prompt 'ROMEO.\\n')."),
     mode: GenerateMode = typer.Option(GenerateMode.sd, "--mode", help="target: target-only; sd: standard SD at one site; remote: controller + worker in one process over an emulated link."),
     rtt: str = typer.Option("0ms", "--rtt", help="remote mode: round-trip time of the emulated link (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="remote mode: one-way jitter (never reorders)."),
@@ -344,7 +344,7 @@ def worker(
 def controller(
     worker_addr: List[str] = typer.Option(..., "--worker", help="Worker HOST:PORT. Repeat for several workers: each request drafts on the one with the least expected wait per accepted draft (RTT, load, acceptance) and moves to another if its worker fails or refuses it."),
     transport: Transport = typer.Option(Transport.tcp, "--transport", help=_H_TRANSPORT),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (- reads it from stdin)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (-: read from stdin, less one trailing newline)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line)."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens per prompt."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
