@@ -74,7 +74,8 @@ class Service:
 
 
 def start_service(shipped, addresses: list[str], *, api_key: str | None = API_KEY,
-                  local_draft: bool = True) -> Service:
+                  local_draft: bool = True, grace_s: float = 5.0,
+                  limits: Any = None) -> Service:
     from wanspec.runtime.controller import RemoteEngine, WorkerLink
     from wanspec.serve.app import create_app
     from wanspec.serve.server import bind, make_server, serve_until_stopped
@@ -94,8 +95,9 @@ def start_service(shipped, addresses: list[str], *, api_key: str | None = API_KE
                             backoff=(0.2, 1.0)) for a in addresses]
         engine = RemoteEngine(target, links,
                               local_draft=draft.sibling("local-draft") if local_draft else None)
-        app = create_app(engine, model_name=MODEL, api_key=api_key)
-        return engine, make_server(app, grace_s=5.0)
+        extra = {"service_limits": limits} if limits is not None else {}
+        app = create_app(engine, model_name=MODEL, api_key=api_key, **extra)
+        return engine, make_server(app, grace_s=grace_s)
 
     engine, server = thread.call(build())
     sock = bind("127.0.0.1", 0)

@@ -54,6 +54,10 @@ def test_service_flags_are_checked_before_models_load(runner, narrow_stderr):
                    "got --listen and --prompt")
     one_line_error(runner.invoke(cli, [*base, "--listen", "127.0.0.1:0", "--api-key", " "]),
                    "--api-key must not be empty")
+    for flag, value in (("--max-request-bytes", "10"), ("--max-prompts-per-request", "0"),
+                        ("--max-queued-requests", "0")):
+        one_line_error(runner.invoke(cli, [*base, "--listen", "127.0.0.1:0", flag, value]),
+                       f"{flag} must be >= ")
     one_line_error(runner.invoke(cli, ["worker", "--draft", "/nonexistent/draft",
                                        "--metrics-port", "70000"]),
                    "--metrics-port must be 0-65535")

@@ -105,7 +105,7 @@ def _root(
 
 @app.command()
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (- reads it from stdin)."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (-: read from stdin, less one trailing newline, as $(...) drops it; printf 'ROMEO.\\n\\n' gives the prompt 'ROMEO.\\n')."),
     mode: GenerateMode = typer.Option(GenerateMode.sd, "--mode", help="target: target-only; sd: standard SD at one site; remote: controller + worker in one process over an emulated link."),
     rtt: str = typer.Option("0ms", "--rtt", help="remote mode: round-trip time of the emulated link (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="remote mode: one-way jitter (never reorders)."),
@@ -344,7 +344,7 @@ def worker(
 def controller(
     worker_addr: List[str] = typer.Option(..., "--worker", help="Worker HOST:PORT. Repeat for several workers: each request drafts on the one with the least expected wait per accepted draft (RTT, load, acceptance) and moves to another if its worker fails or refuses it."),
     transport: Transport = typer.Option(Transport.tcp, "--transport", help=_H_TRANSPORT),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (- reads it from stdin)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (-: read from stdin, less one trailing newline)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line)."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens per prompt."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
@@ -378,6 +378,9 @@ def controller(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="WANSPEC_API_KEY", show_envvar=True, help="With --listen: require 'Authorization: Bearer KEY' on /v1/*."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to (default: the target directory's name)."),
     grace: float = typer.Option(30.0, "--grace", help="With --listen: seconds in-flight requests may take to finish once stopped (then they are cancelled)."),
+    max_request_bytes: Optional[int] = typer.Option(None, "--max-request-bytes", help="With --listen: the largest request body accepted (413 beyond it; default: room for a full-context prompt, 1-8 MiB)."),
+    max_prompts_per_request: int = typer.Option(64, "--max-prompts-per-request", help="With --listen: the most completions one request may ask for (prompts x n; 400 beyond it)."),
+    max_queued_requests: int = typer.Option(256, "--max-queued-requests", help="With --listen: the most generation requests in flight, running or waiting (503 beyond it)."),
     require_worker: bool = typer.Option(False, "--require-worker", help="Exit with code 1 at the first prompt no worker drafted (unreachable, refused, failed), instead of decoding it at the busy site alone: for scripts that must not fall back silently."),
 ) -> None:
     """Decode at the busy site: verify the worker's drafts with the target; lossless."""
@@ -408,6 +411,9 @@ def controller(
                     target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
                     device=device, exact=exact, as_json=as_json, console=console,
                     listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name,
+                    service_limits=dict(max_request_bytes=max_request_bytes,
+                                        max_prompts_per_request=max_prompts_per_request,
+                                        max_queued_requests=max_queued_requests),
                     require_worker=require_worker, site=site)
         except WorkerRequired as exc:
             fail(str(exc), code=1)

@@ -32,19 +32,38 @@ def check_service_flags(*, listen: str, grace_s: float, model_name: str | None,
     return key
 
 
+def service_limits_from_flags(*, max_request_bytes: int | None = None,
+                              max_prompts_per_request: int = 64,
+                              max_queued_requests: int = 256) -> Any:
+    """The service's caps from ``--max-request-bytes``, ``--max-prompts-per-request`` and
+    ``--max-queued-requests``, refused (before any model loads) unless positive."""
+    from wanspec.serve.app import ServiceLimits
+
+    check(max_request_bytes is None or max_request_bytes >= 1024,
+          f"--max-request-bytes must be >= 1024, got {max_request_bytes}")
+    check(max_prompts_per_request >= 1,
+          f"--max-prompts-per-request must be >= 1, got {max_prompts_per_request}")
+    check(max_queued_requests >= 1,
+          f"--max-queued-requests must be >= 1, got {max_queued_requests}")
+    return ServiceLimits(max_request_bytes=max_request_bytes,
+                         max_prompts_per_request=max_prompts_per_request,
+                         max_queued_requests=max_queued_requests)
+
+
 def check_metrics_port(port: int | None) -> None:
     check(port is None or 0 <= port <= 65535, f"--metrics-port must be 0-65535, got {port}")
 
 
 async def serve_engine(engine: Any, *, listen: str, model_name: str, api_key: str | None,
-                       grace_s: float, console: Console) -> None:
+                       grace_s: float, console: Console, limits: Any = None) -> None:
     """Serve ``engine`` on ``listen`` until stopped (the app closes the worker links)."""
     from wanspec.serve.app import create_app
     from wanspec.serve.server import bind, make_server, serve_until_stopped
 
     host, port = factory.parse_address(listen)
     sock = bind(host, port)
-    server = make_server(create_app(engine, model_name=model_name, api_key=api_key),
+    extra = {"service_limits": limits} if limits is not None else {}
+    server = make_server(create_app(engine, model_name=model_name, api_key=api_key, **extra),
                          grace_s=grace_s)
 
     def started(h: str, p: int) -> None:

@@ -186,7 +186,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
                    auth_key_file: Path | None = None,
                    listen: str | None = None, api_key: str | None = None, grace_s: float = 30.0,
                    model_name: str | None = None, require_worker: bool = False,
-                   site: SiteThreads | None = None) -> None:
+                   site: SiteThreads | None = None,
+                   service_limits: dict[str, Any] | None = None) -> None:
     """Decode ``prompts`` (printing each result as it finishes) or, with ``listen``, serve the
     API; raises :class:`WorkerRequired` if ``require_worker`` and a prompt had no worker."""
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
@@ -215,10 +216,12 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
     if transport == "quic" or tls or ca is not None or insecure or cert is not None:
         client_ssl_context(ca, insecure=insecure, cert=cert, key=key)  # loads every file once
     if listen is not None:  # issue 13: serve the API until stopped
-        from wanspec.cli.serving import check_service_flags, serve_engine
+        from wanspec.cli.serving import (check_service_flags, serve_engine,
+                                         service_limits_from_flags)
 
         api_key = check_service_flags(listen=listen, grace_s=grace_s, model_name=model_name,
                                       api_key=api_key)
+        limits = service_limits_from_flags(**(service_limits or {}))
     timing = timing_from_flags(target_ms, draft_ms)
     check_model_flags(dtype, device)
     if site is not None:
@@ -242,7 +245,8 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
             executors = [m.executor for m in (tgt, drf) if m is not None]
             following = asyncio.create_task(follow_sites(site, executors))
             await serve_engine(engine, listen=listen, model_name=model_name or tgt.path.name,
-                               api_key=api_key, grace_s=grace_s, console=console)
+                               api_key=api_key, grace_s=grace_s, console=console,
+                               limits=limits)
             following.cancel()
             return None
         try:

@@ -18,6 +18,8 @@ import logging
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import anyio
@@ -37,9 +39,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wanspec import __version__
 from wanspec.errors import WanspecError
 from wanspec.runtime.controller import RemoteEngine
+from wanspec.serve.drain import Drain, DrainGate
 from wanspec.serve.errors import APIError, error_body
 from wanspec.serve.metrics import ServerMetrics
 from wanspec.serve.protocol import (
+    DEFAULT_MAX_CHOICES,
+    MAX_CHARS_PER_TOKEN,
     ChatCompletionRequest,
     CompletionRequest,
     ModelLimits,
@@ -61,6 +66,25 @@ from wanspec.serve.service import ChoiceResult, Generation, Service
 log = logging.getLogger("wanspec.serve")
 
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # what we echo: visible ASCII, bounded
+MIN_REQUEST_BYTES = 1 << 20
+MAX_DEFAULT_REQUEST_BYTES = 8 << 20
+DEFAULT_MAX_QUEUED = 256
+
+
+def default_max_request_bytes(max_context: int) -> int:
+    """Room for a full-context prompt (characters, JSON-escaped, or token ids), within
+    [1 MiB, 8 MiB]: more cannot fit the model anyway, and reading it costs memory and time."""
+    return min(max(2 * MAX_CHARS_PER_TOKEN * max_context, MIN_REQUEST_BYTES),
+               MAX_DEFAULT_REQUEST_BYTES)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """The service's caps (the controller's ``--max-*`` flags)."""
+
+    max_request_bytes: int | None = None  # None: default_max_request_bytes(the context)
+    max_prompts_per_request: int = DEFAULT_MAX_CHOICES  # prompts x n
+    max_queued_requests: int = DEFAULT_MAX_QUEUED  # generation requests in flight
 
 
 # ---- middleware -----------------------------------------------------------------------------
@@ -170,8 +194,29 @@ def chat_renderer(tokenizer: Any) -> Render:
     return render
 
 
+async def read_body(request: Request, cap: int) -> bytes:
+    """The body, refused (413) past ``cap`` bytes before it is all read: by its Content-Length
+    when given, else by counting as it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _too_large(int(declared), cap)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(size, cap, more=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, cap: int, more: bool = False) -> APIError:
+    return APIError(f"the request body is {'over ' if more else ''}{size} bytes; this server "
+                    f"accepts at most {cap} (--max-request-bytes).", status=413)
+
+
 def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = None,
-               registry: CollectorRegistry | None = None) -> FastAPI:
+               registry: CollectorRegistry | None = None,
+               service_limits: ServiceLimits = ServiceLimits()) -> FastAPI:
     """The controller service over ``engine`` (which it then owns: shutting the app down
     closes the engine's worker links)."""
     disable_created_metrics()  # no ``*_created`` series, as vLLM exposes them
@@ -179,7 +224,14 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
     service = Service(engine, model_name, metrics)
     target = engine.target
     limits = ModelLimits(vocab_size=target.vocab_size,
-                         max_context=int(getattr(target, "max_context", 1 << 20)))
+                         max_context=int(getattr(target, "max_context", 1 << 20)),
+                         max_choices=service_limits.max_prompts_per_request)
+    max_body = (service_limits.max_request_bytes
+                or default_max_request_bytes(limits.max_context))
+    drain = Drain(service_limits.max_queued_requests)
+    # tokenizing and templating take seconds for long prompts: off the event loop (which pings
+    # the workers and answers /health), one at a time (tokenizers are not all thread-safe)
+    tokenizing = ThreadPoolExecutor(1, thread_name_prefix="wanspec-tokenize")
     render = chat_renderer(target.tokenizer)
     started = int(time.time())
 
@@ -194,6 +246,7 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
         finally:
             for t in connecting:
                 t.cancel()
+            tokenizing.shutdown(wait=False, cancel_futures=True)
             if pool is not None:
                 await pool.close()
 
@@ -201,6 +254,8 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
                   redoc_url=None, openapi_url=None)
     app.state.service = service
     app.state.metrics = metrics
+    app.state.drain = drain  # the server's graceful stop runs through it (serve.server)
+    app.state.max_request_bytes = max_body
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -223,11 +278,14 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
                             status_code=500)
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
-        body = await request.body()
+        """The request, or a 4xx: every way a body can be bad is the client's error."""
+        body = await read_body(request, max_body)
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # not UTF-8, not JSON
             raise APIError(f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise APIError("the request body is not valid JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise APIError("the request body must be a JSON object")
         try:
@@ -235,21 +293,34 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
         except ValidationError as exc:
             message, param = _validation_message(exc)
             raise APIError(message, param=param) from None
+        except RecursionError:
+            raise APIError("the request body is nested too deeply") from None
         if req.model is not None and req.model != model_name:
             raise APIError(f"The model `{req.model}` does not exist.", status=404,
                            type="NotFoundError", param="model")
         return req
 
+    async def planned(make: Callable[[], Plan]) -> Plan:
+        """The plan, made in the tokenizing thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(tokenizing, _planned, make)
+
     async def run(request: Request, plan: Plan, *, chat: bool) -> Response:
+        if drain.aborted is not None:  # the grace period ended while it was being planned
+            raise drain.aborted
         arrived = asyncio.get_running_loop().time()
         prefix = "chatcmpl" if chat else "cmpl"
         rid = f"{prefix}-{request.state.request_id}"
         created = int(time.time())
         gen = service.generation(plan, arrived)
         gen.start()
+        drain.generations.add(gen)
         if plan.stream:
             return EventStream(_stream(gen, plan, rid, created, chat=chat))
-        return await _whole(request, gen, plan, rid, created, chat=chat)
+        try:
+            return await _whole(request, gen, plan, rid, created, chat=chat)
+        finally:
+            drain.generations.discard(gen)
 
     async def _whole(request: Request, gen: Generation, plan: Plan, rid: str, created: int, *,
                      chat: bool) -> Response:
@@ -306,18 +377,19 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
             yield sse(error_body(f"internal error: {type(exc).__name__}", status=500))
         finally:
             gen.cancel()  # the client left (the stream was cancelled) or it ended
+            drain.generations.discard(gen)
         yield DONE
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req: CompletionRequest = await parse(request, CompletionRequest)
-        plan = _planned(lambda: plan_completion(req, target.encode, limits))
+        plan = await planned(lambda: plan_completion(req, target.encode, limits))
         return await run(request, plan, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req: ChatCompletionRequest = await parse(request, ChatCompletionRequest)
-        plan = _planned(lambda: plan_chat(req, render, target.encode, limits))
+        plan = await planned(lambda: plan_chat(req, render, target.encode, limits))
         return await run(request, plan, chat=True)
 
     @app.get("/v1/models")
@@ -328,13 +400,17 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
             "max_model_len": limits.max_context}]}
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """The target is loaded and serving; each worker's state is reported beside it (a dead
-        worker degrades the service -- requests decode at the busy site -- it never fails it)."""
+    async def health() -> Response:
+        """200 while serving: ``ok`` when a worker is up (or none is configured), ``degraded``
+        when every worker is down (requests then decode at the busy site alone; it never fails
+        them); each worker's own state beside it.  503 ``stopping`` once a stop has begun, so
+        a load balancer takes this replica out while it drains."""
         workers = engine.workers.describe() if engine.workers is not None else []
         up = sum(1 for w in workers if w["up"])
-        return {"status": "ok" if up or not workers else "degraded", "target": "ready",
-                "workers_up": up, "workers": workers}
+        status = "stopping" if drain.stopping else "ok" if up or not workers else "degraded"
+        return JSONResponse({"status": status, "target": "ready", "workers_up": up,
+                             "workers_down": len(workers) - up, "workers": workers},
+                            status_code=503 if drain.stopping else 200)
 
     @app.get("/version")
     async def version() -> dict[str, str]:
@@ -344,7 +420,8 @@ def create_app(engine: RemoteEngine, *, model_name: str, api_key: str | None = N
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(RequestIdAndAuth, api_key=api_key)
+    app.add_middleware(DrainGate, drain=drain)
+    app.add_middleware(RequestIdAndAuth, api_key=api_key)  # (outermost: added last)
     return app
 
 

@@ -26,12 +26,14 @@ class APIError(Exception):
 
 
 def _default_type(status: int) -> str:
-    """vLLM's error types: the status phrase in CamelCase plus ``Error`` (``BadRequestError``)."""
+    """vLLM's error types: the status phrase in CamelCase plus ``Error`` (``BadRequestError``),
+    without doubling a phrase that already ends in it (500: ``InternalServerError``)."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         return "Error"
-    return "".join(w.capitalize() for w in phrase.replace("-", " ").split()) + "Error"
+    name = "".join(w.capitalize() for w in phrase.replace("-", " ").split())
+    return name if name.endswith("Error") else name + "Error"
 
 
 def error_body(message: str, *, status: int, type: str | None = None,

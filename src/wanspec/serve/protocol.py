@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Annotated, Any, Callable, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictStr
+from pydantic import StrictInt as _StrictInt
 
 from wanspec.sampling import SamplingParams
 from wanspec.serve.errors import APIError
@@ -21,6 +22,19 @@ from wanspec.serve.errors import APIError
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 MAX_N = 16  # choices per request (each is a full decode at the busy site)
 MAX_SEED = (1 << 63) - 1
+MAX_CHARS_PER_TOKEN = 32  # generous: no tokenizer's tokens average more characters than this
+DEFAULT_MAX_CHOICES = 64  # prompts x n in one request
+
+
+def _integral(value: Any) -> Any:
+    """An integral float (``5.0``) as its int, as vLLM's pydantic models accept it; ``5.5``,
+    strings and bools stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+StrictInt = Annotated[_StrictInt, BeforeValidator(_integral)]
 
 
 class _Body(BaseModel):
@@ -126,6 +140,13 @@ class ModelLimits:
 
     vocab_size: int
     max_context: int
+    max_choices: int = DEFAULT_MAX_CHOICES  # prompts x n per request (--max-prompts-per-request)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """A prompt longer than this cannot fit the context whatever the tokenizer: refused
+        before tokenizing it (tokenizing megabytes blocks for seconds)."""
+        return self.max_context * MAX_CHARS_PER_TOKEN
 
 
 # ---- the checks -----------------------------------------------------------------------------
@@ -149,22 +170,35 @@ def sampling_from(req: _Common) -> SamplingParams:
     return SamplingParams(temperature, max(top_k, 0), top_p, 0)
 
 
-def check_neutral(req: _Common, extra: Sequence[tuple[str, Callable[[Any], bool]]] = ()) -> None:
-    """Refuse the parameters wanspec cannot honour unless they are at their neutral values."""
-    neutral: list[tuple[str, Callable[[Any], bool]]] = [
-        ("presence_penalty", lambda v: v in (None, 0, 0.0)),
-        ("frequency_penalty", lambda v: v in (None, 0, 0.0)),
-        ("repetition_penalty", lambda v: v in (None, 1, 1.0)),
-        ("min_p", lambda v: v in (None, 0, 0.0)),
-        ("min_tokens", lambda v: v in (None, 0)),
-        ("logit_bias", lambda v: not v),
-        ("best_of", lambda v: v is None or v == req.n),
+_CHANGES_DISTRIBUTION = ("wanspec's output is the target's own distribution, token for token, "
+                         "and this would change it")
+NO_ECHO = "returning the prompt with the completion is not implemented"
+NO_SUFFIX = ("fill-in-the-middle needs a model trained for insertion; wanspec serves "
+             "left-to-right completion only")
+NO_TOOLS = "tool calling is not implemented (wanspec has no tool-call parser)"
+NO_GUIDED = "structured (guided) output is not implemented: wanspec does not constrain sampling"
+
+Neutral = tuple[str, Callable[[Any], bool], str]  # field, "is it at its neutral value", why
+
+
+def check_neutral(req: _Common, extra: Sequence[Neutral] = ()) -> None:
+    """Refuse the parameters wanspec cannot honour unless they are at their neutral values,
+    each with its own reason."""
+    neutral: list[Neutral] = [
+        ("presence_penalty", lambda v: v in (None, 0, 0.0), _CHANGES_DISTRIBUTION),
+        ("frequency_penalty", lambda v: v in (None, 0, 0.0), _CHANGES_DISTRIBUTION),
+        ("repetition_penalty", lambda v: v in (None, 1, 1.0), _CHANGES_DISTRIBUTION),
+        ("min_p", lambda v: v in (None, 0, 0.0), _CHANGES_DISTRIBUTION),
+        ("min_tokens", lambda v: v in (None, 0), _CHANGES_DISTRIBUTION),
+        ("logit_bias", lambda v: not v, _CHANGES_DISTRIBUTION),
+        ("best_of", lambda v: v is None or v == req.n,
+         "choosing the best of several completions is not implemented; use n"),
         *extra,
     ]
-    for name, ok in neutral:
+    for name, ok, why in neutral:
         if not ok(getattr(req, name)):
-            raise APIError(f"{name} is not supported by wanspec (its output is the target's own "
-                           f"distribution, token for token); leave it unset.", param=name)
+            raise APIError(f"{name} is not supported by wanspec ({why}); leave it unset.",
+                           param=name)
 
 
 def _seeds(req: _Common, sampling: SamplingParams) -> list[int]:
@@ -217,6 +251,24 @@ def _check_ids(ids: Sequence[int], limits: ModelLimits) -> None:
                        f"[0, {limits.vocab_size}).", param="prompt")
 
 
+def check_prompt_chars(text: str, limits: ModelLimits, param: str = "prompt") -> None:
+    """Refuse a text too long for the context by its length alone, without tokenizing it."""
+    if len(text) > limits.max_prompt_chars:
+        raise APIError(f"This model's maximum context length is {limits.max_context} tokens, "
+                       f"and the {param} has {len(text)} characters: more than "
+                       f"{limits.max_prompt_chars} ({MAX_CHARS_PER_TOKEN} per token) cannot "
+                       f"fit. Please reduce the length of the {param}.", param=param)
+
+
+def check_choices(prompts: int, req: _Common, limits: ModelLimits) -> None:
+    """Each prompt x n is a full decode: a request may ask for at most ``max_choices``."""
+    if prompts * max(req.n, 1) > limits.max_choices:
+        raise APIError(f"this request asks for {prompts} prompt(s) x n={req.n} = "
+                       f"{prompts * req.n} completions; this server allows at most "
+                       f"{limits.max_choices} per request (--max-prompts-per-request).",
+                       param="prompt" if prompts > 1 else "n")
+
+
 def _plan(req: _Common, prompts: list[list[int]], max_tokens: int | None, max_param: str,
           logprobs: int | None, limits: ModelLimits) -> Plan:
     sampling = sampling_from(req)
@@ -243,15 +295,20 @@ def _plan(req: _Common, prompts: list[list[int]], max_tokens: int | None, max_pa
 
 def plan_completion(req: CompletionRequest, encode: Callable[[str], list[int]],
                     limits: ModelLimits) -> Plan:
-    check_neutral(req, [("echo", lambda v: not v), ("suffix", lambda v: v is None)])
+    check_neutral(req, [("echo", lambda v: not v, NO_ECHO),
+                        ("suffix", lambda v: v is None, NO_SUFFIX)])
     p = req.prompt
-    if isinstance(p, str):
-        prompts = [encode(p)]
-    elif not p:
+    if not isinstance(p, str) and not p:
         raise APIError("prompt must not be empty.", param="prompt")
+    check_choices(1 if isinstance(p, str) or isinstance(p[0], int) else len(p), req, limits)
+    if isinstance(p, str):
+        check_prompt_chars(p, limits)
+        prompts = [encode(p)]
     elif isinstance(p[0], int):
         prompts = [list(p)]  # type: ignore[arg-type]
     elif isinstance(p[0], str):
+        for text in p:
+            check_prompt_chars(text, limits)  # type: ignore[arg-type]
         prompts = [encode(s) for s in p]  # type: ignore[arg-type]
     else:
         prompts = [list(ids) for ids in p]  # type: ignore[union-attr]
@@ -290,9 +347,9 @@ Render = Callable[[list[dict[str, str]], bool, dict[str, Any]], str]
 def plan_chat(req: ChatCompletionRequest, render: Render,
               encode: Callable[[str], list[int]], limits: ModelLimits) -> Plan:
     check_neutral(req, [
-        ("tools", lambda v: not v), ("functions", lambda v: not v),
-        ("tool_choice", lambda v: v in (None, "none")),
-        ("response_format", lambda v: v is None or v.get("type") == "text"),
+        ("tools", lambda v: not v, NO_TOOLS), ("functions", lambda v: not v, NO_TOOLS),
+        ("tool_choice", lambda v: v in (None, "none"), NO_TOOLS),
+        ("response_format", lambda v: v is None or v.get("type") == "text", NO_GUIDED),
     ])
     if req.top_logprobs is not None:
         if not req.logprobs:
@@ -305,5 +362,9 @@ def plan_chat(req: ChatCompletionRequest, render: Render,
     max_tokens, param = ((req.max_completion_tokens, "max_completion_tokens")
                          if req.max_completion_tokens is not None
                          else (req.max_tokens, "max_tokens"))
-    text = render(chat_messages(req), req.add_generation_prompt, req.chat_template_kwargs or {})
+    check_choices(1, req, limits)
+    messages = chat_messages(req)
+    check_prompt_chars("".join(m["content"] for m in messages), limits, "messages")
+    text = render(messages, req.add_generation_prompt, req.chat_template_kwargs or {})
+    check_prompt_chars(text, limits, "messages")
     return _plan(req, [encode(text)], max_tokens, param, logprobs, limits)

@@ -3,9 +3,11 @@
 uvicorn's own signal handling re-raises the signal once it has shut down (so a SIGTERM'd
 process would die of it, not exit 0), and only works in the main thread.  :class:`Server` turns
 it off; :func:`serve_until_stopped` installs SIGINT/SIGTERM handlers that ask for a graceful
-stop: stop accepting, let in-flight requests finish for up to ``grace_s`` seconds, then cancel
-the rest (each cancellation frees its batch slot and worker session), then run the app's
-shutdown (which closes the worker links).  A second signal stops at once.
+stop.  An app with a :class:`~wanspec.serve.drain.Drain` (``app.state.drain``, the controller's)
+drains first, listener still open: new requests get 503, in-flight ones have ``grace_s``
+seconds, then end with an OpenAI error body (each cancellation frees its batch slot and worker
+session); only then does uvicorn stop accepting and run the app's shutdown (which closes the
+worker links).  Other apps get uvicorn's own graceful stop.  A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -20,22 +22,55 @@ from typing import Any, Callable, Iterator
 import uvicorn
 
 from wanspec.errors import WanspecError
+from wanspec.serve.drain import Drain
 
 log = logging.getLogger("wanspec.serve")
 
 
+AFTER_DRAIN_S = 5.0  # uvicorn's own graceful timeout once the app has drained
+
+
 class Server(uvicorn.Server):
-    """uvicorn without its signal capture (see the module docstring)."""
+    """uvicorn without its signal capture, draining the app first (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain | None = None,
+                 grace_s: float = 0.0) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
     def request_stop(self) -> None:
-        """Graceful the first time, immediate the second."""
-        if self.should_exit:
+        """Graceful the first time, immediate the second (callable from any thread)."""
+        if self._loop is None or self.drain is None:
+            self._stop()
+        else:
+            self._loop.call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        if self.should_exit or self._draining is not None:
             self.force_exit = True
-        self.should_exit = True
+            self.should_exit = True
+        elif self.drain is None:
+            self.should_exit = True
+        else:
+            self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        assert self.drain is not None
+        try:
+            await self.drain.stop(self.grace_s)
+        finally:
+            self.should_exit = True
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -59,9 +94,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: Any, *, grace_s: float, log_level: str = "warning") -> Server:
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace_s,
-                            access_log=False, lifespan="on")
-    return Server(config)
+    drain = getattr(getattr(app, "state", None), "drain", None)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=AFTER_DRAIN_S if drain else grace_s)
+    return Server(config, drain, grace_s)
 
 
 async def serve_until_stopped(server: Server, sock: socket.socket,

@@ -170,6 +170,12 @@ class Generation:
         for t in self.tasks:
             t.cancel()
 
+    def abort(self, error: BaseException) -> None:
+        """End the request with ``error`` (the server is stopping): its reader gets the error
+        in place of further events; its choices are cancelled (their slots freed)."""
+        self.events_q.put_nowait(_Done(-1, error))
+        self.cancel()
+
     async def events(self) -> AsyncIterator[ChoiceEvent]:
         """Every commit of every choice as it happens, then each choice's end; a failed choice
         raises here (the others are cancelled)."""
