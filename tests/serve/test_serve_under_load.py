@@ -96,9 +96,10 @@ def test_metrics_count_the_requests_made(service, client):
     for hist in ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
                  "vllm:request_queue_time_seconds"):
         assert delta(f"{hist}_count") == 4, hist
-    # one inter-token observation per commit after the first: fewer than the tokens
+    # one inter-token observation per commit after the first: at most one per token after each
+    # request's first (exactly that when every commit is one token, as on a busy machine)
     itl = delta("vllm:inter_token_latency_seconds_count")
-    assert 4 <= itl < sum(u.completion_tokens for u in usages) - 4
+    assert 4 <= itl <= sum(u.completion_tokens for u in usages) - 4
     drafts, tokens = delta("vllm:spec_decode_num_drafts_total"), \
         delta("vllm:spec_decode_num_draft_tokens_total")
     accepted = delta("vllm:spec_decode_num_accepted_tokens_total")
