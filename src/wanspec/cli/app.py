@@ -342,6 +342,7 @@ def worker(
 
 @app.command()
 def controller(
+    ctx: typer.Context,
     worker_addr: List[str] = typer.Option(..., "--worker", help="Worker HOST:PORT. Repeat for several workers: each request drafts on the one with the least expected wait per accepted draft (RTT, load, acceptance) and moves to another if its worker fails or refuses it."),
     transport: Transport = typer.Option(Transport.tcp, "--transport", help=_H_TRANSPORT),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (- reads it from stdin)."),
@@ -388,7 +389,12 @@ def controller(
         from wanspec.emulate.prompts import load_prompts
         from wanspec.sampling import SamplingParams
 
+        from wanspec.cli.common import check_only_with
+
         setup_logging(verbose)
+        check_only_with(ctx, "--listen", listen is not None,
+                        {"--api-key": "api_key", "--served-model-name": "served_model_name",
+                         "--grace": "grace"})
         given = [f for f, v in (("--listen", listen), ("--prompt", prompt), ("--prompts", prompts))
                  if v is not None]
         check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"

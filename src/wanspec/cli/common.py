@@ -57,6 +57,23 @@ def check(cond: bool, message: str) -> None:
         raise WanspecError(message)
 
 
+def on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether the option whose parameter is ``name`` was given on the command line (not left
+    at its default, nor taken from its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def check_only_with(ctx: typer.Context, needed: str, active: bool,
+                    flags: dict[str, str]) -> None:
+    """Refuse each of ``flags`` (``{"--flag": parameter name}``) given on the command line
+    while ``needed`` is not in force (``active``): a flag that would be ignored is an error."""
+    if active:
+        return
+    for flag, name in flags.items():
+        check(not on_command_line(ctx, name), f"{flag} only applies with {needed}")
+
+
 def configure_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
