@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -72,6 +73,27 @@ def check_only_with(ctx: typer.Context, needed: str, active: bool,
         return
     for flag, name in flags.items():
         check(not on_command_line(ctx, name), f"{flag} only applies with {needed}")
+
+
+def check_can_listen(host: str, port: int, flag: str, *, udp: bool = False) -> None:
+    """Refuse (one line naming ``flag``) a listen address this process cannot bind, before the
+    models load rather than after: bind a socket as the real server would (TCP with
+    SO_REUSEADDR; UDP, for QUIC, without: asyncio no longer sets it on datagram sockets), then
+    close it.  Port 0 (any free port) always binds."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise WanspecError(f"cannot listen on {flag} {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, kind) as sock:
+        if not udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise WanspecError(f"cannot listen on {flag} {host}:{port} "
+                               f"({'UDP' if udp else 'TCP'}): {exc.strerror or exc}") from None
 
 
 def configure_threads(threads: int | None) -> None:
