@@ -58,6 +58,21 @@ def check(cond: bool, message: str) -> None:
         raise WanspecError(message)
 
 
+# the most any count flag may be: beyond it the value is a typo, not a setting
+COUNT_LIMITS: dict[str, int] = {
+    "--gamma": 64,  # draft tokens per window: acceptance makes more than a few dozen useless
+    "--max-tokens": 1_000_000,
+    "--max-batch": 4096,
+    "--count": 100_000,
+}
+
+
+def check_count(flag: str, value: int) -> None:
+    """A count flag: at least 1 and at most its :data:`COUNT_LIMITS` entry (one-line error)."""
+    check(value >= 1, f"{flag} must be >= 1, got {value}")
+    check(value <= COUNT_LIMITS[flag], f"{flag} must be at most {COUNT_LIMITS[flag]:,}, got {value}")
+
+
 def on_command_line(ctx: typer.Context, name: str) -> bool:
     """Whether the option whose parameter is ``name`` was given on the command line (not left
     at its default, nor taken from its environment variable)."""
