@@ -76,7 +76,8 @@ def _server_tls_failure(exc: BaseException) -> str:
         return NO_CLIENT_CERT
     if reason in _PLAIN_TCP_REASONS:
         return "a client spoke plain TCP to this TLS port (a controller without --tls?)"
-    return f"TLS handshake failed: {reason or str(exc) or type(exc).__name__}"
+    words = str(exc).strip("() ")  # an SSLError without arguments prints as "()"
+    return f"TLS handshake failed: {reason or words or type(exc).__name__}"
 
 
 # what OpenSSL says when the first bytes are not a TLS record: plain TCP (our protocol's frames)
