@@ -461,14 +461,14 @@ def certs(
         if client is not None:
             one = create_client_cert(directory, client, overwrite=overwrite)
             console.print(f"controller certificate / key (controller --cert / --key): "
-                          f"{one.cert} {one.key}")
+                          f"{one.cert} {one.key}", soft_wrap=True)
             return
         paths = create_certs(directory, hosts=(*DEFAULT_HOSTS, *(host or ())), overwrite=overwrite)
         console.print(f"CA certificate (controller --ca; worker --client-ca for mutual TLS): "
-                      f"{paths.ca_cert}")
-        console.print(f"worker certificate / key (worker --cert / --key): {paths.cert} {paths.key}")
+                      f"{paths.ca_cert}", soft_wrap=True)
+        console.print(f"worker certificate / key (worker --cert / --key): {paths.cert} {paths.key}", soft_wrap=True)
         console.print(f"controller certificate / key (controller --cert / --key, mutual TLS): "
-                      f"{paths.client_cert} {paths.client_key}")
+                      f"{paths.client_cert} {paths.client_key}", soft_wrap=True)
 
 
 # ---- client tools for OpenAI-compatible endpoints (issue 13): bench, probe ----------------------
