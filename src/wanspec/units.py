@@ -4,7 +4,9 @@ Why one module: ``--bandwidth 100`` and ``--sweep bandwidth=100`` once meant dif
 (bit/s and Mbit/s), and ``100MB/s`` was read as megabits.  Every command now reads these values
 here, so a unit means the same wherever it is written.
 
-* Durations: ``40ms``, ``0.04s``, ``250us`` (or ``µs``); a bare number is milliseconds.
+* Durations: ``40ms``, ``0.04s``, ``250us`` (or ``µs``); a bare number is milliseconds, except
+  for a flag whose name or help gives its unit in seconds (``--timeout``, ``--grace``,
+  ``--*-timeout``: :func:`parse_duration_s`), where a bare number stays seconds.
 * Bandwidths: ``100Mbit/s``, ``100Mbps``, ``100mbit``, ``1Gbit``, ``500kbit/s`` are bits per
   second; ``12.5MB/s``, ``12.5MBps``, ``12.5Mbyte/s`` are bytes per second (x 8); a bare number is
   Mbit/s; ``0`` (or ``unlimited``) means no limit.  Prefixes are decimal (k = 1e3 ... T = 1e12);
@@ -21,6 +23,7 @@ import re
 from wanspec.errors import WanspecError
 
 MAX_DURATION_MS = 100_000.0  # 100 s: beyond any round trip, jitter or latency target
+MAX_TIMEOUT_S = 86_400.0  # 1 day: beyond any timeout or grace period that is not a typo
 MIN_BANDWIDTH_BPS = 1e3  # 1 kbit/s: below it one message would take seconds
 MAX_BANDWIDTH_BPS = 1e13  # 10 Tbit/s
 DEFAULT_BANDWIDTH_UNIT_BPS = 1e6  # a bare number is Mbit/s
@@ -32,16 +35,19 @@ _RATE = re.compile(rf"\s*({_NUMBER})\s*([kmgt]?)\s*([a-z]*(?:/s(?:ec)?)?)\s*", r
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _UNLIMITED = {"0", "inf", "unlimited", "none"}
 DURATION_HINT = "use e.g. 40ms, 0.04s or 40 (a bare number is ms)"
+DURATION_S_HINT = "use e.g. 5s, 500ms or 5 (a bare number is seconds)"
 BANDWIDTH_HINT = ("use e.g. 100Mbit/s, 100Mbps, 12.5MB/s or 1Gbit (a bare number is Mbit/s; "
                   "0 = unlimited)")
 
 
-def read_duration_ms(text: str, what: str = "duration") -> float:
-    """The number of milliseconds ``text`` spells, sign included, unchecked for range."""
+def read_duration_ms(text: str, what: str = "duration", *, bare: str = "ms") -> float:
+    """The number of milliseconds ``text`` spells (a bare number in unit ``bare``), sign
+    included, unchecked for range."""
     m = _DURATION.fullmatch(str(text))
     if not m:
-        raise WanspecError(f"invalid {what} {text!r}: {DURATION_HINT}")
-    value = float(m.group(1)) * _DURATION_SCALE[(m.group(2) or "ms").lower()]
+        hint = DURATION_HINT if bare == "ms" else DURATION_S_HINT
+        raise WanspecError(f"invalid {what} {text!r}: {hint}")
+    value = float(m.group(1)) * _DURATION_SCALE[(m.group(2) or bare).lower()]
     if not math.isfinite(value):
         raise WanspecError(f"invalid {what} {text!r}: not a finite duration")
     return value
@@ -59,6 +65,18 @@ def parse_duration_ms(text: str, what: str = "duration", *,
     """``"40ms"``, ``"0.04s"``, ``"250us"`` or a bare number of milliseconds -> milliseconds,
     refused (one line naming ``what``) if negative or above ``max_ms``."""
     return check_duration_ms(read_duration_ms(text, what), what, max_ms)
+
+
+def parse_duration_s(text: str, what: str = "timeout", *, zero: bool = False,
+                     max_s: float = MAX_TIMEOUT_S) -> float:
+    """A timeout or grace period -> seconds: ``"5s"``, ``"500ms"``, or a bare number of
+    *seconds* (these flags always took seconds).  Refused (one line naming ``what``) unless
+    above 0 (or 0 itself where ``zero``, e.g. "never") and at most ``max_s``."""
+    seconds = read_duration_ms(text, what, bare="s") / 1000.0
+    low = ">= 0" if zero else "> 0"
+    if not ((seconds >= 0 if zero else seconds > 0) and seconds <= max_s):
+        raise WanspecError(f"{what} must be {low} and at most {max_s:g} s, got {text!r}")
+    return seconds
 
 
 def read_bandwidth_bps(text: str, what: str = "bandwidth") -> float:

@@ -171,7 +171,9 @@ def test_the_recommendation_follows_the_simulator_and_the_thresholds():
     (["--max-slowdown", "0.9"], "--max-slowdown must be >= 1"),
     (["--min-saving", "0"], "--min-saving must be in (0, 1]"),
     (["--insecure", "--ca", "x.pem"], "not both"),
-    (["--ca", "/nonexistent/ca.pem"], "CA certificate not found"),
+    (["--transport", "quic", "--ca", "/nonexistent/ca.pem"], "CA certificate not found"),
+    (["--ca", "ca.pem"], "--ca applies to --transport quic only"),
+    (["--model", "m"], "--model applies to http(s):// targets only"),
     (["--chat"], "--chat applies to http(s):// targets only"),
 ])
 def test_bad_arguments_are_one_line_errors_before_any_probe(args, needle):

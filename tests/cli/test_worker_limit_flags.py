@@ -13,10 +13,12 @@ from wanspec.cli.app import app
     ("--max-connection-sessions", "-1", "--max-connection-sessions must be >= 1, got -1"),
     ("--max-prompt", "0", "--max-prompt must be >= 1, got 0"),
     ("--max-lookahead", "0", "--max-lookahead must be >= 1, got 0"),
-    ("--hello-timeout", "0", "--hello-timeout must be > 0 seconds, got 0.0"),
-    ("--frame-timeout", "-1", "--frame-timeout must be > 0 seconds, got -1.0"),
-    ("--frame-timeout", "inf", "--frame-timeout must be > 0 seconds, got inf"),
-    ("--idle-timeout", "-0.5", "--idle-timeout must be >= 0 seconds (0 = never), got -0.5"),
+    ("--hello-timeout", "0", "--hello-timeout must be > 0 and at most 86400 s, got '0'"),
+    ("--hello-timeout", "1e9", "--hello-timeout must be > 0 and at most 86400 s, got '1e9'"),
+    ("--frame-timeout", "-1", "--frame-timeout must be > 0 and at most 86400 s, got '-1'"),
+    ("--frame-timeout", "inf", "invalid --frame-timeout 'inf'"),
+    ("--idle-timeout", "-0.5", "--idle-timeout must be >= 0 and at most 86400 s, got '-0.5'"),
+    ("--idle-timeout", "5 min", "invalid --idle-timeout '5 min'"),
 ])
 def test_bad_limits_are_one_line_errors_before_models_load(runner, flag, value, message):
     # the draft directory does not exist: the limit is refused before it is looked at

@@ -271,8 +271,9 @@ def check_probe_config(cfg: ProbeConfig) -> None:
     check(cfg.max_tokens >= 1, f"--max-tokens must be >= 1, got {cfg.max_tokens}")
     check(cfg.max_slowdown >= 1, f"--max-slowdown must be >= 1, got {cfg.max_slowdown:g}")
     check(0 < cfg.min_saving <= 1, f"--min-saving must be in (0, 1], got {cfg.min_saving:g}")
-    check(not (cfg.ca is not None and cfg.insecure), "give --ca or --insecure, not both")
+    from wanspec.transport.tls import check_client_trust, require_file
+
+    check_client_trust(cfg.ca, cfg.insecure)
     if cfg.ca is not None:
-        from wanspec.transport.tls import require_file
 
         require_file(cfg.ca, "CA certificate")

@@ -15,13 +15,19 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from wanspec import __version__
-from wanspec.cli.common import (configure_threads, fail, quiet_libraries, site_threads,
-                                user_errors)
+from wanspec.cli.common import (check_count, configure_threads, fail, quiet_libraries,
+                                site_threads, user_errors)
 from wanspec.cli.render import print_generation
 from wanspec.core.policy import PolicyConfig
 from wanspec.core.worker import WorkerLimits
 from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
 from wanspec.timing.device import DEFAULT_TARGET_COST
+from wanspec.units import parse_duration_ms, parse_duration_s
+
+
+def _ms(text: str | None, flag: str) -> float | None:
+    """A duration flag whose bare number is ms (``--target-ms 30`` = ``30ms`` = ``0.03s``)."""
+    return None if text is None else parse_duration_ms(text, flag)
 
 # the click that Typer runs on: the click package, or the copy that newer Typers vendor (whose
 # exceptions are other classes); reached through a public name either way
@@ -120,9 +126,9 @@ def generate(
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at the EOS token."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: shipped pair)."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: shipped pair)."),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Emulate: ms per target pass (virtual clock)."),
-    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate: ms per draft pass."),
-    verify_per_token_ms: float = typer.Option(0.0, "--verify-per-token-ms", help="Emulate: extra ms per additional token in a target pass."),
+    target_ms: Optional[str] = typer.Option(None, "--target-ms", help="Emulate: time per target pass (virtual clock) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    draft_ms: Optional[str] = typer.Option(None, "--draft-ms", help="Emulate: time per draft pass (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    verify_per_token_ms: str = typer.Option("0", "--verify-per-token-ms", help="Emulate: extra time per additional token in a target pass (a bare number is ms; or e.g. 30ms, 0.03s)."),
     dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
     device: str = typer.Option("auto", "--device", help=_H_DEVICE),
     exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
@@ -141,15 +147,16 @@ def generate(
         # every flag, before the models load
         text = read_prompt(prompt)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
-        check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
+        check_count("--gamma", gamma)
+        check_count("--max-tokens", max_tokens)
         rtt_ms, jitter_ms = parse_duration_ms(rtt, "--rtt"), parse_duration_ms(jitter, "--jitter")
         if mode is GenerateMode.remote:
             from wanspec.core.policy import PolicyName
 
             check(policy in {p.value for p in PolicyName}, f"unknown policy {policy!r}; choose "
                   f"from {', '.join(p.value for p in PolicyName)}")
-        timing = timing_from_flags(target_ms, draft_ms, verify_per_token_ms)
+        timing = timing_from_flags(_ms(target_ms, "--target-ms"), _ms(draft_ms, "--draft-ms"),
+                                   _ms(verify_per_token_ms, "--verify-per-token-ms") or 0.0)
         check_model_flags(dtype, device)
         configure_threads(threads)
         tgt, drf = load_models(target, draft, need_draft=mode is not GenerateMode.target, dtype=dtype,
@@ -179,12 +186,12 @@ def emulate(
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message (never reorders)."),
     bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
-    target_ms: float = typer.Option(30.0, "--target-ms", help="Emulated ms per target pass (default: 70B-class target)."),
-    draft_ms: float = typer.Option(4.0, "--draft-ms", help="Emulated ms per draft pass (default: 1B-class draft)."),
-    verify_per_token_ms: float = typer.Option(0.5, "--verify-per-token-ms", help="Extra ms per extra token in a target pass."),
-    compute_ms_per_token: float = typer.Option(DEFAULT_TARGET_COST.compute_ms_per_token, "--compute-ms-per-token", help="Target's compute floor per token fed (roofline: a pass of many tokens becomes compute-bound; matters under load)."),
-    kv_ms_per_ktoken: float = typer.Option(DEFAULT_TARGET_COST.kv_ms_per_ktoken, "--kv-ms-per-ktoken", help="Target's cost of reading 1,000 tokens of KV cache (every request in a pass reads its own)."),
-    per_sequence_ms: float = typer.Option(DEFAULT_TARGET_COST.per_sequence_ms, "--per-sequence-ms", help="Target's cost of each request a batched pass carries beyond the first."),
+    target_ms: str = typer.Option("30", "--target-ms", help="Emulated time per target pass (default: 70B-class target) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    draft_ms: str = typer.Option("4", "--draft-ms", help="Emulated time per draft pass (default: 1B-class draft) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    verify_per_token_ms: str = typer.Option("0.5", "--verify-per-token-ms", help="Extra time per extra token in a target pass (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    compute_ms_per_token: str = typer.Option(f"{DEFAULT_TARGET_COST.compute_ms_per_token:g}", "--compute-ms-per-token", help="Target's compute floor per token fed (roofline: a pass of many tokens becomes compute-bound; matters under load) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    kv_ms_per_ktoken: str = typer.Option(f"{DEFAULT_TARGET_COST.kv_ms_per_ktoken:g}", "--kv-ms-per-ktoken", help="Target's cost of reading 1,000 tokens of KV cache (every request in a pass reads its own) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    per_sequence_ms: str = typer.Option(f"{DEFAULT_TARGET_COST.per_sequence_ms:g}", "--per-sequence-ms", help="Target's cost of each request a batched pass carries beyond the first (a bare number is ms; or e.g. 30ms, 0.03s)."),
     measured: bool = typer.Option(False, "--measured", help="Use this machine's real pass times instead of emulated costs."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window (standard SD, fixed policies)."),
@@ -218,11 +225,16 @@ def emulate(
     with user_errors():
         from wanspec.cli.emulate import run_emulate
 
+        check_count("--gamma", gamma)
+        check_count("--max-tokens", max_tokens)
+        check_count("--max-batch", max_batch)
         ok = run_emulate(
             rtt=rtt, sweep=sweep, jitter=jitter, bandwidth=bandwidth, loss=loss,
-            target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
-            compute_ms_per_token=compute_ms_per_token, kv_ms_per_ktoken=kv_ms_per_ktoken,
-            per_sequence_ms=per_sequence_ms, measured=measured, policy=policy, gamma=gamma, entropy_threshold=entropy_threshold,
+            target_ms=_ms(target_ms, "--target-ms"), draft_ms=_ms(draft_ms, "--draft-ms"),
+            verify_per_token_ms=_ms(verify_per_token_ms, "--verify-per-token-ms"),
+            compute_ms_per_token=_ms(compute_ms_per_token, "--compute-ms-per-token"),
+            kv_ms_per_ktoken=_ms(kv_ms_per_ktoken, "--kv-ms-per-ktoken"),
+            per_sequence_ms=_ms(per_sequence_ms, "--per-sequence-ms"), measured=measured, policy=policy, gamma=gamma, entropy_threshold=entropy_threshold,
             max_slowdown=max_slowdown,
             prompts=prompts, num_prompts=num_prompts, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, target=target,
@@ -242,10 +254,10 @@ def simulate(
     bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
     loss: float = typer.Option(0.0, "--loss", help="Probability a message is delayed by a retransmission spike."),
     spike: Optional[str] = typer.Option(None, "--spike", help="Delay of a loss spike (default: one RTT)."),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="ms per target pass, base cost (default: 30, a 70B-class target; with --trace: the recorded value)."),
-    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="ms per draft pass, at either site (default: 4, a 1B-class draft; with --trace: the recorded value)."),
-    verify_per_token_ms: Optional[float] = typer.Option(None, "--verify-per-token-ms", help="Extra ms per extra token in a target pass (default: 0.5; with --trace: the recorded value)."),
-    draft_per_token_ms: Optional[float] = typer.Option(None, "--draft-per-token-ms", help="Extra ms per extra token fed to a draft pass, to catch up (default: 0; with --trace: the recorded value)."),
+    target_ms: Optional[str] = typer.Option(None, "--target-ms", help="Time per target pass, base cost (default: 30, a 70B-class target; with --trace: the recorded value) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    draft_ms: Optional[str] = typer.Option(None, "--draft-ms", help="Time per draft pass, at either site (default: 4, a 1B-class draft; with --trace: the recorded value) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    verify_per_token_ms: Optional[str] = typer.Option(None, "--verify-per-token-ms", help="Extra time per extra token in a target pass (default: 0.5; with --trace: the recorded value) (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    draft_per_token_ms: Optional[str] = typer.Option(None, "--draft-per-token-ms", help="Extra time per extra token fed to a draft pass, to catch up (default: 0; with --trace: the recorded value) (a bare number is ms; or e.g. 30ms, 0.03s)."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window (default: 4; with --trace: the recorded value)."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
@@ -275,10 +287,17 @@ def simulate(
     with user_errors():
         from wanspec.cli.simulate import run_simulate
 
+        if gamma is not None:
+            check_count("--gamma", gamma)
+        check_count("--max-tokens", max_tokens)
+        check_count("--max-batch", max_batch)
+
         ok = run_simulate(
             rtt=rtt, sweep=sweep or [], jitter=jitter, bandwidth=bandwidth, loss=loss,
-            spike=spike, target_ms=target_ms, draft_ms=draft_ms,
-            verify_per_token_ms=verify_per_token_ms, draft_per_token_ms=draft_per_token_ms,
+            spike=spike, target_ms=_ms(target_ms, "--target-ms"),
+            draft_ms=_ms(draft_ms, "--draft-ms"),
+            verify_per_token_ms=_ms(verify_per_token_ms, "--verify-per-token-ms"),
+            draft_per_token_ms=_ms(draft_per_token_ms, "--draft-per-token-ms"),
             policy=policy, gamma=gamma, lookahead=lookahead, entropy_threshold=entropy_threshold,
             max_slowdown=max_slowdown, match=match, alpha=alpha, burst=burst,
             separation=separation, entropy_sd=entropy_sd, trace=trace, max_tokens=max_tokens,
@@ -305,16 +324,16 @@ def worker(
     client_ca: Optional[Path] = typer.Option(None, "--client-ca", help="Mutual TLS: serve only controllers presenting a certificate signed by this CA (PEM, e.g. the ca.pem of `wanspec certs`); needs --cert/--key."),
     auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key (a file of at least 16 bytes, e.g. from `openssl rand -hex 32`): controllers must prove they hold the same key, and this worker proves it to them. Default: the key in $WANSPEC_AUTH_KEY, if set."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without authentication (neither --auth-key-file nor --client-ca): anyone who reaches the port gets drafts and sees prompts. Trusted test networks only."),
-    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per draft pass (floor on real time)."),
+    draft_ms: Optional[str] = typer.Option(None, "--draft-ms", help="Emulate this time per draft pass (floor on real time) (a bare number is ms; or e.g. 30ms, 0.03s)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most sessions one draft pass carries (of all controllers together); beyond it, sessions share passes oldest first and their lookaheads shrink."),
     max_connections: int = typer.Option(_LIMITS.max_connections, "--max-connections", help="Most open connections (handshakes included); beyond it a controller is refused as overloaded and decodes locally."),
     max_sessions: int = typer.Option(_LIMITS.max_sessions, "--max-sessions", help="Most live sessions, all connections together; beyond it a request is refused as overloaded."),
     max_connection_sessions: int = typer.Option(_LIMITS.max_connection_sessions, "--max-connection-sessions", help="Most live sessions of one connection."),
     max_prompt: int = typer.Option(_LIMITS.max_prompt, "--max-prompt", help="Longest prompt of a session, in tokens."),
     max_lookahead: int = typer.Option(_LIMITS.max_lookahead, "--max-lookahead", help="Most tokens a session drafts past its committed prefix (a controller asks for less)."),
-    hello_timeout: float = typer.Option(_LIMITS.hello_timeout_s, "--hello-timeout", help="Seconds a new connection has to send Hello."),
-    idle_timeout: float = typer.Option(_LIMITS.idle_timeout_s, "--idle-timeout", help="Seconds without any message (controllers ping every second) before a connection is closed; 0 = never."),
-    frame_timeout: float = typer.Option(DEFAULT_FRAME_TIMEOUT_S, "--frame-timeout", help="Seconds a frame may take to arrive whole from its first byte, or to be taken by the peer; a peer slower than that is dropped."),
+    hello_timeout: str = typer.Option(f"{_LIMITS.hello_timeout_s:g}", "--hello-timeout", help="Time a new connection has to send Hello (a bare number is seconds; or e.g. 500ms, 2s)."),
+    idle_timeout: str = typer.Option(f"{_LIMITS.idle_timeout_s:g}", "--idle-timeout", help="Time without any message (controllers ping every second) before a connection is closed; 0 = never (a bare number is seconds; or e.g. 500ms, 2s)."),
+    frame_timeout: str = typer.Option(f"{DEFAULT_FRAME_TIMEOUT_S:g}", "--frame-timeout", help="Time a frame may take to arrive whole from its first byte, or to be taken by the peer; a peer slower than that is dropped (a bare number is seconds; or e.g. 500ms, 2s)."),
     dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
     device: str = typer.Option("auto", "--device", help=_H_DEVICE),
     threads: Optional[int] = typer.Option(None, "--threads", help=_H_SITE_THREADS),
@@ -327,21 +346,25 @@ def worker(
         from wanspec.cli.sites import run_worker, setup_logging
 
         setup_logging(verbose)
+        check_count("--max-batch", max_batch)
         limits = WorkerLimits(
             max_connections=max_connections, max_sessions=max_sessions,
             max_connection_sessions=max_connection_sessions, max_prompt=max_prompt,
-            max_lookahead=max_lookahead, hello_timeout_s=hello_timeout,
-            idle_timeout_s=idle_timeout)
+            max_lookahead=max_lookahead,
+            hello_timeout_s=parse_duration_s(hello_timeout, "--hello-timeout"),
+            idle_timeout_s=parse_duration_s(idle_timeout, "--idle-timeout", zero=True))
         with site_threads("worker", threads) as site:
             run_worker(listen=listen, transport=transport.value, draft=draft, cert=cert, key=key,
                        client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
-                       draft_ms=draft_ms, limits=limits, frame_timeout=frame_timeout,
+                       draft_ms=_ms(draft_ms, "--draft-ms"), limits=limits,
+                       frame_timeout=parse_duration_s(frame_timeout, "--frame-timeout"),
                        max_batch=max_batch, dtype=dtype, device=device, console=console,
                        metrics_port=metrics_port, site=site)
 
 
 @app.command()
 def controller(
+    ctx: typer.Context,
     worker_addr: List[str] = typer.Option(..., "--worker", help="Worker HOST:PORT. Repeat for several workers: each request drafts on the one with the least expected wait per accepted draft (RTT, load, acceptance) and moves to another if its worker fails or refuses it."),
     transport: Transport = typer.Option(Transport.tcp, "--transport", help=_H_TRANSPORT),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Decode this prompt and exit (-: read from stdin, less one trailing newline)."),
@@ -365,9 +388,9 @@ def controller(
     cert: Optional[Path] = typer.Option(None, "--cert", help="Mutual TLS: client certificate (PEM) to present to a worker started with --client-ca, e.g. the client.pem of `wanspec certs` (implies --tls over TCP)."),
     key: Optional[Path] = typer.Option(None, "--key", help="Private key (PEM) of --cert."),
     auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key file, the worker's: both sites prove they hold it, and a worker that cannot is not used. Default: the key in $WANSPEC_AUTH_KEY, if set."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for the worker to connect/handshake."),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Emulate this many ms per target pass (floor on real time); with --draft-ms."),
-    draft_ms: Optional[float] = typer.Option(None, "--draft-ms", help="Emulate this many ms per local draft pass; with --target-ms."),
+    timeout: str = typer.Option("5", "--timeout", help="Time to wait for the worker to connect/handshake (a bare number is seconds; or e.g. 500ms, 2s)."),
+    target_ms: Optional[str] = typer.Option(None, "--target-ms", help="Emulate this time per target pass (floor on real time); with --draft-ms (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    draft_ms: Optional[str] = typer.Option(None, "--draft-ms", help="Emulate this time per local draft pass; with --target-ms (a bare number is ms; or e.g. 30ms, 0.03s)."),
     dtype: str = typer.Option("auto", "--dtype", help=_H_DTYPE),
     device: str = typer.Option("auto", "--device", help=_H_DEVICE),
     exact: bool = typer.Option(False, "--exact", help="Batch-invariant target kernels: every token bit-for-bit what the target computes decoding alone, whatever the pass shape (slower; docs/architecture.md)."),
@@ -377,7 +400,7 @@ def controller(
     listen: Optional[str] = typer.Option(None, "--listen", help="Serve an OpenAI-compatible API (as vLLM's) on HOST:PORT until SIGINT/SIGTERM, instead of decoding --prompt(s); docs/serving.md."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="WANSPEC_API_KEY", show_envvar=True, help="With --listen: require 'Authorization: Bearer KEY' on /v1/*."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="With --listen: the model name the API answers to (default: the target directory's name)."),
-    grace: float = typer.Option(30.0, "--grace", help="With --listen: seconds in-flight requests may take to finish once stopped (then they are cancelled)."),
+    grace: str = typer.Option("30", "--grace", help="With --listen: time in-flight requests may take to finish once stopped, then they are cancelled (a bare number is seconds; or e.g. 500ms, 2s)."),
     max_request_bytes: Optional[int] = typer.Option(None, "--max-request-bytes", help="With --listen: the largest request body accepted (413 beyond it; default: room for a full-context prompt, 1-8 MiB)."),
     max_prompts_per_request: int = typer.Option(64, "--max-prompts-per-request", help="With --listen: the most completions one request may ask for (prompts x n; 400 beyond it)."),
     max_queued_requests: int = typer.Option(256, "--max-queued-requests", help="With --listen: the most generation requests in flight, running or waiting (503 beyond it)."),
@@ -391,11 +414,20 @@ def controller(
         from wanspec.emulate.prompts import load_prompts
         from wanspec.sampling import SamplingParams
 
+        from wanspec.cli.common import check_only_with
+
         setup_logging(verbose)
+        check_only_with(ctx, "--listen", listen is not None,
+                        {"--api-key": "api_key", "--served-model-name": "served_model_name",
+                         "--grace": "grace"})
         given = [f for f, v in (("--listen", listen), ("--prompt", prompt), ("--prompts", prompts))
                  if v is not None]
         check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"
               + (f"; got {' and '.join(given)}" if given else ""))
+        check_count("--gamma", gamma)
+        check_count("--max-tokens", max_tokens)
+        timeout_s = parse_duration_s(timeout, "--timeout")
+        grace_s = parse_duration_s(grace, "--grace", zero=True)
         prompt_list = ([] if listen is not None else
                        [read_prompt(prompt)] if prompt is not None else load_prompts(prompts))
         try:
@@ -407,10 +439,11 @@ def controller(
                     policy=policy, max_slowdown=max_slowdown,
                     sampling=SamplingParams(temperature, top_k, top_p, seed),
                     stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,
-                    tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout,
-                    target_ms=target_ms, draft_ms=draft_ms, dtype=dtype,
+                    tls=tls, cert=cert, key=key, auth_key_file=auth_key_file, timeout_s=timeout_s,
+                    target_ms=_ms(target_ms, "--target-ms"), draft_ms=_ms(draft_ms, "--draft-ms"),
+                    dtype=dtype,
                     device=device, exact=exact, as_json=as_json, console=console,
-                    listen=listen, api_key=api_key, grace_s=grace, model_name=served_model_name,
+                    listen=listen, api_key=api_key, grace_s=grace_s, model_name=served_model_name,
                     service_limits=dict(max_request_bytes=max_request_bytes,
                                         max_prompts_per_request=max_prompts_per_request,
                                         max_queued_requests=max_queued_requests),
@@ -434,14 +467,14 @@ def certs(
         if client is not None:
             one = create_client_cert(directory, client, overwrite=overwrite)
             console.print(f"controller certificate / key (controller --cert / --key): "
-                          f"{one.cert} {one.key}")
+                          f"{one.cert} {one.key}", soft_wrap=True)
             return
         paths = create_certs(directory, hosts=(*DEFAULT_HOSTS, *(host or ())), overwrite=overwrite)
         console.print(f"CA certificate (controller --ca; worker --client-ca for mutual TLS): "
-                      f"{paths.ca_cert}")
-        console.print(f"worker certificate / key (worker --cert / --key): {paths.cert} {paths.key}")
+                      f"{paths.ca_cert}", soft_wrap=True)
+        console.print(f"worker certificate / key (worker --cert / --key): {paths.cert} {paths.key}", soft_wrap=True)
         console.print(f"controller certificate / key (controller --cert / --key, mutual TLS): "
-                      f"{paths.client_cert} {paths.client_key}")
+                      f"{paths.client_cert} {paths.client_key}", soft_wrap=True)
 
 
 # ---- client tools for OpenAI-compatible endpoints (issue 13): bench, probe ----------------------
@@ -462,7 +495,7 @@ def bench(
     temperature: float = typer.Option(0.0, "--temperature", help=_H_TEMPERATURE),
     seed: int = typer.Option(0, "--seed", help="Seed of the arrivals and of the sampling of each request."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Ask for exactly --max-tokens tokens (the ignore_eos extension of vLLM)."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait to connect and for each chunk; beyond, the request fails as a timeout."),
+    timeout: str = typer.Option("60", "--timeout", help="Time to wait to connect and for each chunk; beyond, the request fails as a timeout (a bare number is seconds; or e.g. 500ms, 2s)."),
     slo_tpot: Optional[str] = typer.Option("50ms", "--slo-tpot", help="Goodput counts requests whose time per output token meets this (none: no TPOT target)."),
     slo_ttft: Optional[str] = typer.Option(None, "--slo-ttft", help="... and whose time to first token meets this."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the summary and every request."),
@@ -472,11 +505,13 @@ def bench(
     with user_errors():
         from wanspec.cli.bench import bench_config, run_bench_cli
 
+        check_count("--max-tokens", max_tokens)
+
         cfg = bench_config(url=url, chat=chat, concurrency=concurrency,
                            request_rate=request_rate, prompts=prompts, num_prompts=num_prompts,
                            max_tokens=max_tokens, model=model, api_key=api_key, seed=seed,
-                           temperature=temperature, ignore_eos=ignore_eos, timeout=timeout,
-                           slo_tpot=slo_tpot, slo_ttft=slo_ttft)
+                           temperature=temperature, ignore_eos=ignore_eos,
+                           timeout=parse_duration_s(timeout, "--timeout"), slo_tpot=slo_tpot, slo_ttft=slo_ttft)
         ok = run_bench_cli(cfg, as_json=as_json, console=console)
     if not ok:
         raise typer.Exit(1)
@@ -486,11 +521,11 @@ def bench(
 def probe(
     targets: List[str] = typer.Argument(..., help="HOST:PORT (a worker: connect RTT) or http(s)://URL (an OpenAI-compatible server: connect RTT and TTFT)."),
     count: int = typer.Option(10, "--count", "-c", help="Samples per target."),
-    interval: str = typer.Option("100ms", "--interval", help="Pause between two samples of a target."),
+    interval: str = typer.Option("100ms", "--interval", help="Pause between two samples of a target (a bare number is ms; or e.g. 0.1s)."),
     transport: Transport = typer.Option(Transport.tcp, "--transport", help="HOST:PORT targets: time TCP connects, or QUIC handshakes with a wanspec worker."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="QUIC: CA certificate to check the certificate of the worker against."),
     insecure: bool = typer.Option(False, "--insecure", help="QUIC: do not verify the certificate of the worker."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds per sample before it counts as failed."),
+    timeout: str = typer.Option("5", "--timeout", help="Time per sample before it counts as failed (a bare number is seconds; or e.g. 500ms, 2s)."),
     chat: bool = typer.Option(False, "--chat", help="URL targets: probe /v1/chat/completions."),
     model: Optional[str] = typer.Option(None, "--model", help="URL targets: model name; default: the first of GET /v1/models."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar=_API_KEY_ENV, show_envvar=True, help="URL targets: sent in an Authorization: Bearer KEY header."),
@@ -505,9 +540,11 @@ def probe(
     with user_errors():
         from wanspec.cli.bench import probe_config, run_probe_cli
 
+        check_count("--count", count)
+
         parsed, cfg = probe_config(
             targets=targets, transport=transport.value, chat=chat, count=count,
-            interval=interval, timeout=timeout, ca=ca, insecure=insecure, model=model,
+            interval=interval, timeout=parse_duration_s(timeout, "--timeout"), ca=ca, insecure=insecure, model=model,
             api_key=api_key, max_tokens=max_tokens, prompt=prompt, max_slowdown=max_slowdown,
             min_saving=min_saving)
         ok = run_probe_cli(parsed, cfg, as_json=as_json, console=console)

@@ -31,6 +31,7 @@ from wanspec.bench.report import (
 )
 from wanspec.bench.runner import BenchConfig, request_prompts, run_bench, summarize
 from wanspec.cli.common import check
+from wanspec.transport.tls import check_client_trust
 from wanspec.units import parse_duration_ms
 from wanspec.emulate.load import Closed, Load, Poisson
 from wanspec.emulate.prompts import load_prompts
@@ -114,8 +115,13 @@ def probe_config(*, targets: list[str], transport: str, chat: bool, count: int, 
     """The targets and settings, every flag checked before any network call."""
     check(bool(targets), "give at least one target (HOST:PORT or http(s)://URL)")
     parsed = [parse_target(t, transport, chat) for t in targets]
-    check(not (chat and all(t.endpoint is None for t in parsed)),
-          "--chat applies to http(s):// targets only")
+    no_urls = all(t.endpoint is None for t in parsed)
+    for flag, value in (("--chat", chat or None), ("--model", model)):
+        check(not (no_urls and value is not None), f"{flag} applies to http(s):// targets only")
+    check_client_trust(ca, insecure)  # first: --ca with --insecure is refused as such
+    for flag, value in (("--ca", ca), ("--insecure", insecure or None)):
+        check(transport == "quic" or value is None,
+              f"{flag} applies to --transport quic only (TCP connects use no TLS)")
     cfg = ProbeConfig(count=count, interval_s=parse_duration_ms(interval, "--interval") / 1000,
                       timeout_s=timeout, ca=ca, insecure=insecure, model=model,
                       api_key=api_key or None, max_tokens=max_tokens, prompt=prompt,

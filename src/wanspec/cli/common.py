@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -55,6 +56,59 @@ def user_errors() -> Iterator[None]:
 def check(cond: bool, message: str) -> None:
     if not cond:
         raise WanspecError(message)
+
+
+# the most any count flag may be: beyond it the value is a typo, not a setting
+COUNT_LIMITS: dict[str, int] = {
+    "--gamma": 64,  # draft tokens per window: acceptance makes more than a few dozen useless
+    "--max-tokens": 1_000_000,
+    "--max-batch": 4096,
+    "--count": 100_000,
+}
+
+
+def check_count(flag: str, value: int) -> None:
+    """A count flag: at least 1 and at most its :data:`COUNT_LIMITS` entry (one-line error)."""
+    check(value >= 1, f"{flag} must be >= 1, got {value}")
+    check(value <= COUNT_LIMITS[flag], f"{flag} must be at most {COUNT_LIMITS[flag]:,}, got {value}")
+
+
+def on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether the option whose parameter is ``name`` was given on the command line (not left
+    at its default, nor taken from its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def check_only_with(ctx: typer.Context, needed: str, active: bool,
+                    flags: dict[str, str]) -> None:
+    """Refuse each of ``flags`` (``{"--flag": parameter name}``) given on the command line
+    while ``needed`` is not in force (``active``): a flag that would be ignored is an error."""
+    if active:
+        return
+    for flag, name in flags.items():
+        check(not on_command_line(ctx, name), f"{flag} only applies with {needed}")
+
+
+def check_can_listen(host: str, port: int, flag: str, *, udp: bool = False) -> None:
+    """Refuse (one line naming ``flag``) a listen address this process cannot bind, before the
+    models load rather than after: bind a socket as the real server would (TCP with
+    SO_REUSEADDR; UDP, for QUIC, without: asyncio no longer sets it on datagram sockets), then
+    close it.  Port 0 (any free port) always binds."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise WanspecError(f"cannot listen on {flag} {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, kind) as sock:
+        if not udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise WanspecError(f"cannot listen on {flag} {host}:{port} "
+                               f"({'UDP' if udp else 'TCP'}): {exc.strerror or exc}") from None
 
 
 def configure_threads(threads: int | None) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from wanspec.cli.common import SiteThreads, check
+from wanspec.cli.common import SiteThreads, check, check_can_listen
 from wanspec.cli.loading import check_model_flags, load_models, timing_from_flags
 from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
@@ -139,8 +139,14 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
     from wanspec.cli.serving import check_metrics_port, start_worker_metrics
 
     check_metrics_port(metrics_port)
-    listen_host = factory.parse_address(listen)[0]
+    listen_host, listen_port = factory.parse_address(listen)
+    check(metrics_port is None or metrics_port == 0 or metrics_port != listen_port,
+          f"--metrics-port {metrics_port} is the --listen port: give the metrics another port")
     # ----
+    # a port already taken is found now, not after the model load
+    check_can_listen(listen_host, listen_port, "--listen", udp=transport == "quic")
+    if metrics_port is not None:
+        check_can_listen(listen_host, metrics_port, "--metrics-port")
     if site is not None:
         site.start()  # threads split with other sites on this machine, before the model load
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
@@ -222,6 +228,7 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
         api_key = check_service_flags(listen=listen, grace_s=grace_s, model_name=model_name,
                                       api_key=api_key)
         limits = service_limits_from_flags(**(service_limits or {}))
+        check_can_listen(*factory.parse_address(listen), "--listen")
     timing = timing_from_flags(target_ms, draft_ms)
     check_model_flags(dtype, device)
     if site is not None:

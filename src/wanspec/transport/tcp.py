@@ -71,11 +71,18 @@ def _server_tls_failure(exc: BaseException) -> str:
     """Why a client's TLS handshake failed at the server, in words its operator can act on."""
     if isinstance(exc, _ssl.SSLCertVerificationError):
         return untrusted_client_cert(str(exc.verify_message))
-    if isinstance(exc, _ssl.SSLError) and exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+    reason = getattr(exc, "reason", None) if isinstance(exc, _ssl.SSLError) else None
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return NO_CLIENT_CERT
-    if isinstance(exc, _ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    return f"TLS handshake failed: {exc or type(exc).__name__}"
+    if reason in _PLAIN_TCP_REASONS:
+        return "a client spoke plain TCP to this TLS port (a controller without --tls?)"
+    words = str(exc).strip("() ")  # an SSLError without arguments prints as "()"
+    return f"TLS handshake failed: {reason or words or type(exc).__name__}"
+
+
+# what OpenSSL says when the first bytes are not a TLS record: plain TCP (our protocol's frames)
+# or HTTP sent to a TLS port
+_PLAIN_TCP_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"})
 
 
 class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
@@ -123,10 +130,13 @@ class TcpConnection(Connection):
         peer: str | None = None,
         tls_client_cert: bool | None = None,
         frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
+        client: bool = False,
     ) -> None:
         """``tls_client_cert``: on a TLS client, whether it presented a certificate (None: not
-        a TLS client); it only words the error when the server hangs up without a word."""
+        a TLS client); with ``client`` (this side dialled), it only words the error when the
+        server hangs up without a word."""
         self._tls_client_cert = tls_client_cert
+        self._client = client
         if peer is None:
             name = writer.get_extra_info("peername")
             peer = format_address(str(name[0]), int(name[1])) if name else "?"
@@ -183,9 +193,13 @@ class TcpConnection(Connection):
 
     def _silent_refusal(self) -> PeerRefused | None:
         """A TLS server that hangs up before sending a byte most likely refused our client
-        certificate (or our lack of one): asyncio servers drop the TLS alert that would say so."""
-        if self._tls_client_cert is None or self.received.bytes:
+        certificate (or our lack of one): asyncio servers drop the TLS alert that would say so.
+        One that hangs up on a plain-TCP client most likely serves TLS."""
+        if not self._client or self.received.bytes:
             return None
+        if self._tls_client_cert is None:
+            return PeerRefused(f"{self.peer} closed the connection before sending anything (if "
+                               "the worker serves TLS, add --tls and --ca)")
         if self._tls_client_cert:
             guess = "have refused this side's TLS client certificate"
         else:
@@ -288,7 +302,7 @@ async def connect_tcp(
         raise ConnectError(f"cannot reach {where}: {reason}") from exc
     return TcpConnection(reader, writer, max_frame=max_frame, peer=format_address(host, port),
                          tls_client_cert=client_cert if ssl is not None else None,
-                         frame_timeout=frame_timeout)
+                         frame_timeout=frame_timeout, client=True)
 
 
 class TcpServer(Server):

@@ -77,12 +77,21 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
     return ctx
 
 
+def check_client_trust(ca: Path | None, insecure: bool, cert: Path | None = None,
+                       key: Path | None = None) -> None:
+    """The client's trust flags: a CA to check against and no checking at all contradict each
+    other (the CA would be silently ignored); a client certificate needs its key."""
+    if ca is not None and insecure:
+        raise WanspecError("give --ca or --insecure, not both")
+    if (cert is None) != (key is None):
+        raise WanspecError("a TLS client certificate needs both --cert and --key")
+
+
 def client_ssl_context(ca: Path | None, *, insecure: bool = False, cert: Path | None = None,
                        key: Path | None = None) -> ssl.SSLContext:
     """Client side: trust ``ca`` (system store if None); ``insecure`` skips verification;
     ``cert``/``key``: a client certificate to present (mutual TLS)."""
-    if (cert is None) != (key is None):
-        raise WanspecError("a TLS client certificate needs both --cert and --key")
+    check_client_trust(ca, insecure, cert, key)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
