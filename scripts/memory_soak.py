@@ -37,7 +37,7 @@ from typing import Any
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import DEFAULT_DRAFT
 from wanspec.protocol.codec import PROTOCOL_VERSION, encode_frame
-from wanspec.protocol.messages import Commit, Drafts, Hello, SessionStart
+from wanspec.protocol.messages import Commit, Drafts, Hello, Ping, SessionStart
 from wanspec.runtime.worker import WorkerService
 from wanspec.transport import factory
 from wanspec.transport.base import ConnectionClosed
@@ -93,7 +93,13 @@ async def phase_sessions(service: WorkerService, address: str, connections: int,
                     if isinstance(msg, Drafts):
                         drafted.add((c_index, msg.rid))
 
-        readers.append(asyncio.create_task(read()))
+        async def ping(conn: Any = conn) -> None:  # an honest controller pings every second
+            with contextlib.suppress(ConnectionClosed):
+                for seq in range(1, 1 << 30):
+                    await asyncio.sleep(1.0)
+                    await conn.send(Ping(time.monotonic(), seq))
+
+        readers += [asyncio.create_task(read()), asyncio.create_task(ping())]
     want = connections * per_connection
     all_drafted = await _wait_for(lambda: len(drafted) >= want, timeout)
     await asyncio.sleep(1.0)  # let every session reach its lookahead
