@@ -338,3 +338,28 @@ def test_a_flooding_connection_does_not_starve_another(worker_lm):
     assert counts[99] >= share - 2, counts  # the lone session gets a full share
     gaps = [b - a for a, b in zip(arrivals[99], arrivals[99][1:])]
     assert max(gaps) <= 3 * pass_s + 1e-6  # in every third pass: never starved
+
+
+def test_many_refused_connections_are_one_warning(worker_lm, caplog):
+    """A peer (or many) hitting the connection limit cannot flood the worker's log."""
+    import logging
+
+    async def main():
+        service = WorkerService(worker_lm, limits=WorkerLimits(max_connections=1))
+        server, address = await serve(service, "tcp", None)
+        try:
+            first = await opened(service, "tcp", address, None)
+            for _ in range(20):
+                extra = await connect("tcp", address, None)
+                await extra.send(hello_for(service))
+                await recv(extra)  # the refusal
+                await extra.close()
+            await first.close()
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.INFO, logger="wanspec.worker"):
+        real(main)
+    notices = [r for r in caplog.records if "limit of 1 connections" in r.getMessage()]
+    assert len(notices) >= 20
+    assert sum(r.levelno >= logging.WARNING for r in notices) == 1

@@ -110,6 +110,7 @@ class WorkerService:
         self._open: set[_Connection] = set()  # served now, handshakes included
         self._refusing = 0  # connections being answered "overloaded" now
         self._busy = BusyMeter()
+        self._warned: set[str] = set()  # notices already logged as warnings (log_once)
 
     @property
     def active(self) -> set[WorkerCore]:
@@ -140,10 +141,22 @@ class WorkerService:
                     self._refusing -= 1
             else:
                 self.refused += 1
-                log.warning("dropping %s: over the limit of %d connections",
-                            conn.peer, self.limits.max_connections)
+                self.log_once(conn.peer, f"dropping the connection: over the limit of "
+                                         f"{self.limits.max_connections} connections")
         finally:
             await conn.close()
+
+    def log_once(self, peer: str, message: str) -> None:
+        """A peer's notice as a warning the first time its words are seen, then at info level:
+        2,000 refused connections are one warning, not a log an attacker can flood."""
+        if message in self._warned:
+            log.info("%s: %s", peer, message)
+            return
+        if len(self._warned) >= 256:
+            self._warned.clear()
+        self._warned.add(message)
+        log.warning("%s: %s (the same notice for other peers is logged at info level)", peer,
+                    message)
 
     def refresh_load(self, now: float) -> None:
         """Feed the cores the worker's load: the device's recent busy fraction and the live
@@ -239,7 +252,7 @@ class _Connection:
             if cache is not None:
                 cache.close()
         elif isinstance(a, Log):
-            log.warning("%s: %s", self.conn.peer, a.message)
+            self.svc.log_once(self.conn.peer, a.message)
         elif isinstance(a, Close):
             self.closing = True
         elif isinstance(a, Send):

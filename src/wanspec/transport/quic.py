@@ -271,7 +271,8 @@ class QuicMessageConnection(Connection):
             self._fail(exc)
 
     def _fail(self, exc: ProtocolError) -> None:
-        log.warning("closing QUIC connection with %s: %s", self.peer, exc)
+        # (the connection's owner reports it, with what it means for its work)
+        log.info("closing QUIC connection with %s: %s", self.peer, exc)
         self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
         self.abort(str(exc)[:200], _ERR_PROTOCOL)
 

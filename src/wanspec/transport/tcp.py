@@ -231,7 +231,8 @@ class TcpConnection(Connection):
                     self._inbox.put(msg, decoder.last_frame_bytes)
                 await self._inbox.wait_space()  # the application is behind: stop reading
         except ProtocolError as exc:
-            log.warning("closing connection with %s: %s", self.peer, exc)
+            # (the connection's owner reports it, with what it means for its work)
+            log.info("closing connection with %s: %s", self.peer, exc)
             self._inbox.finish(ProtocolError(f"{self.peer}: {exc}"))
         except (ConnectionError, OSError, _ssl.SSLError) as exc:
             refusal = client_cert_refusal(exc, self.peer)
