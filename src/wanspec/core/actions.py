@@ -101,10 +101,20 @@ class TargetDone:
 
 @dataclass(slots=True)
 class DraftDone:
+    """A draft pass's proposal: ``token``, its distribution's entropy (nats) and top probability.
+
+    ``alternatives``: the draft's next choices after ``token``, best first (ranked by the same
+    score that chose ``token``: logits when greedy, noised log-probabilities when sampling), and
+    ``alt_probs`` their probabilities under the draft's processed distribution.  A worker growing
+    a draft tree (:mod:`wanspec.core.tree`) starts branches from them; other users ignore them.
+    """
+
     op: int
     token: int
     entropy: float
     top_prob: float
+    alternatives: tuple[int, ...] = ()
+    alt_probs: tuple[float, ...] = ()
 
 
 @dataclass(slots=True)

@@ -142,16 +142,25 @@ def lookahead_cap(lookahead: int, load: WorkerLoad) -> int:
 
 @dataclass(slots=True)
 class DraftFor:
-    """Run ``run`` on the draft model with session ``rid``'s KV cache and sampling."""
+    """Run ``run`` on the draft model with session ``rid``'s KV cache number ``cache`` and its
+    sampling.
+
+    A session has one KV cache per lane of its draft tree (cache 0 for a plain chain); the core
+    numbers them and reuses the numbers of pruned lanes.  With ``copy_from``, the cache first
+    takes the first ``run.start`` positions of the session's cache ``copy_from`` (a branch starts
+    from its parent's keys and values instead of recomputing the prefix).
+    """
 
     rid: int
     run: RunDraft
     sampling: SamplingParams
+    cache: int = 0
+    copy_from: int | None = None
 
 
 @dataclass(slots=True)
 class Release:
-    """Free session ``rid``'s KV cache (its in-flight pass, if any, is dropped when done)."""
+    """Free session ``rid``'s KV caches (its in-flight passes, if any, are dropped when done)."""
 
     rid: int
 

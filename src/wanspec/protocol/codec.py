@@ -54,6 +54,19 @@ _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}  # wire order
 
 
+def _trailing_defaults(cls: type) -> tuple[Any, ...]:
+    """The defaults of the fields at the end of ``cls`` that have a plain default value."""
+    out: list[Any] = []
+    for f in reversed(dataclasses.fields(cls)):
+        if f.default is dataclasses.MISSING:
+            break
+        out.append(f.default)
+    return tuple(reversed(out))
+
+
+_DEFAULTS = {cls: _trailing_defaults(cls) for cls in _TAGS}
+
+
 MAX_DEMAND = 1e6  # Pong.demand above this is not a real worker's (sessions per pass slot)
 DEFAULT_FRAME_TIMEOUT_S = 20.0  # a frame must arrive whole within this time of its first byte
 
@@ -75,7 +88,8 @@ _INT_RANGES: dict[str | tuple[str, str], tuple[int, int]] = {
     "max_position": (0, MAX_POSITION), "top_k": (0, MAX_POSITION),
     "vocab_size": (0, MAX_POSITION), "version": (0, MAX_POSITION),
     "seed": (0, MAX_U64), "seq": (0, MAX_U64), "tokens": (0, MAX_POSITION),
-    "prompt": (0, MAX_POSITION),
+    "prompt": (0, MAX_POSITION), "lane": (0, MAX_POSITION), "parent": (0, MAX_POSITION),
+    "fork": (0, MAX_POSITION), "branches": (0, MAX_POSITION),
 }
 _DEFAULT_INT_RANGE = (0, MAX_ID)
 # float ranges beyond "finite", by field name or (message, field)
@@ -221,11 +235,22 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 
 
 def encode_message(msg: Message) -> bytes:
-    tag = _TAGS.get(type(msg))
+    """The frame body of ``msg``.  Trailing fields still at their defaults are left out (the
+    decoder fills them in), so a field added at the end of a message reaches a peer that does
+    not know it only when it is used: how optional features (draft-tree lanes, a session's
+    ``branches``) stay compatible with peers of the same version that lack them."""
+    cls = type(msg)
+    tag = _TAGS.get(cls)
     if tag is None:
         raise TypeError(f"not a protocol message: {msg!r}")
-    return msgpack.packb([tag, *(getattr(msg, name) for name in _FIELDS[type(msg)])],
-                         use_bin_type=True)
+    values = [getattr(msg, name) for name in _FIELDS[cls]]
+    defaults = _DEFAULTS[cls]
+    while values and len(values) > len(_FIELDS[cls]) - len(defaults):
+        default = defaults[len(values) - 1 - (len(_FIELDS[cls]) - len(defaults))]
+        if values[-1] != default or type(values[-1]) is not type(default):
+            break
+        values.pop()
+    return msgpack.packb([tag, *values], use_bin_type=True)
 
 
 def decode_message(body: bytes) -> Message:

@@ -63,11 +63,22 @@ class SessionStart:
     seed: int = 0
     lookahead: int = 8  # how far beyond the committed prefix the worker may draft
     max_position: int = 0  # never draft at or past this absolute position (0 = unbounded)
+    # draft tree: at most this many branch lanes besides the main line (0: one chain, as before
+    # v3's "branches" capability; only sent to a worker that announced it)
+    branches: int = 0
 
 
 @dataclass(slots=True)
 class Drafts:
-    """Draft tokens for positions ``base .. base+len-1`` of the worker's epoch-``epoch`` chain."""
+    """Draft tokens for positions ``base .. base+len-1`` of lane ``lane`` of the worker's
+    epoch-``epoch`` draft tree.
+
+    Lane 0 is the epoch's first chain, drafted from the committed prefix.  Any other lane is a
+    *branch*: it forks off lane ``parent`` at position ``fork`` (positions before ``fork`` are the
+    parent's tokens) with a token the parent did not choose there; its first message has
+    ``base == fork`` and starts with that token.  Lanes other than 0 are only sent in sessions
+    started with ``branches > 0`` (see docs/protocol.md, "Draft trees").
+    """
 
     rid: int
     epoch: int
@@ -75,6 +86,9 @@ class Drafts:
     tokens: tuple[int, ...]
     entropy: tuple[float, ...] = ()
     top_prob: tuple[float, ...] = ()
+    lane: int = 0
+    parent: int = 0
+    fork: int = 0
 
 
 @dataclass(slots=True)
