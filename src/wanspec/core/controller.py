@@ -51,6 +51,9 @@ class ControllerConfig:
     lookahead: int = 0  # worker lookahead cap; 0 = automatic (from RTT and draft interval)
     policy: PolicyConfig = PolicyConfig()
     max_window: int = 16  # adaptive: most drafts one verification carries
+    # draft tree: branch lanes the worker may grow besides its main line (0: a single chain);
+    # used only with a worker that announces the "branches" capability
+    branches: int = 4
 
     def __post_init__(self) -> None:
         if self.gamma < 1:
@@ -59,6 +62,8 @@ class ControllerConfig:
             raise WanspecError(f"lookahead must be >= 0, got {self.lookahead}")
         if self.max_window < 1:
             raise WanspecError(f"max window must be >= 1, got {self.max_window}")
+        if self.branches < 0:
+            raise WanspecError(f"branches must be >= 0, got {self.branches}")
         if not self.policy.max_slowdown >= 1.0:
             raise WanspecError(f"max slowdown must be >= 1, got {self.policy.max_slowdown}")
 
