@@ -498,7 +498,8 @@ def test_a_request_moved_to_another_worker_starts_a_session_from_its_committed_p
     c.on_target_done(TargetDone(2, (51, 52, 60, 61)), 0.22)  # commits 51 52 60
     c.on_worker_lost("connection closed", 0.23)  # (a plain step starts: target-only now)
     assert c.on_worker_attached(0.24) == [Send(SessionStart(
-        RID, (1, 2, 3, 50, 51, 52, 60), lookahead=c.lookahead, max_position=len(PROMPT) + 8))]
+        RID, (1, 2, 3, 50, 51, 52, 60), lookahead=c.lookahead, max_position=len(PROMPT) + 8,
+        branches=c.branches))]
     assert c.worker_ok and c.stats.worker_moves == 1
     assert c.on_worker_attached(0.25) == []  # already has a worker
     # the new worker's chain has its own epochs, starting at 0: it is not stale

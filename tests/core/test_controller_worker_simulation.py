@@ -85,7 +85,7 @@ class Sim:
         self.busy = False
         self.target_cache: list[int] = []
         self.local_cache: list[int] = []
-        self.worker_caches: dict[int, list[int]] = {}
+        self.worker_caches: dict[tuple[int, int], list[int]] = {}  # (rid, cache) -> tokens
         self.worker_free = 0.0
         self.last_up = self.last_down = 0.0
         self.timers: set[float] = set()
@@ -189,31 +189,43 @@ class Sim:
         if not self.alive:
             return
         assert isinstance(msg, (SessionStart, Commit, Cancel))
-        if isinstance(msg, SessionStart):
-            self.worker_caches[msg.rid] = []
         self.worker_actions(self.worker.on_message(msg, now), now)
 
     def worker_actions(self, actions, now: float) -> None:
         for a in actions:
             if isinstance(a, DraftFor):
                 s = self.worker.sessions[a.rid]
-                full = s.committed + s.chain
-                cache = self.worker_caches[a.rid]
+                # the lane this cache serves, and the sequence it believes in up to the pass
+                lane = next(x for x in s.tree.lanes.values() if x.cache == a.cache)
+                n, pos = len(s.committed), a.run.position
+                full = s.committed[:pos] + [s.tree.path_token(lane, j) for j in range(n, pos)]
+                if a.copy_from is not None:  # a branch starts from its parent's cache
+                    source = self.worker_caches[(a.rid, a.copy_from)]
+                    assert a.run.start <= len(source)
+                    self.worker_caches[(a.rid, a.cache)] = source[: a.run.start]
+                cache = self.worker_caches.get((a.rid, a.cache), [])
                 assert a.run.start <= len(cache)
                 assert cache[: a.run.start] == full[: a.run.start]
                 assert list(a.run.tokens) == full[a.run.start:]
-                self.worker_caches[a.rid] = full[:]
-                self.worker_free = max(self.worker_free, now) + self.draft_s
-                tok = self.pred(self.worker_wrong, a.run.position)
-                ent = 2.0 if a.run.position in self.worker_wrong and a.run.position % 2 else 0.2
+                self.worker_caches[(a.rid, a.cache)] = full[:]
+                # the worker's device batches the passes that wait together (one per lane)
+                if self.worker_free <= now:
+                    self.worker_free = now + self.draft_s
+                tok = self.pred(self.worker_wrong, pos)
+                ent = 2.0 if pos in self.worker_wrong and pos % 2 else 0.2
+                right = self.ref[pos] if pos < len(self.ref) else 0
+                # the target's token is the draft's runner-up at two of three wrong positions
+                alternatives = ((right, (tok + 7) % 1000) if pos in self.worker_wrong and pos % 3
+                                else ((tok + 5) % 1000, (tok + 6) % 1000))
                 self.at(self.worker_free, self.worker_done, a.rid,
-                        DraftDone(a.run.op, tok, ent, 0.5))
+                        DraftDone(a.run.op, tok, ent, 0.5, alternatives, (0.3, 0.1)))
             elif isinstance(a, Send):
                 assert not isinstance(a.msg, Error), a.msg  # e.g. a commit not contiguous
                 self.at(self.delay(False, now), self.ctrl_msg, a.msg)
             else:
                 assert isinstance(a, Release)
-                self.worker_caches.pop(a.rid, None)
+                for key in [k for k in self.worker_caches if k[0] == a.rid]:
+                    del self.worker_caches[key]
 
     def worker_done(self, now: float, rid: int, ev: DraftDone) -> None:
         if not self.alive:
@@ -238,6 +250,7 @@ def _check(sim: Sim) -> None:
         pos += len(c.tokens)
     assert [t for c in sim.commits for t in c.tokens] == sim.output[: pos - sim.n_prompt]
     if sim.kill_at is None:
+        assert sim.ctrl.stats.worker_lost is None  # an honest worker is never dropped
         assert pos - sim.n_prompt == len(sim.output)  # every commit reached the worker
         assert sim.worker.sessions == {}  # cancelled and released
         assert len(sim.stats) == 1
@@ -317,3 +330,30 @@ def test_simulated_perfect_worker_serves_every_window(policy):
     if policy is PolicyName.REMOTE:
         assert sim.ctrl.metrics.draft_passes[Site.CONTROLLER.value] == 0
         assert st_.local_windows == 0
+
+
+def _branchy_run(branches: int) -> Sim:
+    """At a rejection whose correction is the draft's runner-up, a worker growing a tree has
+    the continuation ready: the controller goes on at once instead of stalling a round trip."""
+    rng = random.Random(2)
+    ref = [rng.randrange(1000) for _ in range(300)]
+    wrong = frozenset(range(10, 70, 6))  # every sixth position (the runner-up is right at 2/3)
+    sim = Sim(ref=ref, n_prompt=4, policy=PolicyName.REMOTE, gamma=4, max_tokens=64,
+              has_local=False, rtt=0.1, jitter=0.0, target_s=0.03, draft_s=0.004,
+              worker_wrong=wrong, local_wrong=frozenset(), seed=0)
+    sim.ctrl.branches = branches
+    sim.run()
+    _check(sim)
+    return sim
+
+
+def test_a_branch_holding_the_correction_saves_the_round_trip():
+    assert _branchy_run(0).ctrl.stats.branch_hits == 0
+    # most wrong positions whose runner-up is right (7 of 10), once the tree has reached them
+    assert _branchy_run(4).ctrl.stats.branch_hits >= 4
+
+
+def test_branches_shorten_the_request_at_a_long_round_trip():
+    plain, tree = _branchy_run(0), _branchy_run(4)
+    assert tree.ctrl.metrics.end_time < 0.85 * plain.ctrl.metrics.end_time
+    assert tree.ctrl.stats.stall_s < plain.ctrl.stats.stall_s

@@ -59,7 +59,7 @@ def test_a_worker_is_dropped_once_it_sends_more_drafts_than_an_honest_one_could(
     while core.worker_ok:
         sent += 1
         actions = core.on_message(Drafts(7, 1, 3, (2,)), 0.1)  # stale: dropped, but counted
-        assert sent < 100, "never dropped"
+        assert sent < 1000, "never dropped"
     assert any(isinstance(a, Log) and "more Drafts" in a.message for a in actions)
     assert core.stats.worker_lost and sent > 2 * 4  # not before an honest worker's allowance
 

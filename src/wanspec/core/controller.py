@@ -28,11 +28,12 @@ from wanspec.core.actions import (
     WorkerLost,
 )
 from wanspec.core.adaptive import budget_tpot
-from wanspec.core.chain import DraftToken, RemoteChain, feed_from
+from wanspec.core.chain import DraftToken, feed_from
 from wanspec.core.estimates import Estimates
 from wanspec.core.metrics import RequestMetrics
 from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, View, decide, worker_lookahead
 from wanspec.core.stopping import StopCriteria, Transcript
+from wanspec.core.tree import RemoteTree, TreeError
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
 from wanspec.protocol.messages import Cancel, Commit, Drafts, Error, Message, SessionStart, SessionStats
@@ -81,6 +82,7 @@ class ControllerStats:
     stall_s: float = 0.0  # accelerator idle while waiting for the worker
     worker_lost: str | None = None
     worker_moves: int = 0  # times the request moved to another worker after losing one
+    branch_hits: int = 0  # rejections whose correction started a branch of the worker's tree
     worker_account: SessionStats | None = None  # the worker's own counts, after our Cancel
 
 
@@ -145,7 +147,10 @@ class ControllerCore:
         self.has_local_draft = has_local_draft
         self.worker_ok = use_worker
         self.vocab_size = vocab_size  # drafts outside it are a broken worker
-        self.chain = RemoteChain()
+        # branch lanes the worker may grow (the adapter sets 0 for a worker without the
+        # "branches" capability, before the session starts)
+        self.branches = config.branches
+        self.chain = RemoteTree(self.branches + 1)  # the worker's drafts as received
         self.finished = False
         self._op = 0
         self._busy: RunTarget | RunDraft | None = None
@@ -240,17 +245,21 @@ class ControllerCore:
             return self.on_worker_lost(f"protocol error from worker: {problem}", now)
         drafts = _draft_tokens(msg)
         chain = self.chain
-        last, extends = chain.last_arrival, not chain.dead and msg.epoch == chain.epoch
         self.stats.remote_received += len(drafts)
         stale_before = chain.stale_dropped
-        if not chain.on_drafts(msg.epoch, msg.base, drafts, now):
+        try:
+            fresh = chain.on_drafts(msg.epoch, msg.base, drafts, now, msg.lane, msg.parent,
+                                    msg.fork)
+        except TreeError as exc:
+            return self.on_worker_lost(f"protocol error from worker: {exc}", now)
+        if not fresh:
             self.stats.remote_stale += chain.stale_dropped - stale_before
             return []  # stale: nothing changed
         n = len(self.transcript.tokens)
         self.stats.remote_late += max(0, min(n, msg.base + len(drafts)) - msg.base)
-        if extends and last is not None:
-            # the pace of a live chain: how fast the worker's drafts come when nothing stops it
-            self.est.draft_interval.update((now - last) / len(drafts))
+        if chain.pace is not None:
+            # the pace of a live lane: how fast the worker's drafts come when nothing stops it
+            self.est.draft_interval.update(chain.pace)
         self._sync_chain()
         return self._schedule(now)
 
@@ -259,7 +268,7 @@ class ControllerCore:
             return []
         self.worker_ok = False
         self.stats.worker_lost = reason
-        self.chain.dead = True
+        self.chain.kill()
         fallback = "local speculative decoding" if self.has_local_draft else "target-only decoding"
         out: list[ControllerAction] = [Log(f"worker lost ({reason}); continuing with {fallback}")]
         self._wait_until = None
@@ -292,7 +301,6 @@ class ControllerCore:
             self.est = estimates
         self.worker_ok = True
         self.stats.worker_moves += 1
-        self.chain = RemoteChain()
         self._committed_sent = self._last_commit_base = len(self.transcript.tokens)
         self._session_from = len(self.transcript.tokens)
         self._session_at, self._last_commit_time = now, now
@@ -343,16 +351,20 @@ class ControllerCore:
     def _session_start(self) -> SessionStart:
         s = self.sampling
         self._worker_lookahead = self.lookahead  # what the worker was allowed: drafts past it are hostile
+        self.chain = RemoteTree(self.branches + 1)  # a new session's tree starts afresh
         return SessionStart(
             rid=self.rid, prompt=tuple(self.transcript.tokens), temperature=s.temperature,
             top_k=s.top_k, top_p=s.top_p, seed=s.seed, lookahead=self._worker_lookahead,
             max_position=self.transcript.n_prompt + self.transcript.stop.max_tokens,
+            branches=self.branches,
         )
 
     def _sync_chain(self) -> None:
         """Check the worker's chain against the committed tokens; learn from what it drafted."""
+        hits = self.chain.branch_hits
         for position, draft in self.chain.sync(self.transcript.tokens):
             self._judge(position, draft)
+        self.stats.branch_hits += self.chain.branch_hits - hits
 
     def _judge(self, position: int, draft: DraftToken) -> None:
         """The target's token at ``position`` is committed: score the draft made for it, once."""
@@ -399,7 +411,8 @@ class ControllerCore:
         while its own pass results wait behind them.
         """
         tokens = self._committed_sent - self.transcript.n_prompt
-        return 2 * (self._worker_lookahead * (self._commits_sent + 1) + tokens) + 16
+        per_lane = 2 * (self._worker_lookahead * (self._commits_sent + 1) + tokens) + 16
+        return per_lane * (self.branches + 1)  # every lane of a draft tree is such a chain
 
     def _run(self, action: RunTarget | RunDraft, now: float) -> RunTarget | RunDraft:
         self._busy, self._busy_since = action, now

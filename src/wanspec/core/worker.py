@@ -37,7 +37,9 @@ from enum import Enum
 from typing import Callable
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
-from wanspec.core.chain import feed_from
+from wanspec.core.branching import BranchOdds, Candidate, WorkerLane, best_candidate
+from wanspec.core.chain import DraftToken
+from wanspec.core.tree import TreeShape
 from wanspec.errors import WanspecError
 from wanspec.protocol.auth import NONCE_BYTES, proof, proof_matches
 from wanspec.protocol.codec import MAX_DEMAND, ProtocolError, check_hello
@@ -108,12 +110,20 @@ class WorkerLoad:
 
     max_batch: int = 0  # sequences one draft pass carries; 0: no limit (never over capacity)
     sessions: int = 0  # live sessions, all connections together
+    branches: int = 0  # branch lanes of their draft trees (each a sequence of a pass); the cores
+    # keep this count themselves
     busy: float = 0.0  # fraction of recent time the draft device was running passes, in [0, 1]
 
     @property
     def demand(self) -> float:
         """Live sessions per sequence a pass carries: above 1 the worker is over capacity."""
         return self.sessions / self.max_batch if self.max_batch > 0 else 0.0
+
+    @property
+    def spare_seats(self) -> bool:
+        """Whether a pass has room for another branch lane beyond every session's main line:
+        branches use the device's spare capacity only, never a session's turn."""
+        return self.max_batch <= 0 or self.sessions + self.branches < self.max_batch
 
 
 def lookahead_cap(lookahead: int, load: WorkerLoad) -> int:
@@ -183,10 +193,31 @@ class WorkerStats:
     wasted_passes: int = 0  # passes whose result was void by the time it came back
     rollbacks: int = 0
     sessions: int = 0
+    branches: int = 0  # branch lanes started
+    branch_hits: int = 0  # commits that moved a session onto one of its branches
 
     def add(self, other: "WorkerStats") -> None:
-        for name in ("passes", "drafted", "wasted_passes", "rollbacks", "sessions"):
+        for name in ("passes", "drafted", "wasted_passes", "rollbacks", "sessions", "branches",
+                     "branch_hits"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class _Cache:
+    """One of a session's KV caches at the draft model (one per lane of its tree)."""
+
+    length: int = 0  # positions it holds once its pass in flight (if any) has run
+    busy_from: int | None = None  # the start of its pass in flight (it writes from there on)
+    lane: int | None = 0  # the lane using it (None: free, once no pass writes into it)
+
+
+@dataclass(slots=True)
+class _Pass:
+    op: int
+    epoch: int
+    lane: int
+    cache: int
+    position: int  # the position it proposes a token for
 
 
 @dataclass
@@ -194,22 +225,42 @@ class _Session:
     start: SessionStart
     sampling: SamplingParams
     committed: list[int]
-    lookahead: int  # the chain's length cap (the session's, within the worker's limit; the load
+    lookahead: int  # each lane's length cap (the session's, within the worker's limit; the load
     # may lower it further: see lookahead_cap)
     end: int  # never draft at or past this absolute position
-    chain: list[int] = field(default_factory=list)
+    branches: int  # branch lanes its tree may hold besides the main line (0: a plain chain)
+    tree: TreeShape[WorkerLane]
     epoch: int = 0
-    cache_len: int = 0
-    inflight: RunDraft | None = None
-    inflight_epoch: int = 0
+    caches: list[_Cache] = field(default_factory=lambda: [_Cache()])
+    running: dict[int, _Pass] = field(default_factory=dict)  # op -> its pass in flight
+    next_lane: int = 1
+    counted_branches: int = 0  # its share of WorkerLoad.branches
     passes: int = 0
     drafted: int = 0
     wasted: int = 0
     rollbacks: int = 0
 
+    @property
+    def chain(self) -> list[int]:
+        """The main line's drafts past the committed prefix (the lane the commits follow)."""
+        lane = self.tree.current
+        return [d.token for d in lane.drafts[len(self.committed) - lane.start:]]
+
+    @property
+    def inflight(self) -> _Pass | None:
+        """The pass in flight on the main line's cache, if any."""
+        cache = self.tree.current.cache
+        return next((p for p in self.running.values() if p.cache == cache), None)
+
+    @property
+    def cache_len(self) -> int:
+        """Positions the main line's cache holds (once its pass in flight has run)."""
+        return self.caches[self.tree.current.cache].length
+
 
 class WorkerCore:
-    """One connection's sessions; at most one draft pass in flight per session.
+    """One connection's sessions; at most one draft pass in flight per KV cache (one per lane of
+    a session's draft tree).
 
     ``overloaded``: the worker is at its connection limit; this connection's first message is
     answered with ``Error(code="overloaded")`` and the connection closed.
@@ -233,6 +284,7 @@ class WorkerCore:
         self.max_context = max_context
         self.overloaded = overloaded
         self.sessions: dict[int, _Session] = {}
+        self.odds = BranchOdds()  # shared by the connection's sessions: one draft, one target
         self.stats = WorkerStats()
         self.peer: Hello | None = None  # the controller's Hello, once accepted
         self.authenticated = False  # the controller proved the key (or none is required)
@@ -271,22 +323,26 @@ class WorkerCore:
         """The draft pass started by ``DraftFor(rid, ...)`` finished."""
         self.stats.passes += 1
         s = self.sessions.get(rid)
-        run = s.inflight if s is not None else None
-        if s is None or run is None or run.op != ev.op:
+        run = s.running.pop(ev.op, None) if s is not None else None
+        if s is None or run is None:
             self.stats.wasted_passes += 1  # its session was cancelled or dropped meanwhile
             return []
-        s.inflight = None
         s.passes += 1
-        position = run.position
-        if s.inflight_epoch != s.epoch or position != len(s.committed) + len(s.chain):
-            self.stats.wasted_passes += 1  # overtaken by a rollback or a commit past the chain
+        self._pass_ended(s, run.cache)
+        lane = s.tree.lanes.get(run.lane) if run.epoch == s.epoch else None
+        if lane is None or lane.cache != run.cache or run.position != lane.end:
+            self.stats.wasted_passes += 1  # overtaken by a rollback, a prune or a commit
             s.wasted += 1
-            return self._next_draft(rid, s)
-        s.chain.append(ev.token)
+            return self._next_drafts(rid, s)
+        lane.drafts.append(DraftToken(ev.token, ev.entropy, ev.top_prob))
+        if s.branches:
+            alternatives = tuple((t, q) for t, q in zip(ev.alternatives, ev.alt_probs)
+                                 if t != ev.token and 0.0 < q <= 1.0)
+            if alternatives:
+                lane.alternatives[run.position] = alternatives
         s.drafted += 1
         self.stats.drafted += 1
-        sent = Send(Drafts(rid, s.epoch, position, (ev.token,), (ev.entropy,), (ev.top_prob,)))
-        return [sent, *self._next_draft(rid, s)]
+        return [Send(self._drafts_message(rid, s, lane)), *self._next_drafts(rid, s)]
 
     def on_draft_failed(self, rid: int, op: int, reason: str) -> list[WorkerAction]:
         """The draft pass started by ``DraftFor(rid, ...)`` failed (not because the session left):
@@ -294,9 +350,8 @@ class WorkerCore:
         self.stats.passes += 1
         self.stats.wasted_passes += 1
         s = self.sessions.get(rid)
-        if s is None or s.inflight is None or s.inflight.op != op:
+        if s is None or s.running.pop(op, None) is None:
             return []
-        s.inflight = None
         error = Error(f"session {rid}: draft pass failed: {reason}", rid=rid, code="session")
         return [Log(f"session {rid}: draft pass failed: {reason}"), Send(error), *self._drop(rid)]
 
@@ -305,7 +360,7 @@ class WorkerCore:
         back by a smaller lookahead cap may draft again."""
         if self.closed or not self.authenticated:
             return []
-        return [a for rid, s in self.sessions.items() for a in self._next_draft(rid, s)]
+        return [a for rid, s in self.sessions.items() for a in self._next_drafts(rid, s)]
 
     def next_timer(self) -> float | None:
         if self.closed:
@@ -408,11 +463,14 @@ class WorkerCore:
         except (WanspecError, TypeError) as exc:
             return [Send(Error(f"bad sampling parameters: {exc}", rid=msg.rid, code="session"))]
         end = min(msg.max_position or self.max_context, self.max_context)
+        n = len(msg.prompt)
         s = _Session(msg, sampling, list(msg.prompt),
-                     lookahead=max(1, min(msg.lookahead, self.limits.max_lookahead)), end=end)
+                     lookahead=max(1, min(msg.lookahead, self.limits.max_lookahead)), end=end,
+                     branches=min(msg.branches, self.limits.max_branches),
+                     tree=TreeShape(WorkerLane(0, 0, n, n)))
         self.sessions[msg.rid] = s
         self.stats.sessions += 1
-        return self._next_draft(msg.rid, s)
+        return self._next_drafts(msg.rid, s)
 
     def _check_start(self, msg: SessionStart) -> tuple[str, str] | None:
         """Why ``msg`` is refused, and the Error code to refuse it with; None to start it."""
@@ -444,21 +502,37 @@ class WorkerCore:
             error = Error(f"session {msg.rid}: commit past position {s.end}", rid=msg.rid,
                           code="session")
             return [Send(error), *self._drop(msg.rid)]
-        tokens = list(msg.tokens)
-        match = 0
-        while match < len(tokens) and match < len(s.chain) and s.chain[match] == tokens[match]:
-            match += 1
-        s.committed.extend(tokens)
-        if match == len(tokens):
-            del s.chain[:match]  # the head of our chain was committed: keep going
+        s.committed.extend(msg.tokens)
+        tree = s.tree
+        moves = tree.moves
+        for position, draft, lane in tree.advance(s.committed):
+            self.odds.on_judged(draft, draft.token == s.committed[position],
+                                lane.alternatives.get(position, ()), s.committed[position])
+        self.stats.branch_hits += tree.moves - moves
+        if tree.off is not None or tree.pos < len(s.committed):
+            self._new_epoch(s)  # the commit left the tree, or ran past its drafts
         else:
-            # divergence (or the commit ran past our chain): start a new chain from the prefix
-            s.cache_len = min(s.cache_len, n + match)
-            s.chain = []
-            s.epoch += 1
-            s.rollbacks += 1
-            self.stats.rollbacks += 1
-        return self._next_draft(msg.rid, s)
+            for lane in tree.prune():
+                self._free(s, lane.cache)
+        self._count_branches(s)
+        return self._next_drafts(msg.rid, s)
+
+    def _new_epoch(self, s: _Session) -> None:
+        """Start a new chain from the committed prefix: the lane the commit followed keeps its
+        KV cache up to where it agreed with the commit, every other lane's cache is freed."""
+        tree = s.tree
+        kept = tree.current
+        for lane in tree.lanes.values():
+            if lane is not kept:
+                self._free(s, lane.cache)
+        cache = s.caches[kept.cache]
+        cache.length = min(cache.length, tree.pos)
+        n = len(s.committed)
+        s.tree = TreeShape(WorkerLane(0, 0, n, n, cache=kept.cache))
+        cache.lane = 0
+        s.epoch += 1
+        s.rollbacks += 1
+        self.stats.rollbacks += 1
 
     def _on_cancel(self, msg: Cancel) -> list[WorkerAction]:
         s = self.sessions.get(msg.rid)
@@ -468,17 +542,106 @@ class WorkerCore:
         return [*self._drop(msg.rid), Send(stats)]
 
     def _drop(self, rid: int) -> list[WorkerAction]:
-        return [Release(rid)] if self.sessions.pop(rid, None) is not None else []
-
-    def _next_draft(self, rid: int, s: _Session) -> list[WorkerAction]:
-        """The next draft pass of session ``s``, if it may start one now (one at a time)."""
-        pos = len(s.committed) + len(s.chain)
-        if (s.inflight is not None or len(s.chain) >= lookahead_cap(s.lookahead, self.load)
-                or pos >= s.end):
+        s = self.sessions.pop(rid, None)
+        if s is None:
             return []
-        start = s.cache_len
-        s.cache_len = pos
+        self.load.branches -= s.counted_branches
+        return [Release(rid)]
+
+    # ---- drafting -------------------------------------------------------------------------------
+    def _next_drafts(self, rid: int, s: _Session) -> list[WorkerAction]:
+        """The draft passes session ``s`` may start now: the next token of every lane whose
+        cache is free and which is short of the lookahead cap, then new branches (best first)
+        while the session's budget and the worker's spare capacity allow."""
+        n = len(s.committed)
+        limit = min(n + lookahead_cap(s.lookahead, self.load), s.end)
+        out: list[WorkerAction] = []
+        for lane in sorted(s.tree.lanes.values(), key=lambda x: x.id):
+            if lane.end < limit and s.caches[lane.cache].busy_from is None:
+                out.append(self._extend(rid, s, lane))
+        while (len(s.tree.lanes) <= s.branches and self.load.spare_seats
+               and (best := best_candidate(s.tree, n, limit, self.odds)) is not None):
+            out.append(self._branch(rid, s, best))
+        return out
+
+    def _extend(self, rid: int, s: _Session, lane: WorkerLane) -> DraftFor:
+        """A pass proposing ``lane``'s next token: feed its path from what its cache holds."""
+        cache = s.caches[lane.cache]
+        start = min(cache.length, lane.end - 1)
+        tokens = self._path(s, lane, start, lane.end)
+        return self._run(rid, s, lane, start, tokens, copy_from=None)
+
+    def _branch(self, rid: int, s: _Session, c: Candidate) -> DraftFor:
+        """Start a branch lane at ``c.fork`` with token ``c.token``: its cache copies the
+        parent's prefix (as far as no pass in flight rewrites it), then the pass feeds the rest
+        of the path and the branch's first token and proposes its second."""
+        lane = WorkerLane(s.next_lane, c.parent.id, c.fork, c.fork,
+                          [DraftToken(c.token, c.entropy, c.hit)],
+                          cache=self._take_cache(s, s.next_lane), reach=c.hit, sent_first=False)
+        s.next_lane += 1
+        s.tree.add_branch(lane)
+        self.stats.branches += 1
+        self._count_branches(s)
+        parent = s.caches[c.parent.cache]
+        stable = parent.length if parent.busy_from is None else parent.busy_from
+        start = min(stable, c.fork)
+        tokens = (*self._path(s, c.parent, start, c.fork), c.token)
+        return self._run(rid, s, lane, start, tokens,
+                         copy_from=c.parent.cache if start > 0 else None)
+
+    def _run(self, rid: int, s: _Session, lane: WorkerLane, start: int,
+             tokens: tuple[int, ...], copy_from: int | None) -> DraftFor:
         self._op += 1
-        s.inflight = RunDraft(self._op, Site.WORKER, start, feed_from(s.committed, s.chain, start))
-        s.inflight_epoch = s.epoch
-        return [DraftFor(rid, s.inflight, s.sampling)]
+        cache = s.caches[lane.cache]
+        cache.busy_from, cache.length = start, start + len(tokens)
+        s.running[self._op] = _Pass(self._op, s.epoch, lane.id, lane.cache, start + len(tokens))
+        run = RunDraft(self._op, Site.WORKER, start, tokens)
+        return DraftFor(rid, run, s.sampling, cache=lane.cache, copy_from=copy_from)
+
+    def _path(self, s: _Session, lane: WorkerLane, start: int, stop: int) -> tuple[int, ...]:
+        """The tokens at positions ``start .. stop-1`` on ``lane``'s path (committed, then the
+        drafts of the lane and its ancestors)."""
+        n = len(s.committed)
+        head = tuple(s.committed[start:min(stop, n)])
+        return head + tuple(s.tree.path_token(lane, j) for j in range(max(start, n), stop))
+
+    def _drafts_message(self, rid: int, s: _Session, lane: WorkerLane) -> Drafts:
+        """The message streaming ``lane``'s newest draft; a branch's first message also carries
+        the token it starts with, from its fork (the controller learns of it only now)."""
+        if lane.id == 0:  # (no lane fields: a plain chain reads the same as before trees)
+            d = lane.drafts[-1]
+            return Drafts(rid, s.epoch, lane.end - 1, (d.token,), (d.entropy,), (d.top_prob,))
+        if lane.sent_first:
+            drafts = lane.drafts[-1:]
+        else:  # its first token, then its first draft (the branch may be committed up to it)
+            lane.sent_first = True
+            assert lane.start <= lane.fork + 1 == lane.end - 1
+            first = DraftToken(s.tree.path_token(lane, lane.fork) if lane.start == lane.fork
+                               else s.committed[lane.fork], 0.0, lane.reach)
+            drafts = [first, lane.drafts[-1]]
+        base = lane.end - len(drafts)
+        return Drafts(rid, s.epoch, base, tuple(d.token for d in drafts),
+                      tuple(d.entropy for d in drafts), tuple(d.top_prob for d in drafts),
+                      lane=lane.id, parent=lane.parent, fork=lane.fork)
+
+    # ---- KV caches --------------------------------------------------------------------------------
+    def _take_cache(self, s: _Session, lane: int) -> int:
+        """A free cache of the session for ``lane`` (a new one if none is free)."""
+        for i, cache in enumerate(s.caches):
+            if cache.lane is None and cache.busy_from is None:
+                cache.lane, cache.length = lane, 0
+                return i
+        s.caches.append(_Cache(lane=lane))
+        return len(s.caches) - 1
+
+    def _free(self, s: _Session, index: int) -> None:
+        s.caches[index].lane = None  # reused once its pass in flight, if any, has run
+
+    def _pass_ended(self, s: _Session, index: int) -> None:
+        s.caches[index].busy_from = None
+
+    def _count_branches(self, s: _Session) -> None:
+        """Keep the worker's count of branch lanes (all sessions) current."""
+        lanes = len(s.tree.lanes) - 1
+        self.load.branches += lanes - s.counted_branches
+        s.counted_branches = lanes
