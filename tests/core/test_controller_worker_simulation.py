@@ -64,6 +64,10 @@ class Sim:
     seed: int
     kill_at: float | None = None
     eos: frozenset[int] = frozenset()
+    branches: int = 4  # the controller's ControllerConfig.branches (a draft tree by default)
+    # positions where the worker's draft, when wrong, has the target's token as its runner-up
+    # (None: two of three wrong positions)
+    runner_up: frozenset[int] | None = None
     events: list = field(default_factory=list)
     output: list[int] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
@@ -79,7 +83,8 @@ class Sim:
         self.ctrl = ControllerCore(
             1, self.ref[: self.n_prompt],
             StopCriteria(max_tokens=self.max_tokens, eos_ids=self.eos), SamplingParams(),
-            ControllerConfig(gamma=self.gamma, policy=PolicyConfig(self.policy)),
+            ControllerConfig(gamma=self.gamma, policy=PolicyConfig(self.policy),
+                             branches=self.branches),
             has_local_draft=self.has_local,
             estimates=Estimates.with_priors(self.rtt or 0.001, self.target_s, self.draft_s))
         self.busy = False
@@ -214,8 +219,9 @@ class Sim:
                 tok = self.pred(self.worker_wrong, pos)
                 ent = 2.0 if pos in self.worker_wrong and pos % 2 else 0.2
                 right = self.ref[pos] if pos < len(self.ref) else 0
-                # the target's token is the draft's runner-up at two of three wrong positions
-                alternatives = ((right, (tok + 7) % 1000) if pos in self.worker_wrong and pos % 3
+                # the target's token is the draft's runner-up at some wrong positions
+                helps = pos % 3 if self.runner_up is None else pos in self.runner_up
+                alternatives = ((right, (tok + 7) % 1000) if pos in self.worker_wrong and helps
                                 else ((tok + 5) % 1000, (tok + 6) % 1000))
                 self.at(self.worker_free, self.worker_done, a.rid,
                         DraftDone(a.run.op, tok, ent, 0.5, alternatives, (0.3, 0.1)))
@@ -282,6 +288,8 @@ def scenarios(draw):
         target_s=draw(st.sampled_from([0.005, 0.03, 0.1])),
         draft_s=draw(st.sampled_from([0.001, 0.004, 0.02])),
         worker_wrong=frozenset(draw(st.lists(positions, max_size=8))),
+        runner_up=frozenset(draw(st.lists(positions, max_size=8))),
+        branches=draw(st.sampled_from([0, 1, 2, 4])),
         local_wrong=frozenset(draw(st.lists(positions, max_size=8))),
         seed=draw(st.integers(0, 2**16)),
     )
@@ -340,8 +348,7 @@ def _branchy_run(branches: int) -> Sim:
     wrong = frozenset(range(10, 70, 6))  # every sixth position (the runner-up is right at 2/3)
     sim = Sim(ref=ref, n_prompt=4, policy=PolicyName.REMOTE, gamma=4, max_tokens=64,
               has_local=False, rtt=0.1, jitter=0.0, target_s=0.03, draft_s=0.004,
-              worker_wrong=wrong, local_wrong=frozenset(), seed=0)
-    sim.ctrl.branches = branches
+              worker_wrong=wrong, local_wrong=frozenset(), seed=0, branches=branches)
     sim.run()
     _check(sim)
     return sim
