@@ -70,6 +70,7 @@ class InprocDeployment:
         """One request; worker figures are this request's (the worker's own session account)."""
         st = self.worker_device.stats
         passes0, busy0, compute0 = st.passes, st.busy_s, st.compute_s
+        up0, down0 = self._wire_bytes()
         result = await self.engine.agenerate(prompt, **kwargs)
         rid = result.metrics["request_id"]
         stats = {}
@@ -80,12 +81,22 @@ class InprocDeployment:
         result.metrics["draft_passes"]["worker"] = passes
         if rid in stats:
             result.metrics["worker_wasted_passes"] = stats[rid].wasted
+        up, down = self._wire_bytes()
+        # what crossed the link while the request ran (its own traffic when it ran alone;
+        # shared with the requests that ran beside it otherwise): frames, headers included
+        result.metrics["wire_bytes"] = {"worker_to_controller": down - down0,
+                                        "controller_to_worker": up - up0}
         result.devices[self.worker_device.name] = {
             "passes": st.passes - passes0, "busy_s": st.busy_s - busy0,
             "compute_s": st.compute_s - compute0,
             "passes_by_model": dict(st.by_model),
         }
         return result
+
+    def _wire_bytes(self) -> tuple[int, int]:
+        """Bytes sent so far on every connection: (controller to worker, worker to controller)."""
+        return (sum(end.sent.bytes for end in self._ends[0::2]),
+                sum(end.sent.bytes for end in self._ends[1::2]))
 
     async def __aenter__(self) -> "InprocDeployment":
         return self
