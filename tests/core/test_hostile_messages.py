@@ -95,3 +95,34 @@ def test_adaptive_waits_for_a_silent_worker_are_bounded(has_local):
         actions = core.on_timer(now)
     assert core.transcript.output == [5] * 12
     assert now < 2.0  # (12 tokens of 30 ms, and waits of a few round trips at most)
+
+
+@pytest.mark.parametrize("bad", [
+    Drafts(7, 0, 4, (9, 8), lane=1, parent=0, fork=4),  # its parent's own token at its fork
+    Drafts(7, 0, 9, (9, 8), lane=1, parent=0, fork=9),  # a fork past what the main line drafted
+    Drafts(7, 0, 4, (5, 8), lane=1, parent=3, fork=4),  # off a lane that never existed
+    Drafts(7, 1, 4, (5, 8), lane=2, parent=0, fork=4),  # a new epoch that starts with a branch
+], ids=["parents-token", "fork-outside", "unknown-parent", "epoch-starts-with-branch"])
+def test_a_worker_sending_a_malformed_draft_tree_is_dropped(bad):
+    core = ControllerCore(7, [1, 2, 3], StopCriteria(max_tokens=8), SamplingParams(),
+                          ControllerConfig(gamma=3, lookahead=4, branches=2,
+                                           policy=PolicyConfig(PolicyName.REMOTE)),
+                          has_local_draft=False, vocab_size=100)
+    core.start(0.0)
+    core.on_message(Drafts(7, 0, 3, (8, 9)), 0.1)
+    out = core.on_message(bad, 0.2)
+    assert core.stats.worker_lost and "protocol error" in core.stats.worker_lost
+    assert any(isinstance(a, Log) for a in out)
+
+
+def test_a_worker_growing_more_lanes_than_the_session_allows_is_dropped():
+    core = ControllerCore(7, [1, 2, 3], StopCriteria(max_tokens=8), SamplingParams(),
+                          ControllerConfig(gamma=3, lookahead=4, branches=1,
+                                           policy=PolicyConfig(PolicyName.REMOTE)),
+                          has_local_draft=False, vocab_size=100)
+    core.start(0.0)
+    core.on_message(Drafts(7, 0, 3, (8, 9, 10)), 0.1)
+    core.on_message(Drafts(7, 0, 3, (20, 21), lane=1, parent=0, fork=3), 0.1)
+    assert core.worker_ok
+    core.on_message(Drafts(7, 0, 4, (30, 31), lane=2, parent=0, fork=4), 0.1)
+    assert not core.worker_ok and "more than 2 lanes" in core.stats.worker_lost
