@@ -11,6 +11,7 @@ from scipy.stats import chisquare
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
 from wanspec.sampling import (
+    MAX_ALTERNATIVES,
     SamplingParams,
     choose_tokens,
     draft_choice,
@@ -183,6 +184,45 @@ def test_draft_choice_is_coupled_to_the_target_noise():
     target = choose_tokens(logits, positions, params)
     draft = [draft_choice(logits[i], p, params).token for i, p in enumerate(positions)]
     assert draft == target
+
+
+def test_draft_choice_greedy_alternatives_are_the_runner_up_logits():
+    c = draft_choice(LOGITS6, 17, SamplingParams())
+    order = torch.argsort(LOGITS6, descending=True).tolist()
+    assert c.token == order[0]
+    assert c.alternatives == tuple(order[1 : 1 + MAX_ALTERNATIVES])
+    p = torch.softmax(LOGITS6.double(), -1)
+    assert all(math.isclose(q, float(p[t]), rel_tol=1e-12)
+               for t, q in zip(c.alternatives, c.alt_probs))
+
+
+def test_draft_choice_sampled_alternatives_rank_by_the_noised_score():
+    """When sampling, the alternatives are the runner-ups of log p + the position's noise: the
+    target's next choices if its distribution were the draft's, nudged."""
+    params = SamplingParams(temperature=0.9, seed=5)
+    for position in range(30):
+        c = draft_choice(LOGITS6, position, params)
+        logp = processed_logprobs(LOGITS6.unsqueeze(0), params)[0]
+        score = logp + gumbel_noise(params.seed, position, 6)
+        order = torch.argsort(score, descending=True).tolist()
+        assert c.token == order[0]
+        assert c.alternatives == tuple(order[1 : 1 + MAX_ALTERNATIVES])
+        assert all(math.isclose(q, math.exp(float(logp[t])), rel_tol=1e-12)
+                   for t, q in zip(c.alternatives, c.alt_probs))
+
+
+def test_draft_choice_alternatives_skip_filtered_tokens():
+    params = SamplingParams(temperature=1.0, top_k=2, seed=3)
+    for position in range(20):
+        c = draft_choice(LOGITS6, position, params)
+        assert len(c.alternatives) == 1  # top-k 2: the chosen token and one other survive
+        assert {c.token, *c.alternatives} == set(torch.topk(LOGITS6, 2).indices.tolist())
+        assert c.alt_probs[0] > 0
+    tiny = draft_choice(torch.tensor([1.0, 3.0]), 0, SamplingParams())  # vocabulary of 2
+    assert (tiny.token, tiny.alternatives) == (1, (0,))
+    masked = draft_choice(torch.tensor([1.0, float("-inf"), 3.0, float("-inf")]), 0,
+                          SamplingParams())
+    assert (masked.token, masked.alternatives) == (2, (0,))
 
 
 # ---- distributions (chi-square; fixed seeds, so deterministic) --------------------------------

@@ -114,17 +114,35 @@ def choose_tokens(logits: torch.Tensor, positions: Sequence[int], params: Sampli
     return out
 
 
+MAX_ALTERNATIVES = 3  # runner-up tokens a draft pass reports besides its choice
+
+
 @dataclass(frozen=True)
 class DraftChoice:
-    """A drafted token plus the draft's confidence signals, used by redundancy policies."""
+    """A drafted token plus the draft's confidence signals, used by redundancy policies.
+
+    ``alternatives``: the draft's next choices after ``token``, best first, at most
+    :data:`MAX_ALTERNATIVES`, ranked by the score that chose ``token`` (see :func:`draft_choice`);
+    ``alt_probs``: their probabilities under the draft's processed distribution.
+    """
 
     token: int
     entropy: float  # nats, of the draft's processed distribution
     top_prob: float  # probability of the draft's most likely token
+    alternatives: tuple[int, ...] = ()
+    alt_probs: tuple[float, ...] = ()
 
 
 def draft_choice(logits: torch.Tensor, position: int, params: SamplingParams) -> DraftChoice:
-    """The draft's proposal for ``position`` from its logits row, coupled to the target's noise."""
+    """The draft's proposal for ``position`` from its logits row, coupled to the target's noise.
+
+    The token maximises a score: the logits when greedy (as the target's greedy choice, which
+    top-k and top-p do not change), else the processed log-probabilities plus the position's
+    Gumbel noise (the target's sampling rule on the draft's distribution).  The runner-ups by the
+    same score are the alternatives: the tokens the target would pick instead if the draft's
+    distribution were a little off.  Tokens whose score is -inf (filtered out) are never
+    alternatives.
+    """
     import torch
 
     row = logits.reshape(1, -1)
@@ -134,7 +152,18 @@ def draft_choice(logits: torch.Tensor, position: int, params: SamplingParams) ->
     entropy = float(-(p[finite] * logp[finite]).sum())
     top_prob = float(p.max())
     if params.greedy:
-        token = int(torch.argmax(row[0]))
+        score = row[0]
     else:
-        token = int(torch.argmax(logp + gumbel_noise(params.seed, position, logp.size(0))))
-    return DraftChoice(token=token, entropy=max(entropy, 0.0), top_prob=top_prob)
+        score = logp + gumbel_noise(params.seed, position, logp.size(0))
+    token = int(torch.argmax(score))
+    k = min(MAX_ALTERNATIVES + 1, score.size(0))
+    best = torch.topk(score, k)
+    alternatives: list[int] = []
+    for value, index in zip(best.values.tolist(), best.indices.tolist()):
+        if len(alternatives) == MAX_ALTERNATIVES or value == float("-inf"):
+            break
+        if index != token:
+            alternatives.append(int(index))
+    alt_probs = tuple(float(p[i]) for i in alternatives)
+    return DraftChoice(token=token, entropy=max(entropy, 0.0), top_prob=top_prob,
+                       alternatives=tuple(alternatives), alt_probs=alt_probs)
