@@ -167,9 +167,30 @@ class ScriptedLM:
         return logits
 
     def forward_batch(self, feeds, *, skip_closed: bool = False):
-        """CausalLM's batched interface; a scripted model has nothing to gain from batching."""
-        return [None if skip_closed and f.cache.closed else self.forward(f.cache, f.start, f.tokens)
-                for f in feeds]
+        """CausalLM's batched interface; a scripted model has nothing to gain from batching.  A
+        fork (``Feed.source``) takes the source's first ``start`` tokens as they were before the
+        pass."""
+        copied = {}
+        for i, f in enumerate(feeds):
+            source = getattr(f, "source", None)
+            if source is None:
+                continue
+            if source.closed and not skip_closed:
+                raise ValueError("a fork copies a closed KV cache")
+            if f.start > source.length:
+                raise ValueError(f"cache holds {source.length} tokens, cannot feed at position "
+                                 f"{f.start}")
+            copied[i] = list(source.tokens[: f.start])
+        out = []
+        for i, f in enumerate(feeds):
+            source = getattr(f, "source", None)
+            if skip_closed and (f.cache.closed or (source is not None and source.closed)):
+                out.append(None)
+                continue
+            if i in copied:
+                f.cache.tokens = copied[i]
+            out.append(self.forward(f.cache, f.start, f.tokens))
+        return out
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

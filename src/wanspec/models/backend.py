@@ -85,11 +85,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class Feed(NamedTuple):
-    """One request's part of a forward pass: cut ``cache`` to ``start`` tokens, feed ``tokens``."""
+    """One request's part of a forward pass: cut ``cache`` to ``start`` tokens, feed ``tokens``.
+
+    With ``source`` (a cache of the same model), ``cache`` first takes the first ``start``
+    positions of ``source`` (keys and values of every layer) instead of its own: a fork, e.g. a
+    draft-tree branch starting from its parent lane.  The copy reads ``source`` as it was before
+    the pass, even when ``source`` is fed (or is itself a fork's destination) in the same pass.
+    """
 
     cache: KVCache
     start: int
     tokens: Sequence[int]
+    source: KVCache | None = None
 
 
 class CausalLM:
@@ -214,7 +221,8 @@ class CausalLM:
         a real position sees.  Padded positions are written past the request's end and ignored.
 
         A closed cache is an error, unless ``skip_closed``: then that request (cancelled while
-        its pass waited) is left out and gets ``None``, and the others run.
+        its pass waited) is left out and gets ``None``, and the others run.  The same holds for a
+        feed's ``source``: a fork whose source was closed is an error or left out.
         """
         if not feeds:
             return []
@@ -229,21 +237,35 @@ class CausalLM:
             seen.add(f.cache.slot)
             if not f.tokens:
                 raise ValueError("forward needs at least one token per request")
-            if not 0 <= f.start <= f.cache.length:
-                raise ValueError(f"cache holds {f.cache.length} tokens, cannot feed at position {f.start}")
-        live: list[int] = []  # feeds whose slot this pass holds
+            held = f.cache
+            if f.source is not None:
+                if f.source.pool is not self.pool:
+                    raise ValueError(f"a fork of {self.name} copies a KV cache of another model")
+                if f.source.closed and not skip_closed:
+                    raise ValueError("a fork copies a closed KV cache")
+                held = f.source
+            if not 0 <= f.start <= held.length:
+                raise ValueError(f"cache holds {held.length} tokens, cannot feed at position {f.start}")
+        live: list[int] = []  # feeds that run
+        passing: list[KVCache] = []  # caches whose slots this pass holds (fed or copied)
         try:
             for i, f in enumerate(feeds):
-                if f.cache.pass_started(skip_closed):
-                    live.append(i)
+                if not f.cache.pass_started(skip_closed):
+                    continue
+                passing.append(f.cache)
+                if f.source is not None:  # held too: its slot is not given back while copied
+                    if not f.source.pass_started(skip_closed):
+                        continue
+                    passing.append(f.source)
+                live.append(i)
             results: list[torch.Tensor | None] = [None] * len(feeds)
             if live:
                 for i, logits in zip(live, self._forward_batch([feeds[i] for i in live])):
                     results[i] = logits
             return results
         finally:
-            for i in live:
-                feeds[i].cache.pass_ended()
+            for cache in passing:
+                cache.pass_ended()
 
     def _forward_batch(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
         import torch
@@ -265,13 +287,19 @@ class CausalLM:
                                      f"({self.max_context} positions)")
                 length = self.fixed_length
             self.pool.ensure(max(f.cache.slot for f in feeds) + 1, max(int(write_at.max()) + 1, length))
+            # forks first, so that each reads its source as it was before the pass
+            self.pool.copy_prefixes([(f.source.slot, f.cache.slot, f.start) for f in feeds
+                                     if f.source is not None])
             visible = torch.arange(length)[None, None, :] <= write_at[:, :, None]  # [b, t, length]
             mask = torch.zeros((batch, 1, width, length), dtype=self.dtype)
             mask.masked_fill_(~visible[:, None], torch.finfo(self.dtype).min)
             view = BatchView(self.pool, torch.tensor([f.cache.slot for f in feeds]).to(self.device),
                              write_at.to(self.device), length)
             for f in feeds:
-                f.cache.crop(f.start)
+                if f.source is None:
+                    f.cache.crop(f.start)
+                else:  # holds the source's first ``start`` positions now, whatever it held
+                    f.cache.length = f.start
             out = self.model(input_ids=ids.to(self.device), position_ids=position_ids.to(self.device),
                              attention_mask=mask.to(self.device), use_cache=True,
                              cache=view)  # ``past_key_values`` before transformers 5.24

@@ -8,7 +8,10 @@ that request's own positions, in place, and attends over the rows of the request
 with a mask that lets each query see exactly its own request's positions up to itself.
 
 Rolling back is free: a slot's ``length`` is cut and later writes overwrite the stale
-positions.  Slots are recycled when a request's cache is closed or garbage-collected.  The pool
+positions.  A cache can also start from another's prefix (a draft-tree branch forking off its
+parent lane): the pass copies the source slot's first positions into the slot before the model
+runs (:meth:`SlotPool.copy_prefixes`), a device-memory copy instead of recomputing them.  Slots
+are recycled when a request's cache is closed or garbage-collected.  The pool
 grows (doubling slots or capacity, copying once) when a pass needs more than it holds.
 
 Contiguous slots keep the code short and the attention a plain masked SDPA; the price is memory
@@ -78,6 +81,28 @@ class SlotPool:
                 new[: old.shape[0], :, : old.shape[2]] = old
                 store[i] = new
         self.slots, self.capacity = slots, capacity
+
+    def copy_prefixes(self, copies: list[tuple[int, int, int]]) -> None:
+        """For each ``(source, destination, length)``: positions ``0 .. length-1`` of slot
+        ``destination`` (every layer, keys and values) become those of slot ``source``.
+
+        Every copy reads the slots as they were before any of them: all sources are gathered
+        first, then written (a slot may be one copy's destination and another's source).  The
+        slots and positions must exist (:meth:`ensure`); before the first pass allocated the
+        tensors no slot holds anything, and nothing is copied.
+        """
+        import torch
+
+        copies = [c for c in copies if c[2] > 0 and c[0] != c[1]]
+        if not copies or not self.keys:
+            return
+        device = self.keys[0].device
+        src = torch.cat([torch.full((n,), s, dtype=torch.long) for s, _, n in copies]).to(device)
+        dst = torch.cat([torch.full((n,), d, dtype=torch.long) for _, d, n in copies]).to(device)
+        pos = torch.cat([torch.arange(n, dtype=torch.long) for _, _, n in copies]).to(device)
+        for store in (self.keys, self.values):
+            for tensor in store:
+                tensor[dst, :, pos] = tensor[src, :, pos]  # the gather copies before the write
 
     def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The key and value tensors of layer ``index``, allocated on first use from the shape of
