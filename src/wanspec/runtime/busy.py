@@ -41,6 +41,7 @@ class _Job:
     action: RunTarget | RunDraft
     sampling: SamplingParams
     future: asyncio.Future
+    source: KVCache | None = None  # a draft pass's fork: the cache its cache copies a prefix of
 
 
 @dataclass
@@ -138,12 +139,17 @@ class SharedAccelerator:
         self._riders.pop(key, None)
 
     def enqueue(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
-                sampling: SamplingParams) -> asyncio.Future:
+                sampling: SamplingParams, source: KVCache | None = None) -> asyncio.Future:
         """Queue a pass now (synchronously: a rider's pass joins the pass being formed); the
-        future gets its result.  Cancelling the future withdraws the pass if it has not run."""
+        future gets its result.  Cancelling the future withdraws the pass if it has not run.
+
+        ``source`` (draft passes only): ``cache`` first takes ``source``'s first
+        ``action.start`` positions (:class:`~wanspec.models.backend.Feed`)."""
+        if source is not None and kind is not PassKind.DRAFT:
+            raise ValueError("only a draft pass forks a KV cache")
         loop = asyncio.get_running_loop()
         key = next(self._keys)
-        job = _Job(kind, cache, action, sampling, loop.create_future())
+        job = _Job(kind, cache, action, sampling, loop.create_future(), source)
         self._jobs[key] = job
         self.batcher.submit(key, kind, len(action.tokens), loop.time())
 
@@ -157,8 +163,8 @@ class SharedAccelerator:
         return job.future
 
     async def submit(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
-                     sampling: SamplingParams) -> Any:
-        return await self.enqueue(kind, cache, action, sampling)
+                     sampling: SamplingParams, source: KVCache | None = None) -> Any:
+        return await self.enqueue(kind, cache, action, sampling, source)
 
     async def _settle(self) -> None:
         """Let every driver woken by the last pass react before the next pass is formed.
@@ -228,13 +234,14 @@ class SharedAccelerator:
                 log.exception("the pass observer failed")
         placed = self.models[p.kind]
         assert placed is not None
-        items = [(j.cache, j.action, j.sampling) for j in jobs]
         started = loop.time()
         try:
             if p.kind is PassKind.TARGET:
-                results: list[Any] = await placed.run_targets(items)  # type: ignore[arg-type]
+                results: list[Any] = await placed.run_targets(
+                    [(j.cache, j.action, j.sampling) for j in jobs])  # type: ignore[misc]
             else:
-                results = await placed.run_drafts(items)  # type: ignore[arg-type]
+                results = await placed.run_drafts(
+                    [(j.cache, j.action, j.sampling, j.source) for j in jobs])  # type: ignore[misc]
         except Exception as exc:  # a failed pass fails its requests, not the accelerator
             for j in jobs:
                 if not j.future.done():
@@ -277,6 +284,8 @@ class BatchedModel:
                          sampling: SamplingParams) -> TargetDone:
         return await self.accelerator.submit(PassKind.TARGET, cache, action, sampling)
 
-    async def run_draft(self, cache: KVCache, action: RunDraft,
-                        sampling: SamplingParams) -> DraftDone:
-        return await self.accelerator.submit(PassKind.DRAFT, cache, action, sampling)
+    async def run_draft(self, cache: KVCache, action: RunDraft, sampling: SamplingParams,
+                        source: KVCache | None = None) -> DraftDone:
+        """A draft pass; with ``source``, ``cache`` first takes ``source``'s first
+        ``action.start`` positions (a fork, see :class:`~wanspec.models.backend.Feed`)."""
+        return await self.accelerator.submit(PassKind.DRAFT, cache, action, sampling, source)

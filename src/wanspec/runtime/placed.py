@@ -11,8 +11,12 @@ from wanspec.timing.device import Device, PassCost
 
 
 def _shape(items: list) -> dict[str, int]:
-    """What a batched pass's cost depends on: tokens fed, requests, longest window, KV read."""
-    actions = [a for _, a, _ in items]
+    """What a batched pass's cost depends on: tokens fed, requests, longest window, KV read.
+
+    A fork's KV copy (a draft pass with a source cache) is not in it: a device-memory copy of a
+    prefix's keys and values, negligible next to a pass, so a pass costs the same with or without
+    one."""
+    actions = [item[1] for item in items]
     return {"n_tokens": sum(len(a.tokens) for a in actions), "sequences": len(actions),
             "longest": max(len(a.tokens) for a in actions),
             "context": sum(a.start + len(a.tokens) for a in actions)}
@@ -42,12 +46,18 @@ class PlacedModel:
                                         context=action.start + n)
         return TargetDone(action.op, choices)
 
-    async def run_draft(self, cache: KVCache, action: RunDraft,
-                        sampling: SamplingParams) -> DraftDone:
+    async def run_draft(self, cache: KVCache, action: RunDraft, sampling: SamplingParams,
+                        source: KVCache | None = None) -> DraftDone:
+        """One draft pass; with ``source``, ``cache`` first takes ``source``'s first
+        ``action.start`` positions (:class:`~wanspec.models.backend.Feed`).  The pass's emulated
+        cost is the same either way (the copy is negligible next to a pass, see :func:`_shape`)."""
         def work() -> DraftDone:
-            logits = self.lm.forward(cache, action.start, action.tokens)
-            c = draft_choice(logits[-1], action.position, sampling)
-            return DraftDone(action.op, c.token, c.entropy, c.top_prob)
+            if source is None:
+                return _draft_done(action, self.lm.forward(cache, action.start, action.tokens),
+                                   sampling)
+            forked = self.lm.forward_batch([Feed(cache, action.start, action.tokens, source)])[0]
+            assert forked is not None
+            return _draft_done(action, forked, sampling)
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
                                      n_tokens=len(action.tokens), label=self.label,
@@ -75,21 +85,25 @@ class PlacedModel:
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
                                      label=self.label, **_shape(items))
 
-    async def run_drafts(self, items: list[tuple[KVCache, RunDraft, SamplingParams]]
-                         ) -> list[DraftDone | None]:
-        """Many requests' draft passes as one forward pass (``None`` as in :meth:`run_targets`)."""
+    async def run_drafts(self, items: list[tuple[KVCache, RunDraft, SamplingParams,
+                                                  KVCache | None]]) -> list[DraftDone | None]:
+        """Many requests' draft passes as one forward pass (``None`` as in :meth:`run_targets`,
+        also for a fork whose source cache was closed); an item's last element is the cache
+        its cache forks off (``Feed.source``), or None."""
         def work() -> list[DraftDone | None]:
-            feeds = [Feed(cache, a.start, a.tokens) for cache, a, _ in items]
+            feeds = [Feed(cache, a.start, a.tokens, source) for cache, a, _, source in items]
             out: list[DraftDone | None] = []
-            for logits, (_, a, sampling) in zip(self.lm.forward_batch(feeds, skip_closed=True),
-                                                items):
-                if logits is None:
-                    out.append(None)
-                    continue
-                c = draft_choice(logits[-1], a.position, sampling)
-                out.append(DraftDone(a.op, c.token, c.entropy, c.top_prob))
+            for logits, (_, a, sampling, _) in zip(self.lm.forward_batch(feeds, skip_closed=True),
+                                                   items):
+                out.append(None if logits is None else _draft_done(a, logits, sampling))
             return out
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
                                      label=self.label, **_shape(items))
 
+
+
+def _draft_done(action: RunDraft, logits, sampling: SamplingParams) -> DraftDone:
+    """A draft pass's result from the logits of its fed tokens (the last row proposes)."""
+    c = draft_choice(logits[-1], action.position, sampling)
+    return DraftDone(action.op, c.token, c.entropy, c.top_prob, c.alternatives, c.alt_probs)
