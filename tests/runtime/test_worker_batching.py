@@ -237,7 +237,7 @@ def test_a_pass_whose_cache_was_closed_is_dropped_quietly(worker_lm):
         await c.send(SessionStart(2, PROMPTS[1], lookahead=2))
         await until(lambda: len(c.tokens(1)) >= 3)
         (conn,) = service._open
-        conn.caches[1].close()  # behind the core's back: its next pass is skipped, not failed
+        conn.caches[1, 0].close()  # behind the core's back: its next pass is skipped, not failed
         n2 = len(c.tokens(2))
         await until(lambda: len(c.tokens(2)) >= n2 + 10)
         stalled = len(c.tokens(1))

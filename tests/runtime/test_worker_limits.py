@@ -242,7 +242,7 @@ def test_a_failing_draft_pass_ends_its_session_only(worker_lm):
                 got[m.rid].append(m)
             (core,) = service.active
             (conn,) = service._open
-            state = set(core.sessions), set(conn.caches)
+            state = set(core.sessions), {rid for rid, _ in conn.caches}
             await c.send(Commit(2, 0, 3, tuple(d.tokens[0] for d in got[2])))
             more = await recv(c)
             await c.close()

@@ -6,9 +6,12 @@ a core says so.
 
 Every session of every connection drafts on one :class:`~wanspec.runtime.busy.SharedAccelerator`:
 the passes waiting when the device is free run as one batched forward (oldest first, at most
-``max_batch`` sequences), so many controllers' sessions share each draft pass.  Each session has
-at most one pass waiting, so oldest-first is round-robin over sessions: a connection with many
-sessions gets more passes only in proportion, and never delays another's beyond one turn.
+``max_batch`` sequences), so many controllers' sessions share each draft pass.  A session has
+one KV cache per lane of its draft tree (one for a plain chain; the core numbers them) and at
+most one pass waiting per lane, so oldest-first is round-robin over lanes: a connection with many
+sessions, or a session with many lanes, gets more passes only in proportion, and never delays
+another's beyond one turn.  A branch's first pass forks its cache off its parent lane's
+(:class:`~wanspec.models.backend.Feed`'s ``source``): the parent's prefix is copied, not recomputed.
 
 The limits (:class:`~wanspec.core.worker.WorkerLimits`) are the cores' decisions; this adapter
 counts the connections for :func:`~wanspec.core.worker.admit_connection`, and forgets everything
@@ -120,7 +123,7 @@ class WorkerService:
     def hello(self) -> Hello:
         return Hello(version=PROTOCOL_VERSION, role="worker", model=self.draft.name,
                      tokenizer=self.fingerprint, vocab_size=self.draft.vocab_size,
-                     capabilities=("drafts", "entropy"))
+                     capabilities=("drafts", "entropy", "branches"))
 
     async def handle(self, conn: Connection) -> None:
         """Serve one controller connection until it closes; never raises on peer errors.
@@ -184,8 +187,9 @@ class _Connection:
                                max_context=getattr(service.draft, "max_context", 1 << 16),
                                load=service.load, overloaded=overloaded,
                                auth_key=service.auth_key)
-        self.caches: dict[int, KVCache] = {}
-        self.waiting: dict[int, asyncio.Task[None]] = {}  # per session: its pass, until it ran
+        self.caches: dict[tuple[int, int], KVCache] = {}  # (session, cache number)
+        # per session and cache: its pass, until it ran
+        self.waiting: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # every draft task (a pass, then its results)
         self.closing = False
 
@@ -235,22 +239,29 @@ class _Connection:
     def apply(self, a: WorkerAction) -> None:
         """Carry out an action other than a Send (none of them waits)."""
         if isinstance(a, DraftFor):
-            cache = self.caches.get(a.rid)
+            source = None
+            if a.copy_from is not None:
+                source = self.caches.get((a.rid, a.copy_from))
+                if source is None:
+                    raise RuntimeError(f"session {a.rid}: cache {a.cache} copies cache "
+                                       f"{a.copy_from}, which the session does not have")
+            key = (a.rid, a.cache)
+            cache = self.caches.get(key)
             if cache is None:
-                cache = self.caches[a.rid] = self.svc.draft.new_cache()
-            task = asyncio.create_task(self._draft(a, cache))
-            self.waiting[a.rid] = task
+                cache = self.caches[key] = self.svc.draft.new_cache()
+            task = asyncio.create_task(self._draft(a, cache, source))
+            self.waiting[key] = task
             self.tasks.add(task)
             task.add_done_callback(self._task_done)
         elif isinstance(a, Release):
-            # its waiting pass leaves the queue (or the running pass skips it); the KV slot goes
-            # back now, or when a pass still writing into it ends
-            pending = self.waiting.pop(a.rid, None)
-            if pending is not None and pending is not asyncio.current_task():
-                pending.cancel()
-            cache = self.caches.pop(a.rid, None)
-            if cache is not None:
-                cache.close()
+            # its waiting passes leave the queue (or the running pass skips them); the KV slots
+            # go back now, or when a pass still writing into (or copying from) them ends
+            for key in [k for k in self.waiting if k[0] == a.rid]:
+                pending = self.waiting.pop(key)
+                if pending is not asyncio.current_task():
+                    pending.cancel()
+            for key in [k for k in self.caches if k[0] == a.rid]:
+                self.caches.pop(key).close()
         elif isinstance(a, Log):
             self.svc.log_once(self.conn.peer, a.message)
         elif isinstance(a, Close):
@@ -271,21 +282,26 @@ class _Connection:
         closer = asyncio.get_running_loop().create_task(self.conn.close())  # ends run()'s recv
         closer.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _draft(self, a: DraftFor, cache: KVCache) -> None:
-        """Run one draft pass on the shared accelerator, then hand its result to the core."""
+    async def _draft(self, a: DraftFor, cache: KVCache, source: KVCache | None) -> None:
+        """Run one draft pass on the shared accelerator (forking ``cache`` off ``source`` first
+        if given), then hand its result to the core."""
         me = asyncio.current_task()
+        key = (a.rid, a.cache)
         try:
-            ev = await self.svc.drafter.run_draft(cache, a.run, a.sampling)
+            if source is None:
+                ev = await self.svc.drafter.run_draft(cache, a.run, a.sampling)
+            else:
+                ev = await self.svc.drafter.run_draft(cache, a.run, a.sampling, source=source)
         except Exception as exc:  # (a cancellation is not an Exception: it propagates)
-            if cache.closed:
+            if cache.closed or (source is not None and source.closed):
                 return  # the session was released while its pass waited: dropped quietly
             log.warning("%s: session %d: draft pass failed: %r", self.conn.peer, a.rid, exc)
             actions = self.core.on_draft_failed(a.rid, a.run.op, type(exc).__name__)
         else:
             actions = self.core.on_draft_done(a.rid, ev)
         finally:
-            if self.waiting.get(a.rid) is me:
-                del self.waiting[a.rid]
+            if self.waiting.get(key) is me:
+                del self.waiting[key]
         try:
             await self._execute(actions)
         except ConnectionClosed:
