@@ -359,11 +359,22 @@ class RemoteEngine:
         costs the other requests."""
         self.estimates.observe_busy_pass(kind is PassKind.TARGET, requests, longest)
 
+    def _branches_on(self, index: int | None) -> int:
+        """The branch lanes a request may ask of worker ``index``: the configured number, or
+        none if that worker's Hello does not announce draft trees (an older worker)."""
+        if index is None or self.workers is None:
+            return self.config.branches
+        hello = self.workers.links[index].peer_hello
+        if hello is None or "branches" not in hello.capabilities:
+            return 0
+        return self.config.branches
+
     @staticmethod
     def hello_for(target: CausalLM) -> Hello:
         return Hello(version=PROTOCOL_VERSION, role="controller", model=target.name,
                      tokenizer=tokenizer_fingerprint(target.tokenizer),
-                     vocab_size=target.vocab_size, capabilities=("drafts", "entropy"))
+                     vocab_size=target.vocab_size,
+                     capabilities=("drafts", "entropy", "branches"))
 
     async def agenerate(
         self,
@@ -413,6 +424,7 @@ class RemoteEngine:
                               estimates=(self.estimates if placed.index is None or pool is None
                                          else pool.estimates[placed.index]),
                               vocab_size=self.target.vocab_size)
+        core.branches = self._branches_on(placed.index)
         busy0, passes0 = self.device.stats.busy_s, self.device.stats.passes
         compute0 = self.device.stats.compute_s
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -573,6 +585,7 @@ class RemoteEngine:
                     if not core.worker_ok and not core.finished and pool is not None:
                         placed.attach(event.index, core.stats)
                         pool.attach(event.index, core.rid, queue)
+                        core.branches = self._branches_on(event.index)
                         actions = core.on_worker_attached(now, pool.estimates[event.index])
                 elif isinstance(event, (TargetDone, DraftDone, WorkerLost)):
                     actions = core.on_event(event, now)
