@@ -94,7 +94,8 @@ def generate(pair: ModelPair, prompt: str | Sequence[int], *, mode: str = "sd",
 def deployment(pair: ModelPair, *, rtt: str | float = "40ms", jitter: str | float = 0.0,
                bandwidth: str | float = 0.0, loss: float = 0.0, policy: str = "adaptive",
                gamma: int = 4, max_slowdown: float | None = None,
-               timing: TimingConfig | None = None, seed: int = 0) -> InprocDeployment:
+               timing: TimingConfig | None = None, seed: int = 0,
+               branches: int = ControllerConfig.branches) -> InprocDeployment:
     """Both sites in this process over an emulated WAN link, as an ``async with`` context
     (``await dep.generate(prompt, ...)``).  Run it with :func:`wanspec.timing.clock.run`,
     ``virtual=timing.emulated``, or use :func:`emulate_deployment`."""
@@ -105,7 +106,8 @@ def deployment(pair: ModelPair, *, rtt: str | float = "40ms", jitter: str | floa
                      else float(bandwidth))
     link = LinkParams(rtt_ms=rtt_ms, jitter_ms=_ms(jitter, "jitter"), bandwidth_bps=bandwidth_bps,
                       spike_prob=loss, spike_ms=rtt_ms if loss else 0.0, seed=seed)
-    config = ControllerConfig(gamma=gamma, policy=_policy(policy, max_slowdown))
+    config = ControllerConfig(gamma=gamma, policy=_policy(policy, max_slowdown),
+                              branches=branches)
     return InprocDeployment(pair.target, pair.draft, link=link, timing=timing, config=config,
                             local_draft=policy != PolicyName.REMOTE.value)
 
@@ -133,7 +135,8 @@ def remote_engine(pair: ModelPair, workers: Sequence[str], *, transport: str = "
                   cert: Path | None = None, key: Path | None = None,
                   auth_key: bytes | None = None, timeout_s: float = 5.0,
                   policy: str = "adaptive", gamma: int = 4, max_slowdown: float | None = None,
-                  timing: TimingConfig | None = None) -> RemoteEngine:
+                  timing: TimingConfig | None = None,
+                  branches: int = ControllerConfig.branches) -> RemoteEngine:
     """The busy site's engine, drafting on real workers at ``HOST:PORT`` (the best of several;
     ``pair.draft``, if any, is the local copy for redundancy and fallback).  Create it inside
     the event loop that uses it; ``await engine.agenerate(prompt, ...)`` decodes."""
@@ -153,7 +156,7 @@ def remote_engine(pair: ModelPair, workers: Sequence[str], *, transport: str = "
     links = [WorkerLink(connector(a), hello, hello_timeout=timeout_s, name=a, auth_key=auth_key)
              for a in workers]
     name = PolicyName.REMOTE.value if pair.draft is None else policy
-    config = ControllerConfig(gamma=gamma, policy=_policy(name, max_slowdown))
+    config = ControllerConfig(gamma=gamma, policy=_policy(name, max_slowdown), branches=branches)
     return RemoteEngine(pair.target, links, local_draft=pair.draft, timing=timing, config=config)
 
 

@@ -18,6 +18,7 @@ from wanspec import __version__
 from wanspec.cli.common import (check_count, configure_threads, fail, quiet_libraries,
                                 site_threads, user_errors)
 from wanspec.cli.render import print_generation
+from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig
 from wanspec.core.worker import WorkerLimits
 from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
@@ -74,6 +75,7 @@ app = typer.Typer(
 )
 console = Console(highlight=False)
 _POLICY = PolicyConfig()  # its defaults are the options' defaults
+_CONTROLLER = ControllerConfig()  # likewise
 _LIMITS = WorkerLimits()  # the worker's limits: their defaults are the options' defaults
 # help of options several commands take, so that each reads the same everywhere
 _H_TEMPERATURE = "Sampling temperature; 0 = greedy."
@@ -87,6 +89,9 @@ _H_SITE_THREADS = ("torch CPU threads (default: the CPUs this process may use, s
                    "with the other wanspec worker/controller processes on this machine).")
 _H_VERBOSE = "Log connections, sessions and fallbacks (INFO level)."
 _H_TRANSPORT = "tcp (TLS optional) or quic (always TLS)."
+_H_BRANCHES = ("Branch lanes the worker may grow besides its main draft line (a draft tree: a "
+               "rejection whose correction the tree holds needs no round trip); 0: a single "
+               "chain.")
 
 
 class GenerateMode(str, Enum):
@@ -118,6 +123,7 @@ def generate(
     policy: str = typer.Option("adaptive", "--policy", help="remote mode: remote, always, entropy or adaptive."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
+    branches: int = typer.Option(_CONTROLLER.branches, "--branches", help="remote mode: b" + _H_BRANCHES[1:]),
     temperature: float = typer.Option(0.0, "--temperature", help=_H_TEMPERATURE),
     top_p: float = typer.Option(1.0, "--top-p", help=_H_TOP_P),
     top_k: int = typer.Option(0, "--top-k", help=_H_TOP_K),
@@ -148,6 +154,7 @@ def generate(
         text = read_prompt(prompt)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         check_count("--gamma", gamma)
+        check_count("--branches", branches, minimum=0)
         check_count("--max-tokens", max_tokens)
         rtt_ms, jitter_ms = parse_duration_ms(rtt, "--rtt"), parse_duration_ms(jitter, "--jitter")
         if mode is GenerateMode.remote:
@@ -169,7 +176,7 @@ def generate(
             assert drf is not None
             result = remote_generate(
                 tgt, drf, text, rtt_ms=rtt_ms, jitter_ms=jitter_ms, policy=policy, gamma=gamma,
-                timing=timing, **kwargs).to_dict()
+                branches=branches, timing=timing, **kwargs).to_dict()
         else:
             engine = LocalEngine(tgt, drf, timing)
             result = engine.generate(text, mode=mode.value, gamma=gamma, **kwargs).to_dict()
@@ -195,6 +202,7 @@ def emulate(
     measured: bool = typer.Option(False, "--measured", help="Use this machine's real pass times instead of emulated costs."),
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window (standard SD, fixed policies)."),
+    branches: int = typer.Option(_CONTROLLER.branches, "--branches", help=_H_BRANCHES),
     sd_gammas: str = typer.Option("1-10", "--sd-gammas", help="Windows to search for best SD, the baseline of every ratio (a range like 1-10 or a list like 2,4,6)."),
     entropy_threshold: float = typer.Option(_POLICY.entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
@@ -226,6 +234,7 @@ def emulate(
         from wanspec.cli.emulate import run_emulate
 
         check_count("--gamma", gamma)
+        check_count("--branches", branches, minimum=0)
         check_count("--max-tokens", max_tokens)
         check_count("--max-batch", max_batch)
         ok = run_emulate(
@@ -241,7 +250,7 @@ def emulate(
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
             plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas, exact=exact,
             concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
-            max_batch=max_batch, admission=admission)
+            max_batch=max_batch, admission=admission, branches=branches)
     if not ok:
         raise typer.Exit(1)
 
@@ -331,6 +340,7 @@ def worker(
     max_connection_sessions: int = typer.Option(_LIMITS.max_connection_sessions, "--max-connection-sessions", help="Most live sessions of one connection."),
     max_prompt: int = typer.Option(_LIMITS.max_prompt, "--max-prompt", help="Longest prompt of a session, in tokens."),
     max_lookahead: int = typer.Option(_LIMITS.max_lookahead, "--max-lookahead", help="Most tokens a session drafts past its committed prefix (a controller asks for less)."),
+    max_branches: int = typer.Option(_LIMITS.max_branches, "--max-branches", help="Most branch lanes of one session's draft tree, besides its main line (each holds a KV cache; a controller asks for fewer); 0: a single chain."),
     hello_timeout: str = typer.Option(f"{_LIMITS.hello_timeout_s:g}", "--hello-timeout", help="Time a new connection has to send Hello (a bare number is seconds; or e.g. 500ms, 2s)."),
     idle_timeout: str = typer.Option(f"{_LIMITS.idle_timeout_s:g}", "--idle-timeout", help="Time without any message (controllers ping every second) before a connection is closed; 0 = never (a bare number is seconds; or e.g. 500ms, 2s)."),
     frame_timeout: str = typer.Option(f"{DEFAULT_FRAME_TIMEOUT_S:g}", "--frame-timeout", help="Time a frame may take to arrive whole from its first byte, or to be taken by the peer; a peer slower than that is dropped (a bare number is seconds; or e.g. 500ms, 2s)."),
@@ -350,7 +360,7 @@ def worker(
         limits = WorkerLimits(
             max_connections=max_connections, max_sessions=max_sessions,
             max_connection_sessions=max_connection_sessions, max_prompt=max_prompt,
-            max_lookahead=max_lookahead,
+            max_lookahead=max_lookahead, max_branches=max_branches,
             hello_timeout_s=parse_duration_s(hello_timeout, "--hello-timeout"),
             idle_timeout_s=parse_duration_s(idle_timeout, "--idle-timeout", zero=True))
         with site_threads("worker", threads) as site:
@@ -371,6 +381,7 @@ def controller(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (.jsonl or one per line)."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Maximum new tokens per prompt."),
     gamma: int = typer.Option(4, "--gamma", help="Draft tokens per verification window."),
+    branches: int = typer.Option(_CONTROLLER.branches, "--branches", help=_H_BRANCHES),
     policy: str = typer.Option("adaptive", "--policy", help="remote, always, entropy or adaptive."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
     no_local_draft: bool = typer.Option(False, "--no-local-draft", help="Load no local draft copy: without a worker, decode target-only (default: a local copy for redundant drafts and fallback)."),
@@ -425,6 +436,7 @@ def controller(
         check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"
               + (f"; got {' and '.join(given)}" if given else ""))
         check_count("--gamma", gamma)
+        check_count("--branches", branches, minimum=0)
         check_count("--max-tokens", max_tokens)
         timeout_s = parse_duration_s(timeout, "--timeout")
         grace_s = parse_duration_s(grace, "--grace", zero=True)
@@ -435,7 +447,7 @@ def controller(
                 run_controller(
                     worker=worker_addr, transport=transport.value, target=target, draft=draft,
                     local_draft=not no_local_draft, prompts=prompt_list, max_tokens=max_tokens,
-                    gamma=gamma,
+                    gamma=gamma, branches=branches,
                     policy=policy, max_slowdown=max_slowdown,
                     sampling=SamplingParams(temperature, top_k, top_p, seed),
                     stop=stop or (), ignore_eos=ignore_eos, ca=ca, insecure=insecure,

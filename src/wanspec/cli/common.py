@@ -61,15 +61,17 @@ def check(cond: bool, message: str) -> None:
 # the most any count flag may be: beyond it the value is a typo, not a setting
 COUNT_LIMITS: dict[str, int] = {
     "--gamma": 64,  # draft tokens per window: acceptance makes more than a few dozen useless
+    "--branches": 64,  # branch lanes of a draft tree: each is a KV cache and passes at the worker
     "--max-tokens": 1_000_000,
     "--max-batch": 4096,
     "--count": 100_000,
 }
 
 
-def check_count(flag: str, value: int) -> None:
-    """A count flag: at least 1 and at most its :data:`COUNT_LIMITS` entry (one-line error)."""
-    check(value >= 1, f"{flag} must be >= 1, got {value}")
+def check_count(flag: str, value: int, *, minimum: int = 1) -> None:
+    """A count flag: at least ``minimum`` (1, or 0 where 0 turns something off) and at most its
+    :data:`COUNT_LIMITS` entry (one-line error)."""
+    check(value >= minimum, f"{flag} must be >= {minimum}, got {value}")
     check(value <= COUNT_LIMITS[flag], f"{flag} must be at most {COUNT_LIMITS[flag]:,}, got {value}")
 
 

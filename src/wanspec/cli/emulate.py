@@ -13,6 +13,7 @@ from wanspec.cli.loading import load_models
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.emulate.prompts import load_prompts
 from wanspec.core.batcher import BatchLimits
+from wanspec.core.controller import ControllerConfig
 from wanspec.emulate.load import Closed, Load, Poisson
 from wanspec.emulate.report import (
     LOAD_COLUMNS,
@@ -139,7 +140,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 request_rate: float | None = None, slo_tpot: str = "50ms",
                 max_batch: int = 64, admission: bool = False,
                 compute_ms_per_token: float = 0.0, kv_ms_per_ktoken: float = 0.0,
-                per_sequence_ms: float = 0.0) -> bool:
+                per_sequence_ms: float = 0.0, branches: int = ControllerConfig.branches) -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_rtt_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     loads = parse_loads(concurrency, request_rate, seed)
@@ -149,6 +150,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(not (loads and record), "--record records one request at a time; drop --concurrency "
                                   "and --request-rate to record a trace")
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
+    check(branches >= 0, f"--branches must be >= 0, got {branches}")
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
@@ -169,6 +171,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     cfg = EmulationConfig(
         rtts_ms=rtts, jitter_ms=jitter_ms, bandwidth_bps=bandwidth_bps, spike_prob=loss,
         spike_ms=max(rtts) if loss else 0.0, timing=timing, policies=policies, gamma=gamma,
+        branches=branches,
         max_tokens=max_tokens, entropy_threshold=entropy_threshold,
         max_slowdown=max_slowdown,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),

@@ -85,6 +85,8 @@ def check_limits(limits: WorkerLimits, frame_timeout: float) -> None:
                         ("--max-prompt", limits.max_prompt),
                         ("--max-lookahead", limits.max_lookahead)):
         check(value >= 1, f"{flag} must be >= 1, got {value}")
+    check(limits.max_branches >= 0,
+          f"--max-branches must be >= 0 (0: a single chain), got {limits.max_branches}")
     for flag, seconds in (("--hello-timeout", limits.hello_timeout_s),
                           ("--frame-timeout", frame_timeout)):
         check(math.isfinite(seconds) and seconds > 0, f"{flag} must be > 0 seconds, got {seconds}")
@@ -183,6 +185,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
 
 def run_controller(*, worker: str | Sequence[str], transport: str, target: Path | None, draft: Path | None,
                    local_draft: bool, prompts: Sequence[str], max_tokens: int, gamma: int,
+                   branches: int = ControllerConfig.branches,
                    policy: str, max_slowdown: float, sampling: SamplingParams,
                    stop: Sequence[str], ignore_eos: bool,
                    ca: Path | None, insecure: bool, tls: bool, timeout_s: float,
@@ -197,6 +200,7 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
     """Decode ``prompts`` (printing each result as it finishes) or, with ``listen``, serve the
     API; raises :class:`WorkerRequired` if ``require_worker`` and a prompt had no worker."""
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
+    check(branches >= 0, f"--branches must be >= 0, got {branches}")
     check(math.isfinite(timeout_s) and timeout_s > 0,
           f"--timeout must be > 0 seconds, got {timeout_s}")
     check(not (require_worker and listen is not None),
@@ -245,6 +249,7 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
         engine = remote_engine(ModelPair(tgt, drf), workers, transport=transport, tls=tls, ca=ca,
                                insecure=insecure, cert=cert, key=key, auth_key=auth_key,
                                timeout_s=timeout_s, policy=pname.value, gamma=gamma,
+                               branches=branches,
                                max_slowdown=max_slowdown, timing=timing)
         assert engine.workers is not None
         links = engine.workers.links

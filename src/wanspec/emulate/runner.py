@@ -49,6 +49,7 @@ class EmulationConfig:
     timing: TimingConfig = field(default_factory=TimingConfig.deployment)
     policies: tuple[str, ...] = POLICIES
     gamma: int = 4
+    branches: int = ControllerConfig.branches  # draft-tree lanes of the remote policies
     max_tokens: int = 64
     entropy_threshold: float = 1.0
     max_slowdown: float = PolicyConfig().max_slowdown
@@ -156,7 +157,7 @@ class Emulation:
     def _controller_config(self, policy: str) -> ControllerConfig:
         c = self.config
         return ControllerConfig(gamma=c.gamma, policy=PolicyConfig(
-            PolicyName(policy), c.entropy_threshold, c.max_slowdown))
+            PolicyName(policy), c.entropy_threshold, c.max_slowdown), branches=c.branches)
 
     def _run_remote(self, policy: str, rtt: float, prompts: Sequence[str],
                     jitter_ms: float | None = None) -> ModeRuns:

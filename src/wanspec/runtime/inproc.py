@@ -115,6 +115,7 @@ class InprocDeployment:
 def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[int], *,
                     rtt_ms: float, jitter_ms: float = 0.0, policy: str = "adaptive",
                     gamma: int = 4, timing: TimingConfig | None = None,
+                    branches: int = ControllerConfig.branches,
                     **kwargs: Any) -> GenerationResult:
     """One request through controller + worker over an in-process link (virtual time if emulated)."""
     from wanspec.core.policy import PolicyConfig, PolicyName
@@ -127,7 +128,7 @@ def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[in
         raise WanspecError(f"unknown policy {policy!r}; choose from "
                            f"{', '.join(p.value for p in PolicyName)}") from None
     timing = timing or TimingConfig()
-    config = ControllerConfig(gamma=gamma, policy=PolicyConfig(name))
+    config = ControllerConfig(gamma=gamma, policy=PolicyConfig(name), branches=branches)
     link = LinkParams(rtt_ms=rtt_ms, jitter_ms=jitter_ms)
 
     async def main() -> GenerationResult:
