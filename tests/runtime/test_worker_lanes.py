@@ -295,9 +295,12 @@ def test_the_request_core_learns_the_branches_of_its_worker(target, near_draft, 
         async with InprocDeployment(target, near_draft, link=LinkParams(rtt_ms=20),
                                     timing=TimingConfig.emulate(30, 4),
                                     config=ControllerConfig(branches=2)) as dep:
-            return await dep.generate("To be, or not to be", max_tokens=8, ignore_eos=True)
+            r = await dep.generate("To be, or not to be", max_tokens=8, ignore_eos=True)
+            return r, dep.worker_device.stats
 
-    result = virtual(main)
+    result, worker = virtual(main)
     assert result.metrics["worker_used"]
     (core,) = cores
     assert core.branches == (2 if announced else 0)
+    if not announced:  # a single chain: one sequence in each of the worker's passes
+        assert worker.sequences == worker.passes > 0

@@ -220,11 +220,11 @@ class FailingDrafter:
         self.inner = inner
         self.poisoned: set[int] = set()
 
-    async def run_draft(self, cache, run, sampling):
-        if POISON in run.tokens or id(cache) in self.poisoned:
+    async def run_draft(self, cache, run, sampling, source=None):
+        if POISON in run.tokens or id(cache) in self.poisoned or id(source) in self.poisoned:
             self.poisoned.add(id(cache))
             raise RuntimeError("device lost")
-        return await self.inner.run_draft(cache, run, sampling)
+        return await self.inner.run_draft(cache, run, sampling, source=source)
 
 
 def test_a_failing_draft_pass_ends_its_session_only(worker_lm):
