@@ -723,7 +723,7 @@ class CoreHarness:
                 self._take(self.core.on_message(a.msg, self.now))
             elif not isinstance(a, (Route, Send)):
                 self._lost("link lost")
-        self.max_chain = max(self.max_chain, len(self.core.chain.drafts))
+        self.max_chain = max(self.max_chain, self.core.chain.held)
 
     def _lost(self, reason: str) -> None:
         from wanspec.core.actions import WorkerLost

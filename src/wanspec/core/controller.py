@@ -54,7 +54,7 @@ class ControllerConfig:
     max_window: int = 16  # adaptive: most drafts one verification carries
     # draft tree: branch lanes the worker may grow besides its main line (0: a single chain);
     # used only with a worker that announces the "branches" capability
-    branches: int = 4
+    branches: int = 16
 
     def __post_init__(self) -> None:
         if self.gamma < 1:

@@ -217,6 +217,11 @@ class RemoteTree:
     def lanes(self) -> int:
         return len(self.tree.lanes) if self.tree is not None else 0
 
+    @property
+    def held(self) -> int:
+        """Drafts held, all lanes together (what a worker can make us store)."""
+        return sum(len(x.drafts) for x in self.tree.lanes.values()) if self.tree is not None else 0
+
     # ---- events ---------------------------------------------------------------------------------
     def on_drafts(self, epoch: int, base: int, drafts: Sequence[DraftToken], now: float,
                   lane: int = 0, parent: int = 0, fork: int = 0) -> bool:

@@ -75,7 +75,7 @@ class WorkerLimits:
     max_connection_sessions: int = 64  # live sessions of one connection
     max_prompt: int = 32768  # tokens of a SessionStart's prompt
     max_lookahead: int = 64  # a session drafts at most this far past its committed prefix
-    max_branches: int = 8  # branch lanes of one session's draft tree (each holds a KV cache)
+    max_branches: int = 32  # branch lanes of one session's draft tree (each holds a KV cache)
     hello_timeout_s: float = HELLO_TIMEOUT_S  # a connection must send Hello within this
     idle_timeout_s: float = 60.0  # after Hello, a connection silent this long is closed (0: never)
 

@@ -457,6 +457,7 @@ class RemoteEngine:
             "worker": pool.name(placed.last) if pool is not None and placed.last is not None
             else None,
             "worker_moves": st.worker_moves,
+            "branch_hits": st.branch_hits,
             # did it finish with a worker (after moves, maybe), or by itself at the busy site
             "worker_at_end": worker_at_end,
             "remote_drafts_by_worker": {
