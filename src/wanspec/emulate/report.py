@@ -16,7 +16,9 @@ COLUMNS = [
     "busy_site_draft_passes_per_token", "busy_site_draft_passes_vs_best_sd", "best_sd_gamma",
     "latency_vs_standard_sd", "busy_site_draft_passes_vs_standard_sd",
     "worker_draft_passes_per_token", "target_passes_per_token", "wasted_drafts_per_token",
-    "stall_ms_per_token", "acceptance_rate", "mean_acceptance_length", "identical_to_target_only",
+    "stall_ms_per_token", "branch_hits_per_token", "worker_bytes_per_token",
+    "controller_bytes_per_token", "acceptance_rate", "mean_acceptance_length",
+    "identical_to_target_only",
 ]
 
 

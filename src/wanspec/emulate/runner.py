@@ -72,7 +72,7 @@ class ModeRuns:
 
 def _aggregate(runs: ModeRuns, reference: Sequence[list[int]]) -> dict[str, Any]:
     gaps: list[float] = []
-    tokens = busy = worker = target = drafted = accepted = wasted = 0
+    tokens = busy = worker = target = drafted = accepted = wasted = hits = down = up = 0
     stall = ttft = wall = 0.0
     identical = True
     for r, ref in zip(runs.results, reference):
@@ -86,6 +86,10 @@ def _aggregate(runs: ModeRuns, reference: Sequence[list[int]]) -> dict[str, Any]
         drafted += m["drafted_tokens"]
         accepted += m["accepted_tokens"]
         wasted += m.get("wasted_remote_drafts", 0)
+        hits += m.get("branch_hits", 0)
+        wire = m.get("wire_bytes") or {}
+        down += wire.get("worker_to_controller", 0)
+        up += wire.get("controller_to_worker", 0)
         stall += m.get("stall_s", 0.0)
         ttft += m["ttft_s"]
         wall += m["wall_s"]
@@ -106,6 +110,11 @@ def _aggregate(runs: ModeRuns, reference: Sequence[list[int]]) -> dict[str, Any]
         "target_passes_per_token": target / per_tok,
         "wasted_drafts_per_token": wasted / per_tok,
         "stall_ms_per_token": 1000 * stall / per_tok,
+        # rejections whose correction a branch of the worker's draft tree held
+        "branch_hits_per_token": hits / per_tok,
+        # link traffic (frames, headers included) per committed token, each way
+        "worker_bytes_per_token": down / per_tok,
+        "controller_bytes_per_token": up / per_tok,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "mean_acceptance_length": tokens / target if target else 0.0,
         "identical_to_target_only": identical,
