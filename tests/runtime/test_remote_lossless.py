@@ -58,14 +58,19 @@ def case_rng(*parts) -> random.Random:
 
 
 def run_deployment(target, draft, prompt, *, policy: str, rtt_ms: float, jitter_ms: float = 0.0,
-                   gamma: int = 4, local_draft: bool | None = None, seed: int = 0, **gen):
+                   gamma: int = 4, local_draft: bool | None = None, seed: int = 0,
+                   branches: int = ControllerConfig.branches, kill_at_s: float | None = None,
+                   **gen):
     local = policy != "remote" if local_draft is None else local_draft
     link = LinkParams(rtt_ms=rtt_ms, jitter_ms=jitter_ms, seed=seed)
-    config = ControllerConfig(gamma=gamma, policy=PolicyConfig(PolicyName(policy)))
+    config = ControllerConfig(gamma=gamma, policy=PolicyConfig(PolicyName(policy)),
+                              branches=branches)
 
     async def main():
         async with InprocDeployment(target, draft, link=link, timing=TIMING, config=config,
                                     local_draft=local) as dep:
+            if kill_at_s is not None:  # the worker site dies mid-request (virtual seconds)
+                asyncio.get_running_loop().call_later(kill_at_s, dep.kill_worker)
             return await asyncio.wait_for(dep.generate(prompt, **gen), 120)  # virtual seconds
 
     return clock.run(main, virtual=True)
@@ -296,3 +301,42 @@ def test_concurrent_first_requests_are_lossless(target, same_draft):
 def test_concurrent_first_requests_share_one_connection(target, same_draft):
     _, connections = _concurrent_first_requests(target, same_draft)
     assert connections == 1
+
+
+@pytest.mark.parametrize("branches", [0, 1, 16])
+@pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
+def test_draft_trees_of_every_budget_are_lossless(branches, sampling_name, drafter_kind, target,
+                                                  same_draft, random_draft):
+    """Whatever the tree budget and the drafter (the same model: its runner-ups are often the
+    target's token; a random one: its branches are noise; an oracle wrong at set places)."""
+    rng = case_rng("trees", branches, sampling_name, drafter_kind)
+    prompt = rng.choice(PROMPTS)
+    sampling = SAMPLINGS[sampling_name]
+    draft = pick_draft(drafter_kind, target, same_draft, random_draft, prompt, sampling)
+    ref = reference(target, prompt, sampling, ignore_eos=True)
+    r = run_deployment(target, draft, prompt, policy="adaptive", rtt_ms=rng.choice([50, 150]),
+                       jitter_ms=rng.uniform(0, 10), seed=rng.randrange(1000),
+                       branches=branches, max_tokens=MAX_TOKENS, sampling=sampling,
+                       ignore_eos=True)
+    assert r.token_ids == ref.token_ids
+    assert r.metrics["worker_lost"] is None  # an honest worker's tree is never refused
+    if branches == 0:
+        assert r.metrics["branch_hits"] == 0
+
+
+def test_a_worker_whose_runner_ups_are_right_is_followed_onto_its_branches(target, near_draft):
+    ref = reference(target, PROMPTS[0], GREEDY, ignore_eos=True)
+    r = run_deployment(target, near_draft, PROMPTS[0], policy="remote", rtt_ms=100,
+                       branches=16, max_tokens=MAX_TOKENS, ignore_eos=True)
+    assert r.token_ids == ref.token_ids
+    assert r.metrics["branch_hits"] > 0 and r.metrics["wire_bytes"]["worker_to_controller"] > 0
+
+
+@pytest.mark.parametrize("kill_at_s", [0.05, 0.2, 0.5])
+@pytest.mark.parametrize("policy", ["remote", "adaptive"])
+def test_a_worker_dying_mid_tree_loses_nothing(policy, kill_at_s, target, near_draft):
+    ref = reference(target, PROMPTS[2], SAMPLED, ignore_eos=True)
+    r = run_deployment(target, near_draft, PROMPTS[2], policy=policy, rtt_ms=100, branches=16,
+                       kill_at_s=kill_at_s, max_tokens=MAX_TOKENS, sampling=SAMPLED,
+                       ignore_eos=True)
+    assert r.token_ids == ref.token_ids
