@@ -574,6 +574,63 @@ async def drafts_instead_of_hello(w: FakeWorker) -> None:
     await w.send(Drafts(1, 0, 0, (1,)))
 
 
+# ---- draft trees: a worker that announces "branches" (the controller then asks for them) -------
+
+
+def announce_branches(w: FakeWorker) -> None:
+    w.hello = Hello(w.hello.version, w.hello.role, model=w.hello.model,
+                    tokenizer=w.hello.tokenizer, vocab_size=w.hello.vocab_size,
+                    capabilities=(*w.hello.capabilities, "branches"))
+
+
+async def tree_oracle(w: FakeWorker) -> None:
+    """A main line wrong at its third token, and a branch there holding the target's tokens:
+    a well-formed tree whose branch the controller takes (the control case for trees)."""
+    announce_branches(w)
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    span = range(n, min(n + start.lookahead, start.max_position or 1 << 30))
+    main = [w.wrong(p) if p == n + 2 else w.oracle(p) for p in span]
+    await w.send(Drafts(start.rid, 0, n, tuple(main)))
+    await w.send(Drafts(start.rid, 0, n + 2, tuple(w.oracle(p) for p in span[2:]), lane=1,
+                        parent=0, fork=n + 2))
+
+
+async def branches_unasked(w: FakeWorker) -> None:
+    """Branch lanes to a controller that asked for none (no "branches" in our Hello)."""
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    await w.send(Drafts(start.rid, 0, n, (w.oracle(n), w.oracle(n + 1))))
+    await w.send(Drafts(start.rid, 0, n, (w.wrong(n), 5), lane=1, parent=0, fork=n))
+
+
+async def branch_lies(w: FakeWorker) -> None:
+    """A branch that starts with its parent's own token (no branch at all)."""
+    announce_branches(w)
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    await w.send(Drafts(start.rid, 0, n, (w.wrong(n), w.wrong(n + 1))))
+    await w.send(Drafts(start.rid, 0, n, (w.wrong(n), 5), lane=1, parent=0, fork=n))
+
+
+async def endless_branches(w: FakeWorker) -> None:
+    """Valid-looking branches, each a new lane, as fast as the socket takes them."""
+    announce_branches(w)
+    await handshake(w)
+    start = await w.session()
+    n = len(start.prompt)
+    # (a right main line, so the fork at its end is not committed before the flood arrives)
+    await w.send(Drafts(start.rid, 0, n, tuple(w.oracle(p) for p in range(n, n + 4))))
+    lane = 0
+    while not w.eof and not w.writer.is_closing():
+        lane += 1
+        await w.send(Drafts(start.rid, 0, n + 3, (w.wrong(n + 3), w.rng.randrange(w.vocab)),
+                            lane=lane, parent=0, fork=n + 3))
+
+
 BEHAVIOURS: dict[str, Behaviour] = {f.__name__.replace("_", "-"): f for f in (
     honest_oracle, wrong_drafts, random_drafts, wrong_same_epoch, stale_epoch_oracle,
     shifted_plus, shifted_minus, oracle_one_ahead, out_of_vocab, typed_tokens, typed_fields,
@@ -583,6 +640,7 @@ BEHAVIOURS: dict[str, Behaviour] = {f.__name__.replace("_", "-"): f for f in (
     stall_after_drafts, close_before_hello, close_mid_stream, reset_mid_stream,
     garbage_before_hello, garbage_after_hello, raw_msgpack, controller_only_message, fatal_error,
     session_error_then_drafts, second_hello, other_rid, wrong_hello, drafts_instead_of_hello,
+    tree_oracle, branches_unasked, branch_lies, endless_branches,
 )}
 
 
@@ -654,6 +712,8 @@ DROPPED_FOR = {
     "stall-before-hello": "handshake in time", "partial-hello": "handshake in time",
     "drafts-instead-of-hello": "did not answer with Hello", "garbage-after-hello": "protocol error",
     "close-before-hello": "closed", "wrong-arity": "protocol error",
+    "branches-unasked": "without branches", "branch-lies": "its parent's own token",
+    "endless-branches": "repeats a branch",
 }
 
 
@@ -668,6 +728,9 @@ def test_hostile_worker_cannot_change_the_output(name, sampling_name, pair):
     why = " / ".join(filter(None, [result.metrics["worker_lost"], link.last_error]))
     if name in DROPPED_FOR:
         assert DROPPED_FOR[name] in why, why
+    if name == "tree-oracle":  # a well-formed tree is followed, not refused
+        assert result.metrics["worker_used"] and not why
+        assert sampling_name != "greedy" or result.metrics["branch_hits"] >= 1
     if name == "honest-oracle":
         # the harness reaches the controller: an oracle's drafts are verified and accepted
         assert result.metrics["worker_used"] and not why
