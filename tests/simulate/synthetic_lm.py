@@ -105,9 +105,14 @@ class SyntheticLM:
             for i in range(n):
                 logits[i, w.target[start + i + 1]] = 10.0
             return logits
-        tok, ent, _ = w.draft(cache.draft, start, tokens)
+        tok, ent, _, alts, _ = w.draft(cache.draft, start, tokens)
         p = _top_prob_for(ent, self.vocab_size)
-        logits = torch.full((n, self.vocab_size), math.log((1.0 - p) / (self.vocab_size - 1)),
-                            dtype=torch.float64)
+        rest = math.log((1.0 - p) / (self.vocab_size - 1))
+        logits = torch.full((n, self.vocab_size), rest, dtype=torch.float64)
         logits[-1, tok] = math.log(p)
+        # the draft's next choices, best first, as the simulator ranks them: a hair above the
+        # rest (their probabilities are not the simulator's alt_probs; the entropy is unchanged
+        # to ~1e-12 nats)
+        for i, a in enumerate(alts):
+            logits[-1, a] = rest + (len(alts) - i) * 1e-12
         return logits

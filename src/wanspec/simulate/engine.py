@@ -69,6 +69,21 @@ def controller_config(cfg: SimConfig, policy: str) -> ControllerConfig:
         policy=PolicyConfig(PolicyName(policy), cfg.entropy_threshold, cfg.max_slowdown))
 
 
+def worker_cache(caches: dict[int, DraftCache], a: DraftFor) -> DraftCache:
+    """The cache ``a`` runs on among its session's ``caches`` (by number), made or reused; with
+    ``copy_from``, it first takes the first ``run.start`` positions of that cache."""
+    cache = caches.get(a.cache)
+    if cache is None:
+        cache = caches[a.cache] = DraftCache()
+    if a.copy_from is not None:
+        source = caches.get(a.copy_from)
+        if source is None:
+            raise ValueError(f"session {a.rid}: copy from draft cache {a.copy_from}, "
+                             "which it never used")
+        cache.copy_from(source, a.run.start)
+    return cache
+
+
 def pass_seconds(base_ms: float, per_token_ms: float, tokens: int) -> float:
     """``PassCost.seconds``: what the emulated devices charge for a pass feeding ``tokens``."""
     return (base_ms + per_token_ms * (tokens - 1)) / 1000.0
@@ -92,7 +107,7 @@ class RemoteSim:
             target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
             verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
             worker_demand=self.link.worker_demand)
-        self.wcaches: dict[int, DraftCache] = {}
+        self.wcaches: dict[int, dict[int, DraftCache]] = {}  # session -> its caches by number
         self.worker_free = 0.0
         self.worker_busy = 0.0
         self.cores: dict[int, ControllerCore] = {}  # by request id, kept until the worker reported
@@ -181,9 +196,9 @@ class RemoteSim:
                 cost = pass_seconds(cfg.target_ms, cfg.verify_per_token_ms, len(a.tokens))
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, RunDraft):
-                token, entropy, top = world.draft(self.local_cache, a.start, a.tokens)
+                done = DraftDone(a.op, *world.draft(self.local_cache, a.start, a.tokens))
                 cost = pass_seconds(cfg.draft_ms, cfg.draft_per_token_ms, len(a.tokens))
-                self._at(now + cost, self._c_done, DraftDone(a.op, token, entropy, top))
+                self._at(now + cost, self._c_done, done)
             elif isinstance(a, EmitTokens):
                 self.out.extend(a.tokens)
             elif isinstance(a, Finished):
@@ -235,15 +250,16 @@ class RemoteSim:
             if isinstance(a, Send):
                 self._at(self.down.push(now, frame_size(a.msg)), self._on_link_message, a.msg)
             elif isinstance(a, DraftFor):
-                cache = self.wcaches.setdefault(a.rid, DraftCache())
+                # the pass runs now in device order (FIFO): its result is computed at once
                 run = a.run
-                token, entropy, top = self.worlds[a.rid - 1].draft(cache, run.start, run.tokens)
+                cache = worker_cache(self.wcaches.setdefault(a.rid, {}), a)
+                done = DraftDone(run.op, *self.worlds[a.rid - 1].draft(cache, run.start,
+                                                                        run.tokens))
                 cost = pass_seconds(self.cfg.draft_ms, self.cfg.draft_per_token_ms,
                                     len(run.tokens))
                 self.worker_free = max(now, self.worker_free) + cost  # one device, FIFO
                 self.worker_busy += cost
-                self._at(self.worker_free, self._w_done,
-                         (a.rid, DraftDone(run.op, token, entropy, top)))
+                self._at(self.worker_free, self._w_done, (a.rid, done))
             elif isinstance(a, Release):
                 self.wcaches.pop(a.rid, None)
             elif isinstance(a, Log):

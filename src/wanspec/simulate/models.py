@@ -19,6 +19,26 @@ So the worker's draft and the controller's local draft copy agree exactly, like 
 greedy draft model, and the per-position decision makes acceptance of standard SD exactly the
 i.i.d. analysis for the ``iid`` model.
 
+Top-k structure (what a draft tree branches from): every pass also returns the draft's next
+three choices after its token, best first (``DraftDone.alternatives``), and their probabilities.
+
+* ``rank[j]``: where the target's token sits among the choices of a draft on the correct prefix:
+  1 when ``match[j]``; at a rejection 2, 3 or 4 (the draft's 2nd-4th choice) with probabilities
+  ``rank2``-``rank4`` of the config (measured on the shipped pair: benchmarks/draft_ranks.py),
+  else 0 (none of its top 4).  Drawn per position from the request's own stream (``"rank"``),
+  or replayed from a trace.
+* the alternatives at ``j`` are wrong tokens (``target[j] + 98, + 99, + 100`` mod the vocabulary:
+  never ``target[j]`` nor ``wrong[j]``), with ``target[j]`` put in at index ``rank[j] - 2`` when
+  the rank is 2-4 (a vocabulary of 100 tokens or fewer may leave fewer wrong ones).  A draft off the committed prefix returns the wrong ones only: like its token,
+  its alternatives can never be the target's, as for a real draft conditioned on a wrong token.
+* their probabilities (:func:`alt_probs`): a function of ``top_prob`` fitted to the shipped
+  pair's mean choice probabilities (docs/simulator.md).  They do not depend on the rank: which
+  alternative is the target's is the rank's business alone.
+
+Feeding any token makes the draft condition on it: a branch that starts from an alternative equal
+to ``target[j]`` is back on the committed prefix (its next proposals are those of the match
+model), any other token puts it off the prefix for good (until a cut removes it).
+
 Entropy (the signal the ``entropy`` and ``adaptive`` policies use): a draft that will match gets
 ``|N(base, sd)|`` nats, one that will not gets ``|N(base + separation, sd)|``; ``separation = 0``
 makes entropy useless, large values make it a perfect rejection predictor.  ``top_prob`` is
@@ -35,15 +55,66 @@ from typing import Sequence
 from wanspec.simulate.config import SimConfig
 
 NO_BAD = 1 << 62  # "no wrong token in the cache"
+ALTERNATIVES = 3  # the draft's choices after its token that a pass reports (DraftDone)
+ALT_OFFSETS = (98, 99, 100)  # wrong alternatives: target + these (wrong[] uses 1..97)
+# The draft's probabilities of its next choices given that of its top one, p1 (s = 1 - p1):
+#   p2 = p1 * 0.8 * s**1.3, then each (0.2 + 0.6 * s) times the one before.
+# Fitted to the shipped pair's mean probabilities per bin of p1 (benchmarks/draft_ranks.py prints
+# them next to this rule's): a sure draft has almost no runner-up, a hesitant one several close
+# ones.
+ALT_SCALE, ALT_POWER = 0.8, 1.3
+ALT_DECAY_BASE, ALT_DECAY_SLOPE = 0.2, 0.6
 
 
 class DraftCache:
-    """A draft model's KV cache, reduced to what matters: the first wrong position it holds."""
+    """A draft model's KV cache, reduced to what matters: the first wrong position it holds, and
+    how many positions it holds (a pass may not feed past them, as with a real cache)."""
 
-    __slots__ = ("bad",)
+    __slots__ = ("bad", "length")
 
     def __init__(self) -> None:
         self.bad = NO_BAD
+        self.length = 0
+
+    def copy_from(self, source: "DraftCache", start: int) -> None:
+        """Take the first ``start`` positions of ``source`` (``DraftFor.copy_from``): its wrong
+        token, if it holds one before ``start``."""
+        if start > source.length:
+            raise ValueError(f"cannot copy {start} positions of a draft cache holding "
+                             f"{source.length}")
+        self.bad = source.bad if source.bad < start else NO_BAD
+        self.length = start
+
+
+def alt_probs(top: float) -> tuple[float, float, float]:
+    """The draft's probabilities of its 2nd-4th choices given that of its 1st, ``top`` (the rule
+    above).  Each is at most the one before; with ``top`` they never sum past 1."""
+    s = 1.0 - top
+    p2 = top * ALT_SCALE * s ** ALT_POWER
+    r = ALT_DECAY_BASE + ALT_DECAY_SLOPE * s
+    p3 = p2 * r
+    return (p2, p3, p3 * r)
+
+
+def wrong_alternatives(t: int, avoid: int, vocab: int) -> tuple[int, ...]:
+    """Three distinct tokens, none ``t`` (the target's) nor ``avoid`` (the draft's token)."""
+    if vocab > ALT_OFFSETS[-1]:
+        return tuple((t + o) % vocab for o in ALT_OFFSETS)
+    out: list[int] = []
+    o = ALT_OFFSETS[0]
+    while len(out) < ALTERNATIVES and o < ALT_OFFSETS[0] + vocab:
+        tok = (t + o) % vocab
+        if tok != t and tok != avoid and tok not in out:
+            out.append(tok)
+        o += 1
+    return tuple(out)
+
+
+def with_target(wrong: tuple[int, ...], t: int, rank: int) -> tuple[int, ...]:
+    """``wrong`` with ``t`` at index ``rank - 2`` (the draft's ``rank``-th choice)."""
+    if rank < 2:
+        return wrong
+    return (*wrong[: rank - 2], t, *wrong[rank - 2:])[:ALTERNATIVES]
 
 
 @dataclass
@@ -59,6 +130,11 @@ class RequestWorld:
     entropy_bad: list[float]
     top_bad: list[float]
     max_tokens: int  # output length (a replayed request keeps its recorded length)
+    rank: list[int]  # the target's token among the choices of a draft on the right prefix
+    alts: list[tuple[int, ...]]  # the alternatives of a draft on the right prefix
+    alts_off: list[tuple[int, ...]]  # those of a draft off it (never the target's token)
+    alt_p: list[tuple[float, ...]]  # alt_probs(top[j])
+    alt_p_bad: list[tuple[float, ...]]  # alt_probs(top_bad[j])
 
     @property
     def prompt(self) -> list[int]:
@@ -71,11 +147,17 @@ class RequestWorld:
     def choices(self, first: int, want: int) -> tuple[int, ...]:
         return tuple(self.target[first : first + want])
 
-    def draft(self, cache: DraftCache, start: int, tokens: Sequence[int]) -> tuple[int, float, float]:
+    def draft(self, cache: DraftCache, start: int, tokens: Sequence[int]
+              ) -> tuple[int, float, float, tuple[int, ...], tuple[float, ...]]:
         """One draft pass: cut ``cache`` to ``start``, feed ``tokens``, propose the next token.
 
-        Returns ``(token, entropy, top_prob)`` for position ``start + len(tokens)``.
+        Returns ``(token, entropy, top_prob, alternatives, alt_probs)`` for position
+        ``start + len(tokens)`` (the fields of a ``DraftDone``).
         """
+        if start > cache.length:
+            raise ValueError(f"draft cache holds {cache.length} positions, cannot feed at {start}")
+        pos = start + len(tokens)
+        cache.length = pos
         bad = cache.bad
         if bad >= start:  # the cut removes any wrong token at or after ``start``
             bad = NO_BAD
@@ -87,15 +169,15 @@ class RequestWorld:
                     break
                 p += 1
             cache.bad = bad
-        pos = start + len(tokens)
         if bad < pos:
             # off the committed prefix since ``bad``: a draft that went wrong goes on about as
             # sure of itself as right after its miss (what real drafts do: a recorded trace
             # holds that entropy, and the worker's chain and local rounds report it)
-            return self.wrong[pos], self.entropy_bad[bad + 1], self.top_bad[bad + 1]
-        if self.match[pos]:
-            return self.target[pos], self.entropy[pos], self.top[pos]
-        return self.wrong[pos], self.entropy[pos], self.top[pos]
+            b = bad + 1
+            return (self.wrong[pos], self.entropy_bad[b], self.top_bad[b], self.alts_off[pos],
+                    self.alt_p_bad[b])
+        return (self.target[pos] if self.match[pos] else self.wrong[pos], self.entropy[pos],
+                self.top[pos], self.alts[pos], self.alt_p[pos])
 
 
 def iid_matches(rng: random.Random, n: int, alpha: float) -> list[bool]:
@@ -126,23 +208,42 @@ def stream(cfg: SimConfig, request: int, name: str) -> random.Random:
     return random.Random(f"wanspec-sim:{cfg.seed}:{request}:{name}")
 
 
+def draw_ranks(rng: random.Random, n: int, probs: tuple[float, float, float]) -> list[int]:
+    """Per position, the rank a rejection there has: 2, 3, 4 with ``probs``, else 0."""
+    r = rng.random
+    c2 = probs[0]
+    c3 = c2 + probs[1]
+    c4 = c3 + probs[2]
+    out = []
+    for _ in range(n):
+        u = r()
+        out.append(2 if u < c2 else 3 if u < c3 else 4 if u < c4 else 0)
+    return out
+
+
 def build_request(cfg: SimConfig, request: int, n_prompt: int,
                   matches: list[bool] | None = None,
                   entropies: list[float | None] | None = None,
                   max_tokens: int | None = None,
-                  entropies_after_miss: list[float | None] | None = None) -> RequestWorld:
+                  entropies_after_miss: list[float | None] | None = None,
+                  ranks: list[int | None] | None = None,
+                  rank_probs: tuple[float, float, float] | None = None) -> RequestWorld:
     """One request's sequences; ``matches``/``entropies`` (trace replay) override the models.
 
     ``matches`` must cover every position; ``entropies`` entries of None are drawn.
     ``max_tokens`` (default ``cfg.max_tokens``) is this request's output length.
     ``entropies_after_miss[j]``: the entropy of a draft at ``j`` on a prefix whose last token is
     the draft's own miss at ``j - 1`` (None: drawn from the rejected class).
+    ``ranks[j]``: the rank of a rejection at ``j`` (0, 2, 3, 4; None: drawn); ``rank_probs``
+    (default the config's ``rank2``-``rank4``): what the draws use.
     """
     n = n_prompt + cfg.max_tokens + 8
     v = cfg.vocab
     rt = stream(cfg, request, "target").random
     target = [int(rt() * v) for _ in range(n)]
     wrong = [(t + 1 + j % 97) % v for j, t in enumerate(target)]
+    if v <= 97:  # (an offset that is a multiple of the vocabulary would give the target's token)
+        wrong = [w if w != t else (t + 1) % v for w, t in zip(wrong, target)]
     if matches is None:
         rm = stream(cfg, request, "match")
         if cfg.match == "markov":
@@ -161,6 +262,17 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     ent_bad = [abs(gauss_b(base + sep, sd)) for _ in range(n)]
     if entropies_after_miss is not None:
         ent_bad = [e if e is not None else d for e, d in zip(entropies_after_miss, ent_bad)]
-    return RequestWorld(n_prompt, target, wrong, matches, ent, [math.exp(-e) for e in ent],
-                        ent_bad, [math.exp(-e) for e in ent_bad],
-                        cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens))
+    if rank_probs is None:
+        rank_probs = (cfg.rank2, cfg.rank3, cfg.rank4)
+    drawn = draw_ranks(stream(cfg, request, "rank"), n, rank_probs)
+    if ranks is not None:
+        drawn = [d if k is None else k for k, d in zip(ranks, drawn)]
+    rank = [1 if m else k for m, k in zip(matches, drawn)]
+    alts_off = [wrong_alternatives(t, w, v) for t, w in zip(target, wrong)]
+    alts = [a if k < 2 else with_target(a, t, k) for a, t, k in zip(alts_off, target, rank)]
+    top = [math.exp(-e) for e in ent]
+    top_bad = [math.exp(-e) for e in ent_bad]
+    return RequestWorld(n_prompt, target, wrong, matches, ent, top, ent_bad, top_bad,
+                        cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens),
+                        rank, alts, alts_off, [alt_probs(p) for p in top],
+                        [alt_probs(p) for p in top_bad])
