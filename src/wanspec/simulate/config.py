@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
 from wanspec.units import (
@@ -24,6 +25,7 @@ from wanspec.units import (
 
 POLICIES: tuple[str, ...] = tuple(p.value for p in PolicyName)
 _POLICY_DEFAULTS = PolicyConfig()  # thresholds default to what the real controller uses
+_CONTROLLER_DEFAULTS = ControllerConfig()  # draft-tree size: the real controller's default
 MATCH_MODELS = ("iid", "markov", "trace")
 # P(the target's token is a rejected draft's 2nd, 3rd, 4th choice), shipped pair, 128 held-out
 # prompts x 64 tokens (benchmarks/draft_ranks.py, benchmarks/results/draft_ranks.json)
@@ -72,6 +74,8 @@ PARAMS: dict[str, Param] = {p.name: p for p in [
           "entropy policy: rejection predicted above this"),
     Param("max_slowdown", "max_slowdown", float, 1, 100, "x",
           "adaptive policy: latency budget relative to the best local decoding"),
+    Param("branches", "branches", int, 0, 64, "lanes",
+          "draft tree: branch lanes the worker may grow (0 = a single chain)"),
     Param("alpha", "alpha", float, 0, 1, "prob", "per-token acceptance of drafts", hi_open=True),
     Param("burst", "burst", float, 0, 1, "corr", "markov: lag-1 correlation of outcomes",
           hi_open=True),
@@ -114,6 +118,7 @@ class SimConfig:
     lookahead: int = 0
     entropy_threshold: float = _POLICY_DEFAULTS.entropy_threshold
     max_slowdown: float = _POLICY_DEFAULTS.max_slowdown
+    branches: int = _CONTROLLER_DEFAULTS.branches
     # synthetic models
     match: str = "iid"
     alpha: float = 0.8

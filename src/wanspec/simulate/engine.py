@@ -50,7 +50,8 @@ from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
 from wanspec.transport.inproc import LinkParams
 
-_CAPS = ("drafts", "entropy")
+# "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches)
+_CAPS = ("drafts", "entropy", "branches")
 CONTROLLER_HELLO = Hello(PROTOCOL_VERSION, "controller", "synthetic-target", "0" * 16, 32000, _CAPS)
 WORKER_HELLO = Hello(PROTOCOL_VERSION, "worker", "synthetic-draft", "0" * 16, 32000, _CAPS)
 GREEDY = SamplingParams()
@@ -66,7 +67,8 @@ def link_params(cfg: SimConfig) -> LinkParams:
 def controller_config(cfg: SimConfig, policy: str) -> ControllerConfig:
     return ControllerConfig(
         gamma=cfg.gamma, lookahead=cfg.lookahead,
-        policy=PolicyConfig(PolicyName(policy), cfg.entropy_threshold, cfg.max_slowdown))
+        policy=PolicyConfig(PolicyName(policy), cfg.entropy_threshold, cfg.max_slowdown),
+        branches=cfg.branches)
 
 
 def worker_cache(caches: dict[int, DraftCache], a: DraftFor) -> DraftCache:
