@@ -8,6 +8,7 @@ either way (with a core that ignores ``branches`` they check the plumbing and lo
 from __future__ import annotations
 
 import json
+from heapq import heappop
 
 import pytest
 
@@ -19,7 +20,13 @@ from wanspec.core.worker import DraftFor, Release
 from wanspec.emulate.load import Closed, Poisson, summarize
 from wanspec.sampling import SamplingParams
 from wanspec.simulate.config import POLICIES, SimConfig
-from wanspec.simulate.engine import WORKER_HELLO, RemoteSim, controller_config, simulate_remote
+from wanspec.simulate.engine import (
+    FORM,
+    WORKER_HELLO,
+    RemoteSim,
+    controller_config,
+    simulate_remote,
+)
 from wanspec.simulate.load import LoadSim, simulate_load
 from wanspec.simulate.models import DraftCache
 from wanspec.simulate.sweep import parse_sweep, run_sweep
@@ -60,44 +67,68 @@ def test_under_load_with_branches_every_output_is_the_targets(mode, load):
     assert rec["identical_to_target_only"] and rec["tokens"] == 16 * 24
 
 
-def _fork_actions(world, op: int) -> list[DraftFor]:
-    """A main lane on the prompt plus two drafts, and a branch forking at the prompt's end with
-    the target's token there: what a worker growing a tree asks its driver for."""
-    p = world.n_prompt
-    run = RunDraft(op, Site.WORKER, 0, tuple(world.target[:p]))
-    branch = RunDraft(op + 1, Site.WORKER, p, (world.target[p],))
-    return [DraftFor(1, run, SamplingParams()),
-            DraftFor(1, branch, SamplingParams(), cache=2, copy_from=0)]
+def _lanes(world) -> tuple[DraftFor, DraftFor, DraftFor]:
+    """What a worker growing a tree asks its driver for: its main lane's first pass (the
+    prompt), then, once that ran, the main lane's next pass and a branch forking at the
+    prompt's end with the target's token there (copying the main lane's prefix)."""
+    p, t = world.n_prompt, world.target
+    first = DraftFor(1, RunDraft(1, Site.WORKER, 0, tuple(t[:p])), SamplingParams())
+    wrong = world.draft(DraftCache(), 0, t[:p])[0] if not world.match[p] else t[p] + 1
+    main = DraftFor(1, RunDraft(2, Site.WORKER, p, (wrong,)), SamplingParams())
+    branch = DraftFor(1, RunDraft(3, Site.WORKER, p, (t[p],)), SamplingParams(), cache=2,
+                      copy_from=0)
+    return first, main, branch
 
 
-def test_the_discrete_event_driver_runs_each_pass_on_its_lane_cache():
-    cfg = SimConfig(requests=1, max_tokens=16)
+def _pass(sim, expect_t: float):
+    """Run the worker pass formed now; return its results."""
+    t, priority, _, form, arg = heappop(sim.heap)  # formed after the instant's other events
+    assert (t, priority) == (expect_t, FORM)
+    form(t, arg)
+    assert sim.wrunning and not sim.wjobs
+    end, _, _, done_fn, done = heappop(sim.heap)
+    done_fn(end, done)  # (unknown to the worker core: counted as wasted)
+    return end, done
+
+
+def test_the_discrete_event_driver_batches_a_sessions_lanes_on_their_own_caches():
+    cfg = SimConfig(requests=1, max_tokens=16, draft_ms=4.0, draft_per_token_ms=0.5)
     ws = worlds(cfg)
     w, p = ws[0], ws[0].n_prompt
+    first, main, branch = _lanes(w)
     sim = RemoteSim(cfg, "remote", ws)
-    sim._w_exec(_fork_actions(w, 1), 0.0)
+    sim._w_exec([first], 0.0)
+    t, done = _pass(sim, 0.0)
+    assert t == pytest.approx((4.0 + 0.5 * (p - 1)) / 1000)
+    ref = DraftCache()
+    assert done == [(1, DraftDone(1, *w.draft(ref, 0, w.target[:p])))]
+    assert len(done[0][1].alternatives) == len(done[0][1].alt_probs) == 3
+    sim._w_exec([main, branch], t)
+    t2, done = _pass(sim, t)
+    assert t2 == pytest.approx(t + 0.004)  # both lanes in one pass, the cost of one
     assert set(sim.wcaches[1]) == {0, 2}
-    done = [e[3][1] for e in sorted(sim.heap) if isinstance(e[3], tuple)]
-    main = DraftCache()
-    assert done[0] == DraftDone(1, *w.draft(main, 0, w.target[:p]))
-    assert len(done[0].alternatives) == len(done[0].alt_probs) == 3
+    fork = DraftCache()
+    fork.copy_from(ref, p)
+    assert done[0] == (1, DraftDone(2, *w.draft(ref, p, main.run.tokens)))
     # the branch took the main lane's prefix, then the target's token: back on the prefix
-    assert done[1] == DraftDone(2, *w.draft(main, p, (w.target[p],)))
-    sim._w_exec([Release(1)], 0.0)
-    assert 1 not in sim.wcaches
+    assert done[1] == (1, DraftDone(3, *w.draft(fork, p, (w.target[p],))))
+    assert done[1][1].token == (w.target[p + 1] if w.match[p + 1] else w.wrong[p + 1])
+    sim._w_exec([main], t2)  # waiting when the session is released
+    sim._w_exec([Release(1)], t2)
+    assert 1 not in sim.wcaches and not sim.wjobs and not sim.wbatcher.waiting
 
 
 def test_the_load_driver_copies_before_the_pass_and_withdraws_every_waiting_pass():
     cfg = SimConfig(requests=1, max_tokens=16, rtt_ms=30.0)
     ws = worlds(cfg)
     sim = LoadSim(cfg, "remote", ws, Closed(1))
-    actions = _fork_actions(ws[0], 1)
-    sim._w_exec(actions[:1], 0.0)
+    first, main, branch = _lanes(ws[0])
+    sim._w_exec([first], 0.0)
     key = next(iter(sim.wkeys[1]))
-    assert sim.wdev.jobs[key][0] is actions[0]
-    sim._start_pass(sim.wdev, 0.0, sim._worker_done)  # the main lane's pass runs
-    sim._w_exec(actions[1:], 0.0)  # the fork waits for the device
-    assert len(sim.wkeys[1]) == 1 and key not in sim.wkeys[1]
+    assert sim.wdev.jobs[key][0] is first
+    sim._start_pass(sim.wdev, 0.0, sim._worker_done)  # the main lane's first pass runs
+    sim._w_exec([main, branch], 0.0)  # the next ones wait for the device
+    assert len(sim.wkeys[1]) == 2 and key not in sim.wkeys[1]
     sim._w_exec([Release(1)], 0.0)
     assert 1 not in sim.wcaches and not sim.wdev.jobs and not sim.wdev.batcher.waiting
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from emulated_trees import emulated_branches
 from wanspec.emulate.load import Closed, summarize
 from wanspec.simulate.config import SimConfig
 from wanspec.simulate.load import simulate_load
@@ -35,17 +36,19 @@ def recorded():
                else emu.serve_remote(mode, 30.0, prompts, LOAD))
         records[mode] = summarize(run, reference, 50.0)
     header, requests = emu.trace()
+    branches = emulated_branches(draft)
     target.close()
     draft.close()
-    return records, Trace(requests, header)
+    return records, Trace(requests, header), branches
 
 
 def test_simulated_load_matches_emulated_load_on_a_recorded_trace(recorded):
-    emulated, trace = recorded
+    emulated, trace, branches = recorded
     h = trace.header
     cfg = SimConfig(match="trace", rtt_ms=30.0, requests=len(trace.requests), max_tokens=32,
                     target_ms=h["target_ms"], draft_ms=h["draft_ms"],
-                    verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"])
+                    verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"],
+                    branches=branches)  # the draft trees the emulated run grew (if any)
     ws = worlds(cfg, trace)
     reference = [w.reference() for w in ws]
     for mode, gamma in MODES:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from emulated_trees import emulated_branches
 from wanspec.simulate.baselines import simulate_local
 from wanspec.baselines import BASELINES
 from wanspec.simulate.config import POLICIES, SimConfig
@@ -86,19 +87,21 @@ def recorded(tmp_path_factory):
     path = tmp_path_factory.mktemp("validation") / "trace.jsonl"
     header, reqs = emu.trace()
     write_trace(path, reqs, header)
+    branches = emulated_branches(draft)
     target.close()
     draft.close()
-    return {r["mode"]: r for r in records}, read_trace(path)
+    return {r["mode"]: r for r in records}, read_trace(path), branches
 
 
 def test_simulate_matches_emulate_on_a_recorded_trace(recorded):
     from wanspec.simulate.sweep import run_sweep
 
-    emulated, trace = recorded
+    emulated, trace, branches = recorded
     h = trace.header
     cfg = SimConfig(match="trace", rtt_ms=40.0, requests=len(trace.requests), max_tokens=40,
                     target_ms=h["target_ms"], draft_ms=h["draft_ms"],
-                    verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"])
+                    verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"],
+                    branches=branches)  # the draft trees the emulated run grew (if any)
     simulated = {r["mode"]: r for r in run_sweep(cfg, [], POLICIES, trace=trace, jobs=1)}
     assert set(simulated) == set(emulated) == {*BASELINES, *POLICIES}
     for mode, e in emulated.items():
