@@ -44,6 +44,8 @@ def test_branches_defaults_to_the_controllers_and_reaches_it():
     SimConfig(requests=4, max_tokens=48, alpha=0.6),
     SimConfig(requests=4, max_tokens=48, match="markov", alpha=0.7, burst=0.8, jitter_ms=2.0),
     SimConfig(requests=4, max_tokens=48, alpha=0.5, rank2=0.2, rank3=0.2, rank4=0.2),
+    SimConfig(requests=3, max_tokens=40, alpha=0.8, loss=0.1, bandwidth_mbit=1.0, gamma=2,
+              draft_per_token_ms=0.3, lookahead=2),
 ])
 def test_every_mode_is_lossless_with_and_without_branches(cfg):
     recs = run_sweep(cfg, [parse_sweep("rtt=0,60,150"), parse_sweep("branches=0,1,4")],
