@@ -11,10 +11,10 @@ prints the numbers ``SimConfig.rank2``-``rank4`` default to:
 Method (what ``wanspec emulate --record`` does, :mod:`wanspec.emulate.record`): target-only
 decoding gives the target's tokens (as every lossless mode outputs them); one teacher-forced
 draft pass over prompt + output gives the draft's logits on exactly the committed prefix at every
-output position; the draft's choices there are ranked by the score that picks its token (logits
-when greedy, noised log-probabilities when sampled: :func:`~wanspec.emulate.record.draft_ranking`)
-and the target's token is looked up among the first four.  The recorder's own ranks are checked
-against these, position by position.
+output position; the draft's choices there are its token and its alternatives, ranked by the
+score that picks its token (logits when greedy, noised log-probabilities when sampled:
+:func:`~wanspec.sampling.draft_choice`), and the target's token is looked up among the first
+four.  The recorder's own ranks are checked against these, position by position.
 
 Also printed: the top-1 acceptance (the share of positions whose draft token is the target's);
 the draft's mean probability of its 1st-4th choices at rejected positions, by outcome; and at
@@ -38,7 +38,7 @@ PROMPTS = Path(__file__).resolve().parent.parent / "src" / "wanspec" / "assets" 
 
 def measure(target: Any, draft: Any, prompts: list[str], sampling: Any, max_tokens: int,
             label: str) -> dict[str, Any]:
-    from wanspec.emulate.record import draft_ranking, record_request, target_rank
+    from wanspec.emulate.record import record_request, target_rank
     from wanspec.runtime.engine import LocalEngine
     from wanspec.sampling import draft_choice, processed_logprobs
 
@@ -61,8 +61,8 @@ def measure(target: Any, draft: Any, prompts: list[str], sampling: Any, max_toke
         for j in range(len(prompt), len(seq)):
             c = draft_choice(logits[j - 1], j, sampling)
             positions += 1
-            probs_sorted = processed_logprobs(logits[j - 1].reshape(1, -1), sampling)[0].exp()
-            first4 = torch.topk(probs_sorted, 4).values.tolist()
+            probs = processed_logprobs(logits[j - 1].reshape(1, -1), sampling)[0].exp()
+            first4 = torch.topk(probs, 4).values.tolist()
             acc = by_top.setdefault(_bin(first4[0]), [0.0] * 5)
             acc[0] += 1
             for i, p in enumerate(first4):
@@ -70,14 +70,12 @@ def measure(target: Any, draft: Any, prompts: list[str], sampling: Any, max_toke
             if c.token == seq[j]:
                 accepted += 1
                 continue
-            tokens, probs = draft_ranking(logits[j - 1], j, sampling)
-            ranking = [c.token, *(t for t in tokens if t != c.token)][:4]
+            ranking = [c.token, *c.alternatives][:4]
             rank = target_rank(ranking, seq[j])
             assert recorded.ranks[j] == rank, (label, j, recorded.ranks[j], rank)
             ranks[rank] += 1
-            by_token = dict(zip(tokens, probs))
-            for i, t in enumerate(ranking):
-                prob_sums[rank][i] += by_token.get(t, 0.0)
+            for i, p in enumerate((float(probs[c.token]), *c.alt_probs)):
+                prob_sums[rank][i] += p
     rejected = sum(ranks.values())
     res: dict[str, Any] = {
         "sampling": sampling.to_dict(), "prompts": len(prompts), "positions": positions,

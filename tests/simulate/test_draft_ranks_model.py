@@ -53,13 +53,13 @@ def test_the_target_token_is_the_alternative_at_its_rank_and_only_there():
     assert seen == {0, 1, 2, 3, 4}
 
 
-@pytest.mark.parametrize("vocab", [3, 5, 64, 101, 32000])
+@pytest.mark.parametrize("vocab", [64, 97, 101, 32000])
 def test_alternatives_are_distinct_and_never_the_draft_token_in_small_vocabularies(vocab):
     w = build_request(SimConfig(alpha=0.3, max_tokens=300, vocab=vocab), 1, 4)
     for pos in range(4, 300):
         token, _, _, alts, _ = _on_prefix(w, pos)
-        assert len(set(alts)) == len(alts) == min(3, vocab - 2 + (w.rank[pos] >= 2))
-        assert token not in alts
+        assert len(set(alts)) == len(alts) == 3
+        assert token not in alts and token != w.target[pos] or w.match[pos]
         assert all(0 <= a < vocab for a in alts)
         assert w.target[pos] not in w.alts_off[pos]
 
@@ -111,12 +111,55 @@ def test_ranks_are_a_function_of_seed_request_and_the_rank_model():
     assert other.match == a.match and other.rank != a.rank  # only the ranks moved
 
 
+@pytest.mark.parametrize("vocab", [64, 512, 32000])
+def test_entropy_top_prob_and_alternatives_are_one_distributions(vocab):
+    """Logits that are the simulated draft's distribution make the runtime's draft_choice report
+    what the simulated pass reports: entropy, top probability, alternatives and theirs."""
+    import torch
+
+    from wanspec.sampling import draft_choice
+
+    w = build_request(SimConfig(alpha=0.6, max_tokens=120, vocab=vocab, separation=2.0), 0, 4)
+    cache = DraftCache()
+    w.draft(cache, 0, w.target[:4])
+    for pos in range(5, 120):
+        token, ent, top, alts, probs = w.draft(cache, pos - 1, (w.target[pos - 1],))
+        rest = (1.0 - top - sum(probs)) / (vocab - 4)
+        logits = torch.full((vocab,), math.log(rest), dtype=torch.float64)
+        logits[token] = math.log(top)
+        for a, p in zip(alts, probs):
+            logits[a] = math.log(p)
+        c = draft_choice(logits, pos, SamplingParams())
+        assert (c.token, c.alternatives) == (token, alts)
+        assert c.entropy == pytest.approx(ent, rel=1e-9, abs=1e-12)
+        assert c.top_prob == pytest.approx(top, rel=1e-9)
+        assert c.alt_probs == pytest.approx(probs, rel=1e-9)
+
+
+def test_the_synthetic_distribution_has_the_drawn_entropy_within_its_range():
+    from wanspec.simulate.models import distribution_entropy, draft_distribution
+
+    for vocab in (64, 32000):
+        tops = []
+        for h in (0.2, 0.5, 1.0, 1.5, 2.5, 3.5):
+            top, exact = draft_distribution(h, vocab)
+            assert exact == pytest.approx(h, abs=1e-4)
+            assert exact == distribution_entropy(top, vocab)
+            tops.append(top)
+        assert tops == sorted(tops, reverse=True)  # flatter: a less sure top choice
+    top, exact = draft_distribution(0.0, 64)  # below the range (its alternatives above the rest)
+    assert 0.15 < exact < 0.2 and top < 1.0
+    assert draft_distribution(50.0, 64)[1] < math.log(64)
+
+
 def test_rank_probabilities_are_checked():
     with pytest.raises(WanspecError, match="rank2 \\+ rank3 \\+ rank4 must be <= 1"):
         SimConfig(rank2=0.8, rank3=0.3)
     with pytest.raises(WanspecError, match="rank4 must be"):
         SimConfig(rank4=-0.1)
     SimConfig(rank2=1.0, rank3=0.0, rank4=0.0)
+    with pytest.raises(WanspecError, match="vocab must be >= 64"):
+        SimConfig(vocab=63)
 
 
 # ---- per-lane caches -------------------------------------------------------------------------

@@ -36,6 +36,37 @@ def test_ranks_round_trip_as_an_optional_list_of_pairs(tmp_path):
     assert t.rank_probs == pytest.approx((2 / 5, 1 / 5, 1 / 5))
 
 
+def test_recorded_probabilities_round_trip_and_are_what_the_replayed_draft_reports(tmp_path):
+    req = _request()
+    req.probs.update({11: (0.4, 0.3, 0.1), 12: (0.9,)})
+    req.probs_after_miss[11] = (0.25, 0.2, 0.15, 0.1)
+    path = tmp_path / "t.jsonl"
+    write_trace(path, [req])
+    line = json.loads(path.read_text().splitlines()[1])
+    assert line["probs"] == [[11, 0.4, 0.3, 0.1], [12, 0.9]]
+    assert line["probs_after_miss"] == [[11, 0.25, 0.2, 0.15, 0.1]]
+    t = read_trace(path)
+    w = replay_request(SimConfig(match="trace", requests=1, max_tokens=8), t, 0)
+    assert (w.top[11], w.alt_p[11]) == (0.4, (0.3, 0.1, 0.0))  # padded: no 3rd alternative
+    assert (w.top[12], w.alt_p[12]) == (0.9, (0.0, 0.0, 0.0))
+    assert (w.top_bad[12], w.alt_p_bad[12]) == (0.25, (0.2, 0.15, 0.1))
+    assert w.entropy[11] == 0.5  # the recorded entropy, whatever the probabilities
+    # an unrecorded position: the synthetic distribution of its recorded entropy
+    from wanspec.simulate.models import alt_probs, draft_distribution
+    top, _ = draft_distribution(0.5, 32000)
+    assert (w.top[13], w.alt_p[13]) == (top, alt_probs(top)) and w.entropy[13] == 0.5
+
+
+@pytest.mark.parametrize("entry", ['[[5]]', '[[5, 1.5]]', '[[5, 0.5, 0.1, 0.1, 0.1, 0.1]]',
+                                   '[[true, 0.5]]', '{"5": 0.5}'])
+def test_bad_probabilities_are_one_line_errors(tmp_path, entry):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt_tokens": 4, "drafts": [[4, true, 0.1], [5, false, 2.0]], '
+                    f'"probs": {entry}}}\n')
+    with pytest.raises(WanspecError, match="probs"):
+        read_trace(path)
+
+
 def test_an_accepted_position_gets_no_rank():
     req = TraceRequest(3)
     req.add(3, True, 0.1, None, 2)

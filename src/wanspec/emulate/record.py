@@ -13,45 +13,20 @@ happened to look.
 At a rejected position the trace also holds the *rank* of the target's token among the draft's
 choices (2-4: its 2nd to 4th choice, 0: none of its top :data:`RANK_DEPTH`), what decides whether
 a draft tree's branch from a runner-up token catches the correction (docs/simulator.md, "Draft
-trees").  The ranking is the draft's own: the token and :attr:`DraftDone.alternatives` order,
-i.e. by logits when greedy and by noised log-probabilities when sampling (:func:`draft_ranking`).
+trees").  The ranking is the draft's own: its token, then its alternatives
+(:func:`~wanspec.sampling.draft_choice`: by logits when greedy, by noised log-probabilities when
+sampling).  Every position also records the draft's probabilities of its token and alternatives,
+which a worker growing a tree weighs its branches by.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.engine import GenerationResult, TimingConfig
-from wanspec.sampling import SamplingParams, draft_choice, gumbel_noise, processed_logprobs
+from wanspec.sampling import DraftChoice, SamplingParams, draft_choice
 from wanspec.simulate.trace import RANK_DEPTH, TraceRequest
-
-if TYPE_CHECKING:
-    import torch
-
-
-def draft_ranking(row: "torch.Tensor", position: int, sampling: SamplingParams,
-                  depth: int = RANK_DEPTH) -> tuple[list[int], list[float]]:
-    """The draft's first ``depth`` choices for ``position`` from its logits ``row``, best first,
-    and their probabilities under its processed distribution.
-
-    The score is the one that picks the draft's token (:func:`~wanspec.sampling.draft_choice`):
-    the raw logits when greedy, the processed log-probabilities plus the position's Gumbel noise
-    when sampling (a token that top-k/top-p filter out is never a choice then).  The first choice
-    is the draft's token; the next ones are what ``DraftDone.alternatives`` lists.
-    """
-    import torch
-
-    row = row.reshape(-1)
-    logp = processed_logprobs(row.reshape(1, -1), sampling)[0]
-    if sampling.greedy:
-        score = row.detach().to(device="cpu", dtype=torch.float64)
-    else:
-        score = logp + gumbel_noise(sampling.seed, position, logp.size(0))
-    top = torch.topk(score, min(depth, score.size(0)))
-    tokens = [int(t) for v, t in zip(top.values.tolist(), top.indices.tolist())
-              if v != float("-inf")]
-    return tokens, [float(logp[t].exp()) for t in tokens]
 
 
 def target_rank(ranking: Sequence[int], token: int) -> int:
@@ -62,11 +37,17 @@ def target_rank(ranking: Sequence[int], token: int) -> int:
     return 0
 
 
+def _probs(c: DraftChoice) -> tuple[float, ...]:
+    """``(top_prob, *alt_probs)`` of a draft choice, rounded as a trace holds them."""
+    return tuple(round(p, 6) for p in (c.top_prob, *c.alt_probs))
+
+
 def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int],
                    sampling: SamplingParams) -> TraceRequest:
-    """Every output position's outcome for a draft on the committed prefix (one draft pass), and
-    after each miss the rank of the target's token among the draft's choices and the entropy of
-    the draft's next proposal on its own wrong token (one short pass per miss)."""
+    """Every output position's outcome for a draft on the committed prefix (one draft pass) with
+    its entropy and probabilities (of its token and alternatives), and after each miss the rank
+    of the target's token among the draft's choices and the entropy and probabilities of the
+    draft's next proposal on its own wrong token (one short pass per miss)."""
     n_prompt = len(prompt)
     rec = TraceRequest(n_prompt, output_tokens=len(output) or None)
     if not output:
@@ -78,24 +59,19 @@ def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int]
     choices = [draft_choice(logits[j - 1], j, sampling) for j in range(n_prompt, len(seq))]
     valid = len(seq) - 1  # the cache holds the committed prefix up to here
     for j, c in zip(range(n_prompt, len(seq)), choices):
-        after = rank = None
+        after = rank = after_probs = None
         if c.token != seq[j]:
-            alternatives = getattr(c, "alternatives", None)  # (sampling.draft_choice, v3)
-            if alternatives is not None:
-                ranking = [c.token, *alternatives]
-            else:  # the same order, from the logits (a tie never puts another token first)
-                ranking = [c.token, *(t for t in draft_ranking(logits[j - 1], j, sampling)[0]
-                                      if t != c.token)]
-            rank = target_rank(ranking[:RANK_DEPTH], seq[j])
+            rank = target_rank([c.token, *c.alternatives][:RANK_DEPTH], seq[j])
             if j + 1 < len(seq):
                 # the chain (or a local round) goes on from its own wrong token: keep the
                 # committed prefix before j (re-feeding what an earlier miss displaced), then
                 # the wrong token
                 start = min(valid, j)
                 row = draft.forward(cache, start, [*seq[start:j], c.token])[-1]
-                after = round(draft_choice(row, j + 1, sampling).entropy, 6)
+                nxt = draft_choice(row, j + 1, sampling)
+                after, after_probs = round(nxt.entropy, 6), _probs(nxt)
                 valid = j
-        rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank)
+        rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank, _probs(c), after_probs)
     return rec
 
 

@@ -154,8 +154,8 @@ class SimConfig:
         if self.rank2 + self.rank3 + self.rank4 > 1.0 + 1e-9:
             raise WanspecError(f"rank2 + rank3 + rank4 must be <= 1, got "
                                f"{self.rank2:g} + {self.rank3:g} + {self.rank4:g}")
-        if self.vocab < 2:
-            raise WanspecError("vocab must be >= 2")
+        if self.vocab < 64:  # (room for a draft's top 4 above the rest: simulate.models)
+            raise WanspecError("vocab must be >= 64")
 
     def with_values(self, values: dict[str, Any]) -> "SimConfig":
         return dataclasses.replace(self, **{PARAMS[k].field: v for k, v in values.items()})

@@ -35,18 +35,28 @@ three choices after its token, best first (``DraftDone.alternatives``), and thei
   pair's mean choice probabilities (docs/simulator.md).  They do not depend on the rank: which
   alternative is the target's is the rank's business alone.
 
+Entropy, ``top_prob`` and the alternatives' probabilities are those of one distribution over the
+vocabulary (:func:`draft_distribution`): the token at ``top_prob``, its three alternatives by
+:func:`alt_probs`, every other token at the same small probability, ``top_prob`` chosen so that
+the entropy is the drawn one (a draw outside what such a distribution can have, with its
+alternatives above every other token, is clamped into it).  So a model whose logits are this
+distribution reports exactly what the simulated draft reports (tests/simulate/synthetic_lm.py).
+A replayed trace gives the recorded entropy and, when it records them, the recorded
+probabilities.
+
 Feeding any token makes the draft condition on it: a branch that starts from an alternative equal
 to ``target[j]`` is back on the committed prefix (its next proposals are those of the match
 model), any other token puts it off the prefix for good (until a cut removes it).
 
 Entropy (the signal the ``entropy`` and ``adaptive`` policies use): a draft that will match gets
 ``|N(base, sd)|`` nats, one that will not gets ``|N(base + separation, sd)|``; ``separation = 0``
-makes entropy useless, large values make it a perfect rejection predictor.  ``top_prob`` is
-``exp(-entropy)`` (no policy reads it).
+makes entropy useless, large values make it a perfect rejection predictor.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -96,6 +106,63 @@ def alt_probs(top: float) -> tuple[float, float, float]:
     return (p2, p3, p3 * r)
 
 
+def _xlogx(x: float) -> float:
+    return x * math.log(x) if x > 0.0 else 0.0
+
+
+def distribution_entropy(top: float, vocab: int) -> float:
+    """Entropy (nats) of the synthetic draft's distribution whose top probability is ``top``:
+    ``top``, :func:`alt_probs` (``top``), and the rest shared evenly by ``vocab - 4`` tokens."""
+    a = alt_probs(top)
+    q = (1.0 - top - sum(a)) / (vocab - 1 - ALTERNATIVES)
+    return -(_xlogx(top) + _xlogx(a[0]) + _xlogx(a[1]) + _xlogx(a[2])
+             + (vocab - 1 - ALTERNATIVES) * _xlogx(q))
+
+
+def _ordered(s: float, vocab: int) -> bool:
+    """Whether the distribution of top probability ``1 - s`` has its alternatives strictly above
+    every other token (so they are the draft's 2nd-4th choices)."""
+    a = alt_probs(1.0 - s)
+    q = (s - sum(a)) / (vocab - 1 - ALTERNATIVES)
+    return 0.0 < q < a[2] * (1.0 - 1e-9)
+
+
+@functools.lru_cache(maxsize=16)
+def _family(vocab: int) -> tuple[list[float], list[float]]:
+    """``(entropies, s)``: entropy increasing with ``s = 1 - top_prob`` over the ordered range of
+    the family (log-spaced, 2,048 points), to invert by interpolation."""
+    grid = [math.exp(math.log(1e-14) + (math.log(1.0 - 1e-9) - math.log(1e-14)) * i / 4000)
+            for i in range(4001)]
+    feasible = [x for x in grid if _ordered(x, vocab)]
+    if not feasible:
+        raise ValueError(f"no synthetic draft distribution over {vocab} tokens")
+    lo, hi = math.log(feasible[0]), math.log(feasible[-1])
+    ss, hs = [], []
+    for i in range(2048):
+        x = math.exp(lo + (hi - lo) * i / 2047)
+        h = distribution_entropy(1.0 - x, vocab)
+        if not hs or h > hs[-1]:
+            ss.append(x)
+            hs.append(h)
+    return hs, ss
+
+
+def draft_distribution(entropy: float, vocab: int) -> tuple[float, float]:
+    """``(top_prob, entropy)`` of the synthetic draft's distribution closest to ``entropy``:
+    the top probability that gives it (by interpolation in a table), and the exact entropy the
+    distribution then has (the requested one up to ~1e-5 nats, or the nearest the family has)."""
+    hs, ss = _family(vocab)
+    if entropy <= hs[0]:
+        x = ss[0]
+    elif entropy >= hs[-1]:
+        x = ss[-1]
+    else:
+        k = bisect.bisect_left(hs, entropy)
+        x = ss[k - 1] + (ss[k] - ss[k - 1]) * (entropy - hs[k - 1]) / (hs[k] - hs[k - 1])
+    top = 1.0 - x
+    return top, distribution_entropy(top, vocab)
+
+
 def wrong_alternatives(t: int, avoid: int, vocab: int) -> tuple[int, ...]:
     """Three distinct tokens, none ``t`` (the target's) nor ``avoid`` (the draft's token)."""
     if vocab > ALT_OFFSETS[-1]:
@@ -133,8 +200,8 @@ class RequestWorld:
     rank: list[int]  # the target's token among the choices of a draft on the right prefix
     alts: list[tuple[int, ...]]  # the alternatives of a draft on the right prefix
     alts_off: list[tuple[int, ...]]  # those of a draft off it (never the target's token)
-    alt_p: list[tuple[float, ...]]  # alt_probs(top[j])
-    alt_p_bad: list[tuple[float, ...]]  # alt_probs(top_bad[j])
+    alt_p: list[tuple[float, ...]]  # the alternatives' probabilities (alt_probs(top[j]))
+    alt_p_bad: list[tuple[float, ...]]  # those of a draft off the prefix (alt_probs(top_bad[j]))
 
     @property
     def prompt(self) -> list[int]:
@@ -227,7 +294,10 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
                   max_tokens: int | None = None,
                   entropies_after_miss: list[float | None] | None = None,
                   ranks: list[int | None] | None = None,
-                  rank_probs: tuple[float, float, float] | None = None) -> RequestWorld:
+                  rank_probs: tuple[float, float, float] | None = None,
+                  probs: list[tuple[float, ...] | None] | None = None,
+                  probs_after_miss: list[tuple[float, ...] | None] | None = None
+                  ) -> RequestWorld:
     """One request's sequences; ``matches``/``entropies`` (trace replay) override the models.
 
     ``matches`` must cover every position; ``entropies`` entries of None are drawn.
@@ -236,6 +306,9 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     the draft's own miss at ``j - 1`` (None: drawn from the rejected class).
     ``ranks[j]``: the rank of a rejection at ``j`` (0, 2, 3, 4; None: drawn); ``rank_probs``
     (default the config's ``rank2``-``rank4``): what the draws use.
+    ``probs[j]`` / ``probs_after_miss[j]``: recorded ``(top_prob, *alt_probs)`` of the draft at
+    ``j`` on the committed prefix / right after its own miss at ``j - 1`` (None: the synthetic
+    distribution of the entropy there).
     """
     n = n_prompt + cfg.max_tokens + 8
     v = cfg.vocab
@@ -256,12 +329,10 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     gauss_e = stream(cfg, request, "entropy").gauss
     gauss_b = stream(cfg, request, "entropy-bad").gauss
     base, sep, sd = cfg.entropy_base, cfg.separation, cfg.entropy_sd
-    ent = [abs(gauss_e(base if m else base + sep, sd)) for m in matches]
-    if entropies is not None:
-        ent = [e if e is not None else d for e, d in zip(entropies, ent)]
-    ent_bad = [abs(gauss_b(base + sep, sd)) for _ in range(n)]
-    if entropies_after_miss is not None:
-        ent_bad = [e if e is not None else d for e, d in zip(entropies_after_miss, ent_bad)]
+    ent, top = _distributions([abs(gauss_e(base if m else base + sep, sd)) for m in matches],
+                              entropies, probs, v)
+    ent_bad, top_bad = _distributions([abs(gauss_b(base + sep, sd)) for _ in range(n)],
+                                      entropies_after_miss, probs_after_miss, v)
     if rank_probs is None:
         rank_probs = (cfg.rank2, cfg.rank3, cfg.rank4)
     drawn = draw_ranks(stream(cfg, request, "rank"), n, rank_probs)
@@ -270,9 +341,30 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     rank = [1 if m else k for m, k in zip(matches, drawn)]
     alts_off = [wrong_alternatives(t, w, v) for t, w in zip(target, wrong)]
     alts = [a if k < 2 else with_target(a, t, k) for a, t, k in zip(alts_off, target, rank)]
-    top = [math.exp(-e) for e in ent]
-    top_bad = [math.exp(-e) for e in ent_bad]
-    return RequestWorld(n_prompt, target, wrong, matches, ent, top, ent_bad, top_bad,
+    return RequestWorld(n_prompt, target, wrong, matches, ent, [t for t, _ in top], ent_bad,
+                        [t for t, _ in top_bad],
                         cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens),
-                        rank, alts, alts_off, [alt_probs(p) for p in top],
-                        [alt_probs(p) for p in top_bad])
+                        rank, alts, alts_off, [a for _, a in top], [a for _, a in top_bad])
+
+
+def _distributions(drawn: list[float], recorded: list[float | None] | None,
+                   probs: list[tuple[float, ...] | None] | None, vocab: int
+                   ) -> tuple[list[float], list[tuple[float, tuple[float, ...]]]]:
+    """Per position: the entropy, and ``(top_prob, alt_probs)``.  A drawn entropy becomes that of
+    the synthetic distribution nearest it; a recorded one is kept, with the recorded
+    probabilities (``(top_prob, *alt_probs)``, the latter padded with zeros) when given, else
+    those of the synthetic distribution of that entropy."""
+    ent: list[float] = []
+    out: list[tuple[float, tuple[float, ...]]] = []
+    for j, d in enumerate(drawn):
+        e = recorded[j] if recorded is not None else None
+        p = probs[j] if probs is not None else None
+        if p is not None:
+            alts = (*p[1:1 + ALTERNATIVES], *([0.0] * (1 + ALTERNATIVES - len(p))))
+            out.append((p[0], tuple(alts)))
+            ent.append(e if e is not None else d)
+            continue
+        top, exact = draft_distribution(d if e is None else e, vocab)
+        out.append((top, alt_probs(top)))
+        ent.append(exact if e is None else e)
+    return ent, out

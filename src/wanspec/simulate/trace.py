@@ -19,7 +19,11 @@ a miss, and what a policy reading entropy sees).  Such a draft is deterministic,
 position carries the same outcome; the first entry wins.  ``ranks`` (optional) lists
 ``[position, rank]`` for rejected positions: the rank of the target's token among the draft's
 choices there (2, 3 or 4: the draft's 2nd to 4th choice, the alternatives a draft tree branches
-from; 0: none of its top :data:`RANK_DEPTH`).  ``emulate --record`` writes every output position (one teacher-forced draft
+from; 0: none of its top :data:`RANK_DEPTH`).  ``probs`` (optional) lists
+``[position, top_prob, p2, p3, p4]``: the draft's probability of its token and of its
+alternatives (at most 3) there, what a worker growing a draft tree weighs its branches by;
+``probs_after_miss`` (optional) the same for the draft's next proposal after its own wrong token
+at ``position`` (as the fourth element of a drafts entry is its entropy).  ``emulate --record`` writes every output position (one teacher-forced draft
 pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only the drafts some
 verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
 recorded output's length: a replayed request stops there.  The header is free metadata, except
@@ -29,7 +33,7 @@ when present, are the defaults ``wanspec simulate --trace`` runs with.
 Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
 prompt length and output length.  A position in the trace gets its recorded outcome and entropy
 (and the position after a miss the recorded entropy after it, a rejected position its recorded
-rank); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+rank, a position with recorded probabilities those); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
 configured entropy model, and a rejection without a recorded rank draws one from the trace's
 rank frequencies (:attr:`Trace.rank_probs`), or from the configured ``rank2``-``rank4`` when the
 trace records none (older traces).
@@ -61,14 +65,24 @@ class TraceRequest:
     after_miss: dict[int, float] = field(default_factory=dict)
     # rejected position -> rank of the target's token among the draft's choices (RANKS)
     ranks: dict[int, int] = field(default_factory=dict)
+    # position -> (top_prob, *alt_probs) of the draft there; after_miss's position -> those of
+    # its next proposal after its own wrong token there
+    probs: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    probs_after_miss: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
     def add(self, position: int, accepted: bool, entropy: float | None,
-            entropy_after_miss: float | None = None, rank: int | None = None) -> None:
+            entropy_after_miss: float | None = None, rank: int | None = None,
+            probs: tuple[float, ...] | None = None,
+            probs_after_miss: tuple[float, ...] | None = None) -> None:
         self.drafts.setdefault(position, (bool(accepted), entropy))
         if entropy_after_miss is not None and not accepted:
             self.after_miss.setdefault(position, entropy_after_miss)
         if rank is not None and not accepted:
             self.ranks.setdefault(position, rank)
+        if probs is not None:
+            self.probs.setdefault(position, probs)
+        if probs_after_miss is not None and not accepted:
+            self.probs_after_miss.setdefault(position, probs_after_miss)
 
     def add_window(self, base: int, entropies: Sequence[float], accepted: int) -> None:
         """Record one verification of worker drafts for positions ``base, base+1, ...``.
@@ -149,6 +163,19 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
         if isinstance(pos, bool) or not isinstance(pos, int) or req.drafts.get(pos, (True,))[0]:
             raise _bad(where, f"rank position {pos!r} is not a rejected position of drafts")
         req.ranks.setdefault(pos, rank)
+    for key, into in (("probs", req.probs), ("probs_after_miss", req.probs_after_miss)):
+        entries = obj.get(key, [])
+        if not isinstance(entries, list):
+            raise _bad(where, f"{key} must be a list of [position, top_prob, alt_prob, ...]")
+        for d in entries:
+            if (not isinstance(d, list) or not 2 <= len(d) <= 2 + RANK_DEPTH - 1
+                    or isinstance(d[0], bool) or not isinstance(d[0], int)):
+                raise _bad(where, f"{key} entry {d!r} is not [position, top_prob, alt_prob, ...] "
+                                  f"(at most {RANK_DEPTH - 1} alternatives)")
+            if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1
+                   for x in d[1:]):
+                raise _bad(where, f"{key} entry {d!r}: probabilities must be numbers in [0, 1]")
+            into.setdefault(d[0], tuple(float(x) for x in d[1:]))
     return req
 
 
@@ -214,6 +241,9 @@ def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
         line["drafts"] = drafts
         if r.ranks:
             line["ranks"] = [[p, k] for p, k in sorted(r.ranks.items())]
+        for key, probs in (("probs", r.probs), ("probs_after_miss", r.probs_after_miss)):
+            if probs:
+                line[key] = [[p, *ps] for p, ps in sorted(probs.items())]
         out.write(json.dumps(line) + "\n")
 
 
@@ -236,6 +266,14 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
     for pos, rank in rec.ranks.items():
         if pos < n:
             ranks[pos] = rank
+    probs: list[tuple[float, ...] | None] = [None] * n
+    for pos, ps in rec.probs.items():
+        if pos < n:
+            probs[pos] = ps
+    probs_after: list[tuple[float, ...] | None] = [None] * n
+    for pos, ps in rec.probs_after_miss.items():
+        if pos + 1 < n:
+            probs_after[pos + 1] = ps
     return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens,
                          entropies_after_miss=after_miss, ranks=ranks,
-                         rank_probs=trace.rank_probs)
+                         rank_probs=trace.rank_probs, probs=probs, probs_after_miss=probs_after)
