@@ -32,8 +32,10 @@ when present, are the defaults ``wanspec simulate --trace`` runs with.
 
 Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
 prompt length and output length.  A position in the trace gets its recorded outcome and entropy
-(and the position after a miss the recorded entropy after it, a rejected position its recorded
-rank, a position with recorded probabilities those); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+(and the position after a miss the recorded entropy and probabilities after it, a rejected
+position its recorded rank, a position with recorded probabilities those; a draft off the
+prefix where none was recorded, e.g. a draft tree's branch from a wrong alternative, one of the
+trace's recorded drafts after a miss, drawn at random); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
 configured entropy model, and a rejection without a recorded rank draws one from the trace's
 rank frequencies (:attr:`Trace.rank_probs`), or from the configured ``rank2``-``rank4`` when the
 trace records none (older traces).
@@ -105,6 +107,12 @@ class Trace:
         tested = sum(len(r.drafts) for r in self.requests)
         accepted = sum(a for r in self.requests for a, _ in r.drafts.values())
         return accepted / tested if tested else None
+
+    @property
+    def after_miss_pool(self) -> list[tuple[float, tuple[float, ...] | None]]:
+        """Every recorded draft right after its own wrong token: (entropy, probabilities)."""
+        return [(e, r.probs_after_miss.get(p)) for r in self.requests
+                for p, e in sorted(r.after_miss.items())]
 
     @property
     def rank_probs(self) -> tuple[float, float, float] | None:
@@ -274,6 +282,14 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
     for pos, ps in rec.probs_after_miss.items():
         if pos + 1 < n:
             probs_after[pos + 1] = ps
+    # a draft off the prefix after a wrong token where the trace has none recorded (a branch
+    # of a draft tree from a wrong alternative can start anywhere): one recorded at random
+    pool = trace.after_miss_pool
+    if pool:
+        r = stream(cfg, request, "after-miss").random
+        for j in range(1, n):
+            if after_miss[j] is None:
+                after_miss[j], probs_after[j] = pool[int(r() * len(pool))]
     return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens,
                          entropies_after_miss=after_miss, ranks=ranks,
                          rank_probs=trace.rank_probs, probs=probs, probs_after_miss=probs_after)
