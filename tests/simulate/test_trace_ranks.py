@@ -116,3 +116,20 @@ def test_a_replay_with_ranks_is_lossless():
     cfg = SimConfig(match="trace", requests=2, max_tokens=8, rtt_ms=60.0)
     for policy in ("remote", "always", "adaptive"):
         assert all(r.lossless for r in simulate_remote(cfg, policy, worlds(cfg, t)).requests)
+
+
+def test_a_draft_off_the_prefix_where_none_was_recorded_reports_a_recorded_one():
+    """A tree's branch from a wrong alternative can start at any position: after its wrong
+    token the draft reports what the trace recorded after some miss."""
+    req = TraceRequest(10, output_tokens=8)
+    for pos in range(10, 18):
+        req.add(pos, pos != 12, 0.1, 0.77 if pos == 12 else None, 0 if pos == 12 else None,
+                None, (0.3, 0.2, 0.1) if pos == 12 else None)
+    w = replay_request(SimConfig(match="trace", requests=1, max_tokens=8), Trace([req]), 0)
+    assert all(w.entropy_bad[j] == 0.77 for j in range(1, len(w.entropy_bad)))
+    assert all((w.top_bad[j], w.alt_p_bad[j]) == (0.3, (0.2, 0.1, 0.0))
+               for j in range(1, len(w.top_bad)))
+    # nothing recorded after a miss (an older trace): the entropy model, as before
+    old = TraceRequest(10, {p: (True, 0.1) for p in range(10, 18)}, output_tokens=8)
+    w = replay_request(SimConfig(match="trace", requests=1, max_tokens=8), Trace([old]), 0)
+    assert len(set(w.entropy_bad)) > 5
