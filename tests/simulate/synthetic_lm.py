@@ -37,24 +37,6 @@ class _Cache:
         self.closed = True
 
 
-def _top_prob_for(entropy: float, vocab: int) -> float:
-    """p such that a distribution (p, then (1-p)/(V-1) each) has ``entropy`` nats."""
-    def h(p: float) -> float:
-        q = (1.0 - p) / (vocab - 1)
-        return -(p * math.log(p)) - ((vocab - 1) * q * math.log(q) if q > 0 else 0.0)
-
-    lo, hi = 1.0 / vocab, 1.0 - 1e-15
-    if entropy >= h(lo):
-        return lo
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if h(mid) > entropy:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 class SyntheticLM:
     """``role`` is "target" (one-hot logits of the target sequence) or "draft" (the synthetic
     draft's proposal, with a distribution whose entropy is the simulated one)."""
@@ -86,7 +68,18 @@ class SyntheticLM:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def forward_batch(self, feeds, *, skip_closed: bool = False) -> list[torch.Tensor | None]:
-        """CausalLM's batched interface; synthetic logits gain nothing from batching."""
+        """CausalLM's batched interface; synthetic logits gain nothing from batching.  Forks
+        (``Feed.source``) copy their source's prefix first, as the source was before the pass."""
+        live = [f for f in feeds if not (skip_closed and f.cache.closed)]
+        for f in live:
+            source = getattr(f, "source", None)
+            if source is not None:
+                if f.start > source.length:
+                    raise ValueError(f"cannot fork {f.start} positions off a cache of "
+                                     f"{source.length}")
+                f.cache.world = source.world
+                f.cache.draft.copy_from(source.draft, f.start)
+                f.cache.length = f.start
         return [None if skip_closed and f.cache.closed else self.forward(f.cache, f.start, f.tokens)
                 for f in feeds]
 
@@ -105,9 +98,13 @@ class SyntheticLM:
             for i in range(n):
                 logits[i, w.target[start + i + 1]] = 10.0
             return logits
-        tok, ent, _ = w.draft(cache.draft, start, tokens)
-        p = _top_prob_for(ent, self.vocab_size)
-        logits = torch.full((n, self.vocab_size), math.log((1.0 - p) / (self.vocab_size - 1)),
-                            dtype=torch.float64)
-        logits[-1, tok] = math.log(p)
+        # the simulated draft's distribution itself: its token, its alternatives, every other
+        # token at the same probability (simulate.models.draft_distribution), so the runtime
+        # reads the simulator's entropy, top probability, alternatives and their probabilities
+        tok, _, top, alts, alt_probs = w.draft(cache.draft, start, tokens)
+        rest = (1.0 - top - sum(alt_probs)) / (self.vocab_size - 1 - len(alts))
+        logits = torch.full((n, self.vocab_size), math.log(rest), dtype=torch.float64)
+        logits[-1, tok] = math.log(top)
+        for a, p in zip(alts, alt_probs):
+            logits[-1, a] = math.log(p)
         return logits

@@ -84,7 +84,9 @@ def test_counts_match_what_the_real_metrics_count():
 
 
 def test_worker_session_stats_are_attached_per_request():
-    cfg = SMALL.with_values({"rtt": 20.0})
+    # a plain chain: every token received was drafted (a branch's first message also carries
+    # its first token, an alternative no pass of it drafted)
+    cfg = SMALL.with_values({"rtt": 20.0, "branches": 0})
     res = simulate_remote(cfg, "entropy", worlds(cfg))
     for r in res.requests:
         assert r.worker is not None and r.worker.passes >= r.worker.drafted > 0
@@ -126,8 +128,10 @@ def test_adaptive_stops_using_a_useless_draft_within_a_few_tokens(rtt, costs):
     from wanspec.simulate.engine import RemoteSim
 
     target_ms, draft_ms = costs
+    # useless runner-ups too (else a draft tree's branches catch most corrections)
     cfg = SMALL.with_values({"rtt": rtt, "alpha": 0.0, "target_ms": target_ms,
-                             "draft_ms": draft_ms, "requests": 6, "max_tokens": 64})
+                             "draft_ms": draft_ms, "requests": 6, "max_tokens": 64,
+                             "rank2": 0.0, "rank3": 0.0, "rank4": 0.0})
     res = RemoteSim(cfg, "adaptive", worlds(cfg)).run()
     metrics = [r.metrics for r in res.requests]
     assert sum(m.draft_passes["controller"] for m in metrics) <= 2

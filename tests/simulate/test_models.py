@@ -35,9 +35,9 @@ def test_draft_on_the_right_prefix_follows_the_match_model():
     cache = DraftCache()
     for pos in range(4, 60):
         # feed the whole correct prefix each time from 0 (cut to 0): prefix is right
-        tok, ent, top = w.draft(cache, 0, w.target[:pos])
+        tok, ent, top, _, _ = w.draft(cache, 0, w.target[:pos])
         assert tok == (w.target[pos] if w.match[pos] else w.wrong[pos])
-        assert ent == w.entropy[pos] and top == pytest.approx(math.exp(-ent))
+        assert ent == w.entropy[pos] and top == w.top[pos]
 
 
 def test_draft_after_a_wrong_token_is_wrong_until_the_cache_is_cut():
@@ -46,11 +46,11 @@ def test_draft_after_a_wrong_token_is_wrong_until_the_cache_is_cut():
     cache = DraftCache()
     w.draft(cache, 0, w.target[:pos])
     bad = w.target[pos] + 1
-    tok, ent, _ = w.draft(cache, pos, [bad])  # wrong token at pos: drafts for pos+1 are wrong
+    tok, ent, _, _, _ = w.draft(cache, pos, [bad])  # wrong token at pos: drafts for pos+1 are wrong
     assert tok == w.wrong[pos + 1] and ent == w.entropy_bad[pos + 1]
-    tok, _, _ = w.draft(cache, pos + 1, [tok])  # still on the wrong prefix
+    tok = w.draft(cache, pos + 1, [tok])[0]  # still on the wrong prefix
     assert tok == w.wrong[pos + 2]
-    tok, _, _ = w.draft(cache, pos, [w.target[pos]])  # cut before the wrong token: right again
+    tok = w.draft(cache, pos, [w.target[pos]])[0]  # cut before the wrong token: right again
     assert tok == w.target[pos + 1]
 
 
@@ -59,6 +59,7 @@ def test_two_draft_copies_agree():
     w = build_request(SimConfig(alpha=0.7, max_tokens=64), 0, 4)
     a, b = DraftCache(), DraftCache()
     seq = list(w.target[:4])
+    w.draft(a, 0, seq[:3])  # (a holds the first 3 positions: each pass feeds the last token)
     for pos in range(4, 40):
         ta = w.draft(a, pos - 1, seq[pos - 1:])
         tb = w.draft(b, 0, seq)

@@ -5,6 +5,10 @@ virtual clock) decodes the simulator's synthetic sequences through :mod:`synthet
 record must be equal.  A millisecond of jitter breaks exact ties between a pass finishing and a
 message arriving at the same instant: the simulator handles simultaneous events in the order
 they were scheduled, asyncio in an order of its own, and neither is more right than the other.
+
+Draft trees: the simulated worker grows them (it announces the "branches" capability); an
+emulated deployment does once the runtime's worker announces it too.  Until then the comparison
+runs without branches on both sides (what the emulated controller falls back to).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pytest
 from synthetic_lm import SyntheticLM
 from wanspec.baselines import BASELINES
 from wanspec.emulate.runner import Emulation, EmulationConfig
+from emulated_trees import emulated_branches
 from wanspec.runtime.engine import TimingConfig
 from wanspec.simulate.config import POLICIES, SimConfig
 from wanspec.simulate.sweep import parse_sweep, run_sweep
@@ -32,6 +37,7 @@ def both():
     rtts = (0.0, 30.0)
     ws = worlds(cfg)
     target, draft = SyntheticLM(ws, "target", 64), SyntheticLM(ws, "draft", 64)
+    cfg = cfg.with_values({"branches": emulated_branches(draft)})
     try:
         emu = Emulation(target, draft, EmulationConfig(
             rtts_ms=rtts, jitter_ms=cfg.jitter_ms, max_tokens=cfg.max_tokens,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from emulated_trees import emulated_branches
 from wanspec.simulate.baselines import simulate_local
 from wanspec.baselines import BASELINES
 from wanspec.simulate.config import POLICIES, SimConfig
@@ -71,34 +72,50 @@ def test_standard_sd_time_per_round_is_draft_passes_plus_one_target_pass():
 # ---- simulate vs emulate on a recorded trace -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """A short emulated run of the shipped pair at 40 ms RTT, and its ``--record`` trace."""
+# Draft trees (the default) on both sides: every mode's TPOT within 5%; busy-site draft passes
+# within 5% or 0.05 per token.  Over a few hundred tokens a handful of passes is the difference:
+# with trees many more messages cross, and events at one instant (a draft's arrival, a pass's
+# end) are ordered by the simulator as scheduled and by asyncio its own way (with the very same
+# models, tests/simulate/test_runtime_equivalence.py, that alone moves busy-site passes by up to
+# ~15% at 0 ms of jitter), and what a draft does off the committed prefix after a wrong
+# alternative is not in a trace (docs/simulator.md).  Without trees both stay within 5%.
+BUSY_ABS = {0: 1e-12, None: 0.05}
+
+
+@pytest.fixture(scope="module", params=[0, None], ids=["chain", "trees"])
+def recorded(tmp_path_factory, request):
+    """A short emulated run of the shipped pair at 40 ms RTT, and its ``--record`` trace; with
+    no branches, or the controller's default."""
     from wanspec.cli.loading import load_models
+    from wanspec.core.controller import ControllerConfig
     from wanspec.emulate.prompts import load_prompts
     from wanspec.emulate.runner import Emulation, EmulationConfig
     from wanspec.simulate.trace import read_trace, write_trace
 
     target, draft = load_models(None, None, need_draft=True)
-    cfg = EmulationConfig(rtts_ms=(40.0,), max_tokens=40)  # CLI defaults: 30 / 4 ms, 0.5 ms/tok
+    branches = ControllerConfig().branches if request.param is None else request.param
+    # CLI defaults: 30 / 4 ms, 0.5 ms/tok
+    cfg = EmulationConfig(rtts_ms=(40.0,), max_tokens=40, branches=branches)
     emu = Emulation(target, draft, cfg)
     records = emu.run(load_prompts(None, 4))
     path = tmp_path_factory.mktemp("validation") / "trace.jsonl"
     header, reqs = emu.trace()
     write_trace(path, reqs, header)
+    grown = branches if emulated_branches(draft) else 0  # (trees need the runtime's support)
     target.close()
     draft.close()
-    return {r["mode"]: r for r in records}, read_trace(path)
+    return {r["mode"]: r for r in records}, read_trace(path), grown, BUSY_ABS[request.param]
 
 
 def test_simulate_matches_emulate_on_a_recorded_trace(recorded):
     from wanspec.simulate.sweep import run_sweep
 
-    emulated, trace = recorded
+    emulated, trace, branches, busy_abs = recorded
     h = trace.header
     cfg = SimConfig(match="trace", rtt_ms=40.0, requests=len(trace.requests), max_tokens=40,
                     target_ms=h["target_ms"], draft_ms=h["draft_ms"],
-                    verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"])
+                    verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"],
+                    branches=branches)  # the draft trees the emulated run grew (if any)
     simulated = {r["mode"]: r for r in run_sweep(cfg, [], POLICIES, trace=trace, jobs=1)}
     assert set(simulated) == set(emulated) == {*BASELINES, *POLICIES}
     for mode, e in emulated.items():
@@ -106,7 +123,7 @@ def test_simulate_matches_emulate_on_a_recorded_trace(recorded):
         assert s["tokens"] == e["tokens"] == 4 * 40
         assert s["tpot_ms_mean"] == pytest.approx(e["tpot_ms_mean"], rel=0.05), mode
         assert s["busy_site_draft_passes_per_token"] == pytest.approx(
-            e["busy_site_draft_passes_per_token"], rel=0.05, abs=1e-12), mode
+            e["busy_site_draft_passes_per_token"], rel=0.05, abs=busy_abs), mode
     # the comparison is not vacuous: the policies differ from each other and from the baselines
     assert simulated["remote"]["busy_site_draft_passes_per_token"] == 0
     assert simulated["always"]["busy_site_draft_passes_per_token"] > 0.3

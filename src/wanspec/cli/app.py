@@ -257,7 +257,7 @@ def emulate(
 
 @app.command()
 def simulate(
-    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (durations, as --rtt: bare numbers are ms); bandwidth (as --bandwidth: 100Mbit/s, 12.5MB/s; bare numbers are Mbit/s); loss, alpha, burst; separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (durations, as --rtt: bare numbers are ms); bandwidth (as --bandwidth: 100Mbit/s, 12.5MB/s; bare numbers are Mbit/s); loss, alpha, burst, rank2, rank3, rank4 (probabilities); separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, branches, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message, uniform in [0, jitter] (never reorders)."),
     bandwidth: str = typer.Option("0", "--bandwidth", help="Link bandwidth per direction: 100Mbit/s, 100Mbps, 12.5MB/s (bytes), 1Gbit; a bare number is Mbit/s; 0 = unlimited."),
@@ -270,6 +270,7 @@ def simulate(
     policy: str = typer.Option("all", "--policy", help="remote, always, entropy, adaptive (comma-separated) or all."),
     gamma: Optional[int] = typer.Option(None, "--gamma", help="Draft tokens per verification window (default: 4; with --trace: the recorded value)."),
     lookahead: int = typer.Option(0, "--lookahead", help="Worker lookahead cap in tokens (0 = automatic, from RTT and draft cost)."),
+    branches: int = typer.Option(ControllerConfig().branches, "--branches", help="Draft tree: branch lanes the worker may grow besides its main chain, from the draft's runner-up tokens, so that a rejection's correction often has drafts waiting (0 = a single chain)."),
     entropy_threshold: float = typer.Option(_POLICY.entropy_threshold, "--entropy-threshold", help="entropy policy: nats above which a rejection is predicted."),
     max_slowdown: float = typer.Option(_POLICY.max_slowdown, "--max-slowdown", help="adaptive policy: latency budget, as a multiple of the best decoding the busy site could do alone (estimated online); never slower than target-only."),
     match: str = typer.Option("iid", "--match", help="Acceptance model: iid (each draft accepted with probability alpha), markov (bursty, see --burst) or trace (replay --trace)."),
@@ -313,7 +314,7 @@ def simulate(
             requests=requests, prompt_tokens=prompt_tokens, seed=seed, jobs=jobs,
             as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console,
             concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
-            max_batch=max_batch, admission=admission)
+            max_batch=max_batch, admission=admission, branches=branches)
     if not ok:
         raise typer.Exit(1)
 

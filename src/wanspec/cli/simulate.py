@@ -42,8 +42,11 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
                  seed: int, jobs: int, as_json: bool, csv_path: Path | None,
                  plot_path: Path | None, console: Console, concurrency: str | None = None,
                  request_rate: float | None = None, slo_tpot: str = "50ms",
-                 max_batch: int = 64, admission: bool = False) -> bool:
-    """Run the sweep and print/write its records; returns False if any output was not lossless."""
+                 max_batch: int = 64, admission: bool = False,
+                 branches: int | None = None) -> bool:
+    """Run the sweep and print/write its records; returns False if any output was not lossless.
+
+    ``branches``: the draft tree's branch lanes (None: the controller's default)."""
     from wanspec.cli.emulate import parse_loads
 
     loads = parse_loads(concurrency, request_rate, seed)
@@ -80,6 +83,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         spike_ms=None if spike is None else parse_duration_ms(spike, "--spike"),
         target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
         draft_per_token_ms=draft_per_token_ms, gamma=gamma, lookahead=lookahead,
+        **({} if branches is None else {"branches": branches}),
         entropy_threshold=entropy_threshold, max_slowdown=max_slowdown, match=match,
         alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,
         max_tokens=max_tokens, requests=requests, prompt_tokens=prompt_tokens, seed=seed)

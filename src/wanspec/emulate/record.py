@@ -9,6 +9,14 @@ draft's proposal for every position on exactly the prefix the real worker drafts
 same coupled sampling noise keyed by (seed, position) when sampling.  The simulator then replays
 the real pattern of acceptances (runs, bursts, entropy) everywhere, not only where one policy
 happened to look.
+
+At a rejected position the trace also holds the *rank* of the target's token among the draft's
+choices (2-4: its 2nd to 4th choice, 0: none of its top :data:`RANK_DEPTH`), what decides whether
+a draft tree's branch from a runner-up token catches the correction (docs/simulator.md, "Draft
+trees").  The ranking is the draft's own: its token, then its alternatives
+(:func:`~wanspec.sampling.draft_choice`: by logits when greedy, by noised log-probabilities when
+sampling).  Every position also records the draft's probabilities of its token and alternatives,
+which a worker growing a tree weighs its branches by.
 """
 
 from __future__ import annotations
@@ -17,15 +25,29 @@ from typing import Any, Sequence
 
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.engine import GenerationResult, TimingConfig
-from wanspec.sampling import SamplingParams, draft_choice
-from wanspec.simulate.trace import TraceRequest
+from wanspec.sampling import DraftChoice, SamplingParams, draft_choice
+from wanspec.simulate.trace import RANK_DEPTH, TraceRequest
+
+
+def target_rank(ranking: Sequence[int], token: int) -> int:
+    """1-based rank of ``token`` in the draft's ``ranking`` (0: not in it)."""
+    for i, t in enumerate(ranking):
+        if t == token:
+            return i + 1
+    return 0
+
+
+def _probs(c: DraftChoice) -> tuple[float, ...]:
+    """``(top_prob, *alt_probs)`` of a draft choice, rounded as a trace holds them."""
+    return tuple(round(p, 6) for p in (c.top_prob, *c.alt_probs))
 
 
 def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int],
                    sampling: SamplingParams) -> TraceRequest:
-    """Every output position's outcome for a draft on the committed prefix (one draft pass), and
-    after each miss the entropy of the draft's next proposal on its own wrong token (one short
-    pass per miss)."""
+    """Every output position's outcome for a draft on the committed prefix (one draft pass) with
+    its entropy and probabilities (of its token and alternatives), and after each miss the rank
+    of the target's token among the draft's choices and the entropy and probabilities of the
+    draft's next proposal on its own wrong token (one short pass per miss)."""
     n_prompt = len(prompt)
     rec = TraceRequest(n_prompt, output_tokens=len(output) or None)
     if not output:
@@ -37,15 +59,19 @@ def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int]
     choices = [draft_choice(logits[j - 1], j, sampling) for j in range(n_prompt, len(seq))]
     valid = len(seq) - 1  # the cache holds the committed prefix up to here
     for j, c in zip(range(n_prompt, len(seq)), choices):
-        after = None
-        if c.token != seq[j] and j + 1 < len(seq):
-            # the chain (or a local round) goes on from its own wrong token: keep the committed
-            # prefix before j (re-feeding what an earlier miss displaced), then the wrong token
-            start = min(valid, j)
-            row = draft.forward(cache, start, [*seq[start:j], c.token])[-1]
-            after = round(draft_choice(row, j + 1, sampling).entropy, 6)
-            valid = j
-        rec.add(j, c.token == seq[j], round(c.entropy, 6), after)
+        after = rank = after_probs = None
+        if c.token != seq[j]:
+            rank = target_rank([c.token, *c.alternatives][:RANK_DEPTH], seq[j])
+            if j + 1 < len(seq):
+                # the chain (or a local round) goes on from its own wrong token: keep the
+                # committed prefix before j (re-feeding what an earlier miss displaced), then
+                # the wrong token
+                start = min(valid, j)
+                row = draft.forward(cache, start, [*seq[start:j], c.token])[-1]
+                nxt = draft_choice(row, j + 1, sampling)
+                after, after_probs = round(nxt.entropy, 6), _probs(nxt)
+                valid = j
+        rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank, _probs(c), after_probs)
     return rec
 
 

@@ -55,8 +55,7 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld],
                 ev = TargetDone(run.op, world.choices(first, run.want))
             else:
                 now += (db + dp * (n - 1)) / 1000.0
-                tok, ent, top = world.draft(cache, run.start, run.tokens)
-                ev = DraftDone(run.op, tok, ent, top)
+                ev = DraftDone(run.op, *world.draft(cache, run.start, run.tokens))
             actions = dec.on_event(ev, now)
         ref = world.reference()
         result.requests.append(RequestResult(dec.metrics, dec.transcript.output == ref and out == ref))

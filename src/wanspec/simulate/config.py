@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
 from wanspec.units import (
@@ -24,7 +25,12 @@ from wanspec.units import (
 
 POLICIES: tuple[str, ...] = tuple(p.value for p in PolicyName)
 _POLICY_DEFAULTS = PolicyConfig()  # thresholds default to what the real controller uses
+_CONTROLLER_DEFAULTS = ControllerConfig()  # draft-tree size: the real controller's default
 MATCH_MODELS = ("iid", "markov", "trace")
+# P(the target's token is a rejected draft's 2nd, 3rd, 4th choice), shipped pair, 128 held-out
+# prompts x 64 tokens (benchmarks/draft_ranks.py, benchmarks/results/draft_ranks.json)
+RANKS_GREEDY = (0.748, 0.160, 0.045)  # none of the top 4: 0.047 (1,092 rejections, s.e. <= 0.013)
+RANKS_SAMPLED = (0.602, 0.220, 0.074)  # temperature 1, seed 0 (1,491 rejections); none: 0.104
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,17 @@ PARAMS: dict[str, Param] = {p.name: p for p in [
           "entropy policy: rejection predicted above this"),
     Param("max_slowdown", "max_slowdown", float, 1, 100, "x",
           "adaptive policy: latency budget relative to the best local decoding"),
+    Param("branches", "branches", int, 0, 64, "lanes",
+          "draft tree: branch lanes the worker may grow (0 = a single chain)"),
     Param("alpha", "alpha", float, 0, 1, "prob", "per-token acceptance of drafts", hi_open=True),
     Param("burst", "burst", float, 0, 1, "corr", "markov: lag-1 correlation of outcomes",
           hi_open=True),
+    Param("rank2", "rank2", float, 0, 1, "prob",
+          "a rejected draft's 2nd choice is the target's token"),
+    Param("rank3", "rank3", float, 0, 1, "prob",
+          "a rejected draft's 3rd choice is the target's token"),
+    Param("rank4", "rank4", float, 0, 1, "prob",
+          "a rejected draft's 4th choice is the target's token"),
     Param("separation", "separation", float, 0, 100, "nats",
           "entropy: mean(rejected) - mean(accepted)"),
     Param("entropy_sd", "entropy_sd", float, 0, 100, "nats", "entropy: spread of each class"),
@@ -104,10 +118,18 @@ class SimConfig:
     lookahead: int = 0
     entropy_threshold: float = _POLICY_DEFAULTS.entropy_threshold
     max_slowdown: float = _POLICY_DEFAULTS.max_slowdown
+    branches: int = _CONTROLLER_DEFAULTS.branches
     # synthetic models
     match: str = "iid"
     alpha: float = 0.8
     burst: float = 0.5
+    # where the target's token sits among a rejected draft's choices (its top is wrong): its
+    # 2nd, 3rd or 4th choice with these probabilities, else none of its top 4.  Measured for the
+    # shipped pair, greedy (sampled at temperature 1: RANKS_SAMPLED), by
+    #   .venv/bin/python benchmarks/draft_ranks.py --json benchmarks/results/draft_ranks.json
+    rank2: float = RANKS_GREEDY[0]
+    rank3: float = RANKS_GREEDY[1]
+    rank4: float = RANKS_GREEDY[2]
     separation: float = 1.0
     entropy_sd: float = 0.35
     entropy_base: float = 0.5  # mean entropy of drafts that will be accepted (nats)
@@ -129,8 +151,11 @@ class SimConfig:
                                f"{', '.join(MATCH_MODELS)}")
         if not 0.0 <= self.up_share <= 1.0:
             raise WanspecError(f"up_share must be between 0 and 1, got {self.up_share}")
-        if self.vocab < 2:
-            raise WanspecError("vocab must be >= 2")
+        if self.rank2 + self.rank3 + self.rank4 > 1.0 + 1e-9:
+            raise WanspecError(f"rank2 + rank3 + rank4 must be <= 1, got "
+                               f"{self.rank2:g} + {self.rank3:g} + {self.rank4:g}")
+        if self.vocab < 64:  # (room for a draft's top 4 above the rest: simulate.models)
+            raise WanspecError("vocab must be >= 64")
 
     def with_values(self, values: dict[str, Any]) -> "SimConfig":
         return dataclasses.replace(self, **{PARAMS[k].field: v for k, v in values.items()})

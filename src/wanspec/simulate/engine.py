@@ -1,6 +1,6 @@
 """Discrete-event driver of the real cores: one point, one policy, requests one after another.
 
-Why a hand-written loop (a heap of ``(time, seq, handler, arg)``) rather than asyncio on a
+Why a hand-written loop (a heap of ``(time, priority, seq, handler, arg)``) rather than asyncio on a
 virtual clock: the emulator's adapters spend most of their time in asyncio machinery; here each
 event is one heap pop and one method call, so the cores themselves dominate the cost.
 
@@ -14,8 +14,13 @@ is in the cores:
 * requests run one after another, as ``emulate`` runs its prompts; the next one starts when the
   worker's SessionStats for the previous one arrives (``InprocDeployment.generate`` waits for it);
   all share one :class:`~wanspec.core.estimates.Estimates`, as requests of a ``RemoteEngine`` do;
-* the controller device runs one pass at a time (the core guarantees it); the worker device runs
-  passes in FIFO order; pass costs are ``base + per_token * (tokens fed - 1)``;
+* the controller device runs one pass at a time (the core guarantees it); pass costs are
+  ``base + per_token * (tokens fed - 1)``;
+* the worker device batches, as the worker adapter's ``SharedAccelerator`` does: whenever it is
+  free, the passes waiting (a session's lanes of its draft tree, each its own sequence) run as one
+  pass, formed by the same :class:`~wanspec.core.batcher.Batcher` only after every other event of
+  that instant (the adapter's *settling*), costing ``base + per_token * (longest feed - 1)``; a
+  released session's waiting passes are withdrawn;
 * every timer (a core's ``next_timer``) is re-armed after each event that core handles, like
   ``wait_for`` in the adapters: a later event makes an earlier timer stale.
 """
@@ -35,12 +40,13 @@ from wanspec.core.actions import (
     Send,
     TargetDone,
 )
+from wanspec.core.batcher import Batcher, BatchLimits, PassKind
 from wanspec.core.controller import ControllerAction, ControllerConfig, ControllerCore
 from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.worker import Close, DraftFor, Release, WorkerAction, WorkerCore
+from wanspec.core.worker import Close, DraftFor, Release, WorkerAction, WorkerCore, WorkerLoad
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import Hello, Message
 from wanspec.sampling import SamplingParams
@@ -50,10 +56,13 @@ from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
 from wanspec.transport.inproc import LinkParams
 
-_CAPS = ("drafts", "entropy")
+# "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches)
+_CAPS = ("drafts", "entropy", "branches")
 CONTROLLER_HELLO = Hello(PROTOCOL_VERSION, "controller", "synthetic-target", "0" * 16, 32000, _CAPS)
 WORKER_HELLO = Hello(PROTOCOL_VERSION, "worker", "synthetic-draft", "0" * 16, 32000, _CAPS)
 GREEDY = SamplingParams()
+WORKER_MAX_BATCH = BatchLimits().max_sequences  # what an in-process deployment's worker carries
+FORM = 1  # heap priority of forming a worker pass: after every other event of the same instant
 
 
 def link_params(cfg: SimConfig) -> LinkParams:
@@ -66,7 +75,23 @@ def link_params(cfg: SimConfig) -> LinkParams:
 def controller_config(cfg: SimConfig, policy: str) -> ControllerConfig:
     return ControllerConfig(
         gamma=cfg.gamma, lookahead=cfg.lookahead,
-        policy=PolicyConfig(PolicyName(policy), cfg.entropy_threshold, cfg.max_slowdown))
+        policy=PolicyConfig(PolicyName(policy), cfg.entropy_threshold, cfg.max_slowdown),
+        branches=cfg.branches)
+
+
+def worker_cache(caches: dict[int, DraftCache], a: DraftFor) -> DraftCache:
+    """The cache ``a`` runs on among its session's ``caches`` (by number), made or reused; with
+    ``copy_from``, it first takes the first ``run.start`` positions of that cache."""
+    cache = caches.get(a.cache)
+    if cache is None:
+        cache = caches[a.cache] = DraftCache()
+    if a.copy_from is not None:
+        source = caches.get(a.copy_from)
+        if source is None:
+            raise ValueError(f"session {a.rid}: copy from draft cache {a.copy_from}, "
+                             "which it never used")
+        cache.copy_from(source, a.run.start)
+    return cache
 
 
 def pass_seconds(base_ms: float, per_token_ms: float, tokens: int) -> float:
@@ -84,16 +109,22 @@ class RemoteSim:
         self.ccfg = controller_config(cfg, policy)
         self.has_local = policy != PolicyName.REMOTE.value
         self.up, self.down = link_pair(link_params(cfg))
-        self.heap: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
+        self.heap: list[tuple[float, int, int, Callable[[float, Any], None], Any]] = []
         self._seq = 0  # insertion order: ties in time run first-scheduled first
         self.link = LinkCore(CONTROLLER_HELLO, rtt_prior_s=cfg.rtt_ms / 1000.0)
-        self.worker = WorkerCore(WORKER_HELLO)
+        self.worker_load = WorkerLoad(max_batch=WORKER_MAX_BATCH)
+        self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
         self.estimates = Estimates.with_priors(
             target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
             verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
             worker_demand=self.link.worker_demand)
-        self.wcaches: dict[int, DraftCache] = {}
-        self.worker_free = 0.0
+        self.wcaches: dict[int, dict[int, DraftCache]] = {}  # session -> its caches by number
+        self.wbatcher = Batcher(BatchLimits(max_sequences=WORKER_MAX_BATCH))
+        self.wjobs: dict[int, DraftFor] = {}  # waiting worker passes by key
+        self.wkeys: dict[int, set[int]] = {}  # a session's worker passes (maybe waiting)
+        self._wkey = 0
+        self.wrunning = False
+        self.wform_scheduled = False
         self.worker_busy = 0.0
         self.cores: dict[int, ControllerCore] = {}  # by request id, kept until the worker reported
         self.core: ControllerCore | None = None  # the request being decoded
@@ -107,14 +138,15 @@ class RemoteSim:
         self._armed: dict[str, float | None] = {}
 
     # ---- loop ------------------------------------------------------------------------------
-    def _at(self, t: float, fn: Callable[[float, Any], None], arg: Any) -> None:
+    def _at(self, t: float, fn: Callable[[float, Any], None], arg: Any,
+            priority: int = 0) -> None:
         self._seq += 1
-        heappush(self.heap, (t, self._seq, fn, arg))
+        heappush(self.heap, (t, priority, self._seq, fn, arg))
 
     def run(self) -> ModeResult:
         self._link_exec(self.link.connect(0.0), 0.0)
         while self.heap and not self.done:
-            t, _, fn, arg = heappop(self.heap)
+            t, _, _, fn, arg = heappop(self.heap)
             fn(t, arg)
         if not self.done:
             raise RuntimeError(f"simulation stalled ({self.policy}, request {self.index})")
@@ -181,9 +213,9 @@ class RemoteSim:
                 cost = pass_seconds(cfg.target_ms, cfg.verify_per_token_ms, len(a.tokens))
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, RunDraft):
-                token, entropy, top = world.draft(self.local_cache, a.start, a.tokens)
+                done = DraftDone(a.op, *world.draft(self.local_cache, a.start, a.tokens))
                 cost = pass_seconds(cfg.draft_ms, cfg.draft_per_token_ms, len(a.tokens))
-                self._at(now + cost, self._c_done, DraftDone(a.op, token, entropy, top))
+                self._at(now + cost, self._c_done, done)
             elif isinstance(a, EmitTokens):
                 self.out.extend(a.tokens)
             elif isinstance(a, Finished):
@@ -235,24 +267,61 @@ class RemoteSim:
             if isinstance(a, Send):
                 self._at(self.down.push(now, frame_size(a.msg)), self._on_link_message, a.msg)
             elif isinstance(a, DraftFor):
-                cache = self.wcaches.setdefault(a.rid, DraftCache())
-                run = a.run
-                token, entropy, top = self.worlds[a.rid - 1].draft(cache, run.start, run.tokens)
-                cost = pass_seconds(self.cfg.draft_ms, self.cfg.draft_per_token_ms,
-                                    len(run.tokens))
-                self.worker_free = max(now, self.worker_free) + cost  # one device, FIFO
-                self.worker_busy += cost
-                self._at(self.worker_free, self._w_done,
-                         (a.rid, DraftDone(run.op, token, entropy, top)))
+                self.wcaches.setdefault(a.rid, {})
+                self._wkey += 1
+                key = self._wkey
+                self.wjobs[key] = a
+                self.wbatcher.submit(key, PassKind.DRAFT, len(a.run.tokens), now)
+                jobs = self.wjobs  # (forget the session's passes that ran)
+                keys = {k for k in self.wkeys.get(a.rid, ()) if k in jobs}
+                keys.add(key)
+                self.wkeys[a.rid] = keys
+                if not self.wrunning and not self.wform_scheduled:
+                    self.wform_scheduled = True
+                    self._at(now, self._w_form, None, FORM)
             elif isinstance(a, Release):
                 self.wcaches.pop(a.rid, None)
+                for key in self.wkeys.pop(a.rid, ()):
+                    if self.wjobs.pop(key, None) is not None:  # its waiting passes withdrawn
+                        self.wbatcher.withdraw(key)
             elif isinstance(a, Log):
                 self.logs.append(a.message)
             elif isinstance(a, Close):
                 raise RuntimeError(f"the simulated worker closed the connection: {a.reason}")
+        sessions = len(self.worker.sessions)
+        if sessions != self.worker_load.sessions:  # as the adapter's refresh_load
+            self.worker_load.sessions = sessions
+            self._w_exec(self.worker.on_load_changed(), now)
 
-    def _w_done(self, now: float, arg: tuple[int, DraftDone]) -> None:
-        self._w_exec(self.worker.on_draft_done(*arg), now)
+    def _w_form(self, now: float, _: Any) -> None:
+        """The worker device is free: run what waits as one pass (its lanes' caches copy first)."""
+        self.wform_scheduled = False
+        if self.wrunning:
+            return
+        p = self.wbatcher.next_pass()
+        if p is None:
+            return
+        jobs = [self.wjobs.pop(k) for k in p.keys]
+        for a in jobs:
+            worker_cache(self.wcaches[a.rid], a)
+        done = [(a.rid, DraftDone(a.run.op, *self.worlds[a.rid - 1].draft(
+            self.wcaches[a.rid][a.cache], a.run.start, a.run.tokens))) for a in jobs]
+        cost = pass_seconds(self.cfg.draft_ms, self.cfg.draft_per_token_ms,
+                            max(len(a.run.tokens) for a in jobs))
+        self.worker_busy += cost
+        self.wrunning = True
+        self._at(now + cost, self._w_done, done)
+
+    def _w_done(self, now: float, done: list[tuple[int, DraftDone]]) -> None:
+        self.wrunning = False
+        for rid, ev in done:
+            if rid in self.wcaches:
+                self._w_exec(self.worker.on_draft_done(rid, ev), now)
+            else:
+                self.worker.on_draft_done(rid, ev)  # released meanwhile: counted as wasted
+        if self.wbatcher.waiting and not self.wform_scheduled:
+            self.wform_scheduled = True
+            self._at(now, self._w_form, None, FORM)
 
 
 def simulate_remote(cfg: SimConfig, policy: str, requests: Sequence[RequestWorld]) -> ModeResult:

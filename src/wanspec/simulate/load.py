@@ -66,6 +66,7 @@ from wanspec.simulate.engine import (
     WORKER_HELLO,
     controller_config,
     link_params,
+    worker_cache,
 )
 from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
@@ -149,8 +150,9 @@ class LoadSim:
             self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
             self.wdev = _Device(Batcher(BatchLimits(max_sequences=self.limits.max_sequences)),
                                 {PassKind.DRAFT: draft_cost}, {PassKind.DRAFT: "draft"})
-            self.wcaches: dict[int, DraftCache] = {}
-            self.wkeys: dict[int, int] = {}  # a session's waiting worker pass
+            # session -> its draft caches by number (DraftFor.cache), while the session lives
+            self.wcaches: dict[int, dict[int, DraftCache]] = {}
+            self.wkeys: dict[int, set[int]] = {}  # a session's worker passes (maybe waiting)
 
     # ---- loop --------------------------------------------------------------------------------
     def _at(self, t: float, fn: Callable[[float, Any], None], arg: Any = None,
@@ -283,6 +285,9 @@ class LoadSim:
             return False
         jobs = [dev.jobs.pop(k) for k in p.keys]
         actions = [a for _, a in jobs]
+        if dev is not self.busy:  # worker passes: each branch's cache takes its copy first
+            for owner, _ in jobs:
+                worker_cache(self.wcaches[owner.rid], owner)
         cost = dev.costs[p.kind].seconds(
             p.tokens, longest=max(len(a.tokens) for a in actions),
             context=sum(a.start + len(a.tokens) for a in actions), sequences=len(jobs))
@@ -310,11 +315,10 @@ class LoadSim:
             if isinstance(a, RunTarget):
                 first = a.start + len(a.tokens) - a.want + 1
                 return TargetDone(a.op, world.choices(first, a.want))
-            token, entropy, top = world.draft(owner.local_cache, a.start, a.tokens)
-            return DraftDone(a.op, token, entropy, top)
-        rid = owner  # a worker session
-        token, entropy, top = self.worlds[rid - 1].draft(self.wcaches[rid], a.start, a.tokens)
-        return DraftDone(a.op, token, entropy, top)
+            return DraftDone(a.op, *world.draft(owner.local_cache, a.start, a.tokens))
+        # a worker session's pass (owner: its DraftFor), on the cache it names (copied above)
+        cache = self.wcaches[owner.rid][owner.cache]
+        return DraftDone(a.op, *self.worlds[owner.rid - 1].draft(cache, a.start, a.tokens))
 
     def _busy_form(self, now: float, _: Any) -> None:
         dev = self.busy
@@ -370,15 +374,18 @@ class LoadSim:
             if isinstance(a, Send):
                 self._at(self.down.push(now, frame_size(a.msg)), self._on_link_message, a.msg)
             elif isinstance(a, DraftFor):
-                self.wcaches.setdefault(a.rid, DraftCache())
-                self.wkeys[a.rid] = self._submit(self.wdev, a.rid, a.run, PassKind.DRAFT, now,
-                                                 self._worker_form)
+                self.wcaches.setdefault(a.rid, {})
+                jobs = self.wdev.jobs  # (forget the session's passes that ran)
+                keys = {k for k in self.wkeys.get(a.rid, ()) if k in jobs}
+                keys.add(self._submit(self.wdev, a, a.run, PassKind.DRAFT, now,
+                                      self._worker_form))
+                self.wkeys[a.rid] = keys
             elif isinstance(a, Release):
                 self.wcaches.pop(a.rid, None)
-                key = self.wkeys.pop(a.rid, None)
-                if key is not None and key in self.wdev.jobs:  # its waiting pass is withdrawn
-                    del self.wdev.jobs[key]
-                    self.wdev.batcher.withdraw(key)
+                for key in self.wkeys.pop(a.rid, ()):
+                    if key in self.wdev.jobs:  # its waiting passes are withdrawn
+                        del self.wdev.jobs[key]
+                        self.wdev.batcher.withdraw(key)
             elif isinstance(a, Log):
                 self.logs.append(a.message)
             elif isinstance(a, Close):
@@ -395,11 +402,11 @@ class LoadSim:
 
     def _worker_done(self, now: float, finished: list) -> None:
         self.wdev.running = False
-        for (rid, _), ev in finished:
-            if rid in self.wcaches:
-                self._w_exec(self.worker.on_draft_done(rid, ev), now)
+        for (a, _), ev in finished:
+            if a.rid in self.wcaches:
+                self._w_exec(self.worker.on_draft_done(a.rid, ev), now)
             else:
-                self.worker.on_draft_done(rid, ev)  # released meanwhile: counted as wasted
+                self.worker.on_draft_done(a.rid, ev)  # released meanwhile: counted as wasted
         if self.wdev.batcher.waiting and not self.wdev.form_scheduled:
             self.wdev.form_scheduled = True
             self._at(now, self._worker_form, None, FORM)

@@ -134,7 +134,7 @@ def _baseline_key(cfg: SimConfig) -> SimConfig:
     """The point with everything baselines ignore reset: equal keys share one baseline run."""
     return dataclasses.replace(cfg, rtt_ms=0.0, jitter_ms=0.0, bandwidth_mbit=0.0, loss=0.0,
                                spike_ms=None, up_share=0.5, lookahead=0,
-                               entropy_threshold=1.0, max_slowdown=1.0)
+                               entropy_threshold=1.0, max_slowdown=1.0, branches=0)
 
 
 Task = tuple[SimConfig, str, int]  # (point, mode, window of a standard SD baseline)

@@ -8,15 +8,22 @@ Format (JSONL, UTF-8, one JSON object per line; blank lines are ignored)::
 
     {"wanspec_trace": 1, "source": "...", "target_ms": 30, "draft_ms": 4, ...}   optional header
     {"request": 0, "prompt_tokens": 17, "output_tokens": 64, "drafts": [[17, true, 0.21], ...]}
-    {"request": 1, "prompt_tokens": 9,  "drafts": [...]}
+    {"request": 1, "prompt_tokens": 9,  "drafts": [...], "ranks": [[20, 2], [23, 0], ...]}
 
 One line per request.  Each ``drafts`` entry is ``[position, accepted, entropy]``: the absolute
 position (prompt included, as in the protocol), whether a draft conditioned on the committed
 prefix proposes the target's token there (true/false or 1/0), and the draft's entropy in nats (or
 null if unknown); a rejected entry may carry a fourth element, the entropy of the draft's next
 proposal after its own wrong token (what the worker's chain and a local round report right after
-a miss, and what a policy reading entropy sees).  Such a draft is deterministic, so a repeated position carries the same outcome;
-the first entry wins.  ``emulate --record`` writes every output position (one teacher-forced draft
+a miss, and what a policy reading entropy sees).  Such a draft is deterministic, so a repeated
+position carries the same outcome; the first entry wins.  ``ranks`` (optional) lists
+``[position, rank]`` for rejected positions: the rank of the target's token among the draft's
+choices there (2, 3 or 4: the draft's 2nd to 4th choice, the alternatives a draft tree branches
+from; 0: none of its top :data:`RANK_DEPTH`).  ``probs`` (optional) lists
+``[position, top_prob, p2, p3, p4]``: the draft's probability of its token and of its
+alternatives (at most 3) there, what a worker growing a draft tree weighs its branches by;
+``probs_after_miss`` (optional) the same for the draft's next proposal after its own wrong token
+at ``position`` (as the fourth element of a drafts entry is its entropy).  ``emulate --record`` writes every output position (one teacher-forced draft
 pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only the drafts some
 verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
 recorded output's length: a replayed request stops there.  The header is free metadata, except
@@ -25,8 +32,13 @@ when present, are the defaults ``wanspec simulate --trace`` runs with.
 
 Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
 prompt length and output length.  A position in the trace gets its recorded outcome and entropy
-(and the position after a miss the recorded entropy after it); any other position is drawn
-i.i.d. with the trace's overall per-token acceptance and the configured entropy model.
+(and the position after a miss the recorded entropy and probabilities after it, a rejected
+position its recorded rank, a position with recorded probabilities those; a draft off the
+prefix where none was recorded, e.g. a draft tree's branch from a wrong alternative, one of the
+trace's recorded drafts after a miss, drawn at random); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+configured entropy model, and a rejection without a recorded rank draws one from the trace's
+rank frequencies (:attr:`Trace.rank_probs`), or from the configured ``rank2``-``rank4`` when the
+trace records none (older traces).
 """
 
 from __future__ import annotations
@@ -42,6 +54,8 @@ from wanspec.simulate.config import SimConfig
 from wanspec.simulate.models import RequestWorld, build_request, iid_matches, stream
 
 FORMAT_VERSION = 1
+RANK_DEPTH = 4  # a trace ranks the target's token among the draft's first 4 choices
+RANKS = (0, 2, 3, 4)  # a rejected position's rank: 0 = not among them
 
 
 @dataclass
@@ -51,12 +65,26 @@ class TraceRequest:
     output_tokens: int | None = None  # the recorded output's length (None: unknown)
     # position p -> entropy of the draft at p + 1 after its own wrong token at p
     after_miss: dict[int, float] = field(default_factory=dict)
+    # rejected position -> rank of the target's token among the draft's choices (RANKS)
+    ranks: dict[int, int] = field(default_factory=dict)
+    # position -> (top_prob, *alt_probs) of the draft there; after_miss's position -> those of
+    # its next proposal after its own wrong token there
+    probs: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    probs_after_miss: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
     def add(self, position: int, accepted: bool, entropy: float | None,
-            entropy_after_miss: float | None = None) -> None:
+            entropy_after_miss: float | None = None, rank: int | None = None,
+            probs: tuple[float, ...] | None = None,
+            probs_after_miss: tuple[float, ...] | None = None) -> None:
         self.drafts.setdefault(position, (bool(accepted), entropy))
         if entropy_after_miss is not None and not accepted:
             self.after_miss.setdefault(position, entropy_after_miss)
+        if rank is not None and not accepted:
+            self.ranks.setdefault(position, rank)
+        if probs is not None:
+            self.probs.setdefault(position, probs)
+        if probs_after_miss is not None and not accepted:
+            self.probs_after_miss.setdefault(position, probs_after_miss)
 
     def add_window(self, base: int, entropies: Sequence[float], accepted: int) -> None:
         """Record one verification of worker drafts for positions ``base, base+1, ...``.
@@ -79,6 +107,23 @@ class Trace:
         tested = sum(len(r.drafts) for r in self.requests)
         accepted = sum(a for r in self.requests for a, _ in r.drafts.values())
         return accepted / tested if tested else None
+
+    @property
+    def after_miss_pool(self) -> list[tuple[float, tuple[float, ...] | None]]:
+        """Every recorded draft right after its own wrong token: (entropy, probabilities)."""
+        return [(e, r.probs_after_miss.get(p)) for r in self.requests
+                for p, e in sorted(r.after_miss.items())]
+
+    @property
+    def rank_probs(self) -> tuple[float, float, float] | None:
+        """Of the rejections with a recorded rank, the fractions whose target token was the
+        draft's 2nd, 3rd and 4th choice (None: the trace records no rank)."""
+        counts = {r: 0 for r in RANKS}
+        for req in self.requests:
+            for rank in req.ranks.values():
+                counts[rank] += 1
+        n = sum(counts.values())
+        return (counts[2] / n, counts[3] / n, counts[4] / n) if n else None
 
 
 def _bad(where: str, why: str) -> WanspecError:
@@ -114,6 +159,31 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
                 raise _bad(where, f"entropy must be a number >= 0 or null, got {e!r}")
         req.add(pos, bool(acc), None if ent is None else float(ent),
                 None if after is None else float(after))
+    ranks = obj.get("ranks", [])
+    if not isinstance(ranks, list):
+        raise _bad(where, "ranks must be a list of [position, rank]")
+    for d in ranks:
+        if not isinstance(d, list) or len(d) != 2:
+            raise _bad(where, f"rank entry {d!r} is not [position, rank]")
+        pos, rank = d
+        if isinstance(rank, bool) or rank not in RANKS:
+            raise _bad(where, f"rank must be one of {', '.join(map(str, RANKS))}, got {rank!r}")
+        if isinstance(pos, bool) or not isinstance(pos, int) or req.drafts.get(pos, (True,))[0]:
+            raise _bad(where, f"rank position {pos!r} is not a rejected position of drafts")
+        req.ranks.setdefault(pos, rank)
+    for key, into in (("probs", req.probs), ("probs_after_miss", req.probs_after_miss)):
+        entries = obj.get(key, [])
+        if not isinstance(entries, list):
+            raise _bad(where, f"{key} must be a list of [position, top_prob, alt_prob, ...]")
+        for d in entries:
+            if (not isinstance(d, list) or not 2 <= len(d) <= 2 + RANK_DEPTH - 1
+                    or isinstance(d[0], bool) or not isinstance(d[0], int)):
+                raise _bad(where, f"{key} entry {d!r} is not [position, top_prob, alt_prob, ...] "
+                                  f"(at most {RANK_DEPTH - 1} alternatives)")
+            if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1
+                   for x in d[1:]):
+                raise _bad(where, f"{key} entry {d!r}: probabilities must be numbers in [0, 1]")
+            into.setdefault(d[0], tuple(float(x) for x in d[1:]))
     return req
 
 
@@ -177,6 +247,11 @@ def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
         if r.output_tokens is not None:
             line["output_tokens"] = r.output_tokens
         line["drafts"] = drafts
+        if r.ranks:
+            line["ranks"] = [[p, k] for p, k in sorted(r.ranks.items())]
+        for key, probs in (("probs", r.probs), ("probs_after_miss", r.probs_after_miss)):
+            if probs:
+                line[key] = [[p, *ps] for p, ps in sorted(probs.items())]
         out.write(json.dumps(line) + "\n")
 
 
@@ -195,5 +270,26 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
     for pos, ent in rec.after_miss.items():
         if pos + 1 < n:
             after_miss[pos + 1] = ent
+    ranks: list[int | None] = [None] * n
+    for pos, rank in rec.ranks.items():
+        if pos < n:
+            ranks[pos] = rank
+    probs: list[tuple[float, ...] | None] = [None] * n
+    for pos, ps in rec.probs.items():
+        if pos < n:
+            probs[pos] = ps
+    probs_after: list[tuple[float, ...] | None] = [None] * n
+    for pos, ps in rec.probs_after_miss.items():
+        if pos + 1 < n:
+            probs_after[pos + 1] = ps
+    # a draft off the prefix after a wrong token where the trace has none recorded (a branch
+    # of a draft tree from a wrong alternative can start anywhere): one recorded at random
+    pool = trace.after_miss_pool
+    if pool:
+        r = stream(cfg, request, "after-miss").random
+        for j in range(1, n):
+            if after_miss[j] is None:
+                after_miss[j], probs_after[j] = pool[int(r() * len(pool))]
     return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens,
-                         entropies_after_miss=after_miss)
+                         entropies_after_miss=after_miss, ranks=ranks,
+                         rank_probs=trace.rank_probs, probs=probs, probs_after_miss=probs_after)

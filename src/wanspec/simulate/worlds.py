@@ -20,7 +20,8 @@ def world_key(cfg: SimConfig, trace: Trace | None) -> tuple:
     """Everything the sequences depend on (nothing about the link, the costs or the policy)."""
     burst = cfg.burst if cfg.match == "markov" else None
     model = (cfg.match, id(trace) if cfg.match == "trace" else None, cfg.alpha, burst)
-    return (*model, cfg.separation, cfg.entropy_sd, cfg.entropy_base, cfg.vocab, cfg.max_tokens,
+    return (*model, cfg.rank2, cfg.rank3, cfg.rank4, cfg.separation, cfg.entropy_sd,
+            cfg.entropy_base, cfg.vocab, cfg.max_tokens,
             cfg.requests, cfg.prompt_tokens if cfg.match != "trace" else None, cfg.seed)
 
 
