@@ -26,6 +26,7 @@ from remote_support import (
 from wanspec.errors import IncompatibleModelsError
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import Hello
+from wanspec.core.controller import ControllerConfig
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.runtime.worker import WorkerService
@@ -305,8 +306,9 @@ def test_real_tcp_worker_serves_a_request(target, same_draft, ref_measured):
     assert sequences > 0
     (st,) = stats.values()
     # the session's passes are its lanes' (a draft tree's lanes may share a device pass): the
-    # sequences the device carried, the session being alone on it
-    assert st.passes == sequences
+    # sequences the device carried, the session being alone on it -- except the passes still in
+    # flight when the Cancel came (at most one per lane), which its account no longer counts
+    assert st.passes <= sequences <= st.passes + ControllerConfig().branches + 1
 
 
 def test_controller_reconnects_after_the_worker_restarts(target, same_draft, ref_measured):
