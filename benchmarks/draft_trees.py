@@ -188,11 +188,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a small subset")
     ap.add_argument("--skip-emulate", action="store_true")
     ap.add_argument("--skip-simulate", action="store_true")
+    ap.add_argument("--emulate-from", type=Path,
+                    help="take the emulate cells of a saved --json (deterministic: the same "
+                         "code gives the same cells) instead of running them again")
     args = ap.parse_args()
     if args.report:
         cells = json.loads(args.report.read_text())["cells"]
     else:
-        cells = [] if args.skip_emulate else emulate_part(args.quick)
+        if args.emulate_from:
+            cells = [c for c in json.loads(args.emulate_from.read_text())["cells"]
+                     if c["kind"] == "emulate"]
+        else:
+            cells = [] if args.skip_emulate else emulate_part(args.quick)
         cells += [] if args.skip_simulate else simulate_part(args.quick)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

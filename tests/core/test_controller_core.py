@@ -18,6 +18,7 @@ from wanspec.core.actions import (
     TargetDone,
     WorkerLost,
 )
+from wanspec.core.chain import DraftToken
 from wanspec.core.controller import ControllerConfig, ControllerCore
 from wanspec.core.estimates import Estimates
 from wanspec.core.policy import PolicyConfig, PolicyName
@@ -514,3 +515,18 @@ def test_a_finished_request_is_not_moved():
     c.start(0.0)
     c.on_target_done(TargetDone(1, (50,)), 0.1)
     assert c.finished and c.on_worker_attached(0.2) == []
+
+
+def test_a_position_is_judged_once_even_when_a_tree_walk_reaches_it_late():
+    """A draft tree's walk can judge drafts far behind the committed end (a new epoch catching
+    up from where the worker heard of a rejection).  Judging them a second time skewed the
+    acceptance estimate after rejections (under-estimated by ~10% at long RTTs), and with it the
+    adaptive policy's latency budget."""
+    c = _prefilled(max_tokens=64)
+    c.transcript.commit(list(range(200, 240)))
+    for position in range(4, 44):  # e.g. the local rounds judge them first
+        c._judge(position, DraftToken(c.transcript.tokens[position] + (position % 3 == 0)))
+    after_first = list(c.est.acceptance.trials)
+    for position in range(10, 30):  # then a late walk of the worker's tree reaches them again
+        c._judge(position, DraftToken(c.transcript.tokens[position] + (position % 3 == 0)))
+    assert c.est.acceptance.trials == after_first

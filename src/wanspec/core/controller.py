@@ -374,8 +374,9 @@ class ControllerCore:
         self.est.acceptance.update(self._judged.get(position - 1, False), accepted)
         self.est.calibration.update(draft.entropy, accepted)
         self._judged[position] = accepted
-        if len(self._judged) > 16:  # only the latest positions are ever looked up
-            self._judged = {p: a for p, a in self._judged.items() if p >= position - 8}
+        if len(self._judged) > 512:  # a draft tree's walk may judge positions far behind
+            end = len(self.transcript.tokens)
+            self._judged = {p: a for p, a in self._judged.items() if p >= end - 256}
 
     def _check_drafts(self, msg: Drafts) -> str | None:
         """Why ``msg`` cannot come from an honest worker, or None."""
