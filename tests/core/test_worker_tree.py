@@ -146,3 +146,28 @@ def test_odds_learn_from_commits():
     assert odds.accept(0.9) < 0.9 * 0.5  # the draft is over-confident here
     assert odds.hit(0.05) > 0.05 * 2  # and its runner-ups better than it says
     assert odds.hit(0.9) == 1.0
+
+
+def test_a_failed_pass_of_a_pruned_lane_is_wasted_not_a_session_failure():
+    core, fa = started(branches=1)
+    main, branch = runs(answer(core, fa, 10, (20,), (0.4,)))
+    core.on_message(Commit(1, 0, 3, (10, 11)), 0.1)  # along the main line: the branch is pruned
+    out = core.on_draft_failed(1, branch.run.op, "ValueError")
+    assert not any(isinstance(a, Send) for a in out) and 1 in core.sessions
+    assert core.sessions[1].wasted == 1
+
+
+def test_over_capacity_branch_lanes_wait_and_main_lines_go_on():
+    load = WorkerLoad(max_batch=8)
+    core, fa = started(branches=4, load=load)
+    load.sessions = 1
+    out = answer(core, fa, 10, (20, 30), (0.4, 0.3))
+    main = next(r for r in runs(out) if r.cache == 0)
+    branches = [r for r in runs(out) if r.cache != 0]
+    assert len(branches) == 2
+    load.sessions = 8  # other sessions arrived: 8 main lines + 2 branches > 8 seats
+    assert load.over_capacity
+    out = answer(core, branches[0], 21)
+    assert [r.cache for r in runs(out)] == []  # the branch waits
+    out = answer(core, main, 11)
+    assert [r.cache for r in runs(out)] == [0]  # the main line does not

@@ -181,3 +181,18 @@ def test_exact_mode_forks_are_bit_identical_in_any_pass():
             c.close()
     finally:
         lm.close()
+
+
+def test_a_fork_whose_source_was_cut_since_is_left_out_of_a_batched_pass(target):
+    """A worker's fork can wait in the queue while its source is cut back (the fork's lane was
+    pruned meanwhile): in a batched pass (skip_closed) only that fork is left out, not the pass."""
+    source, fork, other = target.new_cache(), target.new_cache(), target.new_cache()
+    target.forward(source, 0, PREFIX)
+    target.forward(source, 2, [9])  # cut to 2, then one more: it holds 3 positions now
+    out = target.forward_batch([Feed(fork, 6, BRANCH, source), Feed(other, 0, PREFIX)],
+                               skip_closed=True)
+    assert out[0] is None and out[1] is not None and fork.length == 0
+    with pytest.raises(ValueError, match="cannot feed at position 6"):  # (outside a batch: a bug)
+        target.forward_batch([Feed(fork, 6, BRANCH, source)])
+    for c in (source, fork, other):
+        c.close()

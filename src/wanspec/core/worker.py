@@ -120,6 +120,12 @@ class WorkerLoad:
         return self.sessions / self.max_batch if self.max_batch > 0 else 0.0
 
     @property
+    def over_capacity(self) -> bool:
+        """More sequences want a pass than one carries: branch lanes then stop drafting (they
+        would take turns from sessions' main lines) until the load falls or commits prune them."""
+        return self.max_batch > 0 and self.sessions + self.branches > self.max_batch
+
+    @property
     def spare_seats(self) -> bool:
         """Whether a pass has room for another branch lane beyond every session's main line:
         branches use the device's spare capacity only, never a session's turn."""
@@ -350,8 +356,16 @@ class WorkerCore:
         self.stats.passes += 1
         self.stats.wasted_passes += 1
         s = self.sessions.get(rid)
-        if s is None or s.running.pop(op, None) is None:
+        run = s.running.pop(op, None) if s is not None else None
+        if s is None or run is None:
             return []
+        self._pass_ended(s, run.cache)
+        lane = s.tree.lanes.get(run.lane) if run.epoch == s.epoch else None
+        if lane is None or lane.cache != run.cache:
+            # a pass of a lane pruned meanwhile (e.g. a fork whose source was cut since): its
+            # result was void anyway, so its failure is no failure of the session
+            s.wasted += 1
+            return self._next_drafts(rid, s)
         error = Error(f"session {rid}: draft pass failed: {reason}", rid=rid, code="session")
         return [Log(f"session {rid}: draft pass failed: {reason}"), Send(error), *self._drop(rid)]
 
@@ -556,7 +570,10 @@ class WorkerCore:
         n = len(s.committed)
         limit = min(n + lookahead_cap(s.lookahead, self.load), s.end)
         out: list[WorkerAction] = []
+        paused = self.load.over_capacity  # branches wait; every main line goes on
         for lane in sorted(s.tree.lanes.values(), key=lambda x: x.id):
+            if paused and lane.id != s.tree.lane:
+                continue
             if lane.end < limit and s.caches[lane.cache].busy_from is None:
                 out.append(self._extend(rid, s, lane))
         while (len(s.tree.lanes) <= s.branches and self.load.spare_seats

@@ -227,7 +227,8 @@ class CausalLM:
         if not feeds:
             return []
         seen: set[int] = set()
-        for f in feeds:
+        stale: set[int] = set()  # forks whose source no longer holds their prefix (skipped)
+        for i, f in enumerate(feeds):
             if f.cache.pool is not self.pool:
                 raise ValueError(f"a KV cache of another model was fed to {self.name}")
             if f.cache.closed and not skip_closed:
@@ -244,13 +245,18 @@ class CausalLM:
                 if f.source.closed and not skip_closed:
                     raise ValueError("a fork copies a closed KV cache")
                 held = f.source
+                if skip_closed and f.start > held.length:
+                    # its source was cut since the fork was queued (the fork's lane was pruned
+                    # meanwhile, so its result is void anyway): leave it out, not the whole pass
+                    stale.add(i)
+                    continue
             if not 0 <= f.start <= held.length:
                 raise ValueError(f"cache holds {held.length} tokens, cannot feed at position {f.start}")
         live: list[int] = []  # feeds that run
         passing: list[KVCache] = []  # caches whose slots this pass holds (fed or copied)
         try:
             for i, f in enumerate(feeds):
-                if not f.cache.pass_started(skip_closed):
+                if i in stale or not f.cache.pass_started(skip_closed):
                     continue
                 passing.append(f.cache)
                 if f.source is not None:  # held too: its slot is not given back while copied
