@@ -48,11 +48,11 @@ def test_branches_defaults_to_the_controllers_and_reaches_it():
               draft_per_token_ms=0.3, lookahead=2),
 ])
 def test_every_mode_is_lossless_with_and_without_branches(cfg):
-    recs = run_sweep(cfg, [parse_sweep("rtt=0,60,150"), parse_sweep("branches=0,1,4")],
+    recs = run_sweep(cfg, [parse_sweep("rtt=0,60,150"), parse_sweep("branches=0,1,4,16")],
                      POLICIES, jobs=1)
-    assert len(recs) == 3 * 3 * (len(BASELINES) + len(POLICIES))
+    assert len(recs) == 3 * 4 * (len(BASELINES) + len(POLICIES))
     assert all(r["identical_to_target_only"] for r in recs)
-    assert {r["branches"] for r in recs} == {0, 1, 4}
+    assert {r["branches"] for r in recs} == {0, 1, 4, 16}
     # the baselines never use the worker: one run serves every number of branches
     for mode in BASELINES:
         by_branches = {r["branches"]: r["tpot_ms_mean"] for r in recs
@@ -63,7 +63,7 @@ def test_every_mode_is_lossless_with_and_without_branches(cfg):
 @pytest.mark.parametrize("mode", ["remote", "always", "adaptive"])
 @pytest.mark.parametrize("load", [Closed(8), Poisson(300.0, seed=3)])
 def test_under_load_with_branches_every_output_is_the_targets(mode, load):
-    cfg = SimConfig(requests=16, max_tokens=24, alpha=0.6, rtt_ms=80.0, branches=4)
+    cfg = SimConfig(requests=16, max_tokens=24, alpha=0.6, rtt_ms=80.0)  # 16 branches
     ws = worlds(cfg)
     rec = summarize(simulate_load(cfg, mode, ws, load), [w.reference() for w in ws], 50.0)
     assert rec["identical_to_target_only"] and rec["tokens"] == 16 * 24
