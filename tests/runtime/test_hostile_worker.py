@@ -617,16 +617,18 @@ async def branch_lies(w: FakeWorker) -> None:
 
 
 async def endless_branches(w: FakeWorker) -> None:
-    """Valid-looking branches, each a new lane, as fast as the socket takes them."""
+    """Valid-looking branches, each a new lane, as fast as the socket takes them (2,000 of them:
+    far past any allowance; an unbounded flood only measures this host's speed at dropping
+    frames for a request that already went on without the worker)."""
     announce_branches(w)
     await handshake(w)
     start = await w.session()
     n = len(start.prompt)
     # (a right main line, so the fork at its end is not committed before the flood arrives)
     await w.send(Drafts(start.rid, 0, n, tuple(w.oracle(p) for p in range(n, n + 4))))
-    lane = 0
-    while not w.eof and not w.writer.is_closing():
-        lane += 1
+    for lane in range(1, 2001):
+        if w.eof or w.writer.is_closing():
+            return
         await w.send(Drafts(start.rid, 0, n + 3, (w.wrong(n + 3), w.rng.randrange(w.vocab)),
                             lane=lane, parent=0, fork=n + 3))
 
