@@ -114,16 +114,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from wanspec.api import load_pair
     from wanspec.cli.common import quiet_libraries
 
     quiet_libraries()
     from wanspec.emulate.prompts import load_prompts
-    from wanspec.models.backend import CausalLM
-    from wanspec.models.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
     from wanspec.sampling import SamplingParams
 
-    target = CausalLM(DEFAULT_TARGET, name="target")
-    draft = CausalLM(DEFAULT_DRAFT, name="draft")
+    target, draft = load_pair(None, None, with_draft=True)  # the shipped pair
+    assert draft is not None
     prompts = load_prompts(args.prompts)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"prompts_file": args.prompts.name, "max_tokens": args.max_tokens}
