@@ -26,16 +26,18 @@ from typing import Any
 
 from wanspec.core.actions import RunTarget
 from wanspec.core.batcher import PassKind
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.emulate.load import Closed
 from wanspec.simulate.config import SimConfig
 from wanspec.simulate.load import LoadSim
 from wanspec.simulate.worlds import worlds
 
 
-def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None
-            ) -> dict[str, Any]:
+def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
+            worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> dict[str, Any]:
     """One closed-loop run of ``mode``, with its pass anatomy."""
-    sim = LoadSim(cfg, mode, worlds(cfg), Closed(concurrency), gamma=gamma)
+    sim = LoadSim(cfg, mode, worlds(cfg), Closed(concurrency), gamma=gamma,
+                  worker_max_batch=worker_max_batch)
     batcher, passes = sim.busy.batcher, []
     form = batcher.next_pass
 
@@ -84,6 +86,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--policies", default="entropy,adaptive")
     ap.add_argument("--sd-windows", default="1,2,3,4,5,6,8")
+    ap.add_argument("--worker-max-batch", type=int, default=DEFAULT_WORKER_MAX_BATCH,
+                    help="sequences per worker draft pass")
     args = ap.parse_args()
     base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
     head = (f"{'mode':>12} {'tok/s':>7} {'x best':>6} {'tok/seat':>8} {'plain':>6} {'ride':>5} "
@@ -95,7 +99,7 @@ def main() -> None:
         for rtt in (float(x) for x in args.rtt.split(",")):
             point = dataclasses.replace(base, rtt_ms=rtt)
             print(f"\nc={c}, RTT {rtt:g} ms, alpha {args.alpha:g}\n{head}")
-            for r in rows_sd + [anatomy(point, p, c) for p in args.policies.split(",")]:
+            for r in rows_sd + [anatomy(point, p, c, worker_max_batch=args.worker_max_batch) for p in args.policies.split(",")]:
                 print(f"{r['mode']:>12} {r['tok_s']:7.0f} {r['tok_s'] / best:6.3f} "
                       f"{r['tok_per_seat']:8.2f} {r['plain']:6.2f} {r['ride']:5.2f} "
                       f"{r['d_per_t']:5.2f} {r['d_batch']:7.1f} {r['t_batch']:7.1f} "

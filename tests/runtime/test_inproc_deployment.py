@@ -31,3 +31,16 @@ def test_deployments_do_not_leak_executor_threads(target, near_draft):
     while _site_threads() - before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _site_threads() - before == set()
+
+
+def test_the_worker_limit_is_its_own(target, near_draft):
+    """``limits`` bound the busy site's passes; the worker's draft passes have their own limit
+    (as ``wanspec worker --max-batch``), by default the worker's default."""
+    from wanspec.core.batcher import BatchLimits
+    from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
+
+    link = LinkParams(rtt_ms=20)
+    dep = InprocDeployment(target, near_draft, link=link, limits=BatchLimits(max_sequences=3))
+    assert dep.service.max_batch == dep.service.load.max_batch == DEFAULT_WORKER_MAX_BATCH
+    dep = InprocDeployment(target, near_draft, link=link, worker_max_batch=5)
+    assert dep.service.max_batch == dep.service.load.max_batch == 5

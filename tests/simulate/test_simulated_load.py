@@ -48,6 +48,17 @@ def test_batch_limits_cap_every_pass():
     assert rec["busy_mean_batch"] <= 3.0
 
 
+def test_the_worker_has_its_own_sequence_limit():
+    """The worker's passes carry sessions and their draft trees' branch lanes up to its own
+    limit (wanspec worker --max-batch), not the busy site's: the sites are different devices."""
+    small_busy = record("adaptive", Closed(8), limits=BatchLimits(max_sequences=3))
+    assert small_busy["busy_mean_batch"] <= 3.0
+    assert small_busy["worker_mean_batch"] > 8.0  # sessions plus branch lanes
+    small_worker = record("adaptive", Closed(8), worker_max_batch=4)
+    assert small_worker["worker_mean_batch"] <= 4.0
+    assert small_worker["identical_to_target_only"] and small_busy["identical_to_target_only"]
+
+
 def test_admission_trades_time_to_first_token_for_the_running_requests_tpot():
     """Requests arriving faster than the busy site serves them (100/s, ~54/s of capacity):
     without admission all start and every pass also carries newcomers' prefills; under a 34 ms
@@ -95,6 +106,7 @@ def test_simulate_cli_under_load():
     (["--concurrency", "2", "--sweep", "alpha=0.5,0.7"], "may only list RTTs"),
     (["--request-rate", "-1"], "--request-rate must be > 0"),
     (["--concurrency", "2", "--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--concurrency", "2", "--worker-max-batch", "0"], "--worker-max-batch must be >= 1"),
 ])
 def test_simulate_load_flags_are_checked(args, needle):
     r = CliRunner().invoke(app, ["simulate", *args])

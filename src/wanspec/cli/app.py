@@ -20,7 +20,7 @@ from wanspec.cli.common import (check_count, configure_threads, fail, quiet_libr
 from wanspec.cli.render import print_generation
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig
-from wanspec.core.worker import WorkerLimits
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH, WorkerLimits
 from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
 from wanspec.timing.device import DEFAULT_TARGET_COST
 from wanspec.units import parse_duration_ms, parse_duration_s
@@ -224,8 +224,9 @@ def emulate(
     concurrency: Optional[str] = typer.Option(None, "--concurrency", help="Serve under load: comma-separated numbers of concurrent clients (closed loop), e.g. 1,8,32,64; every site batches its passes."),
     request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Serve under load: Poisson arrivals at this many requests/s (open loop); with --concurrency, both are run."),
     slo_tpot: str = typer.Option("50ms", "--slo-tpot", help="Under load: goodput counts the tokens of requests whose time per output token meets this."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at either site."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at the busy site."),
     admission: bool = typer.Option(False, "--admission", help="Under load: admit a request only while the running ones are predicted to meet --slo-tpot (the rest queue, first come first served, never refused)."),
+    worker_max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--worker-max-batch", help="Most sequences one worker draft pass carries: sessions and their branch lanes (as wanspec worker --max-batch)."),
 ) -> None:
     """Compare target-only, standard SD and every remote policy over an emulated WAN (one request
     at a time, or under load with --concurrency / --request-rate)."""
@@ -237,6 +238,7 @@ def emulate(
         check_count("--branches", branches, minimum=0)
         check_count("--max-tokens", max_tokens)
         check_count("--max-batch", max_batch)
+        check_count("--worker-max-batch", worker_max_batch)
         ok = run_emulate(
             rtt=rtt, sweep=sweep, jitter=jitter, bandwidth=bandwidth, loss=loss,
             target_ms=_ms(target_ms, "--target-ms"), draft_ms=_ms(draft_ms, "--draft-ms"),
@@ -250,7 +252,8 @@ def emulate(
             draft=draft, threads=threads, as_json=as_json, csv_path=csv_path,
             plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas, exact=exact,
             concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
-            max_batch=max_batch, admission=admission, branches=branches)
+            max_batch=max_batch, worker_max_batch=worker_max_batch, admission=admission,
+            branches=branches)
     if not ok:
         raise typer.Exit(1)
 
@@ -290,8 +293,9 @@ def simulate(
     concurrency: Optional[str] = typer.Option(None, "--concurrency", help="Serve under load, as emulate --concurrency: comma-separated numbers of concurrent clients (closed loop), both sites batching; --sweep may then list RTTs only."),
     request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Serve under load: Poisson arrivals at this many requests/s (open loop)."),
     slo_tpot: str = typer.Option("50ms", "--slo-tpot", help="Under load: goodput counts the tokens of requests whose time per output token meets this."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at either site."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at the busy site."),
     admission: bool = typer.Option(False, "--admission", help="Under load: admit a request only while the running ones are predicted to meet --slo-tpot."),
+    worker_max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--worker-max-batch", help="Most sequences one worker draft pass carries: sessions and their branch lanes (as wanspec worker --max-batch)."),
 ) -> None:
     """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
     with user_errors():
@@ -301,6 +305,7 @@ def simulate(
             check_count("--gamma", gamma)
         check_count("--max-tokens", max_tokens)
         check_count("--max-batch", max_batch)
+        check_count("--worker-max-batch", worker_max_batch)
 
         ok = run_simulate(
             rtt=rtt, sweep=sweep or [], jitter=jitter, bandwidth=bandwidth, loss=loss,
@@ -314,7 +319,8 @@ def simulate(
             requests=requests, prompt_tokens=prompt_tokens, seed=seed, jobs=jobs,
             as_json=as_json, csv_path=csv_path, plot_path=plot_path, console=console,
             concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
-            max_batch=max_batch, admission=admission, branches=branches)
+            max_batch=max_batch, worker_max_batch=worker_max_batch, admission=admission,
+            branches=branches)
     if not ok:
         raise typer.Exit(1)
 
@@ -335,7 +341,7 @@ def worker(
     auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file", help="Pre-shared key (a file of at least 16 bytes, e.g. from `openssl rand -hex 32`): controllers must prove they hold the same key, and this worker proves it to them. Default: the key in $WANSPEC_AUTH_KEY, if set."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without authentication (neither --auth-key-file nor --client-ca): anyone who reaches the port gets drafts and sees prompts. Trusted test networks only."),
     draft_ms: Optional[str] = typer.Option(None, "--draft-ms", help="Emulate this time per draft pass (floor on real time) (a bare number is ms; or e.g. 30ms, 0.03s)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Most sessions one draft pass carries (of all controllers together); beyond it, sessions share passes oldest first and their lookaheads shrink."),
+    max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--max-batch", help="Most sequences one draft pass carries, of all controllers together: each session's main line and its draft tree's branch lanes. Beyond it branch lanes pause first, then sessions share passes oldest first and their lookaheads shrink."),
     max_connections: int = typer.Option(_LIMITS.max_connections, "--max-connections", help="Most open connections (handshakes included); beyond it a controller is refused as overloaded and decodes locally."),
     max_sessions: int = typer.Option(_LIMITS.max_sessions, "--max-sessions", help="Most live sessions, all connections together; beyond it a request is refused as overloaded."),
     max_connection_sessions: int = typer.Option(_LIMITS.max_connection_sessions, "--max-connection-sessions", help="Most live sessions of one connection."),

@@ -64,6 +64,7 @@ COUNT_LIMITS: dict[str, int] = {
     "--branches": 64,  # branch lanes of a draft tree: each is a KV cache and passes at the worker
     "--max-tokens": 1_000_000,
     "--max-batch": 4096,
+    "--worker-max-batch": 4096,
     "--count": 100_000,
 }
 

@@ -14,6 +14,7 @@ from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.emulate.prompts import load_prompts
 from wanspec.core.batcher import BatchLimits
 from wanspec.core.controller import ControllerConfig
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.emulate.load import Closed, Load, Poisson
 from wanspec.emulate.report import (
     LOAD_COLUMNS,
@@ -92,7 +93,8 @@ def _run_load(emu: Emulation, prompts: list[str], loads: list[Load], *, as_json:
     header = (f"[bold]wanspec emulate[/] under load: {len(prompts)} prompts x "
               f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, link "
               f"{describe_link(cfg.jitter_ms, cfg.bandwidth_bps, cfg.spike_prob)}, at most "
-              f"{cfg.limits.max_sequences} requests per pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
+              f"{cfg.limits.max_sequences} requests per busy pass, {cfg.worker_max_batch} sequences "
+              f"per worker pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
               f"{' (admission on)' if cfg.admission else ''}")
     return report_load(records, loads, cfg.rtts_ms, header=header, as_json=as_json,
                        csv_path=csv_path, plot_path=plot_path, console=console,
@@ -139,6 +141,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 sd_gammas: str = "1-10", exact: bool = False, concurrency: str | None = None,
                 request_rate: float | None = None, slo_tpot: str = "50ms",
                 max_batch: int = 64, admission: bool = False,
+                worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
                 compute_ms_per_token: float = 0.0, kv_ms_per_ktoken: float = 0.0,
                 per_sequence_ms: float = 0.0, branches: int = ControllerConfig.branches) -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
@@ -147,6 +150,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     slo_tpot_ms = parse_duration_ms(slo_tpot, "--slo-tpot")
     check(slo_tpot_ms > 0, "--slo-tpot must be > 0")
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
+    check(worker_max_batch >= 1, f"--worker-max-batch must be >= 1, got {worker_max_batch}")
     check(not (loads and record), "--record records one request at a time; drop --concurrency "
                                   "and --request-rate to record a trace")
     check(gamma >= 1, f"--gamma must be >= 1, got {gamma}")
@@ -176,7 +180,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         max_slowdown=max_slowdown,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         seed=seed, sd_gammas=gammas, limits=BatchLimits(max_sequences=max_batch),
-        slo_tpot_ms=slo_tpot_ms, admission=admission)
+        worker_max_batch=worker_max_batch, slo_tpot_ms=slo_tpot_ms, admission=admission)
     for path, flag in ((record, "--record"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_output(path, flag)  # fail before minutes of emulation, not after
     prompt_list = load_prompts(prompts, num_prompts)

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wanspec.cli.common import check, check_output, write_file
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.baselines import BASELINES
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.errors import WanspecError
 from wanspec.simulate.config import MATCH_MODELS, POLICIES, SimConfig
 from wanspec.simulate.records import lossless
@@ -43,7 +44,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
                  plot_path: Path | None, console: Console, concurrency: str | None = None,
                  request_rate: float | None = None, slo_tpot: str = "50ms",
                  max_batch: int = 64, admission: bool = False,
-                 branches: int | None = None) -> bool:
+                 branches: int | None = None,
+                 worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> bool:
     """Run the sweep and print/write its records; returns False if any output was not lossless.
 
     ``branches``: the draft tree's branch lanes (None: the controller's default)."""
@@ -53,6 +55,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     slo_tpot_ms = parse_duration_ms(slo_tpot, "--slo-tpot")
     check(slo_tpot_ms > 0, "--slo-tpot must be > 0")
     check(max_batch >= 1, f"--max-batch must be >= 1, got {max_batch}")
+    check(worker_max_batch >= 1, f"--worker-max-batch must be >= 1, got {worker_max_batch}")
     if trace is not None:
         check(match in ("iid", "trace"), f"--trace replays a trace; it cannot be combined with "
                                          f"--match {match}")
@@ -94,7 +97,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
                   "under load, --sweep may only list RTTs (e.g. --sweep 0,30,150)")
             rtts = [float(v) for v in sweeps[0].values]
         return _run_load(base, loads, policies, rtts=rtts, slo_tpot_ms=slo_tpot_ms,
-                         max_batch=max_batch, admission=admission, trace=loaded,
+                         max_batch=max_batch, worker_max_batch=worker_max_batch,
+                         admission=admission, trace=loaded,
                          as_json=as_json, csv_path=csv_path, plot_path=plot_path,
                          console=console)
     err = Console(stderr=True)
@@ -148,7 +152,8 @@ def _link(base: SimConfig, swept: list[str]) -> str:
 
 
 def _run_load(base: SimConfig, loads: list, policies: tuple[str, ...], *,
-              rtts: list[float] | None, slo_tpot_ms: float, max_batch: int, admission: bool,
+              rtts: list[float] | None, slo_tpot_ms: float, max_batch: int,
+              worker_max_batch: int, admission: bool,
               trace, as_json: bool, csv_path: Path | None, plot_path: Path | None,
               console: Console) -> bool:
     from wanspec.cli.emulate import report_load
@@ -157,10 +162,11 @@ def _run_load(base: SimConfig, loads: list, policies: tuple[str, ...], *,
 
     t0 = time.perf_counter()
     records = run_load(base, loads, policies, rtts=rtts, limits=BatchLimits(max_sequences=max_batch),
-                       slo_tpot_ms=slo_tpot_ms, admission=admission, trace=trace)
+                       slo_tpot_ms=slo_tpot_ms, admission=admission, trace=trace,
+                       worker_max_batch=worker_max_batch)
     header = (f"[bold]wanspec simulate[/] under load: {base.describe()}{_link(base, [])}; "
-              f"at most {max_batch} "
-              f"requests per pass, TPOT SLO {slo_tpot_ms:g} ms"
+              f"at most {max_batch} requests per busy pass, {worker_max_batch} sequences per "
+              f"worker pass, TPOT SLO {slo_tpot_ms:g} ms"
               f"{' (admission on)' if admission else ''}; {time.perf_counter() - t0:.2f} s")
     return report_load(records, loads, rtts or [base.rtt_ms], header=header, as_json=as_json,
                        csv_path=csv_path, plot_path=plot_path, console=console,

@@ -19,7 +19,7 @@ from wanspec.cli.loading import check_model_flags, load_models, timing_from_flag
 from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
-from wanspec.core.worker import WorkerLimits
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH, WorkerLimits
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import draft_path
@@ -118,7 +118,7 @@ async def follow_sites(site: SiteThreads | None, executors: Sequence[Executor],
 
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
                key: Path | None, draft_ms: float | None, dtype: str, device: str,
-               console: Console, max_batch: int = 64, limits: WorkerLimits | None = None,
+               console: Console, max_batch: int = DEFAULT_WORKER_MAX_BATCH, limits: WorkerLimits | None = None,
                frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S,
                client_ca: Path | None = None, auth_key_file: Path | None = None,
                insecure: bool = False, metrics_port: int | None = None,

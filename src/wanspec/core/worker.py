@@ -99,6 +99,15 @@ def admit_connection(serving: int, refusing: int, limits: WorkerLimits) -> Admit
     return Admit.DROP
 
 
+# Sequences one worker draft pass carries by default (sessions' main lines and their trees'
+# branch lanes).  Not the busy site's limit: the worker's device serves only drafts, and a 1B-class
+# draft's pass stays memory-bound (costs about the same) up to ~250 tokens on the documented A100
+# (DEFAULT_DRAFT_COST: 4 ms of weights against 0.016 ms of compute per token); it is also the
+# sequence limit serving engines default to (vLLM's max_num_seqs).  Beyond it, branches pause
+# first (WorkerLoad.over_capacity), then sessions share passes (lookahead_cap).
+DEFAULT_WORKER_MAX_BATCH = 256
+
+
 @dataclass(slots=True)
 class WorkerLoad:
     """How loaded the worker's draft device is: one object shared by the cores of all connections.

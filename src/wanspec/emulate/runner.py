@@ -19,6 +19,7 @@ from wanspec.core.controller import ControllerConfig
 from wanspec.core.local import GammaSchedule, LocalMode
 from wanspec.core.metrics import percentile
 from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.emulate.load import (
     Load,
     LoadRun,
@@ -56,7 +57,8 @@ class EmulationConfig:
     sampling: SamplingParams = SamplingParams()
     seed: int = 0
     sd_gammas: tuple[int, ...] = SD_GAMMAS  # windows best SD is searched over
-    limits: BatchLimits = field(default_factory=BatchLimits)  # per batched pass, each site
+    limits: BatchLimits = field(default_factory=BatchLimits)  # per batched pass, busy site
+    worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH  # sequences per worker draft pass
     slo_tpot_ms: float = 50.0  # goodput counts requests whose TPOT meets this
     admission: bool = False  # admit requests only while the running ones meet slo_tpot_ms
 
@@ -260,6 +262,7 @@ class Emulation:
             async with InprocDeployment(self.target, self.draft, link=self._link(rtt),
                                         timing=c.timing, config=self._controller_config(policy),
                                         local_draft=policy != "remote", limits=c.limits,
+                                        worker_max_batch=c.worker_max_batch,
                                         admission=self._admission()) as dep:
                 async def generate(p: str) -> GenerationResult:
                     r = await dep.engine.agenerate(p, **self._gen_kwargs())

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from wanspec.core.admission import Admission
 from wanspec.core.batcher import BatchLimits
 from wanspec.core.controller import ControllerConfig
+from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.engine import GenerationResult, TimingConfig
@@ -27,8 +28,10 @@ class InprocDeployment:
     def __init__(self, target: CausalLM, draft: CausalLM, *, link: LinkParams,
                  timing: TimingConfig | None = None, config: ControllerConfig | None = None,
                  local_draft: bool = True, limits: BatchLimits | None = None,
-                 admission: Admission | None = None, auth_key: bytes | None = None) -> None:
-        """``auth_key``: a pre-shared key both sites prove in the handshake (None: none; it
+                 admission: Admission | None = None, auth_key: bytes | None = None,
+                 worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> None:
+        """``limits``: the busy site's passes; ``worker_max_batch``: sequences per worker draft
+        pass (as ``wanspec worker --max-batch``).  ``auth_key``: a pre-shared key both sites prove in the handshake (None: none; it
         costs no extra round trip, so emulated timings are the same either way)."""
         self.params = link
         self.timing = timing or TimingConfig()
@@ -39,7 +42,7 @@ class InprocDeployment:
         self._siblings = [m for m in (worker_draft, local) if m is not None]
         self.service = WorkerService(worker_draft, cost=self.timing.draft,
                                      device=self.worker_device,
-                                     max_batch=(limits or BatchLimits()).max_sequences,
+                                     max_batch=worker_max_batch,
                                      auth_key=auth_key)
         self.worker_alive = True
         self._ends: list[InprocConnection] = []

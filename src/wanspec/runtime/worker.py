@@ -28,6 +28,7 @@ from typing import Sequence
 from wanspec.core.actions import Log, Send
 from wanspec.core.batcher import BatchLimits, PassKind
 from wanspec.core.worker import (
+    DEFAULT_WORKER_MAX_BATCH,
     Admit,
     Close,
     DraftFor,
@@ -91,7 +92,8 @@ class WorkerService:
 
     def __init__(self, draft: CausalLM, *, cost: PassCost | None = None,
                  device: Device | None = None, limits: WorkerLimits | None = None,
-                 max_batch: int = 64, auth_key: bytes | None = None) -> None:
+                 max_batch: int = DEFAULT_WORKER_MAX_BATCH,
+                 auth_key: bytes | None = None) -> None:
         """``auth_key``: the pre-shared key every controller must prove before it is served
         (None: no such check; mutual TLS, if any, is the transport's)."""
         if max_batch < 1:

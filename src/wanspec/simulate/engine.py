@@ -46,7 +46,15 @@ from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.worker import Close, DraftFor, Release, WorkerAction, WorkerCore, WorkerLoad
+from wanspec.core.worker import (
+    DEFAULT_WORKER_MAX_BATCH,
+    Close,
+    DraftFor,
+    Release,
+    WorkerAction,
+    WorkerCore,
+    WorkerLoad,
+)
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import Hello, Message
 from wanspec.sampling import SamplingParams
@@ -61,7 +69,7 @@ _CAPS = ("drafts", "entropy", "branches")
 CONTROLLER_HELLO = Hello(PROTOCOL_VERSION, "controller", "synthetic-target", "0" * 16, 32000, _CAPS)
 WORKER_HELLO = Hello(PROTOCOL_VERSION, "worker", "synthetic-draft", "0" * 16, 32000, _CAPS)
 GREEDY = SamplingParams()
-WORKER_MAX_BATCH = BatchLimits().max_sequences  # what an in-process deployment's worker carries
+WORKER_MAX_BATCH = DEFAULT_WORKER_MAX_BATCH  # what an in-process deployment's worker carries
 FORM = 1  # heap priority of forming a worker pass: after every other event of the same instant
 
 

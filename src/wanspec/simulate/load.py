@@ -45,7 +45,15 @@ from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Route, Up
 from wanspec.core.local import LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.worker import Close, DraftFor, Release, WorkerAction, WorkerCore, WorkerLoad
+from wanspec.core.worker import (
+    DEFAULT_WORKER_MAX_BATCH,
+    Close,
+    DraftFor,
+    Release,
+    WorkerAction,
+    WorkerCore,
+    WorkerLoad,
+)
 from wanspec.baselines import SD_GAMMAS
 from wanspec.emulate.load import (
     Closed,
@@ -117,7 +125,8 @@ class LoadSim:
 
     def __init__(self, cfg: SimConfig, mode: str, worlds: Sequence[RequestWorld], load: Load, *,
                  gamma: int | None = None, limits: BatchLimits | None = None,
-                 slo_tpot_ms: float | None = None) -> None:
+                 slo_tpot_ms: float | None = None,
+                 worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> None:
         self.cfg, self.mode, self.worlds, self.load = cfg, mode, worlds, load
         self.remote = mode not in LOCAL_MODES
         self.gamma = cfg.gamma if gamma is None else gamma
@@ -146,9 +155,9 @@ class LoadSim:
                 target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
                 verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
                 worker_demand=self.link.worker_demand)
-            self.worker_load = WorkerLoad(max_batch=self.limits.max_sequences)
+            self.worker_load = WorkerLoad(max_batch=worker_max_batch)
             self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
-            self.wdev = _Device(Batcher(BatchLimits(max_sequences=self.limits.max_sequences)),
+            self.wdev = _Device(Batcher(BatchLimits(max_sequences=worker_max_batch)),
                                 {PassKind.DRAFT: draft_cost}, {PassKind.DRAFT: "draft"})
             # session -> its draft caches by number (DraftFor.cache), while the session lives
             self.wcaches: dict[int, dict[int, DraftCache]] = {}
@@ -414,18 +423,21 @@ class LoadSim:
 
 def simulate_load(cfg: SimConfig, mode: str, worlds: Sequence[RequestWorld], load: Load, *,
                   gamma: int | None = None, limits: BatchLimits | None = None,
-                  slo_tpot_ms: float | None = None) -> LoadRun:
+                  slo_tpot_ms: float | None = None,
+                  worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> LoadRun:
     return LoadSim(cfg, mode, worlds, load, gamma=gamma, limits=limits,
-                   slo_tpot_ms=slo_tpot_ms).run()
+                   slo_tpot_ms=slo_tpot_ms, worker_max_batch=worker_max_batch).run()
 
 
 
 def run_load(cfg: SimConfig, loads: Sequence[Load], policies: Sequence[str], *,
              rtts: Sequence[float] | None = None, sd_gammas: Sequence[int] = SD_GAMMAS,
              limits: BatchLimits | None = None, slo_tpot_ms: float = 50.0,
-             admission: bool = False, trace: Trace | None = None) -> list[dict[str, Any]]:
+             admission: bool = False, trace: Trace | None = None,
+             worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> list[dict[str, Any]]:
     """``emulate --concurrency``'s records, simulated: per load and RTT, target-only, best SD
-    (its window searched at each load by throughput), standard SD and every policy."""
+    (its window searched at each load by throughput), standard SD and every policy.
+    ``limits``: the busy site's passes; ``worker_max_batch``: sequences per worker pass."""
     ws = worlds(cfg, trace)
     reference = [w.reference() for w in ws]
     admit = slo_tpot_ms if admission else None
@@ -447,6 +459,6 @@ def run_load(cfg: SimConfig, loads: Sequence[Load], policies: Sequence[str], *,
                 records.append(with_load_ratios({**rec, "rtt_ms": rtt}, target, best))
             for policy in policies:
                 run = simulate_load(point, policy, worlds(point, trace), load, limits=limits,
-                                    slo_tpot_ms=admit)
+                                    slo_tpot_ms=admit, worker_max_batch=worker_max_batch)
                 records.append(with_load_ratios(record(run), target, best))
     return records
