@@ -572,6 +572,24 @@ def probe(
 # ---- end of client tools --------------------------------------------------------------------------
 
 
+@app.command("delay-proxy")
+def delay_proxy(
+    listen: str = typer.Option(..., "--listen", help="HOST:PORT to accept on (give this to the controller as its --worker)."),
+    to: str = typer.Option(..., "--to", help="HOST:PORT to forward to (the worker's --listen)."),
+    rtt: str = typer.Option(..., "--rtt", help="Round trip added: half of it each way (a bare number is ms; or e.g. 30ms, 0.03s)."),
+    jitter: str = typer.Option("0", "--jitter", help="Extra delay each way, uniform in [0, JITTER] per chunk; never reorders (a bare number is ms)."),
+    udp: bool = typer.Option(False, "--udp", help="Forward UDP datagrams (for --transport quic) instead of TCP connections."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the jitter."),
+) -> None:
+    """Forward a port to another with a round trip added, to try a WAN deployment on one machine
+    (no root needed, unlike tc netem); docs/cli.md."""
+    with user_errors():
+        from wanspec.cli.proxy import run_delay_proxy
+
+        run_delay_proxy(listen=listen, to=to, rtt=rtt, jitter=jitter, udp=udp, seed=seed,
+                        console=console)
+
+
 def main() -> None:
     app()
 
