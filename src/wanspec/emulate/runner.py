@@ -187,6 +187,12 @@ class Emulation:
         clock.run(main, virtual=c.timing.emulated)
         return runs
 
+    def remote_results(self, policy: str, rtt: float, prompts: Sequence[str]
+                       ) -> list[GenerationResult]:
+        """Each prompt decoded with ``policy`` at ``rtt``, one request at a time (what a real
+        controller process does with ``--prompts``: benchmarks/realtime_fidelity.py)."""
+        return self._run_remote(policy, rtt, prompts).results
+
     def baselines(self, prompts: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The baseline records (:data:`~wanspec.baselines.BASELINES`) on ``prompts``; they do
         not depend on the link, so one set serves every RTT."""

@@ -1,0 +1,239 @@
+"""Real processes over real sockets beside `wanspec emulate`: how far the virtual clock is from
+what a deployment pays (issue 15).
+
+For each transport, a real `wanspec worker --draft-ms D` runs as its own process; for each RTT a
+`wanspec delay-proxy` (its own process, not for RTT 0) adds the round trip on loopback; for each
+policy a real `wanspec controller --target-ms T --draft-ms D --prompts ... --json` decodes the
+prompts one after another through it.  The same prompts then run in `emulate`'s in-process
+deployment on the virtual clock with the same flat device costs (T per target pass, D per draft
+pass).  Per (transport, RTT, policy) it reports, side by side:
+
+* TPOT: (wall - TTFT) / (tokens - 1), summed over the measured requests;
+* busy-site draft passes per committed token, and stall (ms per token);
+* host CPU per committed token at each site (real runs: user + system time of each process,
+  from /proc, over the measured requests; the worker serves only this controller);
+* whether every output was token-identical to emulate's (both are lossless).
+
+The first prompt warms each controller up (connection, first passes) and is not measured.
+Both processes use their default torch threads (on one machine the sites split the CPUs) unless
+--threads is given.  Not a test: by hand, on a quiet machine (other work skews real time).
+
+    .venv/bin/python benchmarks/realtime_fidelity.py --json benchmarks/results/realtime_fidelity.json
+    .venv/bin/python benchmarks/realtime_fidelity.py --rtts 20 --policies adaptive --prompts 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_server import ROOT, WANSPEC, fail, free_port, start, stop
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+READY_S = 300.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def worker_address(proc: subprocess.Popen[str], log: Path) -> str:
+    """The worker prints `wanspec worker listening on tcp|quic://HOST:PORT` once ready."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            fail("the worker exited before listening", proc, log)
+        if m := re.search(r"listening on (?:tcp|quic)://(\S+:\d+)", line):
+            return m.group(1)
+    fail("the worker did not listen in time", proc, log)
+    raise AssertionError("unreachable")
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The side-by-side figures of some requests' result dicts (GenerationResult.to_dict)."""
+    tokens = sum(len(r["token_ids"]) for r in results)
+    after_first = sum(r["metrics"]["wall_s"] - r["metrics"]["ttft_s"] for r in results)
+    busy = sum(r["metrics"]["draft_passes"].get("controller", 0) for r in results)
+    stall = sum(r["metrics"].get("stall_s", 0.0) for r in results)
+    return {"tokens": tokens,
+            "tpot_ms": 1000 * after_first / max(tokens - len(results), 1),
+            "busy_passes_per_token": busy / max(tokens, 1),
+            "stall_ms_per_token": 1000 * stall / max(tokens, 1)}
+
+
+def real_run(args: argparse.Namespace, worker: subprocess.Popen[str], address: str, kind: str,
+             policy: str, prompts_file: Path, tls: list[str], log: Path) -> dict[str, Any]:
+    """One controller process decoding every prompt through ``address``; the first is warm-up."""
+    cmd = [*WANSPEC, "controller", "--worker", address, "--transport", kind, *tls,
+           "--prompts", str(prompts_file), "--json", "-n", str(args.max_tokens),
+           "--policy", policy, "--target-ms", str(args.target_ms), "--draft-ms", str(args.draft_ms),
+           *(["--threads", str(args.threads)] if args.threads else [])]
+    proc = start(cmd, log, read_stdout=True)
+    assert proc.stdout is not None
+    results, marks = [], []
+    try:
+        for line in proc.stdout:  # one JSON line per prompt, as it finishes
+            marks.append((cpu_s(proc.pid), cpu_s(worker.pid)))
+            results.append(json.loads(line))
+        if proc.wait(READY_S) != 0 or len(results) < 2:
+            fail(f"controller ({policy}) failed", proc, log)
+    finally:
+        stop(proc)
+    measured = results[1:]
+    tokens = sum(len(r["token_ids"]) for r in measured)
+    (c0, w0), (c1, w1) = marks[0], marks[-1]
+    return {**summarize(measured), "results": measured,
+            "controller_cpu_ms_per_token": 1000 * (c1 - c0) / tokens,
+            "worker_cpu_ms_per_token": 1000 * (w1 - w0) / tokens,
+            "command": " ".join(cmd[2:])}
+
+
+def emulated(args: argparse.Namespace, prompts: list[str], rtts: list[float],
+             policies: list[str]) -> dict[tuple[float, str], dict[str, Any]]:
+    """The same prompts on emulate's in-process deployment, virtual clock, same flat costs."""
+    import torch
+
+    from wanspec.emulate.runner import Emulation, EmulationConfig
+    from wanspec.models.backend import CausalLM
+    from wanspec.models.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+    from wanspec.runtime.engine import TimingConfig
+
+    torch.set_num_threads(2)
+    cfg = EmulationConfig(rtts_ms=tuple(rtts), policies=tuple(policies),
+                          timing=TimingConfig.emulate(args.target_ms, args.draft_ms),
+                          max_tokens=args.max_tokens)
+    emu = Emulation(CausalLM(DEFAULT_TARGET, name="target"), CausalLM(DEFAULT_DRAFT, name="draft"),
+                    cfg)
+    out = {}
+    for rtt in rtts:
+        for policy in policies:
+            results = [r.to_dict() for r in emu.remote_results(policy, rtt, prompts)]
+            out[rtt, policy] = {**summarize(results), "results": results}
+    return out
+
+
+def rel(a: float, b: float) -> float:
+    return 0.0 if a == b else (a - b) / b if b else float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--transports", default="tcp,quic")
+    ap.add_argument("--rtts", default="0,20,100", help="ms")
+    ap.add_argument("--policies", default="remote,always,entropy,adaptive")
+    ap.add_argument("--prompts", type=int, default=8, help="measured prompts (plus a warm-up)")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--target-ms", type=float, default=30.0)
+    ap.add_argument("--draft-ms", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of each site (default: each site's own default)")
+    ap.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rtts = [float(x) for x in args.rtts.split(",")]
+    policies = args.policies.split(",")
+    transports = args.transports.split(",")
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from wanspec.emulate.prompts import DEFAULT_PROMPTS, load_prompts
+
+    pool = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"))
+    prompts, warmup = pool[: args.prompts], pool[-1]
+    prompts_file = args.logs / "realtime_fidelity.prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps(p) + "\n" for p in [warmup, *prompts]))
+
+    t0 = time.time()
+    emu = emulated(args, prompts, rtts, policies)
+    print(f"emulated in {time.time() - t0:.0f} s", file=sys.stderr)
+
+    rows: list[dict[str, Any]] = []
+    certs = args.logs / "realtime_fidelity.certs"
+    for kind in transports:
+        tls_worker: list[str] = []
+        tls_controller: list[str] = []
+        if kind == "quic":
+            subprocess.run([*WANSPEC, "certs", str(certs)], check=True, capture_output=True)
+            tls_worker = ["--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
+            tls_controller = ["--ca", str(certs / "ca.pem")]
+        wlog = args.logs / f"realtime_fidelity.{kind}.worker.log"
+        worker = start([*WANSPEC, "worker", "--listen", "127.0.0.1:0", "--transport", kind,
+                        "--draft-ms", str(args.draft_ms), *tls_worker,
+                        *(["--threads", str(args.threads)] if args.threads else [])],
+                       wlog, read_stdout=True)
+        try:
+            worker_addr = worker_address(worker, wlog)
+            for rtt in rtts:
+                proxy = None
+                address = worker_addr
+                if rtt > 0:
+                    address = f"127.0.0.1:{free_port()}"
+                    proxy = start([*WANSPEC, "delay-proxy", "--listen", address,
+                                   "--to", worker_addr, "--rtt", f"{rtt:g}ms",
+                                   *(["--udp"] if kind == "quic" else [])],
+                                  args.logs / f"realtime_fidelity.{kind}.proxy.log")
+                    time.sleep(3.0)  # the proxy imports wanspec, then listens
+                try:
+                    for policy in policies:
+                        log = args.logs / f"realtime_fidelity.{kind}.{policy}.log"
+                        real = real_run(args, worker, address, kind, policy, prompts_file,
+                                        tls_controller, log)
+                        e = emu[rtt, policy]
+                        row = {"transport": kind, "rtt_ms": rtt, "policy": policy,
+                               "tpot_ms_real": real["tpot_ms"], "tpot_ms_emulate": e["tpot_ms"],
+                               "tpot_rel_diff": rel(real["tpot_ms"], e["tpot_ms"]),
+                               "busy_real": real["busy_passes_per_token"],
+                               "busy_emulate": e["busy_passes_per_token"],
+                               "stall_ms_real": real["stall_ms_per_token"],
+                               "stall_ms_emulate": e["stall_ms_per_token"],
+                               "controller_cpu_ms_per_token": real["controller_cpu_ms_per_token"],
+                               "worker_cpu_ms_per_token": real["worker_cpu_ms_per_token"],
+                               "identical": [r["token_ids"] for r in real["results"]]
+                               == [r["token_ids"] for r in e["results"]],
+                               "command": real["command"]}
+                        rows.append(row)
+                        print(f"{kind} {rtt:g} ms {policy}: TPOT {row['tpot_ms_real']:.2f} real / "
+                              f"{row['tpot_ms_emulate']:.2f} emulated "
+                              f"({100 * row['tpot_rel_diff']:+.1f}%), busy passes/token "
+                              f"{row['busy_real']:.3f} / {row['busy_emulate']:.3f}, CPU ms/token "
+                              f"controller {row['controller_cpu_ms_per_token']:.2f}, worker "
+                              f"{row['worker_cpu_ms_per_token']:.2f}", file=sys.stderr)
+                finally:
+                    stop(proxy)
+        finally:
+            stop(worker)
+
+    print("| transport | RTT | policy | TPOT real / emulate | diff | busy passes/token real / "
+          "emulate | stall ms/token real / emulate | host CPU ms/token controller / worker | "
+          "identical |\n|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['transport']} | {r['rtt_ms']:g} ms | {r['policy']} | {r['tpot_ms_real']:.2f} / "
+              f"{r['tpot_ms_emulate']:.2f} ms | {100 * r['tpot_rel_diff']:+.1f}% | "
+              f"{r['busy_real']:.3f} / {r['busy_emulate']:.3f} | {r['stall_ms_real']:.2f} / "
+              f"{r['stall_ms_emulate']:.2f} | {r['controller_cpu_ms_per_token']:.2f} / "
+              f"{r['worker_cpu_ms_per_token']:.2f} | {'yes' if r['identical'] else 'NO'} |")
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=ROOT).stdout.strip()
+        args.json.write_text(json.dumps({
+            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
