@@ -31,7 +31,6 @@ from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.engine import GenerationResult, LocalEngine, TimingConfig
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.sampling import SamplingParams
-from wanspec.timing import clock
 from wanspec.transport import factory
 from wanspec.transport.inproc import LinkParams
 from wanspec.units import parse_bandwidth_bps, parse_duration_ms
@@ -97,8 +96,8 @@ def deployment(pair: ModelPair, *, rtt: str | float = "40ms", jitter: str | floa
                timing: TimingConfig | None = None, seed: int = 0,
                branches: int = ControllerConfig.branches) -> InprocDeployment:
     """Both sites in this process over an emulated WAN link, as an ``async with`` context
-    (``await dep.generate(prompt, ...)``).  Run it with :func:`wanspec.timing.clock.run`,
-    ``virtual=timing.emulated``, or use :func:`emulate_deployment`."""
+    (``await dep.generate(prompt, ...)``).  Run it with ``timing.run(main)`` (the virtual
+    clock when emulated), or use :func:`emulate_deployment`."""
     if pair.draft is None:
         raise WanspecError("a deployment needs a draft: load_pair(with_draft=True)")
     rtt_ms = _ms(rtt, "rtt")
@@ -127,7 +126,7 @@ def emulate_deployment(pair: ModelPair, prompts: Sequence[str | Sequence[int]], 
                                        stop_strings=stop, ignore_eos=ignore_eos)
                     for p in prompts]
 
-    return clock.run(main, virtual=timing.emulated)
+    return timing.run(main)
 
 
 def remote_engine(pair: ModelPair, workers: Sequence[str], *, transport: str = "tcp",

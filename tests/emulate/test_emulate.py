@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -153,6 +154,8 @@ def test_tables_report_losslessness(setup):
     (["--sd-gammas", "0-3"], "windows must be between 1 and 64"),
     (["--sd-gammas", "a,b"], "invalid --sd-gammas"),
     (["--max-slowdown", "0.9"], "--max-slowdown must be >= 1"),
+    (["--host-overhead", "some"], "--host-overhead must be 0 or measured"),
+    (["--measured", "--host-overhead", "measured"], "--measured already pays it"),
 ])
 def test_bad_values(args, needle, setup):
     r = emulate(setup, *args)
@@ -173,3 +176,29 @@ def test_emulation_class_directly(target, random_draft):
     assert len(records) == len(BASELINES) + len(POLICIES)
     assert all(r["identical_to_target_only"] for r in records)
     assert len(seen) == emu.total_requests(len(PROMPTS))
+
+
+def test_charging_measured_host_overhead_slows_the_clock_and_loses_nothing(target, near_draft):
+    """--host-overhead measured: the loop's own work and the real compute of passes slower than
+    their cost go on the virtual clock; outputs stay identical to target-only."""
+    def run(host_overhead: bool) -> dict:
+        timing = TimingConfig.emulate(2, 0.5)  # costs below this CPU's real compute
+        cfg = EmulationConfig(rtts_ms=(20.0,), policies=("adaptive",), max_tokens=8,
+                              timing=dataclasses.replace(timing, host_overhead=host_overhead),
+                              sd_gammas=(4,))
+        return {r["mode"]: r for r in Emulation(target, near_draft, cfg).run(PROMPTS[:1])}
+
+    free, charged = run(False), run(True)
+    for mode in ("target", "adaptive"):
+        assert free[mode]["identical_to_target_only"] and charged[mode]["identical_to_target_only"]
+        assert charged[mode]["e2e_ms_per_token"] > free[mode]["e2e_ms_per_token"]
+    assert free["target"]["tpot_ms_mean"] == pytest.approx(2.0)  # deterministic: the cost
+
+
+def test_host_overhead_is_for_emulated_costs_only():
+    from wanspec.errors import WanspecError
+
+    with pytest.raises(WanspecError, match="emulated costs only"):
+        TimingConfig(host_overhead=True)
+    assert "host overhead measured" in TimingConfig(
+        *TimingConfig.emulate(30, 4).__dict__.values(), host_overhead=True).describe()

@@ -226,3 +226,44 @@ def test_hold_is_a_no_op_on_a_real_loop():
         return True
 
     assert clock.run(main)
+
+
+def _spin(seconds: float) -> None:
+    """Host work: Python on the loop's own thread."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_charging_the_host_puts_the_loops_own_work_on_the_virtual_clock():
+    async def main():
+        _spin(0.03)  # callbacks' Python: charged when asked
+        await asyncio.sleep(1.0)  # timers still jump, exactly
+        return clock.now(), asyncio.get_running_loop()
+
+    t_free, _ = clock.run(main, virtual=True)
+    t_charged, loop = clock.run(main, virtual=True, charge_host=True)
+    assert t_free == 1.0
+    assert t_charged >= 1.03 and loop.host_s >= 0.03
+    assert t_charged - 1.0 == pytest.approx(loop.host_s, abs=0.005)
+
+
+def test_charging_the_host_makes_an_emulated_cost_a_floor(executor):
+    """A pass slower on this machine than its emulated cost takes its real time, as the cost
+    of a real site is a floor (--target-ms); one faster still takes its cost."""
+
+    def slow():
+        time.sleep(0.05)
+
+    async def main():
+        dev = Device("gpu")
+        t0 = clock.now()
+        await dev.run(slow, executor=executor, cost=PassCost(2), n_tokens=1)
+        t1 = clock.now()
+        await dev.run(lambda: None, executor=executor, cost=PassCost(20), n_tokens=1)
+        return t1 - t0, clock.now() - t1
+
+    slow_pass, fast_pass = clock.run(main, virtual=True, charge_host=True)
+    assert slow_pass >= 0.05
+    assert 0.02 <= fast_pass < 0.02 + 0.01  # its cost, plus a little charged host work
+    assert clock.run(main, virtual=True)[0] == pytest.approx(0.002)  # uncharged: the cost

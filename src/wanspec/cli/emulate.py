@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -143,7 +144,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 max_batch: int = 64, admission: bool = False,
                 worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
                 compute_ms_per_token: float = 0.0, kv_ms_per_ktoken: float = 0.0,
-                per_sequence_ms: float = 0.0, branches: int = ControllerConfig.branches) -> bool:
+                per_sequence_ms: float = 0.0, branches: int = ControllerConfig.branches,
+                host_overhead: str = "0") -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_rtt_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     loads = parse_loads(concurrency, request_rate, seed)
@@ -164,6 +166,11 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
     for p in policies:
         check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
+    check(host_overhead in ("0", "measured"),
+          f"--host-overhead must be 0 or measured, got {host_overhead!r}")
+    check(not (measured and host_overhead == "measured"),
+          "--host-overhead measured charges host work to emulated costs; --measured already "
+          "pays it for real")
     check(min(target_ms, draft_ms, verify_per_token_ms, compute_ms_per_token,
               kv_ms_per_ktoken, per_sequence_ms) >= 0, "device costs must be >= 0 ms")
     timing = TimingConfig() if measured else TimingConfig.emulate(
@@ -172,6 +179,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         draft_compute_ms_per_token=DEFAULT_DRAFT_COST.compute_ms_per_token,
         draft_kv_ms_per_ktoken=DEFAULT_DRAFT_COST.kv_ms_per_ktoken,
         draft_per_sequence_ms=DEFAULT_DRAFT_COST.per_sequence_ms)
+    if host_overhead == "measured":
+        timing = dataclasses.replace(timing, host_overhead=True)
     cfg = EmulationConfig(
         rtts_ms=rtts, jitter_ms=jitter_ms, bandwidth_bps=bandwidth_bps, spike_prob=loss,
         spike_ms=max(rtts) if loss else 0.0, timing=timing, policies=policies, gamma=gamma,

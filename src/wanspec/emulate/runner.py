@@ -34,7 +34,6 @@ from wanspec.runtime.engine import GenerationResult, LocalEngine, TimingConfig
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.sampling import SamplingParams
 from wanspec.simulate.trace import TraceRequest
-from wanspec.timing import clock
 from wanspec.transport.inproc import LinkParams
 
 POLICIES = tuple(p.value for p in PolicyName)
@@ -184,7 +183,7 @@ class Emulation:
                     runs.results.append(await dep.generate(p, **self._gen_kwargs()))
                     self.progress(f"{policy} @ {rtt:g} ms")
 
-        clock.run(main, virtual=c.timing.emulated)
+        c.timing.run(main)
         return runs
 
     def remote_results(self, policy: str, rtt: float, prompts: Sequence[str]
@@ -257,7 +256,7 @@ class Emulation:
             return LoadRun(mode, load, None, served, span, acc.device.stats,
                            extra={**extra, **self._admission_label()})
 
-        return clock.run(main, virtual=c.timing.emulated)
+        return c.timing.run(main)
 
     def serve_remote(self, policy: str, rtt: float, prompts: Sequence[str],
                      load: Load) -> LoadRun:
@@ -279,7 +278,7 @@ class Emulation:
                 return LoadRun(policy, load, rtt, served, span, dep.engine.device.stats,
                                dep.worker_device.stats, extra=self._admission_label())
 
-        return clock.run(main, virtual=c.timing.emulated)
+        return c.timing.run(main)
 
     def _admission(self) -> Admission | None:
         c = self.config

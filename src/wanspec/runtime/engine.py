@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from wanspec.core.actions import Site
 from wanspec.core.admission import Admission
@@ -21,6 +21,8 @@ from wanspec.sampling import SamplingParams
 from wanspec.timing import clock
 from wanspec.timing.device import DEFAULT_DRAFT_COST, DEFAULT_TARGET_COST, Device, PassCost
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class TimingConfig:
@@ -28,11 +30,23 @@ class TimingConfig:
 
     target: PassCost | None = None
     draft: PassCost | None = None
+    # emulated only: the virtual clock also charges the host work measured as the run goes
+    # (the loop's own Python; passes slower than their cost), as a real site pays it
+    # (wanspec emulate --host-overhead measured; timing/clock.py)
+    host_overhead: bool = False
 
     def __post_init__(self) -> None:
         if (self.target is None) != (self.draft is None):
             raise WanspecError("emulated timing needs both a target and a draft cost "
                                "(--target-ms and --draft-ms go together)")
+        if self.host_overhead and self.target is None:
+            raise WanspecError("measured timing already pays the host's work: --host-overhead "
+                               "applies to emulated costs only")
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        """Run ``main()`` on this timing's clock: virtual when emulated (fast, deterministic,
+        unless the host's work is charged), real otherwise."""
+        return clock.run(main, virtual=self.emulated, charge_host=self.host_overhead)
 
     @property
     def emulated(self) -> bool:
@@ -66,8 +80,9 @@ class TimingConfig:
             roofline = (f", compute {self.target.compute_ms_per_token:g} ms/token, "
                         f"KV {self.target.kv_ms_per_ktoken:g} ms/1k, "
                         f"{self.target.per_sequence_ms:g} ms/request")
+        host = ", host overhead measured" if self.host_overhead else ""
         return (f"emulated (target {self.target.base_ms:g} ms + {self.target.per_token_ms:g} ms/token"
-                f"{roofline}, draft {self.draft.base_ms:g} ms)")
+                f"{roofline}, draft {self.draft.base_ms:g} ms{host})")
 
 
 @dataclass
@@ -213,9 +228,8 @@ class LocalEngine:
     def generate_many(self, prompts: Sequence[str | Sequence[int]], **kwargs: Any
                       ) -> tuple[list[GenerationResult], SharedAccelerator]:
         """Synchronous wrapper of :meth:`agenerate_many` (virtual clock when emulated)."""
-        return clock.run(lambda: self.agenerate_many(prompts, **kwargs),
-                         virtual=self.timing.emulated)
+        return self.timing.run(lambda: self.agenerate_many(prompts, **kwargs))
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """Synchronous wrapper; emulated timing runs on a virtual clock (fast, deterministic)."""
-        return clock.run(lambda: self.agenerate(prompt, **kwargs), virtual=self.timing.emulated)
+        return self.timing.run(lambda: self.agenerate(prompt, **kwargs))

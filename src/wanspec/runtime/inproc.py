@@ -123,7 +123,6 @@ def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[in
     """One request through controller + worker over an in-process link (virtual time if emulated)."""
     from wanspec.core.policy import PolicyConfig, PolicyName
     from wanspec.errors import WanspecError
-    from wanspec.timing import clock
 
     try:
         name = PolicyName(policy)
@@ -139,4 +138,4 @@ def remote_generate(target: CausalLM, draft: CausalLM, prompt: str | Sequence[in
                                     local_draft=name is not PolicyName.REMOTE) as dep:
             return await dep.generate(prompt, **kwargs)
 
-    return clock.run(main, virtual=timing.emulated)
+    return timing.run(main)

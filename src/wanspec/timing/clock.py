@@ -6,6 +6,16 @@ when nothing is ready to run it jumps straight to the next timer instead of slee
 really executes off-loop (a model forward in a thread) holds the clock with :func:`hold`, so
 virtual time stands still while it runs; an emulated device then charges its configured cost on
 the virtual clock.  Result: emulated runs are deterministic and take only the real compute time.
+
+A real deployment also pays for its host work: the event loop's own Python (protocol, policies,
+bookkeeping) and model passes that take longer than their emulated cost.  With
+``charge_host=True`` the virtual clock charges both, measured as the run goes (``wanspec emulate
+--host-overhead measured``): the real time each loop iteration spends running callbacks is added
+to the clock, and a pass occupies its device for the larger of its emulated cost and its real
+compute (what ``--target-ms`` means for a real site: a floor on real time).  Runs then vary
+with the machine, as real ones do.  Both sites of an in-process deployment share the one loop,
+so their host work is charged to one clock: an upper bound when the sites run on different
+machines, about right when they share one.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import selectors
+import time
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -27,30 +38,64 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     is not meaningful on virtual time; use the in-process transport for virtual-time runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, charge_host: bool = False) -> None:
         super().__init__(selectors.DefaultSelector())
         self._virtual_now = 0.0
         self._holds = 0
+        self.charge_host = charge_host
+        self.host_s = 0.0  # host time charged so far (charge_host)
+        self._select_s = 0.0  # real time the current iteration spent in select
+        self._iteration_t0: float | None = None  # when the current iteration began (charging)
         real_select = self._selector.select  # type: ignore[attr-defined]
 
+        def timed_select(timeout: float | None) -> list[Any]:
+            t0 = time.perf_counter()
+            try:
+                return real_select(timeout)
+            finally:
+                self._select_s += time.perf_counter() - t0
+
         def select(timeout: float | None = None) -> list[Any]:
+            poll = timed_select if self.charge_host else real_select
             if timeout is not None and timeout <= 0:
-                return real_select(0)
+                return poll(0)
             if self._holds > 0:
                 # off-loop work in flight: wait for it for real, with the clock frozen
-                return real_select(None if timeout is None else max(timeout, 0.05))
-            ready = real_select(0)
+                return poll(None if timeout is None else max(timeout, 0.05))
+            ready = poll(0)
             if ready:
                 return ready
             if timeout is None:
-                return real_select(None)
+                return poll(None)
             self._virtual_now += timeout
             return []
 
         self._selector.select = select  # type: ignore[attr-defined,method-assign]
 
+    def _run_once(self) -> None:
+        """One iteration; with ``charge_host``, its callbacks' real time moves the clock on
+        (as they run: ``time()`` inside a callback includes the work done so far)."""
+        if not self.charge_host:
+            return super()._run_once()  # type: ignore[misc,no-any-return]
+        self._select_s = 0.0
+        self._iteration_t0 = time.perf_counter()
+        try:
+            super()._run_once()  # type: ignore[misc]
+        finally:
+            spent = self._host_spent()
+            self._iteration_t0 = None
+            self._virtual_now += spent
+            self.host_s += spent
+        return None
+
+    def _host_spent(self) -> float:
+        """Real time this iteration has spent outside select (its callbacks' host work)."""
+        if self._iteration_t0 is None:
+            return 0.0
+        return max(time.perf_counter() - self._iteration_t0 - self._select_s, 0.0)
+
     def time(self) -> float:
-        return self._virtual_now
+        return self._virtual_now + self._host_spent()
 
     def hold(self) -> None:
         self._holds += 1
@@ -87,8 +132,16 @@ def is_virtual() -> bool:
     return isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
 
 
-def run(main: Callable[[], Awaitable[T]], *, virtual: bool = False) -> T:
-    """Run ``main()`` on a fresh loop, with virtual time if asked."""
-    factory = VirtualTimeLoop if virtual else None
+def charges_host() -> bool:
+    """Whether the running loop's virtual clock charges measured host work (see the module)."""
+    loop = asyncio.get_running_loop()
+    return isinstance(loop, VirtualTimeLoop) and loop.charge_host
+
+
+def run(main: Callable[[], Awaitable[T]], *, virtual: bool = False,
+        charge_host: bool = False) -> T:
+    """Run ``main()`` on a fresh loop, with virtual time if asked (``charge_host``: charging the
+    host work measured as it runs; virtual time only)."""
+    factory = (lambda: VirtualTimeLoop(charge_host)) if virtual else None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main())  # type: ignore[arg-type]
