@@ -200,5 +200,5 @@ def test_host_overhead_is_for_emulated_costs_only():
 
     with pytest.raises(WanspecError, match="emulated costs only"):
         TimingConfig(host_overhead=True)
-    assert "host overhead measured" in TimingConfig(
-        *TimingConfig.emulate(30, 4).__dict__.values(), host_overhead=True).describe()
+    charged = dataclasses.replace(TimingConfig.emulate(30, 4), host_overhead=True)
+    assert "host overhead measured" in charged.describe()
