@@ -25,6 +25,11 @@ LOAD = Closed(4)
 # simultaneous events and what a trace cannot hold about drafts off the committed prefix (see
 # test_validation.py); with the very same models and 1 ms of jitter the drivers agree.
 TOLERANCE = {0: (0.05, 0.05), None: (0.08, 0.10)}
+# The worker carries 64 sequences a pass on both sides, as when these tolerances were set: the
+# 4 clients' trees (17 lanes each) are then capped a little.  With the default 256 the trees grow
+# whole and `adaptive`'s simulated TPOT p50 is 10% above the emulated one (throughput within 8%):
+# the simultaneous-event residue above grows with the tree (docs/simulator.md, "Draft trees").
+WORKER_MAX_BATCH = 64
 
 
 @pytest.fixture(scope="module", params=[0, None], ids=["chain", "trees"])
@@ -39,7 +44,8 @@ def recorded(request):
     branches = ControllerConfig().branches if request.param is None else request.param
     prompts = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"), 8)
     emu = Emulation(target, draft, EmulationConfig(rtts_ms=(30.0,), max_tokens=32,
-                                                   branches=branches))
+                                                   branches=branches,
+                                                   worker_max_batch=WORKER_MAX_BATCH))
     reference = emu.reference(prompts)
     records = {}
     for mode, gamma in MODES:
@@ -64,7 +70,8 @@ def test_simulated_load_matches_emulated_load_on_a_recorded_trace(recorded):
     reference = [w.reference() for w in ws]
     for mode, gamma in MODES:
         e = emulated[mode]
-        s = summarize(simulate_load(cfg, mode, ws, LOAD, gamma=gamma), reference, 50.0)
+        s = summarize(simulate_load(cfg, mode, ws, LOAD, gamma=gamma,
+                                    worker_max_batch=WORKER_MAX_BATCH), reference, 50.0)
         assert e["identical_to_target_only"] and s["identical_to_target_only"], mode
         assert s["tokens"] == e["tokens"] == 8 * 32
         assert s["throughput_tok_s"] == pytest.approx(e["throughput_tok_s"], rel=rel), mode

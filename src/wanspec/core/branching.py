@@ -43,18 +43,16 @@ class WorkerLane(Lane):
 
 @dataclass(slots=True)
 class _Ratio:
-    """Observed over predicted, decayed, starting at 1."""
+    """Observed over predicted, decayed, starting at 1 (``value``, kept within [0.25, 4])."""
 
     seen: float = _PRIOR
     predicted: float = _PRIOR
+    value: float = 1.0  # set by update: read for every candidate of every pass, computed once
 
     def update(self, predicted: float, seen: float) -> None:
         self.predicted = self.predicted * _DECAY + predicted
         self.seen = self.seen * _DECAY + seen
-
-    @property
-    def value(self) -> float:
-        return min(max(self.seen / self.predicted, 0.25), 4.0)
+        self.value = min(max(self.seen / self.predicted, 0.25), 4.0)
 
 
 @dataclass(slots=True)
@@ -92,11 +90,15 @@ class Candidate:
     entropy: float  # of the draft's distribution at ``fork``
 
 
-def best_candidate(tree: TreeShape[WorkerLane], committed: int, limit: int,
-                   odds: BranchOdds) -> Candidate | None:
-    """The most probable branch not grown yet, forking at or after ``committed`` and early
-    enough that it can draft at least one token before ``limit`` (or None)."""
-    best: Candidate | None = None
+def best_candidates(tree: TreeShape[WorkerLane], committed: int, limit: int,
+                    odds: BranchOdds, count: int = 1) -> list[Candidate]:
+    """The ``count`` most probable branches not grown yet, best first (ties: in lane order),
+    forking at or after ``committed`` and early enough that each can draft at least one token
+    before ``limit``.
+
+    Growing one does not change the others' values (a new lane has no alternatives until its
+    first pass), so one sweep over the tree serves a whole refill of the budget."""
+    found: list[tuple[float, int, WorkerLane, int, int, float]] = []  # value, order, ..., hit
     reach: dict[int, float] = {}  # lane id -> probability the target reaches its first token
     for lane in sorted(tree.lanes.values(), key=lambda x: x.id):  # parents before children
         if lane.id == tree.lane:
@@ -111,15 +113,21 @@ def best_candidate(tree: TreeShape[WorkerLane], committed: int, limit: int,
         for pos in range(first_own, min(lane.end, limit - 1)):
             if r < MIN_VALUE:
                 break
-            alternatives = lane.alternatives.get(pos, ())
-            draft = lane.drafts[pos - lane.start]
-            for token, q in alternatives:
+            for token, q in lane.alternatives.get(pos, ()):
                 hit = odds.hit(q)
-                if (r * hit >= MIN_VALUE and (best is None or r * hit > best.value)
-                        and (lane.id, pos, token) not in tree.branches):
-                    best = Candidate(lane, pos, token, hit, r * hit, draft.entropy)
-            r *= odds.accept(draft.top_prob)
-    return best
+                if r * hit >= MIN_VALUE and (lane.id, pos, token) not in tree.branches:
+                    found.append((r * hit, len(found), lane, pos, token, hit))
+            r *= odds.accept(lane.drafts[pos - lane.start].top_prob)
+    best = sorted(found, key=lambda f: (-f[0], f[1]))[:count]
+    return [Candidate(lane, pos, token, hit, value, lane.drafts[pos - lane.start].entropy)
+            for value, _, lane, pos, token, hit in best]
+
+
+def best_candidate(tree: TreeShape[WorkerLane], committed: int, limit: int,
+                   odds: BranchOdds) -> Candidate | None:
+    """The most probable branch not grown yet (:func:`best_candidates`), or None."""
+    best = best_candidates(tree, committed, limit, odds, 1)
+    return best[0] if best else None
 
 
 def _reach_along(lane: WorkerLane, committed: int, position: int, odds: BranchOdds) -> float:

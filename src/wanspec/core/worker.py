@@ -37,7 +37,7 @@ from enum import Enum
 from typing import Callable
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
-from wanspec.core.branching import BranchOdds, Candidate, WorkerLane, best_candidate
+from wanspec.core.branching import BranchOdds, Candidate, WorkerLane, best_candidates
 from wanspec.core.chain import DraftToken
 from wanspec.core.tree import TreeShape
 from wanspec.errors import WanspecError
@@ -585,9 +585,12 @@ class WorkerCore:
                 continue
             if lane.end < limit and s.caches[lane.cache].busy_from is None:
                 out.append(self._extend(rid, s, lane))
-        while (len(s.tree.lanes) <= s.branches and self.load.spare_seats
-               and (best := best_candidate(s.tree, n, limit, self.odds)) is not None):
-            out.append(self._branch(rid, s, best))
+        room = s.branches + 1 - len(s.tree.lanes)  # branch lanes the budget still allows
+        if room > 0 and self.load.spare_seats:
+            for best in best_candidates(s.tree, n, limit, self.odds, room):
+                if not self.load.spare_seats:
+                    break
+                out.append(self._branch(rid, s, best))
         return out
 
     def _extend(self, rid: int, s: _Session, lane: WorkerLane) -> DraftFor:
