@@ -35,14 +35,16 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_server import ROOT, WANSPEC, fail, free_port, start, stop
+from bench_server import ROOT, WANSPEC, fail, start, stop
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 READY_S = 300.0
+RUN_S = 1800.0  # one controller run, at most (then it is killed and the benchmark stops)
 
 
 def cpu_s(pid: int) -> float:
@@ -51,17 +53,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
-def worker_address(proc: subprocess.Popen[str], log: Path) -> str:
-    """The worker prints `wanspec worker listening on tcp|quic://HOST:PORT` once ready."""
+def listening(proc: subprocess.Popen[str], log: Path, what: str) -> str:
+    """The worker and the proxy print `... listening on tcp|quic|udp://HOST:PORT` once ready."""
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            fail("the worker exited before listening", proc, log)
-        if m := re.search(r"listening on (?:tcp|quic)://(\S+:\d+)", line):
+            fail(f"the {what} exited before listening", proc, log)
+        if m := re.search(r"listening on (?:tcp|quic|udp)://(\S+:\d+)", line):
             return m.group(1)
-    fail("the worker did not listen in time", proc, log)
+    fail(f"the {what} did not listen in time", proc, log)
     raise AssertionError("unreachable")
 
 
@@ -83,10 +85,13 @@ def real_run(args: argparse.Namespace, worker: subprocess.Popen[str], address: s
     cmd = [*WANSPEC, "controller", "--worker", address, "--transport", kind, *tls,
            "--prompts", str(prompts_file), "--json", "-n", str(args.max_tokens),
            "--policy", policy, "--target-ms", str(args.target_ms), "--draft-ms", str(args.draft_ms),
+           "--require-worker",  # a run the worker did not draft would measure local decoding
            *(["--threads", str(args.threads)] if args.threads else [])]
     proc = start(cmd, log, read_stdout=True)
     assert proc.stdout is not None
     results, marks = [], []
+    watchdog = threading.Timer(RUN_S, proc.kill)  # a hung controller ends the benchmark
+    watchdog.start()
     try:
         for line in proc.stdout:  # one JSON line per prompt, as it finishes
             marks.append((cpu_s(proc.pid), cpu_s(worker.pid)))
@@ -94,9 +99,10 @@ def real_run(args: argparse.Namespace, worker: subprocess.Popen[str], address: s
         if proc.wait(READY_S) != 0 or len(results) < 2:
             fail(f"controller ({policy}) failed", proc, log)
     finally:
+        watchdog.cancel()
         stop(proc)
     measured = results[1:]
-    tokens = sum(len(r["token_ids"]) for r in measured)
+    tokens = max(sum(len(r["token_ids"]) for r in measured), 1)
     (c0, w0), (c1, w1) = marks[0], marks[-1]
     return {**summarize(measured), "results": measured,
             "controller_cpu_ms_per_token": 1000 * (c1 - c0) / tokens,
@@ -117,7 +123,7 @@ def emulated(args: argparse.Namespace, prompts: list[str], rtts: list[float],
     from wanspec.models.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
     from wanspec.runtime.engine import TimingConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads or 2)
     cfg = EmulationConfig(rtts_ms=tuple(rtts), policies=tuple(policies),
                           timing=dataclasses.replace(
                               TimingConfig.emulate(args.target_ms, args.draft_ms),
@@ -175,7 +181,8 @@ def main() -> None:
         tls_worker: list[str] = []
         tls_controller: list[str] = []
         if kind == "quic":
-            subprocess.run([*WANSPEC, "certs", str(certs)], check=True, capture_output=True)
+            if not (certs / "server.pem").exists():
+                subprocess.run([*WANSPEC, "certs", str(certs)], check=True, capture_output=True)
             tls_worker = ["--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
             tls_controller = ["--ca", str(certs / "ca.pem")]
         wlog = args.logs / f"realtime_fidelity.{kind}.worker.log"
@@ -184,18 +191,18 @@ def main() -> None:
                         *(["--threads", str(args.threads)] if args.threads else [])],
                        wlog, read_stdout=True)
         try:
-            worker_addr = worker_address(worker, wlog)
+            worker_addr = listening(worker, wlog, "worker")
             for rtt in rtts:
                 proxy = None
                 address = worker_addr
-                if rtt > 0:
-                    address = f"127.0.0.1:{free_port()}"
-                    proxy = start([*WANSPEC, "delay-proxy", "--listen", address,
-                                   "--to", worker_addr, "--rtt", f"{rtt:g}ms",
-                                   *(["--udp"] if kind == "quic" else [])],
-                                  args.logs / f"realtime_fidelity.{kind}.proxy.log")
-                    time.sleep(3.0)  # the proxy imports wanspec, then listens
                 try:
+                    if rtt > 0:
+                        plog = args.logs / f"realtime_fidelity.{kind}.proxy.log"
+                        proxy = start([*WANSPEC, "delay-proxy", "--listen", "127.0.0.1:0",
+                                       "--to", worker_addr, "--rtt", f"{rtt:g}ms",
+                                       *(["--udp"] if kind == "quic" else [])],
+                                      plog, read_stdout=True)
+                        address = listening(proxy, plog, "delay proxy")
                     for policy in policies:
                         log = args.logs / f"realtime_fidelity.{kind}.{policy}.log"
                         real = real_run(args, worker, address, kind, policy, prompts_file,
@@ -214,7 +221,8 @@ def main() -> None:
                                "controller_cpu_ms_per_token": real["controller_cpu_ms_per_token"],
                                "worker_cpu_ms_per_token": real["worker_cpu_ms_per_token"],
                                "identical": [r["token_ids"] for r in real["results"]]
-                               == [r["token_ids"] for r in e["results"]],
+                               == [r["token_ids"] for r in e["results"]]
+                               == [r["token_ids"] for r in h["results"]],
                                "command": real["command"]}
                         rows.append(row)
                         print(f"{kind} {rtt:g} ms {policy}: TPOT {row['tpot_ms_real']:.2f} real / "

@@ -116,6 +116,59 @@ def test_udp_adds_the_round_trip_per_client(arun):
     arun(main())
 
 
+def test_udp_with_jitter_never_reorders(arun):
+    async def main():
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Sink(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.put_nowait(data)
+
+        sink, _ = await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", 0))
+        port = sink.get_extra_info("sockname")[1]
+        async with UdpDelayProxy(("127.0.0.1", port), Delay(0.005, 0.02), seed=1) as proxy:
+            client, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=("127.0.0.1", proxy.port))
+            for i in range(200):
+                client.sendto(i.to_bytes(2, "big"))
+                if i % 20 == 0:
+                    await asyncio.sleep(0.001)
+            received = [int.from_bytes(await asyncio.wait_for(got.get(), 5), "big")
+                        for _ in range(200)]
+            assert received == list(range(200))
+            client.close()
+        sink.close()
+
+    arun(main())
+
+
+def test_tcp_reset_closes_the_other_side(arun):
+    """A side that resets (a crashed process) ends the connection: the other side sees EOF."""
+    async def main():
+        accepted: asyncio.Queue = asyncio.Queue()
+
+        async def keep(reader, writer):
+            accepted.put_nowait((reader, writer))
+
+        server = await asyncio.start_server(keep, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with TcpDelayProxy(("127.0.0.1", port), Delay(0.01)) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            up_reader, up_writer = await asyncio.wait_for(accepted.get(), 5)
+            sock = up_writer.get_extra_info("socket")
+            import socket
+            import struct
+
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            up_writer.close()  # an RST, not a FIN
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        server.close()
+
+    arun(main())
+
+
 @pytest.mark.parametrize("kind", ["tcp", "quic"])
 def test_wanspec_transports_cross_it(arun, echo, certs, kind):
     """The worker's transports work through the proxy, TCP and QUIC (over UDP), with its RTT."""
@@ -150,3 +203,23 @@ def test_cli_flags_are_checked(args, needle):
     r = CliRunner().invoke(app, ["delay-proxy", *args])
     assert r.exit_code == 2, r.output
     assert needle in " ".join(r.stderr.split())
+
+
+def test_closing_with_live_connections_is_quiet(arun, caplog):
+    """Stopping the proxy (Ctrl-C) while connections are open ends them without asyncio
+    logging an error."""
+    async def main():
+        server, port = await _echo_server()
+        proxy = await TcpDelayProxy(("127.0.0.1", port), Delay(0.01)).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        await proxy.close()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        server.close()
+        await asyncio.sleep(0.05)
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        arun(main())
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text

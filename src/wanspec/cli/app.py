@@ -296,7 +296,7 @@ def simulate(
     slo_tpot: str = typer.Option("50ms", "--slo-tpot", help="Under load: goodput counts the tokens of requests whose time per output token meets this."),
     max_batch: int = typer.Option(64, "--max-batch", help="Under load: most requests one batched pass carries, at the busy site."),
     admission: bool = typer.Option(False, "--admission", help="Under load: admit a request only while the running ones are predicted to meet --slo-tpot."),
-    worker_max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--worker-max-batch", help="Most sequences one worker draft pass carries: sessions and their branch lanes (as wanspec worker --max-batch)."),
+    worker_max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--worker-max-batch", help="Under load: most sequences one worker draft pass carries: sessions and their branch lanes (as wanspec worker --max-batch)."),
 ) -> None:
     """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
     with user_errors():

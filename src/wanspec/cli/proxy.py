@@ -22,12 +22,15 @@ def run_delay_proxy(*, listen: str, to: str, rtt: str, jitter: str, udp: bool, s
     check(jitter_ms <= 60_000, f"--jitter must be at most 60 s, got {jitter_ms:g} ms")
     check((host, port) != upstream, "--listen and --to are the same address")
     check_can_listen(host, port, "--listen", udp=udp)
-    console.print(f"delay proxy: {'UDP' if udp else 'TCP'} {host}:{port} -> "
-                  f"{upstream[0]}:{upstream[1]}, RTT {rtt_ms:g} ms"
-                  f"{f' + up to {jitter_ms:g} ms jitter each way' if jitter_ms else ''}; "
-                  "Ctrl-C stops")
+    delay = Delay.from_rtt_ms(rtt_ms, jitter_ms)
+
+    def ready(bound: int) -> None:  # the bound port (--listen HOST:0 picks one)
+        console.print(f"delay proxy listening on {'udp' if udp else 'tcp'}://{host}:{bound} -> "
+                      f"{upstream[0]}:{upstream[1]}, RTT {rtt_ms:g} ms"
+                      f"{f' + up to {jitter_ms:g} ms jitter each way' if jitter_ms else ''}; "
+                      "Ctrl-C stops")
+
     try:
-        asyncio.run(run_proxy(upstream, (host, port), Delay.from_rtt_ms(rtt_ms, jitter_ms),
-                              udp=udp, seed=seed))
+        asyncio.run(run_proxy(upstream, (host, port), delay, udp=udp, seed=seed, on_ready=ready))
     except KeyboardInterrupt:
         pass

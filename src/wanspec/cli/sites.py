@@ -161,7 +161,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
         host, port = server.address
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "
-                      f"up to {max_batch} sessions per draft pass, "
+                      f"up to {max_batch} sequences per draft pass, "
                       f"authentication: {authentication})", soft_wrap=True)
         stop_metrics = (await start_worker_metrics(service, metrics_port, listen_host, console)
                         if metrics_port is not None else None)  # issue 13

@@ -178,7 +178,8 @@ class Emulation:
 
         async def main() -> None:
             async with InprocDeployment(self.target, self.draft, link=link, timing=c.timing,
-                                        config=cfg, local_draft=policy != "remote") as dep:
+                                        config=cfg, local_draft=policy != "remote",
+                                        worker_max_batch=c.worker_max_batch) as dep:
                 for p in prompts:
                     runs.results.append(await dep.generate(p, **self._gen_kwargs()))
                     self.progress(f"{policy} @ {rtt:g} ms")

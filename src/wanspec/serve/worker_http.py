@@ -54,7 +54,8 @@ class _WorkerCollector(Collector):
              svc.load.busy),
             ("wanspec_worker:demand", "Live sessions per draft-pass slot (above 1: over "
              "capacity; lookaheads shrink).", svc.load.demand),
-            ("wanspec_worker:max_batch", "Most sessions one draft pass carries.", svc.max_batch),
+            ("wanspec_worker:max_batch", "Most sequences one draft pass carries (sessions and their "
+             "draft trees' branch lanes).", svc.max_batch),
         ]
         for name, doc, value in gauges:
             g = GaugeMetricFamily(name, doc)
