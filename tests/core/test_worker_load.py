@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from wanspec.core.actions import DraftDone, Log, Send
-from wanspec.core.worker import DraftFor, Release, WorkerCore, WorkerLoad, lookahead_cap
+from wanspec.core.worker import DraftFor, Release, WorkerCore, WorkerLoad
 from wanspec.protocol.messages import Drafts, Error, Ping, Pong, SessionStart
 from wanspec.simulate.engine import CONTROLLER_HELLO, WORKER_HELLO
 
@@ -28,39 +26,6 @@ def draft_all(core: WorkerCore, token: int = 10) -> int:
         for rid, run in runs:
             core.on_draft_done(rid, DraftDone(run.op, token, 0.5, 0.5))
             n += 1
-
-
-# ---- the rule ---------------------------------------------------------------------------------
-
-
-def test_within_capacity_a_session_keeps_its_own_lookahead():
-    assert lookahead_cap(8, WorkerLoad(max_batch=4, sessions=4)) == 8
-    assert lookahead_cap(8, WorkerLoad(max_batch=4, sessions=0)) == 8
-    assert lookahead_cap(8, WorkerLoad(max_batch=0, sessions=1000)) == 8  # no limit
-
-
-def test_over_capacity_the_cap_shrinks_with_the_share_of_passes():
-    assert lookahead_cap(8, WorkerLoad(max_batch=4, sessions=5)) == 6  # 8 * 4 // 5
-    assert lookahead_cap(9, WorkerLoad(max_batch=2, sessions=6)) == 3
-    assert lookahead_cap(8, WorkerLoad(max_batch=4, sessions=16)) == 2
-    assert lookahead_cap(4, WorkerLoad(max_batch=2, sessions=100)) == 1  # the next token, always
-    assert lookahead_cap(1, WorkerLoad(max_batch=1, sessions=2)) == 1
-
-
-def test_the_caps_of_all_sessions_fit_in_lookahead_full_passes():
-    for lookahead, batch, sessions in itertools.product(range(1, 17), range(1, 9), range(1, 80)):
-        load = WorkerLoad(max_batch=batch, sessions=sessions)
-        cap = lookahead_cap(lookahead, load)
-        assert 1 <= cap <= lookahead
-        if sessions > batch:
-            assert sessions * cap <= max(sessions, lookahead * batch)
-            more = WorkerLoad(max_batch=batch, sessions=sessions + 1)
-            assert lookahead_cap(lookahead, more) <= cap  # more sessions never lengthen a cap
-
-
-def test_demand_is_sessions_per_pass_slot():
-    assert WorkerLoad(max_batch=4, sessions=6).demand == 1.5
-    assert WorkerLoad(max_batch=0, sessions=6).demand == 0.0
 
 
 # ---- the core applies it ------------------------------------------------------------------------

@@ -20,7 +20,8 @@ session's lookahead, and the load is reported to the controller in every :class:
 Everything the controller sends is checked here; a bad session request is answered with an
 :class:`Error` for that session, a protocol violation closes the connection.  Nothing raises.
 
-What one worker serves is bounded by :class:`WorkerLimits` (flags of ``wanspec worker``,
+What one worker serves is bounded by :class:`WorkerLimits` (in :mod:`wanspec.core.capacity`, with
+the load and the lookahead it allows; flags of ``wanspec worker``,
 docs/security.md): connections (:func:`admit_connection`), sessions of all connections and of
 one connection, prompt length, lookahead; a connection silent for the idle timeout is closed.  A
 request over a capacity limit is refused with ``Error(code="overloaded")``, on which the
@@ -33,11 +34,19 @@ import dataclasses
 import math
 import secrets
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
 from wanspec.core.branching import BranchOdds, Candidate, WorkerLane, best_candidates
+from wanspec.core.capacity import (  # re-exported: the worker's limits and load live there
+    DEFAULT_WORKER_MAX_BATCH,
+    HELLO_TIMEOUT_S,
+    Admit,
+    WorkerLimits,
+    WorkerLoad,
+    admit_connection,
+    lookahead_cap,
+)
 from wanspec.core.chain import DraftToken
 from wanspec.core.tree import TreeShape
 from wanspec.errors import WanspecError
@@ -58,112 +67,9 @@ from wanspec.protocol.messages import (
 )
 from wanspec.sampling import SamplingParams
 
-# a peer that has not introduced itself (and, with a key, proved it) by then is dropped
-HELLO_TIMEOUT_S = 10.0
 KEY_MISMATCH = ("authentication failed: the controller's key does not match the worker's "
                 "(--auth-key-file must hold the same key at both sites)")
 OVERLOADED = "overloaded"  # Error.code of a refusal for capacity: the controller decodes locally
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerLimits:
-    """What one worker serves at most, so that no controller (or anyone who can reach the port)
-    can make it hold unbounded state.  Each is a flag of ``wanspec worker``."""
-
-    max_connections: int = 64  # open connections, handshakes included
-    max_sessions: int = 256  # live sessions, all connections together
-    max_connection_sessions: int = 64  # live sessions of one connection
-    max_prompt: int = 32768  # tokens of a SessionStart's prompt
-    max_lookahead: int = 64  # a session drafts at most this far past its committed prefix
-    max_branches: int = 32  # branch lanes of one session's draft tree (each holds a KV cache)
-    hello_timeout_s: float = HELLO_TIMEOUT_S  # a connection must send Hello within this
-    idle_timeout_s: float = 60.0  # after Hello, a connection silent this long is closed (0: never)
-
-
-class Admit(str, Enum):
-    """What to do with a new connection (:func:`admit_connection`)."""
-
-    SERVE = "serve"
-    REFUSE = "refuse"  # answer its first message with Error(code="overloaded"), then close
-    DROP = "drop"  # close it without a word: even the refusals are at their limit
-
-
-def admit_connection(serving: int, refusing: int, limits: WorkerLimits) -> Admit:
-    """A connection arrives while ``serving`` connections are served and ``refusing`` are being
-    refused.  Beyond ``max_connections`` it is refused with a reason the controller understands;
-    refusals are connections too, so beyond as many again it is closed at once."""
-    if serving < limits.max_connections:
-        return Admit.SERVE
-    if refusing < limits.max_connections:
-        return Admit.REFUSE
-    return Admit.DROP
-
-
-# Sequences one worker draft pass carries by default (sessions' main lines and their trees'
-# branch lanes).  Not the busy site's limit: the worker's device serves only drafts, and a 1B-class
-# draft's pass stays memory-bound (costs about the same) up to ~250 tokens on the documented A100
-# (DEFAULT_DRAFT_COST: 4 ms of weights against 0.016 ms of compute per token); it is also the
-# sequence limit serving engines default to (vLLM's max_num_seqs).  Beyond it, branches pause
-# first (WorkerLoad.over_capacity), then sessions share passes (lookahead_cap).
-DEFAULT_WORKER_MAX_BATCH = 256
-
-
-@dataclass(slots=True)
-class WorkerLoad:
-    """How loaded the worker's draft device is: one object shared by the cores of all connections.
-
-    The adapter keeps it current (the live sessions of every connection, the device's recent busy
-    fraction) and calls :meth:`WorkerCore.on_load_changed` when the number of sessions changes; a
-    core reads it when it caps a session's lookahead and when it answers a Ping.
-    """
-
-    max_batch: int = 0  # sequences one draft pass carries; 0: no limit (never over capacity)
-    sessions: int = 0  # live sessions, all connections together
-    branches: int = 0  # branch lanes of their draft trees (each a sequence of a pass); the cores
-    # keep this count themselves
-    busy: float = 0.0  # fraction of recent time the draft device was running passes, in [0, 1]
-
-    @property
-    def demand(self) -> float:
-        """Live sessions per sequence a pass carries: above 1 the worker is over capacity."""
-        return self.sessions / self.max_batch if self.max_batch > 0 else 0.0
-
-    @property
-    def over_capacity(self) -> bool:
-        """More sequences want a pass than one carries: branch lanes then stop drafting (they
-        would take turns from sessions' main lines) until the load falls or commits prune them."""
-        return self.max_batch > 0 and self.sessions + self.branches > self.max_batch
-
-    @property
-    def spare_seats(self) -> bool:
-        """Whether a pass has room for another branch lane beyond every session's main line:
-        branches use the device's spare capacity only, never a session's turn."""
-        return self.max_batch <= 0 or self.sessions + self.branches < self.max_batch
-
-
-def lookahead_cap(lookahead: int, load: WorkerLoad) -> int:
-    """How far past the committed prefix a session may draft, given the worker's load.
-
-    Within capacity (every live session fits in one pass) a session drafts up to its own
-    ``lookahead``: sharing a pass costs it nothing.  Over capacity, ``sessions`` sessions share
-    passes of ``max_batch`` sequences: the batcher serves them oldest first, so each is carried in
-    about ``max_batch / sessions`` of the passes and its chain grows that much slower.  Its cap
-    shrinks by the same factor::
-
-        cap = max(1, lookahead * max_batch // sessions)
-
-    Why: a draft at depth ``k`` of a chain is used only if the ``k - 1`` before it are accepted,
-    while a session whose chain was just consumed or rolled back has a controller waiting for its
-    next token; a pass slot spent deep in one chain is a slot that session waits for.  Scaled by
-    the share, refilling a chain takes as many passes as on an idle worker (the chain stays the
-    same time ahead of its controller), the caps of all sessions add up to at most
-    ``lookahead * max_batch`` (what ``lookahead`` full passes draft), and the effort goes to the
-    near heads of the chains.  Never below one: the next token is the draft a controller uses
-    first.
-    """
-    if load.max_batch <= 0 or load.sessions <= load.max_batch:
-        return lookahead
-    return max(1, lookahead * load.max_batch // load.sessions)
 
 
 @dataclass(slots=True)
