@@ -583,7 +583,7 @@ def delay_proxy(
     seed: int = typer.Option(0, "--seed", help="Seed of the jitter."),
 ) -> None:
     """Forward a port to another with a round trip added, to try a WAN deployment on one machine
-    (no root needed, unlike tc netem); docs/cli.md."""
+    (no root needed, unlike tc netem); e.g. between a worker and a controller on loopback."""
     with user_errors():
         from wanspec.cli.proxy import run_delay_proxy
 
