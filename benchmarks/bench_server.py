@@ -79,17 +79,18 @@ def fail(what: str, proc: subprocess.Popen[str], log: Path) -> None:
              + "\n".join(tail))
 
 
-def worker_address(proc: subprocess.Popen[str], log: Path) -> str:
-    """The worker prints `wanspec worker listening on tcp://HOST:PORT` once ready."""
+def listening(proc: subprocess.Popen[str], log: Path, what: str = "worker") -> str:
+    """HOST:PORT once ``proc`` prints `... listening on tcp|quic|udp://HOST:PORT` (the worker and
+    `wanspec delay-proxy` do, once ready)."""
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            fail("the worker exited before listening", proc, log)
-        if m := re.search(r"listening on tcp://(\S+:\d+)", line):
+            fail(f"the {what} exited before listening", proc, log)
+        if m := re.search(r"listening on (?:tcp|quic|udp)://(\S+:\d+)", line):
             return m.group(1)
-    fail("the worker did not listen in time", proc, log)
+    fail(f"the {what} did not listen in time", proc, log)
     raise AssertionError("unreachable")
 
 
@@ -164,7 +165,7 @@ def main() -> None:
     try:
         worker_cmd = [*WANSPEC, "worker", "--listen", "127.0.0.1:0", *args.worker_arg]
         worker = start(worker_cmd, wlog, read_stdout=True)
-        worker_addr = worker_address(worker, wlog)
+        worker_addr = listening(worker, wlog)
         listen = f"127.0.0.1:{free_port()}"
         controller_cmd = [*WANSPEC, "controller", "--listen", listen, "--worker", worker_addr,
                           *args.controller_arg]

@@ -14,6 +14,11 @@ policies, and prints per mode what throughput alone hides:
   drafting shares each draft pass among every request that drafts; scattered rounds do not);
 * ``T ms`` / ``D ms``: mean target / draft pass time, and the busy split.
 
+For the remote policies it also prints what follows a rejection (``--seats``): of the rejections,
+the share whose correction a branch of the draft tree held (*hit*), by the target token's rank
+among the draft's choices; and after a hit, a miss and a plain step, how often the request's
+next seat in a target pass was a plain step.
+
 Nothing is written; it is a diagnostic (the numbers of docs/results.md §7 come from
 ``bench_load.py`` and ``wanspec simulate --concurrency``).
 """
@@ -21,11 +26,14 @@ Nothing is written; it is a diagnostic (the numbers of docs/results.md §7 come 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 from wanspec.core.actions import RunTarget
 from wanspec.core.batcher import PassKind
+from wanspec.core.controller import ControllerCore
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.emulate.load import Closed
 from wanspec.simulate.config import SimConfig
@@ -76,6 +84,55 @@ def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = Non
     }
 
 
+@contextlib.contextmanager
+def seat_log() -> Iterator[dict[int, list[tuple[int, int, int]]]]:
+    """Per controller core, each target pass it was in: (drafts verified, tokens committed,
+    rejections whose correction a tree branch held).  Patched in for one run only."""
+    log: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    original = ControllerCore.on_target_done
+
+    def on_target_done(core, ev, now):  # type: ignore[no-untyped-def]
+        drafts, n0, hits0 = len(core._proposal.drafts), len(core.transcript.tokens), \
+            core.stats.branch_hits
+        out = original(core, ev, now)
+        log[core.rid].append((drafts, len(core.transcript.tokens) - n0,
+                              core.stats.branch_hits - hits0))
+        return out
+
+    ControllerCore.on_target_done = on_target_done  # type: ignore[method-assign]
+    try:
+        yield log
+    finally:
+        ControllerCore.on_target_done = original  # type: ignore[method-assign]
+
+
+def seats(cfg: SimConfig, policy: str, concurrency: int, worker_max_batch: int) -> str:
+    """What follows a rejection, for one run of a remote ``policy`` (see the module)."""
+    ws = worlds(cfg)
+    with seat_log() as log:
+        LoadSim(cfg, policy, ws, Closed(concurrency), worker_max_batch=worker_max_batch).run()
+    ranks: collections.Counter[tuple[str, str]] = collections.Counter()
+    after: collections.Counter[tuple[str, bool]] = collections.Counter()
+    for rid, passes in log.items():
+        world, committed = ws[rid - 1], len(ws[rid - 1].prompt)
+        kinds = []
+        for drafts, got, hits in passes:
+            if drafts and got <= drafts:  # rejected: the target's token at committed + got - 1
+                rank = world.rank[committed + got - 1]
+                ranks[("hit" if hits else "miss", str(rank) if rank else "none")] += 1
+                kinds.append("hit" if hits else "miss")
+            else:
+                kinds.append("plain" if not drafts else "accepted")
+            committed += got
+        for kind, nxt in zip(kinds, passes[1:]):
+            after[(kind, nxt[0] == 0)] += 1
+    rejections = sum(ranks.values())
+    share = ", ".join(f"{k} rank {r}: {v / rejections:.2f}" for (k, r), v in sorted(ranks.items()))
+    plain = ", ".join(f"after a {k}: {after[(k, True)] / max(after[(k, True)] + after[(k, False)], 1):.2f}"
+                      for k in ("hit", "miss", "plain", "accepted"))
+    return f"  {policy}: {rejections} rejections ({share})\n    next seat a plain step {plain}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +145,8 @@ def main() -> None:
     ap.add_argument("--sd-windows", default="1,2,3,4,5,6,8")
     ap.add_argument("--worker-max-batch", type=int, default=DEFAULT_WORKER_MAX_BATCH,
                     help="sequences per worker draft pass")
+    ap.add_argument("--seats", action="store_true",
+                    help="also print what follows a rejection, per remote policy")
     args = ap.parse_args()
     base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
     head = (f"{'mode':>12} {'tok/s':>7} {'x best':>6} {'tok/seat':>8} {'plain':>6} {'ride':>5} "
@@ -104,6 +163,9 @@ def main() -> None:
                       f"{r['tok_per_seat']:8.2f} {r['plain']:6.2f} {r['ride']:5.2f} "
                       f"{r['d_per_t']:5.2f} {r['d_batch']:7.1f} {r['t_batch']:7.1f} "
                       f"{r['t_ms']:6.1f} {r['d_ms']:5.1f} {100 * r['draft_frac']:6.0f}")
+            if args.seats:
+                for p in args.policies.split(","):
+                    print(seats(point, p, c, args.worker_max_batch))
 
 
 if __name__ == "__main__":

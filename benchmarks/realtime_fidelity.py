@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_server import ROOT, WANSPEC, fail, start, stop
+from bench_server import ROOT, WANSPEC, fail, listening, start, stop
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 READY_S = 300.0
@@ -51,20 +50,6 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
-def listening(proc: subprocess.Popen[str], log: Path, what: str) -> str:
-    """The worker and the proxy print `... listening on tcp|quic|udp://HOST:PORT` once ready."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            fail(f"the {what} exited before listening", proc, log)
-        if m := re.search(r"listening on (?:tcp|quic|udp)://(\S+:\d+)", line):
-            return m.group(1)
-    fail(f"the {what} did not listen in time", proc, log)
-    raise AssertionError("unreachable")
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
