@@ -4,6 +4,7 @@ after one warm-up prompt), profiled with cProfile on the loop's thread.
 
     .venv/bin/python benchmarks/host_profile.py 16 adaptive     # branch lanes, policy
     .venv/bin/python benchmarks/host_profile.py 0 remote
+    .venv/bin/python benchmarks/host_profile.py --forward   # raw forward time by sequences
 
 Prints the loop thread's own CPU per committed token (waiting in select for the passes' threads
 excluded), split into the worker's modules, the busy site's and what both use (asyncio, the
@@ -19,6 +20,29 @@ from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from wanspec.runtime.engine import TimingConfig
 from wanspec.emulate.prompts import DEFAULT_PROMPTS, load_prompts
+
+
+def forward_times() -> None:
+    """The shipped models' raw one-token forward, one thread, 100 tokens of KV, by how many
+    sequences it carries: what a draft tree's lanes cost on this CPU (no wanspec around it)."""
+    from transformers import AutoModelForCausalLM
+
+    for name, path in (("draft", DEFAULT_DRAFT), ("target", DEFAULT_TARGET)):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        for batch in (1, 4, 17, 64):
+            with torch.no_grad():
+                cache = model(torch.randint(0, 500, (batch, 100)), use_cache=True).past_key_values
+                step = torch.randint(0, 500, (batch, 1))
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    model(step, cache=cache, use_cache=True)
+                    cache.crop(-1)
+            print(f"{name}: {batch} sequences {100 * (time.perf_counter() - t0):.2f} ms a pass")
+
+
+if sys.argv[1] == "--forward":
+    forward_times()
+    sys.exit(0)
 branches = int(sys.argv[1]); policy = sys.argv[2]
 prompts = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"), 8)
 cfg = EmulationConfig(rtts_ms=(0.0,), policies=(policy,), timing=TimingConfig.emulate(30, 4), max_tokens=48, branches=branches)
