@@ -69,7 +69,6 @@ _CAPS = ("drafts", "entropy", "branches")
 CONTROLLER_HELLO = Hello(PROTOCOL_VERSION, "controller", "synthetic-target", "0" * 16, 32000, _CAPS)
 WORKER_HELLO = Hello(PROTOCOL_VERSION, "worker", "synthetic-draft", "0" * 16, 32000, _CAPS)
 GREEDY = SamplingParams()
-WORKER_MAX_BATCH = DEFAULT_WORKER_MAX_BATCH  # what an in-process deployment's worker carries
 FORM = 1  # heap priority of forming a worker pass: after every other event of the same instant
 
 
@@ -120,14 +119,14 @@ class RemoteSim:
         self.heap: list[tuple[float, int, int, Callable[[float, Any], None], Any]] = []
         self._seq = 0  # insertion order: ties in time run first-scheduled first
         self.link = LinkCore(CONTROLLER_HELLO, rtt_prior_s=cfg.rtt_ms / 1000.0)
-        self.worker_load = WorkerLoad(max_batch=WORKER_MAX_BATCH)
+        self.worker_load = WorkerLoad(max_batch=DEFAULT_WORKER_MAX_BATCH)
         self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
         self.estimates = Estimates.with_priors(
             target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
             verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
             worker_demand=self.link.worker_demand)
         self.wcaches: dict[int, dict[int, DraftCache]] = {}  # session -> its caches by number
-        self.wbatcher = Batcher(BatchLimits(max_sequences=WORKER_MAX_BATCH))
+        self.wbatcher = Batcher(BatchLimits(max_sequences=DEFAULT_WORKER_MAX_BATCH))
         self.wjobs: dict[int, DraftFor] = {}  # waiting worker passes by key
         self.wkeys: dict[int, set[int]] = {}  # a session's worker passes (maybe waiting)
         self._wkey = 0
