@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import itertools
 
-from wanspec.core.capacity import DEFAULT_WORKER_MAX_BATCH, WorkerLoad, lookahead_cap
+from wanspec.core.capacity import (
+    DEFAULT_WORKER_MAX_BATCH,
+    MIN_PASSES_FITTED,
+    WorkerLoad,
+    cheap_sequences,
+    lookahead_cap,
+    worker_pass_times,
+)
+from wanspec.core.passtimes import PassTimes
 from wanspec.timing.device import DEFAULT_DRAFT_COST
 
 
@@ -50,3 +58,65 @@ def test_branch_lanes_use_spare_seats_only():
 def test_the_default_worker_limit_is_where_the_default_draft_pass_stops_being_memory_bound():
     knee = DEFAULT_DRAFT_COST.base_ms / DEFAULT_DRAFT_COST.compute_ms_per_token  # 250 tokens
     assert 0.9 * knee <= DEFAULT_WORKER_MAX_BATCH <= 1.1 * knee
+
+
+def fitted(line, sizes, repeat: int = 4) -> PassTimes:
+    """The decoding passes of a device whose pass of ``n`` sequences takes ``line(n)`` seconds,
+    as the worker records them (one token a sequence)."""
+    load = WorkerLoad(passes=worker_pass_times())
+    for _ in range(repeat):
+        for n in sizes:
+            load.on_pass(n, n, line(n))
+    assert load.passes is not None
+    return load.passes
+
+
+def test_on_a_cpu_branch_lanes_stop_where_a_pass_costs_twice_its_main_lines():
+    # the shipped draft on one CPU thread: ~0.8 ms a pass plus ~0.25 ms a sequence
+    cpu = fitted(lambda n: 0.0008 + 0.00025 * n, range(1, 18))
+    # one session: 1.05 ms alone, so at most 2.1 ms: the main line and 4 branch lanes
+    assert cheap_sequences(cpu, 1) == 5
+    load = WorkerLoad(max_batch=DEFAULT_WORKER_MAX_BATCH, sessions=1, passes=cpu)
+    assert load.seats == 5
+    load.branches = 4
+    assert not load.spare_seats and not load.over_capacity
+    load.branches = 5
+    assert load.over_capacity  # branch lanes pause; the main line goes on
+    # 8 sessions: 2.8 ms for their main lines, 5.6 ms with 11 branch lanes among them
+    assert cheap_sequences(cpu, 8) == 19
+    # never fewer seats than main lines
+    assert cheap_sequences(fitted(lambda n: 0.00001 * n, range(1, 9)), 4) >= 4
+
+
+def test_on_the_default_accelerator_the_worker_limit_decides():
+    def a100(n):  # n one-token sequences over ~100 tokens of KV each
+        return DEFAULT_DRAFT_COST.seconds(n, longest=1, context=100 * n, sequences=n)
+
+    passes = fitted(a100, range(1, 300, 7))
+    for sessions in (1, 8, 32, 64, 256):
+        assert cheap_sequences(passes, sessions) >= DEFAULT_WORKER_MAX_BATCH
+        load = WorkerLoad(max_batch=DEFAULT_WORKER_MAX_BATCH, sessions=sessions, passes=passes)
+        assert load.seats == DEFAULT_WORKER_MAX_BATCH
+
+
+def test_no_limit_from_flat_passes_too_few_passes_or_none_measured():
+    flat = fitted(lambda n: 0.004, range(1, 18))  # an emulated flat cost
+    assert cheap_sequences(flat, 1) is None
+    few = fitted(lambda n: 0.001 * n, range(1, MIN_PASSES_FITTED), repeat=1)
+    assert cheap_sequences(few, 1) is None
+    assert cheap_sequences(None, 1) is None
+    assert WorkerLoad(max_batch=4, sessions=1, passes=flat).seats == 4
+    assert WorkerLoad(max_batch=0, sessions=1).seats == 0  # (0: no limit at all)
+
+
+def test_only_decoding_passes_teach_what_a_lane_costs():
+    load = WorkerLoad(passes=worker_pass_times())
+    load.on_pass(1, 120, 0.004)  # a prompt's prefill: many tokens for one sequence
+    load.on_pass(2, 9, 0.002)  # a fork catching up
+    assert load.passes is not None and len(load.passes.samples) == 0
+    load.on_pass(3, 3, 0.0015)
+    load.on_pass(3, 6, 0.0016)  # (a few tokens a sequence: still decoding)
+    assert list(load.passes.samples) == [(3, 0.0015), (3, 0.0016)]
+    unfitted = WorkerLoad()  # --no-fit-trees: nothing recorded, no limit but max_batch
+    unfitted.on_pass(3, 3, 0.0015)
+    assert unfitted.passes is None and unfitted.seats == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from wanspec.core.actions import DraftDone, Send
 from wanspec.core.branching import MIN_VALUE, BranchOdds
+from wanspec.core.capacity import worker_pass_times
 from wanspec.core.chain import DraftToken
 from wanspec.core.worker import DraftFor, Release, WorkerCore, WorkerLimits, WorkerLoad
 from wanspec.protocol.messages import Cancel, Commit, Drafts, SessionStart
@@ -171,3 +172,29 @@ def test_over_capacity_branch_lanes_wait_and_main_lines_go_on():
     assert [r.cache for r in runs(out)] == []  # the branch waits
     out = answer(core, main, 11)
     assert [r.cache for r in runs(out)] == [0]  # the main line does not
+
+
+def test_on_a_slow_device_the_tree_stops_where_passes_stop_being_cheap():
+    passes = worker_pass_times()
+    for _ in range(4):  # measured: 0.8 ms a pass plus 0.25 ms a sequence (a CPU)
+        for n in range(1, 18):
+            passes.add(n, 0.0008 + 0.00025 * n)
+    load = WorkerLoad(max_batch=256, passes=passes)
+    core, fa = started(branches=16, load=load)
+    load.sessions = 1
+    out = answer(core, fa, 10, (20, 30, 40), (0.3, 0.2, 0.1))
+    assert len(runs(out)) == 4 and load.branches == 3  # within the 5 cheap seats
+    main = next(r for r in runs(out) if r.cache == 0)
+    out = answer(core, main, 11, (21, 31, 41), (0.3, 0.2, 0.1))
+    assert load.branches == 4  # one more, then the pass would cost more than twice the main line
+    # the same session on a device whose passes are flat grows its whole budget's worth
+    flat = worker_pass_times()
+    for n in range(1, 18):
+        flat.add(n, 0.004)
+    load = WorkerLoad(max_batch=256, passes=flat)
+    core, fa = started(branches=16, load=load)
+    load.sessions = 1
+    main = next(r for r in runs(answer(core, fa, 10, (20, 30, 40), (0.3, 0.2, 0.1)))
+                if r.cache == 0)
+    answer(core, main, 11, (21, 31, 41), (0.3, 0.2, 0.1))
+    assert load.branches == 6

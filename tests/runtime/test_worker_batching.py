@@ -390,3 +390,35 @@ def test_two_controllers_requests_share_the_worker_and_stay_lossless(target, wor
     st = service.device.stats
     assert st.sequences / st.passes > 1.5  # the two controllers' sessions shared passes
     assert all(load is not None and 0.0 < load.busy <= 1.0 for load in loads)
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_the_worker_grows_branch_lanes_only_while_its_measured_passes_stay_cheap(worker_lm, fit):
+    """A device where every sequence costs what the first does (a CPU at its worst): with
+    --fit-trees the worker learns it from its own passes (of earlier sessions, here) and keeps a
+    session's tree within two sequences a pass (twice the main line's cost); without, the tree
+    takes what the session's budget and its draft's runner-ups allow."""
+    cpu = PassCost(1.0, per_sequence_ms=1.0)  # n sequences: n ms
+
+    async def main():
+        service = WorkerService(worker_lm, cost=cpu, fit_trees=fit)
+        c = await Controller(service).open()
+        most = []
+        for rid, prompt in enumerate(PROMPTS[:4], 1):
+            await c.send(SessionStart(rid, prompt, lookahead=12, branches=16))
+            most.append(0)
+            for _ in range(100):  # the session drafts 12 tokens ahead on every lane, then waits
+                await asyncio.sleep(0.001)
+                most[-1] = max(most[-1], service.load.branches)
+            await c.send(Cancel(rid))
+            await until(lambda: service.load.branches == 0)
+        await c.close()
+        return most, service
+
+    most, service = virtual(main)
+    assert max(most) >= 3  # the draft's runner-ups are worth a few branch lanes
+    if fit:
+        assert len(service.load.passes.samples) >= 16
+        assert most[-1] == 1  # the main line and one branch lane
+    else:
+        assert service.load.passes is None and most[-1] >= 3

@@ -118,7 +118,8 @@ async def follow_sites(site: SiteThreads | None, executors: Sequence[Executor],
 
 def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | None,
                key: Path | None, draft_ms: float | None, dtype: str, device: str,
-               console: Console, max_batch: int = DEFAULT_WORKER_MAX_BATCH, limits: WorkerLimits | None = None,
+               console: Console, max_batch: int = DEFAULT_WORKER_MAX_BATCH, fit_trees: bool = True,
+               limits: WorkerLimits | None = None,
                frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S,
                client_ca: Path | None = None, auth_key_file: Path | None = None,
                insecure: bool = False, metrics_port: int | None = None,
@@ -153,7 +154,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
         site.start()  # threads split with other sites on this machine, before the model load
     lm = CausalLM(draft_path(draft), dtype=dtype, device=device, name="draft")
     service = WorkerService(lm, cost=PassCost(draft_ms) if draft_ms is not None else None,
-                            limits=limits, max_batch=max_batch, auth_key=auth_key)
+                            limits=limits, max_batch=max_batch, fit_trees=fit_trees,
+                            auth_key=auth_key)
 
     async def main() -> None:
         server = await factory.serve(transport, listen, service.handle, cert=cert, key=key,
@@ -161,7 +163,8 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
         host, port = server.address
         console.print(f"wanspec worker listening on {transport}://{host}:{port} "
                       f"(draft {lm.path}, tokenizer {service.fingerprint}, "
-                      f"up to {max_batch} sequences per draft pass, "
+                      f"up to {max_batch} sequences per draft pass"
+                      f"{' while passes stay cheap' if fit_trees else ''}, "
                       f"authentication: {authentication})", soft_wrap=True)
         stop_metrics = (await start_worker_metrics(service, metrics_port, listen_host, console)
                         if metrics_port is not None else None)  # issue 13

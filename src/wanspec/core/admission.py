@@ -9,9 +9,9 @@ its time to first token, not in the TPOT of the others.
 The prediction follows WISP's verification-time estimator (Li et al., SIGMETRICS 2026), learned
 online from this accelerator's own passes:
 
-* :class:`PassTimes` fits a pass's duration as ``a + b * tokens`` by least squares over the last
-  passes (the roofline is flat while memory-bound and rises once compute-bound; a local linear
-  fit follows whichever regime the load is in);
+* :class:`~wanspec.core.passtimes.PassTimes` fits a pass's duration as ``a + b * tokens`` by
+  least squares over the last passes (the roofline is flat while memory-bound and rises once
+  compute-bound; a local linear fit follows whichever regime the load is in);
 * :class:`Admission` observes the running requests' TPOT (each commit reports its tokens) and
   predicts the TPOT with ``k`` more requests as the observed TPOT scaled by how much longer a
   pass carrying their tokens too would take: ``tpot * t(tokens * (n + k) / n) / t(tokens)``.
@@ -27,31 +27,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
+from wanspec.core.passtimes import PassTimes
 
-@dataclass
-class PassTimes:
-    """Pass duration vs tokens fed, ``a + b * tokens``, fitted over the last ``window`` passes."""
-
-    window: int = 64
-    samples: deque[tuple[int, float]] = field(default_factory=deque)
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.samples.append((tokens, seconds))
-        while len(self.samples) > self.window:
-            self.samples.popleft()
-
-    def predict(self, tokens: float) -> float | None:
-        """Expected seconds of a pass feeding ``tokens``; None before the first pass."""
-        if not self.samples:
-            return None
-        n = len(self.samples)
-        mean_x = sum(x for x, _ in self.samples) / n
-        mean_y = sum(y for _, y in self.samples) / n
-        var = sum((x - mean_x) ** 2 for x, _ in self.samples)
-        # one pass size seen so far: no slope to learn yet, assume none (memory-bound)
-        slope = (sum((x - mean_x) * (y - mean_y) for x, y in self.samples) / var) if var else 0.0
-        slope = max(slope, 0.0)  # a pass never gets cheaper with more tokens
-        return max(mean_y + slope * (tokens - mean_x), 0.0)
+__all__ = ["Admission", "PassTimes"]
 
 
 @dataclass

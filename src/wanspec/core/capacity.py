@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from wanspec.core.passtimes import PassTimes
+
 # a peer that has not introduced itself (and, with a key, proved it) by then is dropped
 HELLO_TIMEOUT_S = 10.0
 
@@ -56,6 +58,46 @@ def admit_connection(serving: int, refusing: int, limits: WorkerLimits) -> Admit
 # first (WorkerLoad.over_capacity), then sessions share passes (lookahead_cap).
 DEFAULT_WORKER_MAX_BATCH = 256
 
+# The same knee, measured.  A branch lane rides in a draft pass for free while the pass is
+# memory-bound; past the knee each lane adds its own compute and slows every session's main line.
+# At the knee the per-sequence part of a pass equals its fixed part: a pass costs twice what it
+# costs its main lines alone.  So branch lanes stop where a pass would cost CHEAP_PASS_FACTOR
+# times a pass of the main lines, by a fit of the device's own decoding passes against the
+# sequences they carry (WorkerLoad.on_pass): ~300 sequences on the A100 of DEFAULT_DRAFT_COST
+# (the limit above decides there), a few on a CPU, where each sequence adds a quarter of a
+# millisecond to a one-millisecond pass.
+CHEAP_PASS_FACTOR = 2.0
+MIN_PASSES_FITTED = 16  # passes seen before the fit is trusted (until then: max_batch alone)
+# passes the fit covers: about the last 2 s of a busy worker at the default cost (a shorter one
+# lets a few passes of similar size swing the slope, and the limit with it)
+WORKER_PASS_WINDOW = 256
+
+
+def worker_pass_times() -> PassTimes:
+    """The draft device's pass times as :attr:`WorkerLoad.passes` fits them: seconds against
+    sequences carried."""
+    return PassTimes(window=WORKER_PASS_WINDOW)
+
+
+def cheap_sequences(passes: PassTimes | None, sessions: int) -> int | None:
+    """Sequences a draft pass may carry (main lines and branch lanes) before it costs
+    :data:`CHEAP_PASS_FACTOR` times a pass of the ``sessions`` main lines alone; never fewer than
+    the main lines.  None: no limit known (not measured, too few passes, or passes that do not
+    get slower with more tokens: memory-bound, or an emulated flat cost)."""
+    if passes is None or len(passes.samples) < MIN_PASSES_FITTED:
+        return None
+    fitted = passes.fit()
+    assert fitted is not None
+    a, b = fitted
+    if b <= 0.0:
+        return None
+    main = max(sessions, 1)
+    budget = CHEAP_PASS_FACTOR * max(a + b * main, 0.0)
+    cheap = (budget - a) / b
+    if cheap >= 2**31:  # (a slope of rounding noise: flat)
+        return None
+    return max(main, int(cheap))
+
 
 @dataclass(slots=True)
 class WorkerLoad:
@@ -71,6 +113,15 @@ class WorkerLoad:
     branches: int = 0  # branch lanes of their draft trees (each a sequence of a pass); the cores
     # keep this count themselves
     busy: float = 0.0  # fraction of recent time the draft device was running passes, in [0, 1]
+    # the draft device's decoding passes, seconds against sequences (None: trees are not fitted)
+    passes: PassTimes | None = None
+
+    def on_pass(self, sequences: int, tokens: int, seconds: float) -> None:
+        """A draft pass ran.  Only decoding passes (about a token per sequence) teach what a
+        lane adds: a prompt's prefill or a fork's catch-up feeds many tokens for one sequence,
+        which a CPU runs far faster per token than it runs sequences."""
+        if self.passes is not None and sequences > 0 and tokens <= 2 * sequences:
+            self.passes.add(sequences, seconds)
 
     @property
     def demand(self) -> float:
@@ -78,16 +129,28 @@ class WorkerLoad:
         return self.sessions / self.max_batch if self.max_batch > 0 else 0.0
 
     @property
+    def seats(self) -> int:
+        """Sequences a pass carries with branch lanes: ``max_batch`` (0: no limit), and no more
+        than keep it cheap on the measured device (:func:`cheap_sequences`)."""
+        cheap = cheap_sequences(self.passes, self.sessions)
+        if cheap is None:
+            return self.max_batch
+        return cheap if self.max_batch <= 0 else min(self.max_batch, cheap)
+
+    @property
     def over_capacity(self) -> bool:
-        """More sequences want a pass than one carries: branch lanes then stop drafting (they
-        would take turns from sessions' main lines) until the load falls or commits prune them."""
-        return self.max_batch > 0 and self.sessions + self.branches > self.max_batch
+        """More sequences want a pass than it carries: branch lanes then stop drafting (they
+        would take turns from sessions' main lines, or slow them) until the load falls or
+        commits prune them."""
+        seats = self.seats
+        return seats > 0 and self.sessions + self.branches > seats
 
     @property
     def spare_seats(self) -> bool:
         """Whether a pass has room for another branch lane beyond every session's main line:
         branches use the device's spare capacity only, never a session's turn."""
-        return self.max_batch <= 0 or self.sessions + self.branches < self.max_batch
+        seats = self.seats
+        return seats <= 0 or self.sessions + self.branches < seats
 
 
 def lookahead_cap(lookahead: int, load: WorkerLoad) -> int:

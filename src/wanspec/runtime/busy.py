@@ -78,6 +78,8 @@ class SharedAccelerator:
         # told of every pass: (kind, requests carried, longest feed in tokens)
         self.on_pass: Callable[[PassKind, int, int], None] | None = None
         self.admission = admission or Admission(None)  # default: everyone runs at once
+        # told after every pass: (kind, requests carried, tokens fed, seconds it took)
+        self.on_pass_done: Callable[[PassKind, int, int, float], None] | None = None
         self._admitted: dict[int, asyncio.Event] = {}
 
     @property
@@ -247,8 +249,11 @@ class SharedAccelerator:
                 if not j.future.done():
                     j.future.set_exception(exc)
             return True
+        tokens, seconds = sum(len(j.action.tokens) for j in jobs), loop.time() - started
+        if self.on_pass_done is not None:
+            self.on_pass_done(p.kind, len(jobs), tokens, seconds)
         if p.kind is PassKind.TARGET:
-            self.admission.on_pass(sum(len(j.action.tokens) for j in jobs), loop.time() - started)
+            self.admission.on_pass(tokens, seconds)
             self._admit()
         for j, r in zip(jobs, results):
             if j.future.done():

@@ -27,6 +27,7 @@ from typing import Sequence
 
 from wanspec.core.actions import Log, Send
 from wanspec.core.batcher import BatchLimits, PassKind
+from wanspec.core.capacity import worker_pass_times
 from wanspec.core.worker import (
     DEFAULT_WORKER_MAX_BATCH,
     Admit,
@@ -92,10 +93,12 @@ class WorkerService:
 
     def __init__(self, draft: CausalLM, *, cost: PassCost | None = None,
                  device: Device | None = None, limits: WorkerLimits | None = None,
-                 max_batch: int = DEFAULT_WORKER_MAX_BATCH,
+                 max_batch: int = DEFAULT_WORKER_MAX_BATCH, fit_trees: bool = True,
                  auth_key: bytes | None = None) -> None:
         """``auth_key``: the pre-shared key every controller must prove before it is served
-        (None: no such check; mutual TLS, if any, is the transport's)."""
+        (None: no such check; mutual TLS, if any, is the transport's).  ``fit_trees``: branch
+        lanes only while the device's measured passes stay cheap
+        (:func:`~wanspec.core.capacity.cheap_sequences`)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.draft = draft
@@ -106,7 +109,10 @@ class WorkerService:
         self.drafter = self.accelerator.model(PassKind.DRAFT)
         self.limits = limits or WorkerLimits()
         self.max_batch = max_batch
-        self.load = WorkerLoad(max_batch=max_batch)  # read by every connection's core
+        # read by every connection's core; its trees grow only while passes stay cheap here
+        self.load = WorkerLoad(max_batch=max_batch,
+                               passes=worker_pass_times() if fit_trees else None)
+        self.accelerator.on_pass_done = lambda _, n, tokens, s: self.load.on_pass(n, tokens, s)
         self.fingerprint = tokenizer_fingerprint(draft.tokenizer)
         self.auth_key = auth_key
         self.connections = 0  # served since the start (a count, not state)

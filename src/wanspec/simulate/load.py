@@ -45,6 +45,7 @@ from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Route, Up
 from wanspec.core.local import LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
+from wanspec.core.capacity import worker_pass_times
 from wanspec.core.worker import (
     DEFAULT_WORKER_MAX_BATCH,
     Close,
@@ -155,7 +156,8 @@ class LoadSim:
                 target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
                 verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
                 worker_demand=self.link.worker_demand)
-            self.worker_load = WorkerLoad(max_batch=worker_max_batch)
+            self.worker_load = WorkerLoad(max_batch=worker_max_batch, passes=worker_pass_times())
+            self._w_pass = (0, 0, 0.0)  # the running worker pass: (sequences, tokens, seconds)
             self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
             self.wdev = _Device(Batcher(BatchLimits(max_sequences=worker_max_batch)),
                                 {PassKind.DRAFT: draft_cost}, {PassKind.DRAFT: "draft"})
@@ -309,6 +311,8 @@ class LoadSim:
         st.by_model[label] = st.by_model.get(label, 0) + 1
         st.busy_by_model[label] = st.busy_by_model.get(label, 0.0) + cost
         dev.running = True
+        if dev is not self.busy:
+            self._w_pass = (len(jobs), p.tokens, cost)
         if dev is self.busy:
             if self.remote:
                 self.estimates.observe_busy_pass(p.kind is PassKind.TARGET, len(jobs),
@@ -411,6 +415,7 @@ class LoadSim:
 
     def _worker_done(self, now: float, finished: list) -> None:
         self.wdev.running = False
+        self.worker_load.on_pass(*self._w_pass)  # as the worker's accelerator reports it
         for (a, _), ev in finished:
             if a.rid in self.wcaches:
                 self._w_exec(self.worker.on_draft_done(a.rid, ev), now)
