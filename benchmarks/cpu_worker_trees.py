@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_server import ROOT, WANSPEC, listening, start, stop
-from realtime_fidelity import real_run
+from bench_server import WANSPEC, listening, start, stop
+from realtime_fidelity import held_out, real_run
 
 SETTINGS = {"fitted": "--fit-trees", "full": "--no-fit-trees"}
 
@@ -53,13 +53,7 @@ def main() -> None:
     rtts = [float(x) for x in args.rtts.split(",")]
     policies = args.policies.split(",")
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from wanspec.emulate.prompts import DEFAULT_PROMPTS, load_prompts
-
-    pool = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"))
-    prompts, warmup = pool[: args.prompts], pool[-1]
-    prompts_file = args.logs / "cpu_worker_trees.prompts.jsonl"
-    prompts_file.write_text("".join(json.dumps(p) + "\n" for p in [warmup, *prompts]))
+    _, prompts_file = held_out(args.prompts, args.logs / "cpu_worker_trees.prompts.jsonl")
 
     rows: list[dict[str, Any]] = []
     t0 = time.time()

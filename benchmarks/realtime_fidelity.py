@@ -64,6 +64,18 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
             "stall_ms_per_token": 1000 * stall / max(tokens, 1)}
 
 
+def held_out(n: int, path: Path) -> tuple[list[str], Path]:
+    """The first ``n`` held-out prompts, and a prompts file for ``wanspec controller
+    --prompts``: a warm-up prompt (the pool's last, not measured) and then those."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from wanspec.emulate.prompts import DEFAULT_PROMPTS, load_prompts
+
+    pool = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"))
+    prompts, warmup = pool[:n], pool[-1]
+    path.write_text("".join(json.dumps(p) + "\n" for p in [warmup, *prompts]))
+    return prompts, path
+
+
 def real_run(args: argparse.Namespace, worker: subprocess.Popen[str], address: str, kind: str,
              policy: str, prompts_file: Path, tls: list[str], log: Path) -> dict[str, Any]:
     """One controller process decoding every prompt through ``address``; the first is warm-up."""
@@ -147,13 +159,7 @@ def main() -> None:
     policies = args.policies.split(",")
     transports = args.transports.split(",")
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from wanspec.emulate.prompts import DEFAULT_PROMPTS, load_prompts
-
-    pool = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"))
-    prompts, warmup = pool[: args.prompts], pool[-1]
-    prompts_file = args.logs / "realtime_fidelity.prompts.jsonl"
-    prompts_file.write_text("".join(json.dumps(p) + "\n" for p in [warmup, *prompts]))
+    prompts, prompts_file = held_out(args.prompts, args.logs / "realtime_fidelity.prompts.jsonl")
 
     t0 = time.time()
     emu = emulated(args, prompts, rtts, policies, host_overhead=False)
