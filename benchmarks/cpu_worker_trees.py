@@ -5,7 +5,7 @@ lane of the draft tree is free.  On a CPU each lane adds its own compute to ever
 shipped draft: ~1 ms for one sequence, 4-7 ms for a main line and 16 branch lanes), which slows
 every session's main line and burns the host's cores.  ``wanspec worker`` therefore grows branch
 lanes only while its measured passes cost under twice what its main lines alone cost
-(``--fit-trees``, the default; core/capacity.py).  This runs, for each setting, a real worker
+(the default; ``--no-fit-trees`` turns it off; core/capacity.py).  This runs, for each setting, a real worker
 process with *measured* timing (no ``--draft-ms`` floor: its passes take what the CPU takes) and,
 per RTT (a ``wanspec delay-proxy``) and policy, a real ``wanspec controller --target-ms T
 --draft-ms D --require-worker`` decoding held-out prompts one at a time, and reports per run:
@@ -32,7 +32,7 @@ from typing import Any
 from bench_server import WANSPEC, listening, start, stop
 from realtime_fidelity import held_out, real_run
 
-SETTINGS = {"fitted": "--fit-trees", "full": "--no-fit-trees"}
+SETTINGS = {"fitted": [], "full": ["--no-fit-trees"]}
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
     for setting in args.settings.split(","):
         flag = SETTINGS[setting]
         wlog = args.logs / f"cpu_worker_trees.{setting}.worker.log"
-        worker = start([*WANSPEC, "worker", "--listen", "127.0.0.1:0", flag,
+        worker = start([*WANSPEC, "worker", "--listen", "127.0.0.1:0", *flag,
                         *(["--threads", str(args.threads)] if args.threads else [])],
                        wlog, read_stdout=True)
         try:

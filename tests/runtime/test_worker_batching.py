@@ -395,9 +395,9 @@ def test_two_controllers_requests_share_the_worker_and_stay_lossless(target, wor
 @pytest.mark.parametrize("fit", [True, False])
 def test_the_worker_grows_branch_lanes_only_while_its_measured_passes_stay_cheap(worker_lm, fit):
     """A device where every sequence costs what the first does (a CPU at its worst): with
-    --fit-trees the worker learns it from its own passes (of earlier sessions, here) and keeps a
+    fitted trees (the default) the worker learns it from its own passes (of earlier sessions, here) and keeps a
     session's tree within two sequences a pass (twice the main line's cost); without, the tree
-    takes what the session's budget and its draft's runner-ups allow."""
+    (--no-fit-trees) takes what the session's budget and its draft's runner-ups allow."""
     cpu = PassCost(1.0, per_sequence_ms=1.0)  # n sequences: n ms
 
     async def main():

@@ -33,9 +33,15 @@ def test_worker_metrics_follow_its_sessions(worker, service):
     assert passes > 0
     assert after["wanspec_worker:batch_size_count"] - before["wanspec_worker:batch_size_count"] \
         == passes  # one batch-size observation per draft pass
+    # the limit in force: max_batch until 16 passes are measured, then what they say (fewer on
+    # a CPU, where each sequence costs its own compute)
+    seats = after["wanspec_worker:branch_seats"]
+    assert 1 <= seats <= worker.service.max_batch and seats == worker.service.load.seats
+    assert after["wanspec_worker:branch_lanes"] == 0  # (its session has ended)
     health = http.get("/health").json()
     assert health["status"] == "ok" and health["connections"] == 1
     assert health["max_batch"] == worker.service.max_batch
+    assert health["branch_seats"] == worker.service.load.seats and health["branch_lanes"] == 0
 
 
 def one_line_error(result, needle: str) -> None:

@@ -343,7 +343,7 @@ def worker(
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback address without authentication (neither --auth-key-file nor --client-ca): anyone who reaches the port gets drafts and sees prompts. Trusted test networks only."),
     draft_ms: Optional[str] = typer.Option(None, "--draft-ms", help="Emulate this time per draft pass (floor on real time) (a bare number is ms; or e.g. 30ms, 0.03s)."),
     max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--max-batch", help="Most sequences one draft pass carries, of all controllers together: each session's main line and its draft tree's branch lanes. Beyond it branch lanes pause first, then sessions share passes oldest first and their lookaheads shrink."),
-    fit_trees: bool = typer.Option(True, "--fit-trees/--no-fit-trees", help="Grow draft-tree branch lanes only while a draft pass, as measured here, costs under twice what the sessions' main lines alone cost (a CPU: a few lanes; an accelerator: up to --max-batch). --no-fit-trees: up to --max-batch and --max-branches, whatever a pass costs."),
+    no_fit_trees: bool = typer.Option(False, "--no-fit-trees", help="Grow draft trees up to --max-batch and --max-branches whatever a pass costs. Default: branch lanes only while a draft pass, as measured here, costs under twice what the sessions' main lines alone cost (a CPU: a few lanes; an accelerator: up to --max-batch)."),
     max_connections: int = typer.Option(_LIMITS.max_connections, "--max-connections", help="Most open connections (handshakes included); beyond it a controller is refused as overloaded and decodes locally."),
     max_sessions: int = typer.Option(_LIMITS.max_sessions, "--max-sessions", help="Most live sessions, all connections together; beyond it a request is refused as overloaded."),
     max_connection_sessions: int = typer.Option(_LIMITS.max_connection_sessions, "--max-connection-sessions", help="Most live sessions of one connection."),
@@ -377,7 +377,7 @@ def worker(
                        client_ca=client_ca, auth_key_file=auth_key_file, insecure=insecure,
                        draft_ms=_ms(draft_ms, "--draft-ms"), limits=limits,
                        frame_timeout=parse_duration_s(frame_timeout, "--frame-timeout"),
-                       max_batch=max_batch, fit_trees=fit_trees, dtype=dtype, device=device,
+                       max_batch=max_batch, fit_trees=not no_fit_trees, dtype=dtype, device=device,
                        console=console, metrics_port=metrics_port, site=site)
 
 

@@ -56,6 +56,11 @@ class _WorkerCollector(Collector):
              "capacity; lookaheads shrink).", svc.load.demand),
             ("wanspec_worker:max_batch", "Most sequences one draft pass carries (sessions and their "
              "draft trees' branch lanes).", svc.max_batch),
+            ("wanspec_worker:branch_seats", "Sequences a draft pass carries before branch lanes stop: "
+             "max_batch, or fewer where the measured passes stop being cheap (unless --no-fit-trees).",
+             svc.load.seats),
+            ("wanspec_worker:branch_lanes", "Branch lanes of the live sessions' draft trees.",
+             svc.load.branches),
         ]
         for name, doc, value in gauges:
             g = GaugeMetricFamily(name, doc)
@@ -113,7 +118,8 @@ def create_worker_app(service: WorkerService,
         return {"status": "ok", "version": __version__, "model": service.draft.name,
                 "tokenizer": service.fingerprint, "connections": len(service.active),
                 "sessions": sum(len(c.sessions) for c in service.active),
-                "max_batch": service.max_batch, "busy": service.load.busy,
+                "max_batch": service.max_batch, "branch_seats": service.load.seats,
+                "branch_lanes": service.load.branches, "busy": service.load.busy,
                 "demand": service.load.demand, "draft_passes": service.accelerator.stats.passes,
                 "drafts_sent": totals.drafted}
 
