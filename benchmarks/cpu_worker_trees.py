@@ -9,8 +9,9 @@ lanes only while its measured passes cost under twice what its main lines alone 
 process with *measured* timing (no ``--draft-ms`` floor: its passes take what the CPU takes) and,
 per RTT (a ``wanspec delay-proxy``) and policy, a real ``wanspec controller --target-ms T
 --draft-ms D --require-worker`` decoding held-out prompts one at a time, and reports per run:
-TPOT, busy-site draft passes and stall per token, branch hits per token and host CPU per token
-at each site.  Every output must be identical to the other setting's (both are lossless).
+TPOT, busy-site draft passes and stall per token, branch hits per token, host CPU per token at
+each site, and the sequences the worker's fit allows a session's pass (its /health
+``branch_seats``).  Every output must be identical to the other setting's (both are lossless).
 
     .venv/bin/python benchmarks/cpu_worker_trees.py --json benchmarks/results/cpu_worker_trees.json
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,8 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_server import WANSPEC, listening, start, stop
+import httpx
+from bench_server import WANSPEC, fail, listening, start, stop
 from realtime_fidelity import held_out, real_run
+
+def metrics_url(proc: subprocess.Popen[str], log: Path) -> str:
+    """The worker's metrics address, from the line it prints after listening."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"worker metrics on (http://\S+)/metrics", line):
+            return m.group(1)
+    fail("the worker exited before serving its metrics", proc, log)
+    raise AssertionError("unreachable")
+
 
 SETTINGS = {"fitted": [], "full": ["--no-fit-trees"]}
 
@@ -60,11 +73,12 @@ def main() -> None:
     for setting in args.settings.split(","):
         flag = SETTINGS[setting]
         wlog = args.logs / f"cpu_worker_trees.{setting}.worker.log"
-        worker = start([*WANSPEC, "worker", "--listen", "127.0.0.1:0", *flag,
+        worker = start([*WANSPEC, "worker", "--listen", "127.0.0.1:0", "--metrics-port", "0", *flag,
                         *(["--threads", str(args.threads)] if args.threads else [])],
                        wlog, read_stdout=True)
         try:
             worker_addr = listening(worker, wlog, "worker")
+            health = metrics_url(worker, wlog) + "/health"
             for rtt in rtts:
                 proxy: subprocess.Popen[str] | None = None
                 address = worker_addr
@@ -81,11 +95,14 @@ def main() -> None:
                                         log)
                         tokens = max(real["tokens"], 1)
                         hits = sum(r["metrics"].get("branch_hits", 0) for r in real["results"])
+                        # what its fit allows one session now (max_batch until it is trusted)
+                        seats = httpx.get(health, timeout=10).json()["branch_seats"]
                         row = {"setting": setting, "rtt_ms": rtt, "policy": policy,
                                "tpot_ms": real["tpot_ms"],
                                "busy_passes_per_token": real["busy_passes_per_token"],
                                "stall_ms_per_token": real["stall_ms_per_token"],
                                "branch_hits_per_token": hits / tokens,
+                               "worker_branch_seats": seats,
                                "controller_cpu_ms_per_token": real["controller_cpu_ms_per_token"],
                                "worker_cpu_ms_per_token": real["worker_cpu_ms_per_token"],
                                "token_ids": [r["token_ids"] for r in real["results"]],
@@ -95,7 +112,8 @@ def main() -> None:
                               f"busy passes/token {row['busy_passes_per_token']:.3f}, branch "
                               f"hits/token {row['branch_hits_per_token']:.3f}, CPU ms/token "
                               f"controller {row['controller_cpu_ms_per_token']:.2f} worker "
-                              f"{row['worker_cpu_ms_per_token']:.2f}", file=sys.stderr)
+                              f"{row['worker_cpu_ms_per_token']:.2f}, worker's seats for a "
+                              f"session {seats}", file=sys.stderr)
                 finally:
                     stop(proxy)
         finally:
@@ -104,7 +122,8 @@ def main() -> None:
     by = {(r["setting"], r["rtt_ms"], r["policy"]): r for r in rows}
     print("| RTT | policy | TPOT fitted / full (ms) | ratio | busy passes/token fitted / full | "
           "branch hits/token fitted / full | worker CPU ms/token fitted / full | controller "
-          "CPU ms/token fitted / full | identical |\n|---|---|---|---|---|---|---|---|---|")
+          "CPU ms/token fitted / full | seats a session fitted / full | identical |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for rtt in rtts:
         for policy in policies:
             f, u = by["fitted", rtt, policy], by["full", rtt, policy]
@@ -113,7 +132,8 @@ def main() -> None:
                   f"{u['busy_passes_per_token']:.3f} | {f['branch_hits_per_token']:.3f} / "
                   f"{u['branch_hits_per_token']:.3f} | {f['worker_cpu_ms_per_token']:.2f} / "
                   f"{u['worker_cpu_ms_per_token']:.2f} | {f['controller_cpu_ms_per_token']:.2f} / "
-                  f"{u['controller_cpu_ms_per_token']:.2f} | "
+                  f"{u['controller_cpu_ms_per_token']:.2f} | {f['worker_branch_seats']} / "
+                  f"{u['worker_branch_seats']} | "
                   f"{'yes' if f['token_ids'] == u['token_ids'] else 'NO'} |")
     print(f"({time.time() - t0:.0f} s)", file=sys.stderr)
     if args.json:
