@@ -77,6 +77,7 @@ class TreeShape(Generic[L]):
         self.off: tuple[int, int] | None = None  # (position, token) where a commit left the tree
         self.last_id = root.id  # the highest lane id of the epoch so far
         self.moves = 0  # times a commit moved the cursor onto a branch
+        self._pruned: tuple[int, int, tuple[int, int] | None] | None = None  # (pos, lane, off)
 
     @property
     def current(self) -> L:
@@ -123,6 +124,12 @@ class TreeShape(Generic[L]):
         consistent.  Lane ids grow from parent to child, so one pass in id order suffices.
         """
         current = self.lanes[self.lane]
+        cut = min(self.pos, current.end) - current.start
+        if cut <= 0 and (self.pos, self.lane, self.off) == self._pruned:
+            # nothing moved since the last prune (it runs after every message): every lane kept
+            # then still forks at an uncommitted position, and a branch is accepted only there
+            return []
+        self._pruned = (self.pos, self.lane, self.off)
         keep = {current.id}
         if self.off is None:
             for lane in sorted(self.lanes.values(), key=lambda x: x.id):
@@ -134,7 +141,6 @@ class TreeShape(Generic[L]):
         if dropped:
             self.branches = {k: v for k, v in self.branches.items() if v in keep}
         # the committed head of the cursor's lane is not needed any more
-        cut = min(self.pos, current.end) - current.start
         if cut > 0:
             del current.drafts[:cut]
             current.start += cut
