@@ -35,6 +35,7 @@ import httpx
 from bench_server import WANSPEC, fail, listening, start, stop
 from realtime_fidelity import held_out, real_run
 
+
 def metrics_url(proc: subprocess.Popen[str], log: Path) -> str:
     """The worker's metrics address, from the line it prints after listening."""
     assert proc.stdout is not None

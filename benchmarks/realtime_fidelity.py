@@ -71,7 +71,7 @@ def held_out(n: int, path: Path) -> tuple[list[str], Path]:
     from wanspec.emulate.prompts import DEFAULT_PROMPTS, load_prompts
 
     pool = load_prompts(DEFAULT_PROMPTS.with_name("heldout_large.jsonl"))
-    prompts, warmup = pool[:n], pool[-1]
+    prompts, warmup = pool[: min(n, len(pool) - 1)], pool[-1]  # (the warm-up is never measured)
     path.write_text("".join(json.dumps(p) + "\n" for p in [warmup, *prompts]))
     return prompts, path
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from wanspec.core.capacity import (
     DEFAULT_WORKER_MAX_BATCH,
     MIN_PASSES_FITTED,
     WorkerLoad,
+    WORKER_PASS_WINDOW,
     cheap_sequences,
     lookahead_cap,
     worker_pass_times,
@@ -66,7 +69,7 @@ def fitted(line, sizes, repeat: int = 4) -> PassTimes:
     load = WorkerLoad(passes=worker_pass_times())
     for _ in range(repeat):
         for n in sizes:
-            load.on_pass(n, n, line(n))
+            load.on_pass(n, 1, line(n))
     assert load.passes is not None
     return load.passes
 
@@ -112,11 +115,36 @@ def test_no_limit_from_flat_passes_too_few_passes_or_none_measured():
 def test_only_decoding_passes_teach_what_a_lane_costs():
     load = WorkerLoad(passes=worker_pass_times())
     load.on_pass(1, 120, 0.004)  # a prompt's prefill: many tokens for one sequence
-    load.on_pass(2, 9, 0.002)  # a fork catching up
+    load.on_pass(9, 8, 0.002)  # eight decodes beside one fork catching up
     assert load.passes is not None and len(load.passes.samples) == 0
-    load.on_pass(3, 3, 0.0015)
-    load.on_pass(3, 6, 0.0016)  # (a few tokens a sequence: still decoding)
+    load.on_pass(3, 1, 0.0015)
+    load.on_pass(3, 2, 0.0016)  # (two tokens for one of them: still decoding)
     assert list(load.passes.samples) == [(3, 0.0015), (3, 0.0016)]
     unfitted = WorkerLoad()  # --no-fit-trees: nothing recorded, no limit but max_batch
-    unfitted.on_pass(3, 3, 0.0015)
+    unfitted.on_pass(3, 1, 0.0015)
     assert unfitted.passes is None and unfitted.seats == 0
+
+
+def test_a_pause_does_not_shrink_the_trees_for_a_whole_window():
+    def a100(n):
+        return DEFAULT_DRAFT_COST.seconds(n, longest=1, context=100 * n, sequences=n)
+
+    load = WorkerLoad(max_batch=DEFAULT_WORKER_MAX_BATCH, sessions=1, passes=worker_pass_times())
+    for n in list(range(1, 18)) * 8:
+        load.on_pass(n, 1, a100(n))
+    assert load.seats == DEFAULT_WORKER_MAX_BATCH
+    load.on_pass(17, 1, 0.030)  # a 30 ms pause (a garbage collection) in a 4 ms pass
+    assert load.passes.samples[-1][1] == pytest.approx(a100(17))  # passes were exact: as expected
+    assert load.seats == DEFAULT_WORKER_MAX_BATCH
+    for _ in range(WORKER_PASS_WINDOW):  # a lasting slowdown still moves the fit
+        load.on_pass(17, 1, 0.030)
+        load.on_pass(1, 1, a100(1))
+    assert load.seats < DEFAULT_WORKER_MAX_BATCH
+
+
+def test_clocks_that_went_wrong_are_not_fitted():
+    p = worker_pass_times()
+    p.add(3, float("nan"))
+    p.add(3, float("inf"))
+    p.add(3, -1.0)
+    assert len(p.samples) == 0 and p.fit() is None

@@ -4,6 +4,7 @@ metrics against the requests made, a worker killed mid-stream, a graceful stop."
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import httpx
@@ -46,16 +47,19 @@ def wait_until(cond, timeout: float = 10.0) -> bool:
 
 
 def slots_in_use(service, target) -> int:
+    """The target's KV slots in use, after the garbage collector has returned those of caches
+    dropped unclosed (the target is shared by the session's services)."""
+    gc.collect()
     return service.on_loop(lambda: target.pool.in_use)
 
 
 def slots_come_back(service, target, before: int) -> bool:
-    """The target's KV slots in use are back to ``before`` (counted before the request: the
-    target is shared by the session's services, and a slot an earlier one dropped unclosed goes
-    back only when the garbage collector finds it).  A cancelled request's slot goes back at
-    once, or when a pass still writing into it ends -- on a loaded CI machine that pass may be
-    slow, so this waits for the pass, not a fixed instant (a leaked slot never comes back)."""
-    return wait_until(lambda: slots_in_use(service, target) <= before, 30)
+    """The target's KV slots in use are back to ``before`` (counted before the request).  A
+    cancelled request's slot goes back at once, or when a pass still writing into it ends -- on
+    a loaded CI machine that pass may be slow, so this waits for the pass, not a fixed instant
+    (a leaked slot never comes back)."""
+    return wait_until(lambda: service.on_loop(lambda: target.pool.in_use) <= before, 30) and \
+        slots_in_use(service, target) <= before
 
 
 async def stream_tokens(client: openai.AsyncOpenAI, prompt: str, max_tokens: int,

@@ -71,6 +71,10 @@ MIN_PASSES_FITTED = 16  # passes seen before the fit is trusted (until then: max
 # passes the fit covers: about the last 2 s of a busy worker at the default cost (a shorter one
 # lets a few passes of similar size swing the slope, and the limit with it)
 WORKER_PASS_WINDOW = 256
+# a pass slower than the fit's expectation by more than this many times the recent spread of
+# passes around it (mean absolute deviation, followed with weight SPREAD_WEIGHT) counts as that
+OUTLIER_SPREADS = 3.0
+SPREAD_WEIGHT = 0.05
 
 
 def worker_pass_times() -> PassTimes:
@@ -89,7 +93,7 @@ def cheap_sequences(passes: PassTimes | None, sessions: int) -> int | None:
     fitted = passes.fit()
     assert fitted is not None
     a, b = fitted
-    if b <= 0.0:
+    if not b > 0.0:
         return None
     main = max(sessions, 1)
     budget = CHEAP_PASS_FACTOR * max(a + b * main, 0.0)
@@ -115,13 +119,26 @@ class WorkerLoad:
     busy: float = 0.0  # fraction of recent time the draft device was running passes, in [0, 1]
     # the draft device's decoding passes, seconds against sequences (None: trees are not fitted)
     passes: PassTimes | None = None
+    spread: float = 0.0  # recent mean absolute deviation of those passes from the fit (seconds)
 
-    def on_pass(self, sequences: int, tokens: int, seconds: float) -> None:
-        """A draft pass ran.  Only decoding passes (about a token per sequence) teach what a
-        lane adds: a prompt's prefill or a fork's catch-up feeds many tokens for one sequence,
-        which a CPU runs far faster per token than it runs sequences."""
-        if self.passes is not None and sequences > 0 and tokens <= 2 * sequences:
-            self.passes.add(sequences, seconds)
+    def on_pass(self, sequences: int, longest: int, seconds: float) -> None:
+        """A draft pass ran (``longest``: the most tokens one sequence fed).  Only decoding
+        passes (a token or two per sequence) teach what a lane adds: a prompt's prefill or a
+        fork's catch-up feeds many tokens for one sequence, which a CPU runs far faster per token
+        than it runs sequences.  A pass slower than twice what the fit expects counts as twice:
+        one pause (a garbage collection, a preemption) should not shrink every session's tree for
+        the next :data:`WORKER_PASS_WINDOW` passes.  So a pass slower than the fit expects by
+        more than :data:`OUTLIER_SPREADS` times the recent spread counts as that much slower; a
+        lasting change widens the spread within a few tens of passes and moves the fit."""
+        if self.passes is None or sequences <= 0 or longest > 2:
+            return
+        if len(self.passes.samples) >= MIN_PASSES_FITTED:
+            expected = self.passes.predict(sequences)
+            assert expected is not None
+            allowed = expected + OUTLIER_SPREADS * self.spread
+            self.spread += SPREAD_WEIGHT * (abs(seconds - expected) - self.spread)
+            seconds = min(seconds, allowed)
+        self.passes.add(sequences, seconds)
 
     @property
     def demand(self) -> float:

@@ -10,6 +10,7 @@ free sequences, or a CPU's few.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -22,13 +23,15 @@ class PassTimes:
     window: the worker reads it for every branch it considers."""
 
     window: int = 64
-    samples: deque[tuple[int, float]] = field(default_factory=deque)
+    samples: deque[tuple[int, float]] = field(default_factory=deque, init=False)
     _sx: int = field(default=0, repr=False)  # sums over the samples: x, x^2 (exact integers)
     _sxx: int = field(default=0, repr=False)
     _sy: float = field(default=0.0, repr=False)  # y and x*y
     _sxy: float = field(default=0.0, repr=False)
 
     def add(self, tokens: int, seconds: float) -> None:
+        if not math.isfinite(seconds) or seconds < 0.0:
+            return  # (a clock that went wrong: it would poison the sums)
         self.samples.append((tokens, seconds))
         self._sx += tokens
         self._sxx += tokens * tokens

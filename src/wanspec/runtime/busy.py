@@ -78,7 +78,8 @@ class SharedAccelerator:
         # told of every pass: (kind, requests carried, longest feed in tokens)
         self.on_pass: Callable[[PassKind, int, int], None] | None = None
         self.admission = admission or Admission(None)  # default: everyone runs at once
-        # told after every pass: (kind, requests carried, tokens fed, seconds it took)
+        # told after every pass: (kind, requests carried, longest feed in tokens, seconds it
+        # took from its start to its results, as the requests waited for it)
         self.on_pass_done: Callable[[PassKind, int, int, float], None] | None = None
         self._admitted: dict[int, asyncio.Event] = {}
 
@@ -251,7 +252,11 @@ class SharedAccelerator:
             return True
         tokens, seconds = sum(len(j.action.tokens) for j in jobs), loop.time() - started
         if self.on_pass_done is not None:
-            self.on_pass_done(p.kind, len(jobs), tokens, seconds)
+            try:
+                self.on_pass_done(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs),
+                                  seconds)
+            except Exception:  # an observer's failure is not the pass's
+                log.exception("the pass observer failed")
         if p.kind is PassKind.TARGET:
             self.admission.on_pass(tokens, seconds)
             self._admit()

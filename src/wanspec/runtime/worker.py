@@ -112,7 +112,7 @@ class WorkerService:
         # read by every connection's core; its trees grow only while passes stay cheap here
         self.load = WorkerLoad(max_batch=max_batch,
                                passes=worker_pass_times() if fit_trees else None)
-        self.accelerator.on_pass_done = lambda _, n, tokens, s: self.load.on_pass(n, tokens, s)
+        self.accelerator.on_pass_done = lambda _, n, longest, s: self.load.on_pass(n, longest, s)
         self.fingerprint = tokenizer_fingerprint(draft.tokenizer)
         self.auth_key = auth_key
         self.connections = 0  # served since the start (a count, not state)

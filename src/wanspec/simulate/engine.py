@@ -41,12 +41,12 @@ from wanspec.core.actions import (
     TargetDone,
 )
 from wanspec.core.batcher import Batcher, BatchLimits, PassKind
+from wanspec.core.capacity import worker_pass_times
 from wanspec.core.controller import ControllerAction, ControllerConfig, ControllerCore
 from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.capacity import worker_pass_times
 from wanspec.core.worker import (
     DEFAULT_WORKER_MAX_BATCH,
     Close,
@@ -121,7 +121,7 @@ class RemoteSim:
         self._seq = 0  # insertion order: ties in time run first-scheduled first
         self.link = LinkCore(CONTROLLER_HELLO, rtt_prior_s=cfg.rtt_ms / 1000.0)
         self.worker_load = WorkerLoad(max_batch=DEFAULT_WORKER_MAX_BATCH, passes=worker_pass_times())
-        self._w_pass = (0, 0, 0.0)  # the running worker pass: (sequences, tokens, seconds)
+        self._w_pass = (0, 0, 0.0)  # the running worker pass: (sequences, longest feed, seconds)
         self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
         self.estimates = Estimates.with_priors(
             target_s=cfg.target_ms / 1000.0, draft_s=cfg.draft_ms / 1000.0,
@@ -318,7 +318,7 @@ class RemoteSim:
         cost = pass_seconds(self.cfg.draft_ms, self.cfg.draft_per_token_ms,
                             max(len(a.run.tokens) for a in jobs))
         self.worker_busy += cost
-        self._w_pass = (len(jobs), sum(len(a.run.tokens) for a in jobs), cost)
+        self._w_pass = (len(jobs), max(len(a.run.tokens) for a in jobs), cost)
         self.wrunning = True
         self._at(now + cost, self._w_done, done)
 

@@ -40,12 +40,12 @@ from wanspec.core.actions import (
 )
 from wanspec.core.admission import Admission
 from wanspec.core.batcher import Batcher, BatchLimits, PassKind
+from wanspec.core.capacity import worker_pass_times
 from wanspec.core.controller import ControllerCore
 from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkAction, LinkCore, Route, Up
 from wanspec.core.local import LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
-from wanspec.core.capacity import worker_pass_times
 from wanspec.core.worker import (
     DEFAULT_WORKER_MAX_BATCH,
     Close,
@@ -157,7 +157,7 @@ class LoadSim:
                 verify_per_token_s=cfg.verify_per_token_ms / 1000.0, rtt=self.link.rtt,
                 worker_demand=self.link.worker_demand)
             self.worker_load = WorkerLoad(max_batch=worker_max_batch, passes=worker_pass_times())
-            self._w_pass = (0, 0, 0.0)  # the running worker pass: (sequences, tokens, seconds)
+            self._w_pass = (0, 0, 0.0)  # the running worker pass: (sequences, longest feed, seconds)
             self.worker = WorkerCore(WORKER_HELLO, load=self.worker_load)
             self.wdev = _Device(Batcher(BatchLimits(max_sequences=worker_max_batch)),
                                 {PassKind.DRAFT: draft_cost}, {PassKind.DRAFT: "draft"})
@@ -312,7 +312,7 @@ class LoadSim:
         st.busy_by_model[label] = st.busy_by_model.get(label, 0.0) + cost
         dev.running = True
         if dev is not self.busy:
-            self._w_pass = (len(jobs), p.tokens, cost)
+            self._w_pass = (len(jobs), max(len(a.tokens) for a in actions), cost)
         if dev is self.busy:
             if self.remote:
                 self.estimates.observe_busy_pass(p.kind is PassKind.TARGET, len(jobs),
