@@ -252,14 +252,16 @@ def test_a_pass_whose_cache_was_closed_is_dropped_quietly(worker_lm):
 def test_a_failed_pass_ends_its_session_with_an_error_and_spares_the_others(worker_lm):
     async def main():
         service = WorkerService(worker_lm, cost=COST)
-        real_run = service.drafter.run_draft
+        real_enqueue = service.accelerator.enqueue
 
-        async def flaky(cache, run, sampling):
+        def flaky(kind, cache, run, sampling, source=None):
             if len(run.tokens) == len(PROMPTS[3]):  # session 2's prefill
-                raise ValueError("device fell over")
-            return await real_run(cache, run, sampling)
+                failed = asyncio.get_running_loop().create_future()
+                failed.set_exception(ValueError("device fell over"))
+                return failed
+            return real_enqueue(kind, cache, run, sampling, source)
 
-        service.drafter.run_draft = flaky  # type: ignore[method-assign]
+        service.accelerator.enqueue = flaky  # type: ignore[method-assign]
         c = await Controller(service, auto_commit=True).open()
         await c.send(SessionStart(1, PROMPTS[0], lookahead=2))
         await c.send(SessionStart(2, PROMPTS[3], lookahead=2))

@@ -139,8 +139,8 @@ class StubCore:
         self.failed: list[tuple[int, int, str]] = []
         self.sessions: dict[int, object] = {}
 
-    def on_draft_done(self, rid: int, ev: DraftDone) -> list:
-        self.done.append((rid, ev))
+    def on_pass_done(self, results: list[tuple[int, DraftDone]]) -> list:
+        self.done.extend(results)
         return []
 
     def on_draft_failed(self, rid: int, op: int, reason: str) -> list:
@@ -159,7 +159,8 @@ async def connection(service: WorkerService) -> tuple[_Connection, StubCore]:
 
 
 async def settle(conn: _Connection) -> None:
-    while conn.tasks:
+    """Until every pass queued has run and its result reached the core."""
+    while conn.waiting or conn.ended or conn.tasks:
         await asyncio.sleep(0.001)
 
 
@@ -219,7 +220,7 @@ def test_release_cancels_every_waiting_pass_of_the_session(lane_lm):
         await settle(conn)
         conn.apply(DraftFor(9, run(9, 0, (1, 2)), sampling))  # occupies the device
         await asyncio.sleep(0.01)
-        tasks = []
+        tasks = []  # (the passes' futures)
         for cache in range(3):
             conn.apply(DraftFor(1, run(2 + cache, 5, (cache + 1,)), sampling, cache=cache,
                                 copy_from=0 if cache else None))

@@ -213,24 +213,27 @@ def test_a_trickled_half_frame_is_dropped_and_the_connection_forgotten(worker_lm
 # ---- failures and what is left behind ------------------------------------------------------------
 
 
-class FailingDrafter:
-    """The worker's drafter, failing every pass of a session whose prompt holds ``POISON``."""
+class FailingPasses:
+    """The worker accelerator's queue, failing every pass of a session whose prompt holds
+    ``POISON`` (its future fails at once, as a pass failing on the device does)."""
 
-    def __init__(self, inner) -> None:
-        self.inner = inner
+    def __init__(self, enqueue) -> None:
+        self.enqueue = enqueue
         self.poisoned: set[int] = set()
 
-    async def run_draft(self, cache, run, sampling, source=None):
+    def __call__(self, kind, cache, run, sampling, source=None):
         if POISON in run.tokens or id(cache) in self.poisoned or id(source) in self.poisoned:
             self.poisoned.add(id(cache))
-            raise RuntimeError("device lost")
-        return await self.inner.run_draft(cache, run, sampling, source=source)
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(RuntimeError("device lost"))
+            return failed
+        return self.enqueue(kind, cache, run, sampling, source)
 
 
 def test_a_failing_draft_pass_ends_its_session_only(worker_lm):
     async def main():
         service = WorkerService(worker_lm)
-        service.drafter = FailingDrafter(service.drafter)
+        service.accelerator.enqueue = FailingPasses(service.accelerator.enqueue)
         server, address = await serve(service)
         try:
             c = await opened(service, "tcp", address)

@@ -36,7 +36,17 @@ from wanspec.core.stopping import StopCriteria, Transcript
 from wanspec.core.tree import RemoteTree, TreeError
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
-from wanspec.protocol.messages import Cancel, Commit, Drafts, Error, Message, SessionStart, SessionStats
+from wanspec.protocol.messages import (
+    Cancel,
+    Commit,
+    Drafts,
+    DraftsBundle,
+    Error,
+    Message,
+    SessionStart,
+    SessionStats,
+    unbundle,
+)
 from wanspec.sampling import SamplingParams
 
 ControllerAction = RunTarget | RunDraft | EmitTokens | Finished | Send | Log
@@ -234,34 +244,56 @@ class ControllerCore:
                 why = " (overloaded)" if msg.code == "overloaded" else ""
                 return self.on_worker_lost(f"worker refused the request{why}: {msg.message}", now)
             return []
-        if not isinstance(msg, Drafts) or msg.rid != self.rid or not self.worker_ok or self.finished:
+        if (not isinstance(msg, (Drafts, DraftsBundle)) or msg.rid != self.rid
+                or not self.worker_ok or self.finished):
             return []
-        self._drafts_messages += 1
+        if isinstance(msg, Drafts):
+            items: list[Drafts] | None = [msg]
+        elif len(msg.lanes) > self.branches + 1:  # (one item a lane: checked before unpacking)
+            return self.on_worker_lost(f"protocol error from worker: a DraftsBundle of "
+                                       f"{len(msg.lanes)} items for {self.branches + 1} lanes",
+                                       now)
+        else:
+            items = unbundle(msg)
+            if items is None:
+                return self.on_worker_lost("protocol error from worker: a DraftsBundle whose "
+                                           "arrays do not fit together", now)
+        fresh = False
+        for drafts in items:
+            try:
+                if not self._take_drafts(drafts, now):
+                    continue  # stale
+            except TreeError as exc:
+                return self.on_worker_lost(f"protocol error from worker: {exc}", now)
+            # follow the commits into what arrived before the next item is judged: a bundle's
+            # later item may fork off a lane that the commits have left by now (stale then)
+            self._sync_chain()
+            fresh = True
+        return self._schedule(now) if fresh else []
+
+    def _take_drafts(self, msg: Drafts, now: float) -> bool:
+        """Check ``msg`` and add its drafts to the tree; whether anything changed.  Raises
+        :class:`TreeError` for what no honest worker sends."""
+        self._drafts_messages += 1  # (each item of a bundle counts as one)
         problem = self._check_drafts(msg)
         if problem is None and self._drafts_messages > self._drafts_allowed():
             problem = (f"more Drafts ({self._drafts_messages}) than an honest worker sends "
                        f"for {self._commits_sent} commits")
         if problem is not None:
-            return self.on_worker_lost(f"protocol error from worker: {problem}", now)
+            raise TreeError(problem)
         drafts = _draft_tokens(msg)
         chain = self.chain
         self.stats.remote_received += len(drafts)
         stale_before = chain.stale_dropped
-        try:
-            fresh = chain.on_drafts(msg.epoch, msg.base, drafts, now, msg.lane, msg.parent,
-                                    msg.fork)
-        except TreeError as exc:
-            return self.on_worker_lost(f"protocol error from worker: {exc}", now)
-        if not fresh:
+        if not chain.on_drafts(msg.epoch, msg.base, drafts, now, msg.lane, msg.parent, msg.fork):
             self.stats.remote_stale += chain.stale_dropped - stale_before
-            return []  # stale: nothing changed
+            return False
         n = len(self.transcript.tokens)
         self.stats.remote_late += max(0, min(n, msg.base + len(drafts)) - msg.base)
         if chain.pace is not None:
             # the pace of a live lane: how fast the worker's drafts come when nothing stops it
             self.est.draft_interval.update(chain.pace)
-        self._sync_chain()
-        return self._schedule(now)
+        return True
 
     def on_worker_lost(self, reason: str, now: float) -> list[ControllerAction]:
         if not self.worker_ok or self.finished:

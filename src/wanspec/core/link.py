@@ -28,6 +28,7 @@ from wanspec.protocol.messages import (
     Cancel,
     Commit,
     Drafts,
+    DraftsBundle,
     Error,
     Hello,
     Message,
@@ -83,7 +84,7 @@ class WorkerLoadReport:
 
 
 # messages a worker sends on behalf of one request
-_PER_REQUEST = (Drafts, SessionStats, Error)
+_PER_REQUEST = (Drafts, DraftsBundle, SessionStats, Error)
 # messages only a controller sends: a worker sending them is not a wanspec worker
 _CONTROLLER_ONLY = (SessionStart, Commit, Cancel)
 KEY_MISMATCH = ("authentication failed: the worker's key does not match the controller's "

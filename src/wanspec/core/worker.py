@@ -34,7 +34,7 @@ import dataclasses
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from wanspec.core.actions import DraftDone, Log, RunDraft, Send, Site
 from wanspec.core.branching import BranchOdds, Candidate, WorkerLane, best_candidates
@@ -53,6 +53,7 @@ from wanspec.errors import WanspecError
 from wanspec.protocol.auth import NONCE_BYTES, proof, proof_matches
 from wanspec.protocol.codec import MAX_DEMAND, ProtocolError, check_hello
 from wanspec.protocol.messages import (
+    BUNDLES,
     Auth,
     Cancel,
     Commit,
@@ -64,6 +65,7 @@ from wanspec.protocol.messages import (
     Pong,
     SessionStart,
     SessionStats,
+    bundle_drafts,
 )
 from wanspec.sampling import SamplingParams
 
@@ -241,29 +243,54 @@ class WorkerCore:
         return self._refuse(f"unexpected {type(msg).__name__} from a controller", "protocol")
 
     def on_draft_done(self, rid: int, ev: DraftDone) -> list[WorkerAction]:
-        """The draft pass started by ``DraftFor(rid, ...)`` finished."""
-        self.stats.passes += 1
-        s = self.sessions.get(rid)
-        run = s.running.pop(ev.op, None) if s is not None else None
-        if s is None or run is None:
-            self.stats.wasted_passes += 1  # its session was cancelled or dropped meanwhile
-            return []
-        s.passes += 1
-        self._pass_ended(s, run.cache)
-        lane = s.tree.lanes.get(run.lane) if run.epoch == s.epoch else None
-        if lane is None or lane.cache != run.cache or run.position != lane.end:
-            self.stats.wasted_passes += 1  # overtaken by a rollback, a prune or a commit
-            s.wasted += 1
-            return self._next_drafts(rid, s)
-        lane.drafts.append(DraftToken(ev.token, ev.entropy, ev.top_prob))
-        if s.branches:
-            alternatives = tuple((t, q) for t, q in zip(ev.alternatives, ev.alt_probs)
-                                 if t != ev.token and 0.0 < q <= 1.0)
-            if alternatives:
-                lane.alternatives[run.position] = alternatives
-        s.drafted += 1
-        self.stats.drafted += 1
-        return [Send(self._drafts_message(rid, s, lane)), *self._next_drafts(rid, s)]
+        """The draft pass started by ``DraftFor(rid, ...)`` finished (a pass of its own)."""
+        return self.on_pass_done([(rid, ev)])
+
+    def on_pass_done(self, results: Sequence[tuple[int, DraftDone]]) -> list[WorkerAction]:
+        """A batched draft pass finished: ``results`` are its passes of this connection's
+        sessions, as ``(rid, DraftDone)``.
+
+        Each session touched gets what it drafted as one message (a :class:`DraftsBundle` for
+        several lanes, when the controller announced ``bundles``) and is asked once what to run
+        next, with everything the pass told it known: one decision a session a pass, not one a
+        lane (a draft tree has many)."""
+        fresh: dict[int, list[Drafts]] = {}  # per session touched: its drafts, lane by lane
+        for rid, ev in results:
+            self.stats.passes += 1
+            s = self.sessions.get(rid)
+            run = s.running.pop(ev.op, None) if s is not None else None
+            if s is None or run is None:
+                self.stats.wasted_passes += 1  # its session was cancelled or dropped meanwhile
+                continue
+            drafts = fresh.setdefault(rid, [])
+            s.passes += 1
+            self._pass_ended(s, run.cache)
+            lane = s.tree.lanes.get(run.lane) if run.epoch == s.epoch else None
+            if lane is None or lane.cache != run.cache or run.position != lane.end:
+                self.stats.wasted_passes += 1  # overtaken by a rollback, a prune or a commit
+                s.wasted += 1
+                continue
+            lane.drafts.append(DraftToken(ev.token, ev.entropy, ev.top_prob))
+            if s.branches:
+                alternatives = tuple((t, q) for t, q in zip(ev.alternatives, ev.alt_probs)
+                                     if t != ev.token and 0.0 < q <= 1.0)
+                if alternatives:
+                    lane.alternatives[run.position] = alternatives
+            s.drafted += 1
+            self.stats.drafted += 1
+            drafts.append(self._drafts_message(rid, s, lane))
+        out: list[WorkerAction] = []
+        for rid, drafts in fresh.items():
+            out.extend(self._sends(drafts))
+            out.extend(self._next_drafts(rid, self.sessions[rid]))
+        return out
+
+    def _sends(self, drafts: list[Drafts]) -> list[WorkerAction]:
+        """``drafts`` (one session's, one pass) on the wire: one message if the peer takes
+        bundles, else one a lane."""
+        if len(drafts) > 1 and self.peer is not None and BUNDLES in self.peer.capabilities:
+            return [Send(bundle_drafts(drafts))]
+        return [Send(d) for d in drafts]
 
     def on_draft_failed(self, rid: int, op: int, reason: str) -> list[WorkerAction]:
         """The draft pass started by ``DraftFor(rid, ...)`` failed (not because the session left):

@@ -14,6 +14,7 @@ from wanspec.protocol.messages import (
     Cancel,
     Commit,
     Drafts,
+    DraftsBundle,
     Error,
     Hello,
     Message,
@@ -25,6 +26,6 @@ from wanspec.protocol.messages import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "FrameDecoder", "ProtocolError", "decode_message",
-    "encode_frame", "encode_message", "Auth", "Cancel", "Commit", "Drafts", "Error", "Hello",
+    "encode_frame", "encode_message", "Auth", "Cancel", "Commit", "Drafts", "DraftsBundle", "Error", "Hello",
     "Message", "Ping", "Pong", "SessionStart", "SessionStats",
 ]

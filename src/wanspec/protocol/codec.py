@@ -31,6 +31,7 @@ from wanspec.protocol.messages import (
     Cancel,
     Commit,
     Drafts,
+    DraftsBundle,
     Error,
     Hello,
     Message,
@@ -48,7 +49,7 @@ HEADER_BYTES = _HEADER.size
 
 _TAGS: dict[type, int] = {
     Hello: 1, SessionStart: 2, Drafts: 3, Commit: 4, Cancel: 5, Ping: 6, Pong: 7, Error: 8,
-    SessionStats: 9, Auth: 10,
+    SessionStats: 9, Auth: 10, DraftsBundle: 11,
 }
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}  # wire order
@@ -90,6 +91,8 @@ _INT_RANGES: dict[str | tuple[str, str], tuple[int, int]] = {
     "seed": (0, MAX_U64), "seq": (0, MAX_U64), "tokens": (0, MAX_POSITION),
     "prompt": (0, MAX_POSITION), "lane": (0, MAX_POSITION), "parent": (0, MAX_POSITION),
     "fork": (0, MAX_POSITION), "branches": (0, MAX_POSITION),
+    "lanes": (0, MAX_POSITION), "parents": (0, MAX_POSITION), "forks": (0, MAX_POSITION),
+    "bases": (0, MAX_POSITION), "counts": (0, MAX_POSITION),
 }
 _DEFAULT_INT_RANGE = (0, MAX_ID)
 # float ranges beyond "finite", by field name or (message, field)

@@ -9,6 +9,7 @@ Flow for one request (``rid``)::
       Auth   ───────────────────────────────────▶            } side proves it knows the key
       SessionStart(rid, prompt, sampling, ...) ──▶        prefill + draft ahead
              ◀────────── Drafts(rid, epoch, base, tokens, entropy, top_prob)   (streamed)
+             ◀────────── DraftsBundle(rid, epoch, lanes...)   (a draft tree's lanes, one pass)
       Commit(rid, epoch, base, tokens) ─────────▶        keep or roll back (new epoch)
       Cancel(rid) ──────────────────────────────▶        free the session
       Ping(t) ──────────────────────────────────▶ Pong(t, load)
@@ -91,6 +92,64 @@ class Drafts:
     fork: int = 0
 
 
+BUNDLES = "bundles"  # the Hello capability of a controller that takes DraftsBundle messages
+
+
+@dataclass(slots=True)
+class DraftsBundle:
+    """Several :class:`Drafts` of one session and epoch in one message: what one batched draft
+    pass made for the lanes of a draft tree.
+
+    Why: a tree's lanes each gain a token per pass, and one message per lane cost both sites
+    more event-loop work (framing, a send, a wake-up, a scheduling decision) than the drafts
+    themselves.  Flat per-item arrays rather than nested messages keep the wire compact and
+    the boundary checks the codec's usual ones.  Item ``i`` is ``Drafts(rid, epoch, bases[i],
+    tokens[k:k+counts[i]], ..., lanes[i], parents[i], forks[i])`` with ``k`` the sum of the
+    counts before it (:func:`unbundle`).  Sent only to a controller whose Hello announced the
+    ``bundles`` capability.
+    """
+
+    rid: int
+    epoch: int
+    lanes: tuple[int, ...]
+    parents: tuple[int, ...]
+    forks: tuple[int, ...]
+    bases: tuple[int, ...]
+    counts: tuple[int, ...]  # tokens of each item
+    tokens: tuple[int, ...]  # the items' tokens, one after another
+    entropy: tuple[float, ...]  # per token, as tokens
+    top_prob: tuple[float, ...]
+
+
+def bundle_drafts(items: list[Drafts]) -> DraftsBundle:
+    """The bundle of ``items`` (non-empty, all of one session and epoch)."""
+    first = items[0]
+    return DraftsBundle(
+        first.rid, first.epoch, tuple(d.lane for d in items), tuple(d.parent for d in items),
+        tuple(d.fork for d in items), tuple(d.base for d in items),
+        tuple(len(d.tokens) for d in items), tuple(t for d in items for t in d.tokens),
+        tuple(e for d in items for e in d.entropy), tuple(p for d in items for p in d.top_prob))
+
+
+def unbundle(b: DraftsBundle) -> list[Drafts] | None:
+    """The :class:`Drafts` that ``b`` carries, in order; None if its arrays do not fit together
+    (a peer's error: the per-item arrays of unequal lengths, counts that are not positive or do
+    not add up to the tokens, statistics not one per token)."""
+    n = len(b.lanes)
+    if not n or not len(b.parents) == len(b.forks) == len(b.bases) == len(b.counts) == n:
+        return None
+    if any(c <= 0 for c in b.counts) or sum(b.counts) != len(b.tokens):
+        return None
+    if len(b.entropy) != len(b.tokens) or len(b.top_prob) != len(b.tokens):
+        return None
+    out, k = [], 0
+    for lane, parent, fork, base, count in zip(b.lanes, b.parents, b.forks, b.bases, b.counts):
+        out.append(Drafts(b.rid, b.epoch, base, b.tokens[k:k + count], b.entropy[k:k + count],
+                          b.top_prob[k:k + count], lane, parent, fork))
+        k += count
+    return out
+
+
 @dataclass(slots=True)
 class Commit:
     """Tokens committed at positions ``base .. base+len-1`` (contiguous with earlier commits).
@@ -151,4 +210,4 @@ class Error:
     details: dict[str, str] = field(default_factory=dict)
 
 
-Message = Hello | Auth | SessionStart | Drafts | Commit | Cancel | SessionStats | Ping | Pong | Error
+Message = Hello | Auth | SessionStart | Drafts | DraftsBundle | Commit | Cancel | SessionStats | Ping | Pong | Error

@@ -35,7 +35,7 @@ from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.fingerprint import check_compatible, tokenizer_fingerprint
 from wanspec.protocol.codec import PROTOCOL_VERSION
-from wanspec.protocol.messages import Hello
+from wanspec.protocol.messages import BUNDLES, Hello
 from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.local import OnTokens
@@ -154,7 +154,7 @@ class RemoteEngine:
         return Hello(version=PROTOCOL_VERSION, role="controller", model=target.name,
                      tokenizer=tokenizer_fingerprint(target.tokenizer),
                      vocab_size=target.vocab_size,
-                     capabilities=("drafts", "entropy", "branches"))
+                     capabilities=("drafts", "entropy", "branches", BUNDLES))
 
     async def agenerate(
         self,

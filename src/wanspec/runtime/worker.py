@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from typing import Sequence
 
-from wanspec.core.actions import Log, Send
+from wanspec.core.actions import DraftDone, Log, Send
 from wanspec.core.batcher import BatchLimits, PassKind
 from wanspec.core.capacity import worker_pass_times
 from wanspec.core.worker import (
@@ -106,7 +106,6 @@ class WorkerService:
         self.placed = PlacedModel(draft, self.device, cost, "draft")
         self.accelerator = SharedAccelerator(None, self.placed,
                                              BatchLimits(max_sequences=max_batch))
-        self.drafter = self.accelerator.model(PassKind.DRAFT)
         self.limits = limits or WorkerLimits()
         self.max_batch = max_batch
         # read by every connection's core; its trees grow only while passes stay cheap here
@@ -197,9 +196,12 @@ class _Connection:
                                auth_key=service.auth_key)
         self.caches: dict[tuple[int, int], KVCache] = {}  # (session, cache number)
         # per session and cache: its pass, until it ran
-        self.waiting: dict[tuple[int, int], asyncio.Task[None]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()  # every draft task (a pass, then its results)
+        self.waiting: dict[tuple[int, int], asyncio.Future[DraftDone]] = {}
+        # passes that ended, until the core hears of them (all those of one batched pass at once)
+        self.ended: list[tuple[DraftFor, asyncio.Future[DraftDone], KVCache, KVCache | None]] = []
+        self.tasks: set[asyncio.Task[None]] = set()  # carrying out what the core said after a pass
         self.closing = False
+        self.gone = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -224,8 +226,11 @@ class _Connection:
         except ProtocolError as exc:
             log.warning("dropping %s: %s", self.conn.peer, exc)
         finally:
+            self.gone = True
             for t in self.tasks:
                 t.cancel()
+            for fut in self.waiting.values():
+                fut.cancel()  # (withdrawn from the accelerator's queue)
             self.waiting.clear()
             for a in self.core.on_connection_lost():
                 self.apply(a)
@@ -257,17 +262,14 @@ class _Connection:
             cache = self.caches.get(key)
             if cache is None:
                 cache = self.caches[key] = self.svc.draft.new_cache()
-            task = asyncio.create_task(self._draft(a, cache, source))
-            self.waiting[key] = task
-            self.tasks.add(task)
-            task.add_done_callback(self._task_done)
+            fut = self.svc.accelerator.enqueue(PassKind.DRAFT, cache, a.run, a.sampling, source)
+            self.waiting[key] = fut
+            fut.add_done_callback(lambda f: self._pass_ended(a, f, cache, source))
         elif isinstance(a, Release):
             # its waiting passes leave the queue (or the running pass skips them); the KV slots
             # go back now, or when a pass still writing into (or copying from) them ends
             for key in [k for k in self.waiting if k[0] == a.rid]:
-                pending = self.waiting.pop(key)
-                if pending is not asyncio.current_task():
-                    pending.cancel()
+                self.waiting.pop(key).cancel()
             for key in [k for k in self.caches if k[0] == a.rid]:
                 self.caches.pop(key).close()
         elif isinstance(a, Log):
@@ -277,10 +279,56 @@ class _Connection:
         elif isinstance(a, Send):
             raise TypeError("Send is carried out by _execute")
 
+    def _pass_ended(self, a: DraftFor, fut: asyncio.Future[DraftDone], cache: KVCache,
+                    source: KVCache | None) -> None:
+        """A draft pass ended (or was withdrawn).  The core hears of every pass of one batched
+        forward at once: their futures' callbacks all run before the :meth:`_flush` the first
+        of them schedules."""
+        key = (a.rid, a.cache)
+        if self.waiting.get(key) is fut:
+            del self.waiting[key]
+        if fut.cancelled() or self.gone:
+            return  # withdrawn (its session released, or the connection closing)
+        self.ended.append((a, fut, cache, source))
+        if len(self.ended) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Hand the core the passes that ended, then carry out what it says in a task (sends
+        wait for the transport)."""
+        ended, self.ended = self.ended, []
+        if self.gone:
+            return
+        results: list[tuple[int, DraftDone]] = []
+        failed: list[tuple[DraftFor, BaseException]] = []
+        for a, fut, cache, source in ended:
+            exc = fut.exception()
+            if exc is None:
+                results.append((a.rid, fut.result()))
+            elif not (cache.closed or (source is not None and source.closed)):
+                log.warning("%s: session %d: draft pass failed: %r", self.conn.peer, a.rid, exc)
+                failed.append((a, exc))
+            # (else the session was released while its pass waited: dropped quietly)
+        actions = self.core.on_pass_done(results)
+        for a, exc in failed:
+            actions.extend(self.core.on_draft_failed(a.rid, a.run.op, type(exc).__name__))
+        if not actions:
+            return
+        task = asyncio.get_running_loop().create_task(self._carry_out(actions))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _carry_out(self, actions: Sequence[WorkerAction]) -> None:
+        try:
+            await self._execute(actions)
+        except ConnectionClosed:
+            pass
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        """A draft task ended.  One that failed (not a pass: a bug of ours, or the transport
-        failing in a way it should not) ends the connection, whose sessions would otherwise wait
-        for it forever; its controllers decode locally.  Never an unretrieved exception."""
+        """A task carrying out the core's actions ended.  One that failed (a bug of ours, or
+        the transport failing in a way it should not) ends the connection, whose sessions would
+        otherwise wait for it forever; its controllers decode locally.  Never an unretrieved
+        exception."""
         self.tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
@@ -289,28 +337,3 @@ class _Connection:
         self.closing = True
         closer = asyncio.get_running_loop().create_task(self.conn.close())  # ends run()'s recv
         closer.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _draft(self, a: DraftFor, cache: KVCache, source: KVCache | None) -> None:
-        """Run one draft pass on the shared accelerator (forking ``cache`` off ``source`` first
-        if given), then hand its result to the core."""
-        me = asyncio.current_task()
-        key = (a.rid, a.cache)
-        try:
-            if source is None:
-                ev = await self.svc.drafter.run_draft(cache, a.run, a.sampling)
-            else:
-                ev = await self.svc.drafter.run_draft(cache, a.run, a.sampling, source=source)
-        except Exception as exc:  # (a cancellation is not an Exception: it propagates)
-            if cache.closed or (source is not None and source.closed):
-                return  # the session was released while its pass waited: dropped quietly
-            log.warning("%s: session %d: draft pass failed: %r", self.conn.peer, a.rid, exc)
-            actions = self.core.on_draft_failed(a.rid, a.run.op, type(exc).__name__)
-        else:
-            actions = self.core.on_draft_done(a.rid, ev)
-        finally:
-            if self.waiting.get(key) is me:
-                del self.waiting[key]
-        try:
-            await self._execute(actions)
-        except ConnectionClosed:
-            pass

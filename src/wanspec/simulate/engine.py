@@ -57,7 +57,7 @@ from wanspec.core.worker import (
     WorkerLoad,
 )
 from wanspec.protocol.codec import PROTOCOL_VERSION
-from wanspec.protocol.messages import Hello, Message
+from wanspec.protocol.messages import BUNDLES, Hello, Message
 from wanspec.sampling import SamplingParams
 from wanspec.simulate.config import SimConfig
 from wanspec.simulate.link import frame_size, link_pair
@@ -65,8 +65,9 @@ from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
 from wanspec.transport.inproc import LinkParams
 
-# "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches)
-_CAPS = ("drafts", "entropy", "branches")
+# "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches);
+# "bundles": it sends a pass's drafts for a session's lanes as one message, as to a real controller
+_CAPS = ("drafts", "entropy", "branches", BUNDLES)
 CONTROLLER_HELLO = Hello(PROTOCOL_VERSION, "controller", "synthetic-target", "0" * 16, 32000, _CAPS)
 WORKER_HELLO = Hello(PROTOCOL_VERSION, "worker", "synthetic-draft", "0" * 16, 32000, _CAPS)
 GREEDY = SamplingParams()
@@ -325,11 +326,8 @@ class RemoteSim:
     def _w_done(self, now: float, done: list[tuple[int, DraftDone]]) -> None:
         self.wrunning = False
         self.worker_load.on_pass(*self._w_pass)  # as the worker's accelerator reports it
-        for rid, ev in done:
-            if rid in self.wcaches:
-                self._w_exec(self.worker.on_draft_done(rid, ev), now)
-            else:
-                self.worker.on_draft_done(rid, ev)  # released meanwhile: counted as wasted
+        # (a session released meanwhile has no caches: the core counts its pass as wasted)
+        self._w_exec(self.worker.on_pass_done(done), now)
         if self.wbatcher.waiting and not self.wform_scheduled:
             self.wform_scheduled = True
             self._at(now, self._w_form, None, FORM)

@@ -416,11 +416,8 @@ class LoadSim:
     def _worker_done(self, now: float, finished: list) -> None:
         self.wdev.running = False
         self.worker_load.on_pass(*self._w_pass)  # as the worker's accelerator reports it
-        for (a, _), ev in finished:
-            if a.rid in self.wcaches:
-                self._w_exec(self.worker.on_draft_done(a.rid, ev), now)
-            else:
-                self.worker.on_draft_done(a.rid, ev)  # released meanwhile: counted as wasted
+        # (a session released meanwhile has no caches: the core counts its pass as wasted)
+        self._w_exec(self.worker.on_pass_done([(a.rid, ev) for (a, _), ev in finished]), now)
         if self.wdev.batcher.waiting and not self.wdev.form_scheduled:
             self.wdev.form_scheduled = True
             self._at(now, self._worker_form, None, FORM)
