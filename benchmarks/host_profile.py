@@ -8,7 +8,8 @@ after one warm-up prompt), profiled with cProfile on the loop's thread.
 
 Prints the loop thread's own CPU per committed token (waiting in select for the passes' threads
 excluded), split into the worker's modules, the busy site's and what both use (asyncio, the
-codec, the links, the tree, the clock), then the 20 largest module groups.  cProfile adds its
+codec, the links, the tree, the clock, the accelerators' queues), then the 20 largest module
+groups.  Run it with ``PYTHONPATH=<another checkout>/src`` to profile other code the same way.  cProfile adds its
 own cost to every Python call, so the figures are upper bounds (docs/results.md §10).  Not a
 test: by hand.
 """
@@ -70,15 +71,17 @@ total = sum(groups.values()) - waits
 print(f"waiting (select/locks: the passes' compute in their threads): {1000*waits/tokens:.3f} ms/token")
 print(f"branches {branches} {policy}: {tokens} tokens, loop-thread CPU {1000*total/tokens:.3f} ms/token (wall {1000*wall/tokens:.2f} ms/token)")
 WORKER = ("core/worker", "core/branching", "core/capacity", "runtime/worker")
-BUSY = ("core/controller", "runtime/controller", "runtime/busy", "core/batcher", "core/adaptive",
+# (the accelerators -- runtime/busy, runtime/placed, core/batcher -- count as shared: both sites
+# run one here, and most of their calls are the worker's draft passes, one per lane)
+BUSY = ("core/controller", "runtime/controller", "runtime/worker_link", "core/adaptive",
         "core/policy", "core/verify", "core/estimates", "core/rates", "core/calibration",
-        "core/metrics", "core/local", "core/view", "core/link", "runtime/local", "runtime/placed",
+        "core/metrics", "core/local", "core/view", "core/link", "runtime/local",
         "core/stopping", "core/chain", "runtime/engine", "core/admission", "core/placement")
 site = collections.Counter()
 for k, v in groups.items():
     if "select" in k or "acquire" in k:
         continue
-    site["worker" if k in WORKER else "busy site" if k in BUSY else "shared (asyncio, codec, links, tree, clock, builtins)"] += v
+    site["worker" if k in WORKER else "busy site" if k in BUSY else "shared (asyncio, codec, links, tree, clock, accelerators, builtins)"] += v
 for k, v in site.most_common():
     print(f"  {k:55s} {1000*v/tokens:.3f} ms/token")
 for k, v in groups.most_common(20):

@@ -249,6 +249,28 @@ def test_a_lane_copying_a_cache_the_session_lacks_is_a_core_bug(lane_lm):
     virtual(main)
 
 
+def test_a_core_failing_on_a_pass_closes_the_connection(lane_lm):
+    """A bug of ours in the core must not leave the connection's sessions waiting for drafts
+    that never come: the connection closes and its controllers decode locally."""
+    class FailingCore(StubCore):
+        def on_pass_done(self, results):
+            raise RuntimeError("a bug")
+
+    async def main():
+        service = WorkerService(lane_lm, cost=COST)
+        _, worker_end = inproc_pair(LinkParams())
+        conn = _Connection(service, worker_end)
+        conn.core = FailingCore()  # type: ignore[assignment]
+        conn.apply(DraftFor(1, run(1, 0, PREFIX), SamplingParams()))
+        await settle(conn)
+        await asyncio.sleep(0.01)
+        closed = conn.closing, worker_end.closed
+        conn.apply(Release(1))
+        return closed
+
+    assert virtual(main) == (True, True)
+
+
 # ---- the "branches" capability ------------------------------------------------------------------
 
 

@@ -199,7 +199,7 @@ class _Connection:
         self.waiting: dict[tuple[int, int], asyncio.Future[DraftDone]] = {}
         # passes that ended, until the core hears of them (all those of one batched pass at once)
         self.ended: list[tuple[DraftFor, asyncio.Future[DraftDone], KVCache, KVCache | None]] = []
-        self.tasks: set[asyncio.Task[None]] = set()  # carrying out what the core said after a pass
+        self.tasks: set[asyncio.Task[None]] = set()  # handing the core a pass, doing what it says
         self.closing = False
         self.gone = False
 
@@ -294,11 +294,17 @@ class _Connection:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Hand the core the passes that ended, then carry out what it says in a task (sends
-        wait for the transport)."""
+        """Hand the passes that ended to a task that tells the core and carries out what it
+        says (sends wait for the transport; a failure there closes the connection)."""
         ended, self.ended = self.ended, []
         if self.gone:
             return
+        task = asyncio.get_running_loop().create_task(self._deliver(ended))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _deliver(self, ended: list[tuple[DraftFor, asyncio.Future[DraftDone], KVCache,
+                                                KVCache | None]]) -> None:
         results: list[tuple[int, DraftDone]] = []
         failed: list[tuple[DraftFor, BaseException]] = []
         for a, fut, cache, source in ended:
@@ -312,20 +318,13 @@ class _Connection:
         actions = self.core.on_pass_done(results)
         for a, exc in failed:
             actions.extend(self.core.on_draft_failed(a.rid, a.run.op, type(exc).__name__))
-        if not actions:
-            return
-        task = asyncio.get_running_loop().create_task(self._carry_out(actions))
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    async def _carry_out(self, actions: Sequence[WorkerAction]) -> None:
         try:
             await self._execute(actions)
         except ConnectionClosed:
             pass
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        """A task carrying out the core's actions ended.  One that failed (a bug of ours, or
+        """A task handing the core a pass's results ended.  One that failed (a bug of ours, or
         the transport failing in a way it should not) ends the connection, whose sessions would
         otherwise wait for it forever; its controllers decode locally.  Never an unretrieved
         exception."""
