@@ -328,12 +328,18 @@ class RemoteEngine:
                     task = asyncio.create_task(place_again(frozenset(placed.tried)))
                     tasks.add(task)
                     task.add_done_callback(done)
+                # the next passes first: queued before the host work of the last one (sending
+                # the commit, streaming tokens), which then overlaps the accelerator forming
+                # and running them rather than delaying them (the order of side effects only)
                 for a in actions:
                     if isinstance(a, RunTarget):
                         run_target(a)
                     elif isinstance(a, RunDraft):
                         run_local(a)
-                    elif isinstance(a, Send):
+                for a in actions:
+                    if isinstance(a, (RunTarget, RunDraft)):
+                        continue
+                    if isinstance(a, Send):
                         if core.worker_ok and placed.index is not None and pool is not None:
                             try:
                                 await pool.links[placed.index].send(a.msg)
