@@ -12,6 +12,8 @@ most one pass waiting per lane, so oldest-first is round-robin over lanes: a con
 sessions, or a session with many lanes, gets more passes only in proportion, and never delays
 another's beyond one turn.  A branch's first pass forks its cache off its parent lane's
 (:class:`~wanspec.models.backend.Feed`'s ``source``): the parent's prefix is copied, not recomputed.
+A connection's core hears of all its passes in one batched forward at once
+(:meth:`~wanspec.core.worker.WorkerCore.on_pass_done`), so each session is told once a pass.
 
 The limits (:class:`~wanspec.core.worker.WorkerLimits`) are the cores' decisions; this adapter
 counts the connections for :func:`~wanspec.core.worker.admit_connection`, and forgets everything
