@@ -76,6 +76,7 @@ from wanspec.protocol.messages import (
     Pong,
     SessionStart,
     SessionStats,
+    bundle_drafts,
 )
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.engine import LocalEngine, TimingConfig
@@ -614,14 +615,27 @@ def controller_message(rng: random.Random, rid: int, position: int) -> Message:
     return Error("fuzz", rid=rng.choice([-1, rid]))
 
 
+def _drafts(rng: random.Random, rid: int, position: int, vocab: int, epoch: int | None = None,
+            **lane: int) -> Drafts:
+    n = rng.randint(1, 4)
+    base = position + rng.choice([0, 0, 0, 1, -1]) if not lane else position
+    return Drafts(rid, rng.randrange(4) if epoch is None else epoch, max(base, 0),
+                  _tokens(rng, n, vocab), tuple(rng.random() * 3 for _ in range(n)),
+                  tuple(rng.random() for _ in range(n)), **lane)
+
+
 def worker_message(rng: random.Random, rid: int, position: int, vocab: int = 512) -> Message:
     """A plausible worker-to-controller message (what the controller's side is fuzzed with)."""
-    kind = rng.randrange(8)
+    kind = rng.randrange(9)
     if kind <= 3:
-        n = rng.randint(1, 4)
-        return Drafts(rid, rng.randrange(4), position + rng.choice([0, 0, 0, 1, -1]),
-                      _tokens(rng, n, vocab), tuple(rng.random() * 3 for _ in range(n)),
-                      tuple(rng.random() for _ in range(n)))
+        return _drafts(rng, rid, position, vocab)
+    if kind == 7:  # a pass's lanes in one message: the main line and branches off it
+        epoch = rng.randrange(4)
+        items = [_drafts(rng, rid, position, vocab, epoch)]
+        for lane in range(1, rng.randint(1, 4)):
+            fork = position + rng.randrange(3)
+            items.append(_drafts(rng, rid, fork, vocab, epoch, lane=lane, parent=0, fork=fork))
+        return bundle_drafts(items)
     if kind == 4:
         return Pong(rng.random() * 10, rng.randrange(10), rng.random(), rng.random() * 3)
     if kind == 5:

@@ -35,6 +35,7 @@ from wanspec.protocol.messages import (
     Cancel,
     Commit,
     Drafts,
+    DraftsBundle,
     Error,
     Hello,
     Ping,
@@ -44,12 +45,14 @@ from wanspec.protocol.messages import (
 )
 
 TAGS = {Hello: 1, SessionStart: 2, Drafts: 3, Commit: 4, Cancel: 5, Ping: 6, Pong: 7, Error: 8,
-        SessionStats: 9, Auth: 10}
+        SessionStats: 9, Auth: 10, DraftsBundle: 11}
 VALID = {
     Hello: Hello(PROTOCOL_VERSION, "controller", "m", "tok", 100, ("drafts",), b"n" * 32),
     Auth: Auth(b"m" * 32),
     SessionStart: SessionStart(1, (1, 2, 3), 0.5, 4, 0.9, 7, 8, 100),
     Drafts: Drafts(1, 0, 3, (4, 5), (0.5, 0.25), (0.9, 0.8)),
+    DraftsBundle: DraftsBundle(1, 0, (0, 1), (0, 0), (0, 3), (3, 3), (1, 2), (4, 6, 7),
+                               (0.5, 0.1, 0.2), (0.9, 0.3, 0.6)),
     Commit: Commit(1, 0, 3, (4,)),
     Cancel: Cancel(1, "done"),
     Ping: Ping(1.5, 2),
