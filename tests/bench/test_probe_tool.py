@@ -139,6 +139,40 @@ def test_quic_handshakes_with_a_wanspec_worker_verified_against_its_ca(tmp_path)
     assert bad["ok"] == 0 and bad["recommendation"].startswith("unreachable: connect: QUIC")
 
 
+def test_quic_probes_a_worker_that_requires_a_client_certificate(tmp_path, caplog):
+    """A worker started with --client-ca serves only clients that present a certificate its CA
+    signed.  The handshake a probe times completes either way (TLS 1.3 checks the client's
+    certificate after it), but without --cert/--key the worker refuses, and logs, every probe."""
+    certs = create_certs(tmp_path / "certs")
+
+    async def handler(conn) -> None:
+        try:
+            await conn.recv()
+        except Exception:
+            pass
+
+    async def probe_with(cfg: ProbeConfig):
+        server = await factory.serve("quic", "127.0.0.1:0", handler, cert=certs.cert,
+                                     key=certs.key, client_ca=certs.ca_cert)
+        target = parse_target(f"127.0.0.1:{server.address[1]}", "quic")
+        try:
+            (record,) = await run_probe([target], cfg)
+            await asyncio.sleep(0.2)  # (the worker's verdict on the last one)
+        finally:
+            await server.close()
+        return record
+
+    caplog.set_level("WARNING", logger="wanspec.transport")
+    good = asyncio.run(asyncio.wait_for(probe_with(ProbeConfig(
+        count=2, interval_s=0, ca=certs.ca_cert, cert=certs.client_cert,
+        key=certs.client_key)), 25))
+    assert good["ok"] == 2 and good["rtt_measure"] == "QUIC handshake"
+    assert "no TLS client certificate" not in caplog.text
+    asyncio.run(asyncio.wait_for(probe_with(ProbeConfig(count=1, interval_s=0,
+                                                        ca=certs.ca_cert)), 25))
+    assert "no TLS client certificate was presented" in caplog.text
+
+
 def test_the_recommendation_follows_the_simulator_and_the_thresholds():
     gains = simulate_gains([1.0, 150.0], max_slowdown=1.05)
     near, far = gains[1.0], gains[150.0]
@@ -173,6 +207,10 @@ def test_the_recommendation_follows_the_simulator_and_the_thresholds():
     (["--insecure", "--ca", "x.pem"], "not both"),
     (["--transport", "quic", "--ca", "/nonexistent/ca.pem"], "CA certificate not found"),
     (["--ca", "ca.pem"], "--ca applies to --transport quic only"),
+    (["--cert", "c.pem", "--key", "k.pem"], "--cert applies to --transport quic only"),
+    (["--transport", "quic", "--cert", "c.pem"], "needs both --cert and --key"),
+    (["--transport", "quic", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"],
+     "not found"),
     (["--model", "m"], "--model applies to http(s):// targets only"),
     (["--chat"], "--chat applies to http(s):// targets only"),
 ])

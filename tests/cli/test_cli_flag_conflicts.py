@@ -23,6 +23,12 @@ CASES = [
     ([*W, "-p", "x", "--api-key", "k"], "--api-key only applies with --listen"),
     ([*W, "-p", "x", "--served-model-name", "m"], "--served-model-name only applies with --listen"),
     ([*W, "-p", "x", "--grace", "5"], "--grace only applies with --listen"),
+    ([*W, "-p", "x", "--max-request-bytes", "1000"],
+     "--max-request-bytes only applies with --listen"),
+    ([*W, "-p", "x", "--max-prompts-per-request", "2"],
+     "--max-prompts-per-request only applies with --listen"),
+    ([*W, "-p", "x", "--max-queued-requests", "9"],
+     "--max-queued-requests only applies with --listen"),
     ([*W, "-p", "x", "--insecure", "--ca", "ca.pem"], "give --ca or --insecure, not both"),
     ([*W, "-p", "x", "--tls", "--insecure", "--ca", "ca.pem"], "give --ca or --insecure, not both"),
 ]

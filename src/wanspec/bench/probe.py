@@ -68,6 +68,8 @@ class ProbeConfig:
     timeout_s: float = 5.0
     ca: Path | None = None  # QUIC: the CA that signed the worker's certificate
     insecure: bool = False  # QUIC: do not verify the worker's certificate
+    cert: Path | None = None  # QUIC: a client certificate to present (a worker with --client-ca)
+    key: Path | None = None  # QUIC: its private key
     # http targets: a small streamed completion per sample
     model: str | None = None
     api_key: str | None = None
@@ -107,7 +109,7 @@ async def quic_handshake_s(host: str, ip: str, port: int, cfg: ProbeConfig) -> f
 
     t0 = time.perf_counter()
     conn = await connect_quic(ip, port, ca=cfg.ca, insecure=cfg.insecure, server_name=host,
-                              timeout=cfg.timeout_s)
+                              timeout=cfg.timeout_s, cert=cfg.cert, key=cfg.key)
     elapsed = time.perf_counter() - t0
     await conn.close()
     return elapsed

@@ -439,7 +439,9 @@ def controller(
         setup_logging(verbose)
         check_only_with(ctx, "--listen", listen is not None,
                         {"--api-key": "api_key", "--served-model-name": "served_model_name",
-                         "--grace": "grace"})
+                         "--grace": "grace", "--max-request-bytes": "max_request_bytes",
+                         "--max-prompts-per-request": "max_prompts_per_request",
+                         "--max-queued-requests": "max_queued_requests"})
         given = [f for f, v in (("--listen", listen), ("--prompt", prompt), ("--prompts", prompts))
                  if v is not None]
         check(len(given) == 1, "give exactly one of --prompt or --prompts (or --listen to serve)"
@@ -546,6 +548,8 @@ def probe(
     transport: Transport = typer.Option(Transport.tcp, "--transport", help="HOST:PORT targets: time TCP connects, or QUIC handshakes with a wanspec worker."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="QUIC: CA certificate to check the certificate of the worker against."),
     insecure: bool = typer.Option(False, "--insecure", help="QUIC: do not verify the certificate of the worker."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="QUIC: client certificate (PEM) to present to a worker started with --client-ca (mutual TLS), e.g. the client.pem of `wanspec certs`; without it the timed handshake still completes, but that worker refuses and logs every probe."),
+    key: Optional[Path] = typer.Option(None, "--key", help="QUIC: private key (PEM) of --cert."),
     timeout: str = typer.Option("5", "--timeout", help="Time per sample before it counts as failed (a bare number is seconds; or e.g. 500ms, 2s)."),
     chat: bool = typer.Option(False, "--chat", help="URL targets: probe /v1/chat/completions."),
     model: Optional[str] = typer.Option(None, "--model", help="URL targets: model name; default: the first of GET /v1/models."),
@@ -565,7 +569,8 @@ def probe(
 
         parsed, cfg = probe_config(
             targets=targets, transport=transport.value, chat=chat, count=count,
-            interval=interval, timeout=parse_duration_s(timeout, "--timeout"), ca=ca, insecure=insecure, model=model,
+            interval=interval, timeout=parse_duration_s(timeout, "--timeout"), ca=ca,
+            insecure=insecure, cert=cert, key=key, model=model,
             api_key=api_key, max_tokens=max_tokens, prompt=prompt, max_slowdown=max_slowdown,
             min_saving=min_saving)
         ok = run_probe_cli(parsed, cfg, as_json=as_json, console=console)

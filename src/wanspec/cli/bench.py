@@ -31,7 +31,7 @@ from wanspec.bench.report import (
 )
 from wanspec.bench.runner import BenchConfig, request_prompts, run_bench, summarize
 from wanspec.cli.common import check
-from wanspec.transport.tls import check_client_trust
+from wanspec.transport.tls import check_client_trust, client_ssl_context
 from wanspec.units import parse_duration_ms
 from wanspec.emulate.load import Closed, Load, Poisson
 from wanspec.emulate.prompts import load_prompts
@@ -110,6 +110,7 @@ def run_bench_cli(cfg: BenchConfig, *, as_json: bool, console: Console) -> bool:
 
 def probe_config(*, targets: list[str], transport: str, chat: bool, count: int, interval: str,
                  timeout: float, ca: Path | None, insecure: bool, model: str | None,
+                 cert: Path | None = None, key: Path | None = None,
                  api_key: str | None, max_tokens: int, prompt: str, max_slowdown: float,
                  min_saving: float) -> tuple[list[Any], ProbeConfig]:
     """The targets and settings, every flag checked before any network call."""
@@ -118,12 +119,16 @@ def probe_config(*, targets: list[str], transport: str, chat: bool, count: int, 
     no_urls = all(t.endpoint is None for t in parsed)
     for flag, value in (("--chat", chat or None), ("--model", model)):
         check(not (no_urls and value is not None), f"{flag} applies to http(s):// targets only")
-    check_client_trust(ca, insecure)  # first: --ca with --insecure is refused as such
-    for flag, value in (("--ca", ca), ("--insecure", insecure or None)):
+    check_client_trust(ca, insecure, cert, key)  # first: --ca with --insecure is refused as such
+    for flag, value in (("--ca", ca), ("--insecure", insecure or None), ("--cert", cert),
+                        ("--key", key)):
         check(transport == "quic" or value is None,
               f"{flag} applies to --transport quic only (TCP connects use no TLS)")
+    if transport == "quic":
+        client_ssl_context(ca, insecure=insecure, cert=cert, key=key)  # a bad file: said now
     cfg = ProbeConfig(count=count, interval_s=parse_duration_ms(interval, "--interval") / 1000,
-                      timeout_s=timeout, ca=ca, insecure=insecure, model=model,
+                      timeout_s=timeout, ca=ca, insecure=insecure, cert=cert, key=key,
+                      model=model,
                       api_key=api_key or None, max_tokens=max_tokens, prompt=prompt,
                       max_slowdown=max_slowdown, min_saving=min_saving)
     check_probe_config(cfg)
