@@ -106,6 +106,20 @@ def test_cli_record_writes_a_trace_that_simulate_replays_with_the_recorded_costs
         (50, 5, 4, 2.5)}
 
 
+def test_a_trace_recorded_with_host_overhead_says_so_and_simulate_notes_it(pair):
+    path = pair["root"] / "host_trace.jsonl"
+    r = _emulate(pair, "--policy", "remote", "--host-overhead", "measured", "--record", str(path))
+    assert r.exit_code == 0, r.output
+    assert read_trace(path).header["host_overhead"] == "measured"
+    r = CliRunner().invoke(app, ["simulate", "--trace", str(path), "--policy", "remote",
+                                 "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "recorded with --host-overhead measured" in " ".join(r.stderr.split())
+    plain = pair["root"] / "plain_trace.jsonl"
+    assert _emulate(pair, "--policy", "remote", "--record", str(plain)).exit_code == 0
+    assert "host_overhead" not in read_trace(plain).header
+
+
 def test_cli_record_to_an_unwritable_path_is_a_user_error(pair, tmp_path):
     r = _emulate(pair, "--policy", "remote", "--record", str(tmp_path / "no" / "dir" / "t.jsonl"))
     assert r.exit_code != 0

@@ -70,6 +70,10 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     loaded = read_trace(trace) if match == "trace" and trace is not None else None
     # unset costs and gamma: the trace's recorded values (so a replay matches its emulate run)
     recorded = loaded.header if loaded is not None else {}
+    if recorded.get("host_overhead") == "measured":
+        Console(stderr=True).print(
+            "note: the trace was recorded with --host-overhead measured; the simulator charges "
+            "device costs only, so compare its times with plain emulate's", soft_wrap=True)
 
     def pick(value, name: str, default):  # type: ignore[no-untyped-def]
         return value if value is not None else recorded.get(name, default)

@@ -96,4 +96,6 @@ def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma:
         head.update(target_ms=timing.target.base_ms,
                     verify_per_token_ms=timing.target.per_token_ms,
                     draft_ms=timing.draft.base_ms, draft_per_token_ms=timing.draft.per_token_ms)
+        if timing.host_overhead:  # its times include this machine's host work (simulate's not)
+            head["host_overhead"] = "measured"
     return head
