@@ -126,3 +126,25 @@ def test_a_worker_growing_more_lanes_than_the_session_allows_is_dropped():
     assert core.worker_ok
     core.on_message(Drafts(7, 0, 4, (30, 31), lane=2, parent=0, fork=4), 0.1)
     assert not core.worker_ok and "more than 2 lanes" in core.stats.worker_lost
+
+
+def test_dropping_a_worker_cancels_its_session_unless_the_worker_or_link_ended_it():
+    """We drop a worker whose link still works: its session is cancelled (it would hold a KV
+    slot there until the connection closed).  A worker that refused the session, or a link that
+    is gone, needs no Cancel."""
+    from wanspec.core.actions import WorkerLost
+    from wanspec.protocol.messages import Cancel, Error
+
+    def core() -> ControllerCore:
+        c = ControllerCore(7, [1, 2, 3], StopCriteria(max_tokens=8), SamplingParams(),
+                           ControllerConfig(gamma=3, lookahead=4,
+                                            policy=PolicyConfig(PolicyName.REMOTE)),
+                           has_local_draft=False, vocab_size=100)
+        c.start(0.0)
+        return c
+
+    lied = core().on_message(Drafts(7, 0, 3, (8, 500)), 0.1)  # out of the vocabulary
+    assert Send(Cancel(7, "dropped")) in lied
+    refused = core().on_message(Error("busy", rid=7, code="overloaded"), 0.1)
+    gone = core().on_event(WorkerLost("connection closed"), 0.1)
+    assert not any(isinstance(a, Send) and isinstance(a.msg, Cancel) for a in refused + gone)

@@ -231,7 +231,7 @@ class ControllerCore:
             return self.on_target_done(event, now)
         if isinstance(event, DraftDone):
             return self.on_draft_done(event, now)
-        return self.on_worker_lost(event.reason, now)
+        return self.on_worker_lost(event.reason, now, tell_worker=False)
 
     def on_message(self, msg: Message, now: float) -> list[ControllerAction]:
         """A message the worker sent for this request."""
@@ -242,7 +242,8 @@ class ControllerCore:
         if isinstance(msg, Error):
             if msg.rid == self.rid:  # (overloaded or not, the request goes on locally at once)
                 why = " (overloaded)" if msg.code == "overloaded" else ""
-                return self.on_worker_lost(f"worker refused the request{why}: {msg.message}", now)
+                return self.on_worker_lost(f"worker refused the request{why}: {msg.message}", now,
+                                           tell_worker=False)
             return []
         if (not isinstance(msg, (Drafts, DraftsBundle)) or msg.rid != self.rid
                 or not self.worker_ok or self.finished):
@@ -295,7 +296,12 @@ class ControllerCore:
             self.est.draft_interval.update(chain.pace)
         return True
 
-    def on_worker_lost(self, reason: str, now: float) -> list[ControllerAction]:
+    def on_worker_lost(self, reason: str, now: float, *, tell_worker: bool = True
+                       ) -> list[ControllerAction]:
+        """Go on without the worker.  ``tell_worker``: its session is cancelled (we dropped a
+        worker whose link still works: its session would hold a KV slot and a place under its
+        session limit until the connection closed); not when the link is gone or the worker
+        refused the session itself."""
         if not self.worker_ok or self.finished:
             return []
         self.worker_ok = False
@@ -303,6 +309,8 @@ class ControllerCore:
         self.chain.kill()
         fallback = "local speculative decoding" if self.has_local_draft else "target-only decoding"
         out: list[ControllerAction] = [Log(f"worker lost ({reason}); continuing with {fallback}")]
+        if tell_worker:
+            out.append(Send(Cancel(self.rid, "dropped")))
         self._wait_until = None
         out.extend(self._schedule(now))
         return out

@@ -35,7 +35,7 @@ from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.fingerprint import check_compatible, tokenizer_fingerprint
 from wanspec.protocol.codec import PROTOCOL_VERSION
-from wanspec.protocol.messages import BUNDLES, Hello
+from wanspec.protocol.messages import BUNDLES, Cancel, Hello
 from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.local import OnTokens
@@ -317,10 +317,12 @@ class RemoteEngine:
         actions = core.start(loop.time())
         try:
             while True:
+                farewell = None  # the link of a worker just dropped: the core's Cancel goes out
                 if placed.index is not None and not core.worker_ok and not core.finished:
                     # it lost its worker (failed, refused it, misbehaved): it goes on without
                     # one at once, and is placed again on another, if one is usable, when found
                     assert pool is not None
+                    farewell = pool.links[placed.index]
                     placed.settle(core.stats)
                     pool.detach(placed.index, core.rid, lost=True)
                     placed.tried.add(placed.index)
@@ -345,6 +347,8 @@ class RemoteEngine:
                                 await pool.links[placed.index].send(a.msg)
                             except ConnectionClosed:
                                 queue.put_nowait(WorkerLost("connection to the worker closed"))
+                        elif farewell is not None and isinstance(a.msg, Cancel):
+                            farewell.send_soon(a.msg)  # (a closed link drops it)
                     elif isinstance(a, EmitTokens):
                         if on_tokens is not None:
                             on_tokens(a.tokens)
