@@ -231,7 +231,7 @@ class ControllerCore:
             return self.on_target_done(event, now)
         if isinstance(event, DraftDone):
             return self.on_draft_done(event, now)
-        return self.on_worker_lost(event.reason, now, tell_worker=False)
+        return self.on_worker_lost(event.reason, now)
 
     def on_message(self, msg: Message, now: float) -> list[ControllerAction]:
         """A message the worker sent for this request."""
@@ -242,8 +242,7 @@ class ControllerCore:
         if isinstance(msg, Error):
             if msg.rid == self.rid:  # (overloaded or not, the request goes on locally at once)
                 why = " (overloaded)" if msg.code == "overloaded" else ""
-                return self.on_worker_lost(f"worker refused the request{why}: {msg.message}", now,
-                                           tell_worker=False)
+                return self.on_worker_lost(f"worker refused the request{why}: {msg.message}", now)
             return []
         if (not isinstance(msg, (Drafts, DraftsBundle)) or msg.rid != self.rid
                 or not self.worker_ok or self.finished):
@@ -253,19 +252,20 @@ class ControllerCore:
         elif len(msg.lanes) > self.branches + 1:  # (one item a lane: checked before unpacking)
             return self.on_worker_lost(f"protocol error from worker: a DraftsBundle of "
                                        f"{len(msg.lanes)} items for {self.branches + 1} lanes",
-                                       now)
+                                       now, tell_worker=True)
         else:
             items = unbundle(msg)
             if items is None:
                 return self.on_worker_lost("protocol error from worker: a DraftsBundle whose "
-                                           "arrays do not fit together", now)
+                                           "arrays do not fit together", now, tell_worker=True)
         fresh = False
         for drafts in items:
             try:
                 if not self._take_drafts(drafts, now):
                     continue  # stale
             except TreeError as exc:
-                return self.on_worker_lost(f"protocol error from worker: {exc}", now)
+                return self.on_worker_lost(f"protocol error from worker: {exc}", now,
+                                           tell_worker=True)
             # follow the commits into what arrived before the next item is judged: a bundle's
             # later item may fork off a lane that the commits have left by now (stale then)
             self._sync_chain()
@@ -296,12 +296,12 @@ class ControllerCore:
             self.est.draft_interval.update(chain.pace)
         return True
 
-    def on_worker_lost(self, reason: str, now: float, *, tell_worker: bool = True
+    def on_worker_lost(self, reason: str, now: float, *, tell_worker: bool = False
                        ) -> list[ControllerAction]:
-        """Go on without the worker.  ``tell_worker``: its session is cancelled (we dropped a
-        worker whose link still works: its session would hold a KV slot and a place under its
-        session limit until the connection closed); not when the link is gone or the worker
-        refused the session itself."""
+        """Go on without the worker (its link failed, it refused the session, or we drop it).
+        ``tell_worker``: we drop a worker whose link still works, so its session is cancelled
+        (it would hold a KV slot and a place under the worker's session limit until the
+        connection closed)."""
         if not self.worker_ok or self.finished:
             return []
         self.worker_ok = False
