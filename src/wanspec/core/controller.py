@@ -11,7 +11,6 @@ target-only decoding): same output, never a hang.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,6 +32,7 @@ from wanspec.core.estimates import Estimates
 from wanspec.core.metrics import RequestMetrics
 from wanspec.core.policy import Decision, Kind, PolicyConfig, PolicyName, View, decide, worker_lookahead
 from wanspec.core.stopping import StopCriteria, Transcript
+from wanspec.core.intake import draft_tokens, drafts_allowance, drafts_problem, unpack
 from wanspec.core.tree import RemoteTree, TreeError
 from wanspec.core.verify import accept_prefix
 from wanspec.errors import WanspecError
@@ -45,7 +45,6 @@ from wanspec.protocol.messages import (
     Message,
     SessionStart,
     SessionStats,
-    unbundle,
 )
 from wanspec.sampling import SamplingParams
 
@@ -247,17 +246,10 @@ class ControllerCore:
         if (not isinstance(msg, (Drafts, DraftsBundle)) or msg.rid != self.rid
                 or not self.worker_ok or self.finished):
             return []
-        if isinstance(msg, Drafts):
-            items: list[Drafts] | None = [msg]
-        elif len(msg.lanes) > self.branches + 1:  # (one item a lane: checked before unpacking)
-            return self.on_worker_lost(f"protocol error from worker: a DraftsBundle of "
-                                       f"{len(msg.lanes)} items for {self.branches + 1} lanes",
-                                       now, tell_worker=True)
-        else:
-            items = unbundle(msg)
-            if items is None:
-                return self.on_worker_lost("protocol error from worker: a DraftsBundle whose "
-                                           "arrays do not fit together", now, tell_worker=True)
+        items = unpack(msg, self.branches + 1)
+        if isinstance(items, str):
+            return self.on_worker_lost(f"protocol error from worker: {items}", now,
+                                       tell_worker=True)
         fresh = False
         for drafts in items:
             try:
@@ -276,13 +268,19 @@ class ControllerCore:
         """Check ``msg`` and add its drafts to the tree; whether anything changed.  Raises
         :class:`TreeError` for what no honest worker sends."""
         self._drafts_messages += 1  # (each item of a bundle counts as one)
-        problem = self._check_drafts(msg)
-        if problem is None and self._drafts_messages > self._drafts_allowed():
+        transcript = self.transcript
+        limit = min(len(transcript.tokens) + self._worker_lookahead,
+                    transcript.n_prompt + transcript.stop.max_tokens)
+        problem = drafts_problem(msg, limit=limit, vocab=self.vocab_size)
+        allowed = drafts_allowance(lookahead=self._worker_lookahead, commits=self._commits_sent,
+                                   tokens=self._committed_sent - transcript.n_prompt,
+                                   lanes=self.branches + 1)
+        if problem is None and self._drafts_messages > allowed:
             problem = (f"more Drafts ({self._drafts_messages}) than an honest worker sends "
                        f"for {self._commits_sent} commits")
         if problem is not None:
             raise TreeError(problem)
-        drafts = _draft_tokens(msg)
+        drafts = draft_tokens(msg)
         chain = self.chain
         self.stats.remote_received += len(drafts)
         stale_before = chain.stale_dropped
@@ -417,43 +415,6 @@ class ControllerCore:
         if len(self._judged) > 512:  # a draft tree's walk may judge positions far behind
             end = len(self.transcript.tokens)
             self._judged = {p: a for p, a in self._judged.items() if p >= end - 256}
-
-    def _check_drafts(self, msg: Drafts) -> str | None:
-        """Why ``msg`` cannot come from an honest worker, or None."""
-        n = len(msg.tokens)
-        if n == 0 or len(msg.entropy) not in (0, n) or len(msg.top_prob) not in (0, n):
-            return "Drafts with inconsistent lengths"
-        if type(msg.epoch) is not int or type(msg.base) is not int or msg.epoch < 0 or msg.base < 0:
-            return "Drafts with an invalid epoch or position"
-        # an honest worker drafts at most its lookahead past what it knows is committed (never
-        # more than we have committed), and never past the session's end: a chain growing
-        # beyond that is a worker trying to fill our memory
-        end = msg.base + n
-        limit = min(len(self.transcript.tokens) + self._worker_lookahead,
-                    self.transcript.n_prompt + self.transcript.stop.max_tokens)
-        if end > limit:
-            return f"Drafts up to position {end}, past the {limit} the worker was allowed"
-        vocab = self.vocab_size
-        for t in msg.tokens:
-            if type(t) is not int or t < 0 or (vocab is not None and t >= vocab):
-                return f"draft token {t!r} outside the vocabulary"
-        for x in (*msg.entropy, *msg.top_prob):
-            if not isinstance(x, (int, float)) or not 0.0 <= x < math.inf:
-                return f"draft statistic {x!r} is not a finite non-negative number"
-        return None
-
-    def _drafts_allowed(self) -> int:
-        """Twice the most Drafts messages an honest worker can have sent so far.
-
-        It sends one per draft pass and drafts at most its lookahead ``L`` past what we
-        committed: ``L`` for the first chain, and after a commit of ``k`` tokens either ``k``
-        more (its chain held) or a new chain of ``L`` -- at most ``L * (commits + 1) +
-        tokens`` in all.  Past that, its messages are a flood: each costs this request time
-        while its own pass results wait behind them.
-        """
-        tokens = self._committed_sent - self.transcript.n_prompt
-        per_lane = 2 * (self._worker_lookahead * (self._commits_sent + 1) + tokens) + 16
-        return per_lane * (self.branches + 1)  # every lane of a draft tree is such a chain
 
     def _run(self, action: RunTarget | RunDraft, now: float) -> RunTarget | RunDraft:
         self._busy, self._busy_since = action, now
@@ -601,13 +562,6 @@ class ControllerCore:
         run = RunTarget(self._next_op(), n - 1, feed, len(feed))
         self._run(run, now)
         return run
-
-
-def _draft_tokens(msg: Drafts) -> list[DraftToken]:
-    n = len(msg.tokens)
-    entropy = msg.entropy or (0.0,) * n
-    top_prob = msg.top_prob or (1.0,) * n
-    return [DraftToken(t, float(e), float(p)) for t, e, p in zip(msg.tokens, entropy, top_prob)]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
