@@ -204,3 +204,10 @@ def test_a_bundle_item_forking_off_a_lane_the_commits_left_is_stale_not_a_lie():
     core.on_message(late, 0.22)
     assert core.worker_ok, core.stats.worker_lost
     assert core.stats.branch_hits == 1 and core.chain.window(6, 3)[0].token == 61
+
+
+def test_a_bundles_items_come_in_lane_order_whatever_order_the_pass_ran_them():
+    core = worker()
+    main, b1, b2 = grown(core)
+    (msg,) = sent(core.on_pass_done([done(b2, 31), done(main, 11), done(b1, 21)]))
+    assert [d.lane for d in unbundle(msg)] == [0, 1, 2]

@@ -281,6 +281,7 @@ class WorkerCore:
             drafts.append(self._drafts_message(rid, s, lane))
         out: list[WorkerAction] = []
         for rid, drafts in fresh.items():
+            drafts.sort(key=lambda d: d.lane)  # (a parent before its branches)
             out.extend(self._sends(drafts))
             out.extend(self._next_drafts(rid, self.sessions[rid]))
         return out

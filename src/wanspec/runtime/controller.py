@@ -317,12 +317,14 @@ class RemoteEngine:
         actions = core.start(loop.time())
         try:
             while True:
-                farewell = None  # the link of a worker just dropped: the core's Cancel goes out
+                # the link (and its connection) of a worker just dropped: the core's Cancel of
+                # the session goes out there, and only there
+                farewell = None
                 if placed.index is not None and not core.worker_ok and not core.finished:
                     # it lost its worker (failed, refused it, misbehaved): it goes on without
                     # one at once, and is placed again on another, if one is usable, when found
                     assert pool is not None
-                    farewell = pool.links[placed.index]
+                    farewell = pool.links[placed.index], pool.links[placed.index].conn
                     placed.settle(core.stats)
                     pool.detach(placed.index, core.rid, lost=True)
                     placed.tried.add(placed.index)
@@ -348,7 +350,9 @@ class RemoteEngine:
                             except ConnectionClosed:
                                 queue.put_nowait(WorkerLost("connection to the worker closed"))
                         elif farewell is not None and isinstance(a.msg, Cancel):
-                            farewell.send_soon(a.msg)  # (a closed link drops it)
+                            link, conn = farewell
+                            if conn is not None:  # (a closed connection drops it)
+                                link.send_soon(a.msg, on=conn)
                     elif isinstance(a, EmitTokens):
                         if on_tokens is not None:
                             on_tokens(a.tokens)

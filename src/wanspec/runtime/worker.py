@@ -204,6 +204,7 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()  # handing the core a pass, doing what it says
         self.closing = False
         self.gone = False
+        self._writing = asyncio.Lock()  # _execute: the core's actions reach the wire in order
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -244,11 +245,15 @@ class _Connection:
             self.svc.refresh_load(loop.time())  # the others' sessions may draft further now
 
     async def _execute(self, actions: Sequence[WorkerAction]) -> None:
-        for a in actions:
-            if isinstance(a, Send):
-                await self.conn.send(a.msg)
-            else:
-                self.apply(a)
+        """Carry out the core's actions in order.  One caller at a time, first come first served
+        (the lock): a send may wait for the socket, and what the core decided later -- another
+        pass's drafts, a commit's -- must not reach the wire before what it decided earlier."""
+        async with self._writing:
+            for a in actions:
+                if isinstance(a, Send):
+                    await self.conn.send(a.msg)
+                else:
+                    self.apply(a)
         self.svc.refresh_load(asyncio.get_running_loop().time())
 
     def apply(self, a: WorkerAction) -> None:

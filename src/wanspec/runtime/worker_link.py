@@ -182,10 +182,14 @@ class WorkerLink:
         if self._timers_changed is not None:
             self._timers_changed.set()
 
-    def send_soon(self, msg: Message) -> None:
+    def send_soon(self, msg: Message, *, on: Connection | None = None) -> None:
         """Send ``msg`` without waiting (from code that may not wait: a cancelled request's
-        clean-up); a closed connection drops it, as it drops the session it concerns."""
+        clean-up); a closed connection drops it, as it drops the session it concerns.  ``on``:
+        only over that connection (a message about one of its sessions: if the link has
+        reconnected meanwhile, the new connection never had the session)."""
         async def send() -> None:
+            if on is not None and self.conn is not on:
+                return
             try:
                 await self.send(msg)
             except ConnectionClosed:
