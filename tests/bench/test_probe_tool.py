@@ -112,14 +112,16 @@ def test_the_table_fits_80_columns_and_names_the_recommendation():
     assert f"127.0.0.1:{lis.port}: close enough: at " in " ".join(r.stdout.split())
 
 
+async def handler(conn) -> None:
+    """A QUIC server's connection handler that only waits for the client to go."""
+    try:
+        await conn.recv()
+    except Exception:
+        pass
+
+
 def test_quic_handshakes_with_a_wanspec_worker_verified_against_its_ca(tmp_path):
     certs = create_certs(tmp_path / "certs")
-
-    async def handler(conn) -> None:
-        try:
-            await conn.recv()
-        except Exception:
-            pass
 
     async def main():
         server = await factory.serve("quic", "127.0.0.1:0", handler, cert=certs.cert,
@@ -144,12 +146,6 @@ def test_quic_probes_a_worker_that_requires_a_client_certificate(tmp_path, caplo
     signed.  The handshake a probe times completes either way (TLS 1.3 checks the client's
     certificate after it), but without --cert/--key the worker refuses, and logs, every probe."""
     certs = create_certs(tmp_path / "certs")
-
-    async def handler(conn) -> None:
-        try:
-            await conn.recv()
-        except Exception:
-            pass
 
     async def probe_with(cfg: ProbeConfig):
         server = await factory.serve("quic", "127.0.0.1:0", handler, cert=certs.cert,
