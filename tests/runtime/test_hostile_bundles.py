@@ -7,20 +7,16 @@ the output is target-only decoding's, and a bundle no honest worker sends drops 
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from test_hostile_worker import (  # noqa: F401  (pair: the module's fixture)
-    DEADLINE_S,
     SAMPLINGS,
     FakeWorker,
     announce_branches,
+    check_case,
     handshake,
     pair,
     raw_frame,
-    run_case,
 )
 from wanspec.protocol.messages import Drafts, bundle_drafts
 
@@ -101,13 +97,5 @@ DROPPED_FOR = {
 @pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
 def test_hostile_bundles_cannot_change_the_output(name, sampling_name, pair):  # noqa: F811
-    t0 = time.monotonic()
-    result, link = asyncio.run(run_case(pair, BEHAVIOURS[name], sampling_name))
-    assert result.token_ids == pair.refs[sampling_name], name
-    assert time.monotonic() - t0 < DEADLINE_S
-    why = " / ".join(filter(None, [result.metrics["worker_lost"], link.last_error]))
-    if name in DROPPED_FOR:
-        assert DROPPED_FOR[name] in why, why
-    if name == "tree-oracle-bundled":  # a well-formed bundle is followed, not refused
-        assert result.metrics["worker_used"] and not why
-        assert sampling_name != "greedy" or result.metrics["branch_hits"] >= 1
+    check_case(pair, BEHAVIOURS[name], sampling_name, DROPPED_FOR.get(name),
+               tree_followed=name == "tree-oracle-bundled")
