@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+IMG = Path(__file__).parent.parent / "docs" / "img"
 RTTS = (0.0, 10.0, 20.0, 30.0, 50.0, 70.0, 100.0, 150.0)
 MODES = ("target", "sd", "sd-best", "sd-dynamic", "remote", "always", "entropy", "adaptive")
 
@@ -36,9 +38,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rtts", default=",".join(f"{r:g}" for r in RTTS))
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--jitter-ms", type=float, default=0.0,
+                    help="extra one-way delay, uniform in [0, J], the same seeded draws on both "
+                         "sides (0: every delay exact, so events often tie)")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="runs with link seeds 0..N-1 on both sides; compares their means")
+    ap.add_argument("--json", default=str(RESULTS / "simulate_vs_emulate.json"))
+    ap.add_argument("--plot", default=str(IMG / "simulate_vs_emulate.png"))
     ap.add_argument("--quick", action="store_true", help="do not write results or plots")
     args = ap.parse_args()
 
+    from wanspec.baselines import BASELINES
     from wanspec.cli.loading import load_models
     from wanspec.emulate.prompts import load_prompts
     from wanspec.emulate.runner import Emulation, EmulationConfig
@@ -48,12 +58,24 @@ def main() -> None:
     from wanspec.simulate.trace import read_trace, write_trace
 
     rtts = tuple(float(x) for x in args.rtts.split(","))
+    seeds = range(args.seeds)
     target, draft = load_models(None, None, need_draft=True)
-    cfg = EmulationConfig(rtts_ms=rtts, max_tokens=args.max_tokens,
+    prompts = load_prompts(None, args.num_prompts)
+    cfg = EmulationConfig(rtts_ms=rtts, max_tokens=args.max_tokens, jitter_ms=args.jitter_ms,
                           sampling=SamplingParams(temperature=args.temperature, seed=1))
-    emu = Emulation(target, draft, cfg)
     t0 = time.perf_counter()
-    emulated = emu.run(load_prompts(None, args.num_prompts))
+    emu = Emulation(target, draft, cfg)
+    bases = emu.baselines(prompts)  # (local: the same whatever the link)
+    emulated: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for seed in seeds:
+        if seed:
+            emu = Emulation(target, draft, replace(cfg, seed=seed))
+            emu.reference(prompts)
+        for rtt in rtts:
+            for mode in BASELINES:
+                emulated.setdefault((rtt, mode), []).append(bases[mode])
+            for policy in POLICIES:
+                emulated.setdefault((rtt, policy), []).append(emu.remote(policy, rtt, bases))
     t_emu = time.perf_counter() - t0
     header, reqs = emu.trace()
     trace_path = RESULTS / "shipped_pair_trace.jsonl"
@@ -62,47 +84,64 @@ def main() -> None:
     write_trace(trace_path, reqs, header)
     trace = read_trace(trace_path)
 
-    sim_cfg = SimConfig(match="trace", requests=len(trace.requests), max_tokens=args.max_tokens,
-                        target_ms=header["target_ms"], draft_ms=header["draft_ms"],
-                        verify_per_token_ms=header["verify_per_token_ms"],
-                        draft_per_token_ms=header["draft_per_token_ms"], gamma=header["gamma"])
     t0 = time.perf_counter()
-    simulated = run_sweep(sim_cfg, [parse_sweep("rtt=" + args.rtts)], POLICIES, trace=trace, jobs=1)
+    simulated: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for seed in seeds:
+        sim_cfg = SimConfig(match="trace", requests=len(trace.requests),
+                            max_tokens=args.max_tokens, target_ms=header["target_ms"],
+                            draft_ms=header["draft_ms"],
+                            verify_per_token_ms=header["verify_per_token_ms"],
+                            draft_per_token_ms=header["draft_per_token_ms"],
+                            gamma=header["gamma"], jitter_ms=args.jitter_ms, seed=seed)
+        for r in run_sweep(sim_cfg, [parse_sweep("rtt=" + args.rtts)], POLICIES, trace=trace,
+                           jobs=1):
+            simulated.setdefault((r["rtt_ms"], r["mode"]), []).append(r)
     t_sim = time.perf_counter() - t0
 
-    sim = {(r["rtt_ms"], r["mode"]): r for r in simulated}
     rows: list[dict[str, Any]] = []
     print(f"trace: {len(trace.requests)} requests, per-token acceptance {trace.alpha:.3f}; "
+          f"jitter {args.jitter_ms:g} ms, {args.seeds} seed(s) (means); "
           f"emulate {t_emu:.0f} s, simulate {t_sim:.2f} s")
     print(f"{'rtt':>5s} {'mode':9s} {'TPOT emu':>9s} {'TPOT sim':>9s} {'diff':>7s} "
-          f"{'busy emu':>9s} {'busy sim':>9s} {'diff':>7s}")
-    for e in emulated:
-        s = sim[(e["rtt_ms"], e["mode"])]
-        row = {"rtt_ms": e["rtt_ms"], "mode": e["mode"],
-               "tpot_ms_emulate": e["tpot_ms_mean"], "tpot_ms_simulate": s["tpot_ms_mean"],
-               "tpot_rel_diff": rel(s["tpot_ms_mean"], e["tpot_ms_mean"]),
-               "busy_emulate": e["busy_site_draft_passes_per_token"],
-               "busy_simulate": s["busy_site_draft_passes_per_token"],
-               "busy_rel_diff": rel(s["busy_site_draft_passes_per_token"],
-                                    e["busy_site_draft_passes_per_token"]),
-               "lossless_both": e["identical_to_target_only"] and s["identical_to_target_only"]}
+          f"{'busy emu':>9s} {'busy sim':>9s} {'diff':>7s} {'passes':>7s}")
+    for (rtt, mode), es in emulated.items():
+        ss = simulated[(rtt, mode)]
+        row = {"rtt_ms": rtt, "mode": mode,
+               "tpot_ms_emulate": mean(es, "tpot_ms_mean"),
+               "tpot_ms_simulate": mean(ss, "tpot_ms_mean"),
+               "busy_emulate": mean(es, "busy_site_draft_passes_per_token"),
+               "busy_simulate": mean(ss, "busy_site_draft_passes_per_token"),
+               "busy_emulate_seeds": [e["busy_site_draft_passes_per_token"] for e in es],
+               "busy_simulate_seeds": [s["busy_site_draft_passes_per_token"] for s in ss],
+               "lossless_both": all(x["identical_to_target_only"] for x in (*es, *ss))}
+        row["tpot_rel_diff"] = rel(row["tpot_ms_simulate"], row["tpot_ms_emulate"])
+        row["busy_rel_diff"] = rel(row["busy_simulate"], row["busy_emulate"])
+        # the difference in busy-site passes over the whole run (tokens per run, both sides)
+        row["busy_passes_diff"] = round((row["busy_simulate"] - row["busy_emulate"])
+                                        * es[0]["tokens"], 1)
         rows.append(row)
-        print(f"{e['rtt_ms']:5g} {e['mode']:9s} {row['tpot_ms_emulate']:9.2f} "
+        print(f"{rtt:5g} {mode:9s} {row['tpot_ms_emulate']:9.2f} "
               f"{row['tpot_ms_simulate']:9.2f} {100 * row['tpot_rel_diff']:+6.2f}% "
               f"{row['busy_emulate']:9.3f} {row['busy_simulate']:9.3f} "
-              f"{100 * row['busy_rel_diff']:+6.2f}%")
+              f"{100 * row['busy_rel_diff']:+6.2f}% {row['busy_passes_diff']:+7.1f}")
     worst_t = max(abs(r["tpot_rel_diff"]) for r in rows)
     worst_b = max(abs(r["busy_rel_diff"]) for r in rows)
     print(f"largest difference: TPOT {100 * worst_t:.2f}%, busy-site passes {100 * worst_b:.2f}%")
     if args.quick:
         return
     out = {"trace": str(trace_path.relative_to(Path(__file__).parent.parent)),
-           "trace_alpha": trace.alpha, "header": header, "emulate_s": t_emu, "simulate_s": t_sim,
+           "trace_alpha": trace.alpha, "header": header, "jitter_ms": args.jitter_ms,
+           "seeds": args.seeds, "emulate_s": t_emu, "simulate_s": t_sim,
            "max_abs_tpot_rel_diff": worst_t, "max_abs_busy_rel_diff": worst_b, "rows": rows}
-    (RESULTS / "simulate_vs_emulate.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(rows, Path(__file__).parent.parent / "docs" / "img" / "simulate_vs_emulate.png",
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    plot(rows, Path(args.plot),
          f"shipped pair, {len(trace.requests)} prompts x {args.max_tokens} tokens, "
-         f"target {header['target_ms']:g} ms, draft {header['draft_ms']:g} ms")
+         f"target {header['target_ms']:g} ms, draft {header['draft_ms']:g} ms, "
+         f"jitter {args.jitter_ms:g} ms, {args.seeds} seed(s)")
+
+
+def mean(records: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in records) / len(records)
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.sampling import DraftChoice, SamplingParams, draft_choice
-from wanspec.simulate.trace import RANK_DEPTH, TraceRequest
+from wanspec.simulate.trace import AFTER_MISS_DEPTH, RANK_DEPTH, TraceRequest
 
 
 def target_rank(ranking: Sequence[int], token: int) -> int:
@@ -47,7 +47,9 @@ def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int]
     """Every output position's outcome for a draft on the committed prefix (one draft pass) with
     its entropy and probabilities (of its token and alternatives), and after each miss the rank
     of the target's token among the draft's choices and the entropy and probabilities of the
-    draft's next proposal on its own wrong token (one short pass per miss)."""
+    draft's next proposals as it goes on from its own wrong token (:data:`AFTER_MISS_DEPTH`
+    one-token passes per miss: what the worker's chain and a local round report there, and
+    what a policy reading entropies sees before the miss is found)."""
     n_prompt = len(prompt)
     rec = TraceRequest(n_prompt, output_tokens=len(output) or None)
     if not output:
@@ -60,18 +62,25 @@ def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int]
     valid = len(seq) - 1  # the cache holds the committed prefix up to here
     for j, c in zip(range(n_prompt, len(seq)), choices):
         after = rank = after_probs = None
+        further: list[tuple[float, ...]] = []
         if c.token != seq[j]:
             rank = target_rank([c.token, *c.alternatives][:RANK_DEPTH], seq[j])
             if j + 1 < len(seq):
                 # the chain (or a local round) goes on from its own wrong token: keep the
                 # committed prefix before j (re-feeding what an earlier miss displaced), then
-                # the wrong token
+                # the wrong token, then each of its own next proposals
                 start = min(valid, j)
-                row = draft.forward(cache, start, [*seq[start:j], c.token])[-1]
-                nxt = draft_choice(row, j + 1, sampling)
-                after, after_probs = round(nxt.entropy, 6), _probs(nxt)
+                feed, at = [*seq[start:j], c.token], start
+                for k in range(1 + AFTER_MISS_DEPTH):
+                    nxt = draft_choice(draft.forward(cache, at, feed)[-1], j + 1 + k, sampling)
+                    if k == 0:
+                        after, after_probs = round(nxt.entropy, 6), _probs(nxt)
+                    else:
+                        further.append((round(nxt.entropy, 6), *_probs(nxt)))
+                    at, feed = at + len(feed), [nxt.token]
                 valid = j
-        rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank, _probs(c), after_probs)
+        rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank, _probs(c), after_probs,
+                further)
     return rec
 
 

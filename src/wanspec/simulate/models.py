@@ -13,7 +13,9 @@ drawn from random streams keyed by ``(seed, r)`` (so a pass costs a few list loo
   ``wrong[j] != target[j]``); drawn by the match model (i.i.d., Markov, or replayed from a trace).
 * a draft whose fed prefix contains a wrong token proposes ``wrong[j]``: it can never be accepted,
   as with a real draft that conditions on a token the target did not choose.  Its entropy is the
-  one right after the first wrong token (``entropy_bad``; a replayed trace records it).
+  one right after the first wrong token (``entropy_bad``), or, where a replayed trace holds
+  them, those the real draft had as it went on from its miss (``further_bad``, the last one past
+  their end): a policy reads the entropies of drafts past a miss it has not found yet.
 
 So the worker's draft and the controller's local draft copy agree exactly, like two copies of a
 greedy draft model, and the per-position decision makes acceptance of standard SD exactly the
@@ -59,7 +61,7 @@ import bisect
 import functools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from wanspec.simulate.config import SimConfig
@@ -202,6 +204,10 @@ class RequestWorld:
     alts_off: list[tuple[int, ...]]  # those of a draft off it (never the target's token)
     alt_p: list[tuple[float, ...]]  # the alternatives' probabilities (alt_probs(top[j]))
     alt_p_bad: list[tuple[float, ...]]  # those of a draft off the prefix (alt_probs(top_bad[j]))
+    # j -> (entropy, top_prob, alt_probs) of a draft at j + 1, j + 2, ... going on from a miss at
+    # j - 1 (a trace's record; without one every draft off the prefix reports entropy_bad[j])
+    further_bad: dict[int, list[tuple[float, float, tuple[float, ...]]]] = field(
+        default_factory=dict)
 
     @property
     def prompt(self) -> list[int]:
@@ -241,6 +247,10 @@ class RequestWorld:
             # sure of itself as right after its miss (what real drafts do: a recorded trace
             # holds that entropy, and the worker's chain and local rounds report it)
             b = bad + 1
+            further = self.further_bad.get(b) if pos > b else None
+            if further:
+                e, top, alt_p = further[min(pos - b, len(further)) - 1]
+                return (self.wrong[pos], e, top, self.alts_off[pos], alt_p)
             return (self.wrong[pos], self.entropy_bad[b], self.top_bad[b], self.alts_off[pos],
                     self.alt_p_bad[b])
         return (self.target[pos] if self.match[pos] else self.wrong[pos], self.entropy[pos],
@@ -296,7 +306,8 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
                   ranks: list[int | None] | None = None,
                   rank_probs: tuple[float, float, float] | None = None,
                   probs: list[tuple[float, ...] | None] | None = None,
-                  probs_after_miss: list[tuple[float, ...] | None] | None = None
+                  probs_after_miss: list[tuple[float, ...] | None] | None = None,
+                  further_after_miss: dict[int, list[tuple[float, ...]]] | None = None
                   ) -> RequestWorld:
     """One request's sequences; ``matches``/``entropies`` (trace replay) override the models.
 
@@ -309,6 +320,8 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     ``probs[j]`` / ``probs_after_miss[j]``: recorded ``(top_prob, *alt_probs)`` of the draft at
     ``j`` on the committed prefix / right after its own miss at ``j - 1`` (None: the synthetic
     distribution of the entropy there).
+    ``further_after_miss[j]``: recorded ``(entropy, top_prob, *alt_probs)`` of the draft at
+    ``j + 1``, ``j + 2``, ... as it goes on from its own miss at ``j - 1``.
     """
     n = n_prompt + cfg.max_tokens + 8
     v = cfg.vocab
@@ -344,7 +357,14 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     return RequestWorld(n_prompt, target, wrong, matches, ent, [t for t, _ in top], ent_bad,
                         [t for t, _ in top_bad],
                         cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens),
-                        rank, alts, alts_off, [a for _, a in top], [a for _, a in top_bad])
+                        rank, alts, alts_off, [a for _, a in top], [a for _, a in top_bad],
+                        {j: [(e, p[0], _padded(p[1:])) for e, *p in steps]
+                         for j, steps in (further_after_miss or {}).items()})
+
+
+def _padded(alt_probs: Sequence[float]) -> tuple[float, ...]:
+    """Recorded alternatives' probabilities as a pass reports them: ALTERNATIVES of them."""
+    return (*alt_probs[:ALTERNATIVES], *([0.0] * (ALTERNATIVES - len(alt_probs))))
 
 
 def _distributions(drawn: list[float], recorded: list[float | None] | None,
@@ -360,8 +380,7 @@ def _distributions(drawn: list[float], recorded: list[float | None] | None,
         e = recorded[j] if recorded is not None else None
         p = probs[j] if probs is not None else None
         if p is not None:
-            alts = (*p[1:1 + ALTERNATIVES], *([0.0] * (1 + ALTERNATIVES - len(p))))
-            out.append((p[0], tuple(alts)))
+            out.append((p[0], _padded(p[1:])))
             ent.append(e if e is not None else d)
             continue
         top, exact = draft_distribution(d if e is None else e, vocab)

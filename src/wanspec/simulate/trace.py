@@ -23,7 +23,11 @@ from; 0: none of its top :data:`RANK_DEPTH`).  ``probs`` (optional) lists
 ``[position, top_prob, p2, p3, p4]``: the draft's probability of its token and of its
 alternatives (at most 3) there, what a worker growing a draft tree weighs its branches by;
 ``probs_after_miss`` (optional) the same for the draft's next proposal after its own wrong token
-at ``position`` (as the fourth element of a drafts entry is its entropy).  ``emulate --record`` writes every output position (one teacher-forced draft
+at ``position`` (as the fourth element of a drafts entry is its entropy).
+``further_after_miss`` (optional) lists ``[position, [entropy, top_prob, p2, p3, p4], ...]``:
+the draft's proposals at ``position + 2``, ``+ 3``, ... as it goes on from its own wrong token
+at ``position`` (at most :data:`AFTER_MISS_DEPTH`; the worker's chain drafts on past its miss
+until a commit tells it, and a policy reads those drafts' entropies).  ``emulate --record`` writes every output position (one teacher-forced draft
 pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only the drafts some
 verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
 recorded output's length: a replayed request stops there.  The header is free metadata, except
@@ -35,7 +39,8 @@ prompt length and output length.  A position in the trace gets its recorded outc
 (and the position after a miss the recorded entropy and probabilities after it, a rejected
 position its recorded rank, a position with recorded probabilities those; a draft off the
 prefix where none was recorded, e.g. a draft tree's branch from a wrong alternative, one of the
-trace's recorded drafts after a miss, drawn at random); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+trace's recorded drafts after a miss, drawn at random, with what followed it; past the recorded
+proposals after a miss, the last one); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
 configured entropy model, and a rejection without a recorded rank draws one from the trace's
 rank frequencies (:attr:`Trace.rank_probs`), or from the configured ``rank2``-``rank4`` when the
 trace records none (older traces).
@@ -56,6 +61,10 @@ from wanspec.simulate.models import RequestWorld, build_request, iid_matches, st
 FORMAT_VERSION = 1
 RANK_DEPTH = 4  # a trace ranks the target's token among the draft's first 4 choices
 RANKS = (0, 2, 3, 4)  # a rejected position's rank: 0 = not among them
+# how many more proposals after the one right after a miss a trace holds: beyond the longest
+# window a policy reads entropies of (and where a chain this far past a miss is rare: the
+# commit that shows the miss comes a target pass and a round trip later)
+AFTER_MISS_DEPTH = 16
 
 
 @dataclass
@@ -71,11 +80,15 @@ class TraceRequest:
     # its next proposal after its own wrong token there
     probs: dict[int, tuple[float, ...]] = field(default_factory=dict)
     probs_after_miss: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    # after_miss's position p -> (entropy, top_prob, *alt_probs) of the draft's proposals at
+    # p + 2, p + 3, ... as it goes on from its own wrong token at p
+    further_after_miss: dict[int, list[tuple[float, ...]]] = field(default_factory=dict)
 
     def add(self, position: int, accepted: bool, entropy: float | None,
             entropy_after_miss: float | None = None, rank: int | None = None,
             probs: tuple[float, ...] | None = None,
-            probs_after_miss: tuple[float, ...] | None = None) -> None:
+            probs_after_miss: tuple[float, ...] | None = None,
+            further_after_miss: Sequence[tuple[float, ...]] = ()) -> None:
         self.drafts.setdefault(position, (bool(accepted), entropy))
         if entropy_after_miss is not None and not accepted:
             self.after_miss.setdefault(position, entropy_after_miss)
@@ -85,6 +98,8 @@ class TraceRequest:
             self.probs.setdefault(position, probs)
         if probs_after_miss is not None and not accepted:
             self.probs_after_miss.setdefault(position, probs_after_miss)
+        if further_after_miss and not accepted:
+            self.further_after_miss.setdefault(position, list(further_after_miss))
 
     def add_window(self, base: int, entropies: Sequence[float], accepted: int) -> None:
         """Record one verification of worker drafts for positions ``base, base+1, ...``.
@@ -109,10 +124,12 @@ class Trace:
         return accepted / tested if tested else None
 
     @property
-    def after_miss_pool(self) -> list[tuple[float, tuple[float, ...] | None]]:
-        """Every recorded draft right after its own wrong token: (entropy, probabilities)."""
-        return [(e, r.probs_after_miss.get(p)) for r in self.requests
-                for p, e in sorted(r.after_miss.items())]
+    def after_miss_pool(self) -> list[tuple[float, tuple[float, ...] | None,
+                                            list[tuple[float, ...]]]]:
+        """Every recorded draft right after its own wrong token: (entropy, probabilities, the
+        proposals that followed it)."""
+        return [(e, r.probs_after_miss.get(p), r.further_after_miss.get(p, []))
+                for r in self.requests for p, e in sorted(r.after_miss.items())]
 
     @property
     def rank_probs(self) -> tuple[float, float, float] | None:
@@ -184,7 +201,31 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
                    for x in d[1:]):
                 raise _bad(where, f"{key} entry {d!r}: probabilities must be numbers in [0, 1]")
             into.setdefault(d[0], tuple(float(x) for x in d[1:]))
+    further = obj.get("further_after_miss", [])
+    if not isinstance(further, list):
+        raise _bad(where, "further_after_miss must be a list of [position, [entropy, top_prob, "
+                          "...], ...]")
+    for d in further:
+        if (not isinstance(d, list) or not 2 <= len(d) <= 1 + AFTER_MISS_DEPTH
+                or isinstance(d[0], bool) or not isinstance(d[0], int)
+                or d[0] not in req.after_miss):
+            raise _bad(where, f"further_after_miss entry {str(d)[:80]} is not [position, "
+                              f"[entropy, top_prob, ...], ...] (at most {AFTER_MISS_DEPTH} "
+                              "proposals) at a position whose drafts entry has an entropy after "
+                              "the miss")
+        req.further_after_miss.setdefault(d[0], [_proposal(x, where) for x in d[1:]])
     return req
+
+
+def _proposal(x: Any, where: str) -> tuple[float, ...]:
+    """``[entropy, top_prob, *alt_probs]`` of one recorded proposal, checked."""
+    if (not isinstance(x, list) or not 2 <= len(x) <= 1 + RANK_DEPTH
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in x)
+            or not 0 <= x[0] < math.inf or not all(0 <= v <= 1 for v in x[1:])):
+        raise _bad(where, f"proposal {str(x)[:80]} is not [entropy >= 0, top_prob, alt_prob, "
+                          f"...] with probabilities in [0, 1] (at most {RANK_DEPTH - 1} "
+                          "alternatives)")
+    return tuple(float(v) for v in x)
 
 
 RECORDED_COSTS = ("target_ms", "verify_per_token_ms", "draft_ms", "draft_per_token_ms")
@@ -252,6 +293,9 @@ def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
         for key, probs in (("probs", r.probs), ("probs_after_miss", r.probs_after_miss)):
             if probs:
                 line[key] = [[p, *ps] for p, ps in sorted(probs.items())]
+        if r.further_after_miss:
+            line["further_after_miss"] = [[p, *map(list, steps)] for p, steps
+                                          in sorted(r.further_after_miss.items())]
         out.write(json.dumps(line) + "\n")
 
 
@@ -282,14 +326,20 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
     for pos, ps in rec.probs_after_miss.items():
         if pos + 1 < n:
             probs_after[pos + 1] = ps
+    further: dict[int, list[tuple[float, ...]]] = {
+        pos + 1: steps for pos, steps in rec.further_after_miss.items() if pos + 1 < n}
     # a draft off the prefix after a wrong token where the trace has none recorded (a branch
-    # of a draft tree from a wrong alternative can start anywhere): one recorded at random
+    # of a draft tree from a wrong alternative can start anywhere): one recorded at random,
+    # with what followed it
     pool = trace.after_miss_pool
     if pool:
         r = stream(cfg, request, "after-miss").random
         for j in range(1, n):
             if after_miss[j] is None:
-                after_miss[j], probs_after[j] = pool[int(r() * len(pool))]
+                after_miss[j], probs_after[j], steps = pool[int(r() * len(pool))]
+                if steps:
+                    further[j] = steps
     return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens,
                          entropies_after_miss=after_miss, ranks=ranks,
-                         rank_probs=trace.rank_probs, probs=probs, probs_after_miss=probs_after)
+                         rank_probs=trace.rank_probs, probs=probs, probs_after_miss=probs_after,
+                         further_after_miss=further)
