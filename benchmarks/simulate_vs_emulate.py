@@ -45,6 +45,10 @@ def main() -> None:
                     help="runs with link seeds 0..N-1 on both sides; compares their means")
     ap.add_argument("--json", default=str(RESULTS / "simulate_vs_emulate.json"))
     ap.add_argument("--plot", default=str(IMG / "simulate_vs_emulate.png"))
+    ap.add_argument("--reuse-emulated", metavar="JSON",
+                    help="take the emulated side from an earlier run's --json with the same "
+                         "settings (emulate does not depend on the simulator), record the "
+                         "trace again and re-run only simulate")
     ap.add_argument("--quick", action="store_true", help="do not write results or plots")
     args = ap.parse_args()
 
@@ -53,7 +57,7 @@ def main() -> None:
     from wanspec.emulate.prompts import load_prompts
     from wanspec.emulate.runner import Emulation, EmulationConfig
     from wanspec.sampling import SamplingParams
-    from wanspec.simulate.config import POLICIES, SimConfig
+    from wanspec.simulate.config import POLICIES, Roofline, SimConfig
     from wanspec.simulate.sweep import parse_sweep, run_sweep
     from wanspec.simulate.trace import read_trace, write_trace
 
@@ -65,17 +69,21 @@ def main() -> None:
                           sampling=SamplingParams(temperature=args.temperature, seed=1))
     t0 = time.perf_counter()
     emu = Emulation(target, draft, cfg)
-    bases = emu.baselines(prompts)  # (local: the same whatever the link)
     emulated: dict[tuple[float, str], list[dict[str, Any]]] = {}
-    for seed in seeds:
-        if seed:
-            emu = Emulation(target, draft, replace(cfg, seed=seed))
-            emu.reference(prompts)
-        for rtt in rtts:
-            for mode in BASELINES:
-                emulated.setdefault((rtt, mode), []).append(bases[mode])
-            for policy in POLICIES:
-                emulated.setdefault((rtt, policy), []).append(emu.remote(policy, rtt, bases))
+    if args.reuse_emulated:
+        emulated = earlier_emulated(Path(args.reuse_emulated), args)
+        emu.reference(prompts)  # (the trace is recorded from the target-only outputs)
+    else:
+        bases = emu.baselines(prompts)  # (local: the same whatever the link)
+        for seed in seeds:
+            if seed:
+                emu = Emulation(target, draft, replace(cfg, seed=seed))
+                emu.reference(prompts)
+            for rtt in rtts:
+                for mode in BASELINES:
+                    emulated.setdefault((rtt, mode), []).append(bases[mode])
+                for policy in POLICIES:
+                    emulated.setdefault((rtt, policy), []).append(emu.remote(policy, rtt, bases))
     t_emu = time.perf_counter() - t0
     header, reqs = emu.trace()
     trace_path = RESULTS / "shipped_pair_trace.jsonl"
@@ -92,7 +100,8 @@ def main() -> None:
                             draft_ms=header["draft_ms"],
                             verify_per_token_ms=header["verify_per_token_ms"],
                             draft_per_token_ms=header["draft_per_token_ms"],
-                            gamma=header["gamma"], jitter_ms=args.jitter_ms, seed=seed)
+                            gamma=header["gamma"], roofline=Roofline.from_header(header),
+                            jitter_ms=args.jitter_ms, seed=seed)
         for r in run_sweep(sim_cfg, [parse_sweep("rtt=" + args.rtts)], POLICIES, trace=trace,
                            jobs=1):
             simulated.setdefault((r["rtt_ms"], r["mode"]), []).append(r)
@@ -106,7 +115,7 @@ def main() -> None:
           f"{'busy emu':>9s} {'busy sim':>9s} {'diff':>7s} {'passes':>7s}")
     for (rtt, mode), es in emulated.items():
         ss = simulated[(rtt, mode)]
-        row = {"rtt_ms": rtt, "mode": mode,
+        row = {"rtt_ms": rtt, "mode": mode, "tokens": es[0]["tokens"],
                "tpot_ms_emulate": mean(es, "tpot_ms_mean"),
                "tpot_ms_simulate": mean(ss, "tpot_ms_mean"),
                "busy_emulate": mean(es, "busy_site_draft_passes_per_token"),
@@ -131,13 +140,29 @@ def main() -> None:
         return
     out = {"trace": str(trace_path.relative_to(Path(__file__).parent.parent)),
            "trace_alpha": trace.alpha, "header": header, "jitter_ms": args.jitter_ms,
-           "seeds": args.seeds, "emulate_s": t_emu, "simulate_s": t_sim,
+           "seeds": args.seeds, "num_prompts": args.num_prompts, "max_tokens": args.max_tokens,
+           "temperature": args.temperature, "emulated_from": args.reuse_emulated,
+           "emulate_s": t_emu, "simulate_s": t_sim,
            "max_abs_tpot_rel_diff": worst_t, "max_abs_busy_rel_diff": worst_b, "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     plot(rows, Path(args.plot),
          f"shipped pair, {len(trace.requests)} prompts x {args.max_tokens} tokens, "
          f"target {header['target_ms']:g} ms, draft {header['draft_ms']:g} ms, "
          f"jitter {args.jitter_ms:g} ms, {args.seeds} seed(s)")
+
+
+def earlier_emulated(path: Path, args: argparse.Namespace
+                     ) -> dict[tuple[float, str], list[dict[str, Any]]]:
+    """The emulated side of an earlier run's rows, as per-seed records (TPOT: their mean)."""
+    earlier = json.loads(path.read_text())
+    for key in ("jitter_ms", "seeds", "num_prompts", "max_tokens", "temperature"):
+        if key in earlier and earlier[key] != getattr(args, key):  # (older files: jitter, seeds)
+            raise SystemExit(f"{path}: {key} {earlier.get(key)!r}, not {getattr(args, key)!r}")
+    return {(r["rtt_ms"], r["mode"]): [
+        {"tpot_ms_mean": r["tpot_ms_emulate"], "busy_site_draft_passes_per_token": b,
+         "tokens": r.get("tokens", args.num_prompts * args.max_tokens),  # (older files: all
+         "identical_to_target_only": r["lossless_both"]}                 # ran to max_tokens)
+        for b in r["busy_emulate_seeds"]] for r in earlier["rows"]}
 
 
 def mean(records: list[dict[str, Any]], key: str) -> float:

@@ -1,5 +1,6 @@
 """``emulate --record`` ranks the target's token among a rejected draft's choices, and records
-the draft's probabilities of its token and alternatives (what a draft tree branches by)."""
+the draft's probabilities of its token and alternatives (what a draft tree branches by), and
+after a miss what the draft proposes as it goes on from its own wrong token."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from wanspec.emulate.record import record_request, target_rank
 from wanspec.runtime.engine import LocalEngine
 from wanspec.sampling import SamplingParams, draft_choice
+from wanspec.simulate.trace import AFTER_MISS_DEPTH
 
 PROMPT = "To be, or not to be, that is"
 
@@ -39,9 +41,19 @@ def test_each_position_gets_what_a_draft_on_that_prefix_ranks_and_weighs(
     for j in misses:
         wrong = draft_choice(near_draft.forward(near_draft.new_cache(), 0, seq[:j])[-1], j,
                              sampling).token
-        row = near_draft.forward(near_draft.new_cache(), 0, [*seq[:j], wrong])[-1]
+        chain = [*seq[:j], wrong]
+        row = near_draft.forward(near_draft.new_cache(), 0, chain)[-1]
         c = draft_choice(row, j + 1, sampling)
         assert rec.probs_after_miss[j] == pytest.approx((c.top_prob, *c.alt_probs), abs=2e-6)
+        # and as it goes on from there, each proposal fed back (what the worker's chain does)
+        further = rec.further_after_miss[j]
+        assert len(further) == AFTER_MISS_DEPTH
+        for k, step in enumerate(further, start=2):
+            chain.append(c.token)
+            c = draft_choice(near_draft.forward(near_draft.new_cache(), 0, chain)[-1], j + k,
+                             sampling)
+            assert step[0] == pytest.approx(c.entropy, abs=1e-4)
+            assert step[1:] == pytest.approx((c.top_prob, *c.alt_probs), abs=2e-6)
 
 
 def test_target_rank():

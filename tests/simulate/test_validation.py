@@ -9,7 +9,7 @@ import pytest
 from emulated_trees import emulated_branches
 from wanspec.simulate.baselines import simulate_local
 from wanspec.baselines import BASELINES
-from wanspec.simulate.config import POLICIES, SimConfig
+from wanspec.simulate.config import POLICIES, Roofline, SimConfig
 from wanspec.simulate.records import aggregate
 from wanspec.simulate.worlds import worlds
 
@@ -115,6 +115,7 @@ def test_simulate_matches_emulate_on_a_recorded_trace(recorded):
     cfg = SimConfig(match="trace", rtt_ms=40.0, requests=len(trace.requests), max_tokens=40,
                     target_ms=h["target_ms"], draft_ms=h["draft_ms"],
                     verify_per_token_ms=h["verify_per_token_ms"], gamma=h["gamma"],
+                    roofline=Roofline.from_header(h),  # what the emulated passes also cost
                     branches=branches)  # the draft trees the emulated run grew (if any)
     simulated = {r["mode"]: r for r in run_sweep(cfg, [], POLICIES, trace=trace, jobs=1)}
     assert set(simulated) == set(emulated) == {*BASELINES, *POLICIES}

@@ -17,7 +17,7 @@ from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.baselines import BASELINES
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.errors import WanspecError
-from wanspec.simulate.config import MATCH_MODELS, POLICIES, SimConfig
+from wanspec.simulate.config import MATCH_MODELS, POLICIES, Roofline, SimConfig
 from wanspec.simulate.records import lossless
 from wanspec.simulate.report import mode_table, plot, sweep_table, write_csv, write_json
 from wanspec.simulate.sweep import parse_sweep, run_sweep, swept_names
@@ -89,7 +89,8 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         bandwidth_mbit=parse_bandwidth_bps(bandwidth, "--bandwidth") / 1e6, loss=loss,
         spike_ms=None if spike is None else parse_duration_ms(spike, "--spike"),
         target_ms=target_ms, draft_ms=draft_ms, verify_per_token_ms=verify_per_token_ms,
-        draft_per_token_ms=draft_per_token_ms, gamma=gamma, lookahead=lookahead,
+        draft_per_token_ms=draft_per_token_ms, roofline=Roofline.from_header(recorded),
+        gamma=gamma, lookahead=lookahead,
         **({} if branches is None else {"branches": branches}),
         entropy_threshold=entropy_threshold, max_slowdown=max_slowdown, match=match,
         alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,

@@ -105,6 +105,10 @@ def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma:
         head.update(target_ms=timing.target.base_ms,
                     verify_per_token_ms=timing.target.per_token_ms,
                     draft_ms=timing.draft.base_ms, draft_per_token_ms=timing.draft.per_token_ms)
+        for site, cost in (("target", timing.target), ("draft", timing.draft)):
+            for term in ("kv_ms_per_ktoken", "compute_ms_per_token", "per_sequence_ms"):
+                if getattr(cost, term):  # the roofline terms a replay charges too
+                    head[f"{site}_{term}"] = getattr(cost, term)
         if timing.host_overhead:  # its times include this machine's host work (simulate's not)
             head["host_overhead"] = "measured"
     return head

@@ -13,6 +13,7 @@ from wanspec.core.actions import (
 from wanspec.core.local import GammaSchedule, LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
 from wanspec.simulate.config import SimConfig
+from wanspec.simulate.engine import device_costs, one_pass_seconds
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
 
@@ -24,8 +25,7 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld],
     local_mode = LocalMode.TARGET if mode == "target" else LocalMode.SD
     schedule = GammaSchedule.HEURISTIC if mode == "sd-dynamic" else GammaSchedule.CONSTANT
     gamma = cfg.gamma if gamma is None else gamma
-    tb, tp = cfg.target_ms, cfg.verify_per_token_ms
-    db, dp = cfg.draft_ms, cfg.draft_per_token_ms
+    target_cost, draft_cost = device_costs(cfg)
     result = ModeResult(mode)
     for world in requests:
         dec = LocalDecoder(world.prompt, StopCriteria(max_tokens=world.max_tokens),
@@ -50,11 +50,11 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld],
             n = len(run.tokens)
             ev: TargetDone | DraftDone
             if isinstance(run, RunTarget):
-                now += (tb + tp * (n - 1)) / 1000.0
+                now += one_pass_seconds(target_cost, run.start, n)
                 first = run.start + n - run.want + 1
                 ev = TargetDone(run.op, world.choices(first, run.want))
             else:
-                now += (db + dp * (n - 1)) / 1000.0
+                now += one_pass_seconds(draft_cost, run.start, n)
                 ev = DraftDone(run.op, *world.draft(cache, run.start, run.tokens))
             actions = dec.on_event(ev, now)
         ref = world.reference()

@@ -98,6 +98,31 @@ ALIASES = {"rtt_ms": "rtt", "jitter_ms": "jitter", "bandwidth_mbit": "bandwidth"
 
 
 @dataclass(frozen=True)
+class Roofline:
+    """The terms of a pass's cost beyond ``base + per_token * (longest feed - 1)``
+    (:class:`~wanspec.timing.device.PassCost`): KV read per 1,000 tokens of context, compute per
+    token fed, and each sequence past the first of a batched pass, per device.
+
+    A single-request simulation charges none of them (all zero: the flat costs the closed forms
+    and the published sweeps use) unless it replays a trace whose emulated run charged them:
+    then it charges exactly what that run did (``emulate`` uses the documented deployment's
+    terms, :data:`~wanspec.timing.device.DEFAULT_TARGET_COST`), so the two compare like for like.
+    """
+
+    target_kv_ms_per_ktoken: float = 0.0
+    target_compute_ms_per_token: float = 0.0
+    target_per_sequence_ms: float = 0.0
+    draft_kv_ms_per_ktoken: float = 0.0
+    draft_compute_ms_per_token: float = 0.0
+    draft_per_sequence_ms: float = 0.0
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> "Roofline":
+        """What a trace header records (absent terms: 0)."""
+        return cls(**{f.name: float(header.get(f.name, 0.0)) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Everything one simulation point depends on (times in ms, as on the command line)."""
 
@@ -113,6 +138,7 @@ class SimConfig:
     draft_ms: float = 4.0
     verify_per_token_ms: float = 0.5
     draft_per_token_ms: float = 0.0
+    roofline: Roofline = Roofline()  # (a replayed trace's; not a command-line parameter)
     # decoding and policies
     gamma: int = 4
     lookahead: int = 0

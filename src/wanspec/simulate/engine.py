@@ -15,11 +15,13 @@ is in the cores:
   worker's SessionStats for the previous one arrives (``InprocDeployment.generate`` waits for it);
   all share one :class:`~wanspec.core.estimates.Estimates`, as requests of a ``RemoteEngine`` do;
 * the controller device runs one pass at a time (the core guarantees it); pass costs are
-  ``base + per_token * (tokens fed - 1)``;
+  ``base + per_token * (tokens fed - 1)`` (:func:`device_costs`: plus a replayed trace's
+  roofline terms, as ``PlacedModel`` charges them);
 * the worker device batches, as the worker adapter's ``SharedAccelerator`` does: whenever it is
   free, the passes waiting (a session's lanes of its draft tree, each its own sequence) run as one
   pass, formed by the same :class:`~wanspec.core.batcher.Batcher` only after every other event of
-  that instant (the adapter's *settling*), costing ``base + per_token * (longest feed - 1)``; a
+  that instant (the adapter's *settling*), costing ``base + per_token * (longest feed - 1)``
+  (and a trace's roofline terms, of the whole batch's shape); a
   released session's waiting passes are withdrawn;
 * every timer (a core's ``next_timer``) is re-armed after each event that core handles, like
   ``wait_for`` in the adapters: a later event makes an earlier timer stale.
@@ -63,6 +65,7 @@ from wanspec.simulate.config import SimConfig
 from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
+from wanspec.timing.device import PassCost
 from wanspec.transport.inproc import LinkParams
 
 # "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches);
@@ -103,9 +106,19 @@ def worker_cache(caches: dict[int, DraftCache], a: DraftFor) -> DraftCache:
     return cache
 
 
-def pass_seconds(base_ms: float, per_token_ms: float, tokens: int) -> float:
-    """``PassCost.seconds``: what the emulated devices charge for a pass feeding ``tokens``."""
-    return (base_ms + per_token_ms * (tokens - 1)) / 1000.0
+def device_costs(cfg: SimConfig) -> tuple[PassCost, PassCost]:
+    """The target's and the draft's pass costs at one site's device: ``base + per_token *
+    (longest feed - 1)``, plus the roofline terms of a replayed trace (:class:`Roofline`)."""
+    r = cfg.roofline
+    return (PassCost(cfg.target_ms, cfg.verify_per_token_ms, r.target_kv_ms_per_ktoken,
+                     r.target_compute_ms_per_token, r.target_per_sequence_ms),
+            PassCost(cfg.draft_ms, cfg.draft_per_token_ms, r.draft_kv_ms_per_ktoken,
+                     r.draft_compute_ms_per_token, r.draft_per_sequence_ms))
+
+
+def one_pass_seconds(cost: PassCost, start: int, tokens: int) -> float:
+    """A one-sequence pass feeding ``tokens`` at ``start`` (what ``PlacedModel`` charges)."""
+    return cost.seconds(tokens, context=start + tokens)
 
 
 class RemoteSim:
@@ -116,6 +129,7 @@ class RemoteSim:
         self.policy = policy
         self.worlds = requests
         self.ccfg = controller_config(cfg, policy)
+        self.target_cost, self.draft_cost = device_costs(cfg)
         self.has_local = policy != PolicyName.REMOTE.value
         self.up, self.down = link_pair(link_params(cfg))
         self.heap: list[tuple[float, int, int, Callable[[float, Any], None], Any]] = []
@@ -212,7 +226,6 @@ class RemoteSim:
         self._c_exec(core, core.start(now), now)
 
     def _c_exec(self, core: ControllerCore, actions: list[ControllerAction], now: float) -> None:
-        cfg = self.cfg
         world = self.worlds[core.rid - 1]
         for a in actions:
             if isinstance(a, Send):
@@ -220,11 +233,11 @@ class RemoteSim:
             elif isinstance(a, RunTarget):
                 first = a.start + len(a.tokens) - a.want + 1
                 done = TargetDone(a.op, world.choices(first, a.want))
-                cost = pass_seconds(cfg.target_ms, cfg.verify_per_token_ms, len(a.tokens))
+                cost = one_pass_seconds(self.target_cost, a.start, len(a.tokens))
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, RunDraft):
                 done = DraftDone(a.op, *world.draft(self.local_cache, a.start, a.tokens))
-                cost = pass_seconds(cfg.draft_ms, cfg.draft_per_token_ms, len(a.tokens))
+                cost = one_pass_seconds(self.draft_cost, a.start, len(a.tokens))
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, EmitTokens):
                 self.out.extend(a.tokens)
@@ -316,8 +329,10 @@ class RemoteSim:
             worker_cache(self.wcaches[a.rid], a)
         done = [(a.rid, DraftDone(a.run.op, *self.worlds[a.rid - 1].draft(
             self.wcaches[a.rid][a.cache], a.run.start, a.run.tokens))) for a in jobs]
-        cost = pass_seconds(self.cfg.draft_ms, self.cfg.draft_per_token_ms,
-                            max(len(a.run.tokens) for a in jobs))
+        cost = self.draft_cost.seconds(  # as the worker adapter's batched pass (placed._shape)
+            sum(len(a.run.tokens) for a in jobs), sequences=len(jobs),
+            longest=max(len(a.run.tokens) for a in jobs),
+            context=sum(a.run.start + len(a.run.tokens) for a in jobs))
         self.worker_busy += cost
         self._w_pass = (len(jobs), max(len(a.run.tokens) for a in jobs), cost)
         self.wrunning = True

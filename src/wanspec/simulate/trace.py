@@ -32,7 +32,9 @@ pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only 
 verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
 recorded output's length: a replayed request stops there.  The header is free metadata, except
 that ``target_ms``, ``verify_per_token_ms``, ``draft_ms``, ``draft_per_token_ms`` and ``gamma``,
-when present, are the defaults ``wanspec simulate --trace`` runs with.
+when present, are the defaults ``wanspec simulate --trace`` runs with, and the roofline terms
+(``target_kv_ms_per_ktoken``, ``target_compute_ms_per_token``, ``target_per_sequence_ms`` and the
+same for ``draft_``: :class:`~wanspec.simulate.config.Roofline`) what its passes also cost.
 
 Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
 prompt length and output length.  A position in the trace gets its recorded outcome and entropy
@@ -48,6 +50,7 @@ trace records none (older traces).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,7 +58,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
 
 from wanspec.errors import WanspecError
-from wanspec.simulate.config import SimConfig
+from wanspec.simulate.config import Roofline, SimConfig
 from wanspec.simulate.models import RequestWorld, build_request, iid_matches, stream
 
 FORMAT_VERSION = 1
@@ -228,7 +231,8 @@ def _proposal(x: Any, where: str) -> tuple[float, ...]:
     return tuple(float(v) for v in x)
 
 
-RECORDED_COSTS = ("target_ms", "verify_per_token_ms", "draft_ms", "draft_per_token_ms")
+RECORDED_COSTS = ("target_ms", "verify_per_token_ms", "draft_ms", "draft_per_token_ms",
+                  *(f.name for f in dataclasses.fields(Roofline)))
 
 
 def _check_header(obj: dict[str, Any], where: str) -> None:
