@@ -282,7 +282,7 @@ def simulate(
     burst: float = typer.Option(0.5, "--burst", help="markov: lag-1 correlation of accept/reject outcomes (0 = iid, towards 1 = long easy/hard stretches)."),
     separation: float = typer.Option(1.0, "--separation", help="Draft entropy of rejected minus accepted drafts, in nats (0 = entropy says nothing)."),
     entropy_sd: float = typer.Option(0.35, "--entropy-sd", help="Spread (sd, nats) of the draft entropy within each class."),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Replay acceptance and entropy from a JSONL trace (wanspec emulate --record; docs/simulator.md); implies --match trace."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Replay acceptance and entropy from a JSONL trace (wanspec emulate --record; docs/simulator.md), charging the device costs it recorded; implies --match trace."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="New tokens per request."),
     requests: Optional[int] = typer.Option(None, "--requests", help="Requests per mode and point, run one after another (default: 16; with --trace: one per recorded request)."),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Prompt length in tokens (trace replay uses the trace's)."),
