@@ -2,6 +2,13 @@
 
     .venv/bin/python benchmarks/simulate_vs_emulate.py            # shipped pair, 16 prompts x 64
     .venv/bin/python benchmarks/simulate_vs_emulate.py --num-prompts 4 --max-tokens 32 --quick
+    .venv/bin/python benchmarks/simulate_vs_emulate.py --jitter-ms 1 --seeds 3 \
+        --json benchmarks/results/simulate_vs_emulate_jitter1.json \
+        --plot docs/img/simulate_vs_emulate_jitter1.png    # what docs/simulator.md reports
+
+With exact delays a pass's end and a message's arrival often fall on one instant, which the two
+order differently; ``--jitter-ms`` with ``--seeds`` compares means over seeded link draws (the
+same draws on both sides).  ``--reuse-emulated`` re-runs only the simulated side.
 
 1. ``emulate`` (the asyncio runtime, real models, virtual clock, emulated device costs) sweeps the
    RTTs with every policy and records the draft's per-position outcomes (``--record``);
