@@ -21,11 +21,13 @@ which a worker growing a tree weighs its branches by.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from wanspec.models.backend import CausalLM
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.sampling import DraftChoice, SamplingParams, draft_choice
+from wanspec.simulate.config import Roofline
 from wanspec.simulate.trace import AFTER_MISS_DEPTH, RANK_DEPTH, TraceRequest
 
 
@@ -105,10 +107,9 @@ def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma:
         head.update(target_ms=timing.target.base_ms,
                     verify_per_token_ms=timing.target.per_token_ms,
                     draft_ms=timing.draft.base_ms, draft_per_token_ms=timing.draft.per_token_ms)
-        for site, cost in (("target", timing.target), ("draft", timing.draft)):
-            for term in ("kv_ms_per_ktoken", "compute_ms_per_token", "per_sequence_ms"):
-                if getattr(cost, term):  # the roofline terms a replay charges too
-                    head[f"{site}_{term}"] = getattr(cost, term)
+        # the roofline terms a replay charges too (those the run charged: nonzero)
+        roofline = dataclasses.asdict(Roofline.of(timing.target, timing.draft))
+        head.update({term: value for term, value in roofline.items() if value})
         if timing.host_overhead:  # its times include this machine's host work (simulate's not)
             head["host_overhead"] = "measured"
     return head

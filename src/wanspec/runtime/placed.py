@@ -7,19 +7,16 @@ from dataclasses import dataclass
 from wanspec.core.actions import DraftDone, RunDraft, RunTarget, TargetDone
 from wanspec.models.backend import CausalLM, Feed, KVCache
 from wanspec.sampling import SamplingParams, choose_tokens, draft_choice
-from wanspec.timing.device import Device, PassCost
+from wanspec.timing.device import Device, PassCost, pass_shape
 
 
 def _shape(items: list) -> dict[str, int]:
-    """What a batched pass's cost depends on: tokens fed, requests, longest window, KV read.
+    """:func:`~wanspec.timing.device.pass_shape` of a batch's actions.
 
     A fork's KV copy (a draft pass with a source cache) is not in it: a device-memory copy of a
     prefix's keys and values, negligible next to a pass, so a pass costs the same with or without
     one."""
-    actions = [item[1] for item in items]
-    return {"n_tokens": sum(len(a.tokens) for a in actions), "sequences": len(actions),
-            "longest": max(len(a.tokens) for a in actions),
-            "context": sum(a.start + len(a.tokens) for a in actions)}
+    return pass_shape([item[1] for item in items])
 
 
 @dataclass
@@ -42,8 +39,7 @@ class PlacedModel:
             return tuple(choose_tokens(rows, range(first, first + action.want), sampling))
 
         choices = await self.device.run(work, executor=self.lm.executor, cost=self.cost,
-                                        n_tokens=n, label=self.label,
-                                        context=action.start + n)
+                                        label=self.label, **pass_shape([action]))
         return TargetDone(action.op, choices)
 
     async def run_draft(self, cache: KVCache, action: RunDraft, sampling: SamplingParams,
@@ -60,8 +56,7 @@ class PlacedModel:
             return _draft_done(action, forked, sampling)
 
         return await self.device.run(work, executor=self.lm.executor, cost=self.cost,
-                                     n_tokens=len(action.tokens), label=self.label,
-                                     context=action.start + len(action.tokens))
+                                     label=self.label, **pass_shape([action]))
 
     async def run_targets(self, items: list[tuple[KVCache, RunTarget, SamplingParams]]
                           ) -> list[TargetDone | None]:

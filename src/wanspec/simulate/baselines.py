@@ -50,11 +50,11 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld],
             n = len(run.tokens)
             ev: TargetDone | DraftDone
             if isinstance(run, RunTarget):
-                now += one_pass_seconds(target_cost, run.start, n)
+                now += one_pass_seconds(target_cost, run)
                 first = run.start + n - run.want + 1
                 ev = TargetDone(run.op, world.choices(first, run.want))
             else:
-                now += one_pass_seconds(draft_cost, run.start, n)
+                now += one_pass_seconds(draft_cost, run)
                 ev = DraftDone(run.op, *world.draft(cache, run.start, run.tokens))
             actions = dec.on_event(ev, now)
         ref = world.reference()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from wanspec.core.controller import ControllerConfig
 from wanspec.core.policy import PolicyConfig, PolicyName
 from wanspec.errors import WanspecError
+from wanspec.timing.device import PassCost
 from wanspec.units import (
     MAX_BANDWIDTH_BPS,
     MAX_DURATION_MS,
@@ -115,6 +116,12 @@ class Roofline:
     draft_kv_ms_per_ktoken: float = 0.0
     draft_compute_ms_per_token: float = 0.0
     draft_per_sequence_ms: float = 0.0
+
+    @classmethod
+    def of(cls, target: PassCost, draft: PassCost) -> "Roofline":
+        """The roofline terms of two devices' costs."""
+        return cls(target.kv_ms_per_ktoken, target.compute_ms_per_token, target.per_sequence_ms,
+                   draft.kv_ms_per_ktoken, draft.compute_ms_per_token, draft.per_sequence_ms)
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> "Roofline":

@@ -65,7 +65,7 @@ from wanspec.simulate.config import SimConfig
 from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
-from wanspec.timing.device import PassCost
+from wanspec.timing.device import PassCost, pass_shape
 from wanspec.transport.inproc import LinkParams
 
 # "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches);
@@ -116,9 +116,9 @@ def device_costs(cfg: SimConfig) -> tuple[PassCost, PassCost]:
                      r.draft_compute_ms_per_token, r.draft_per_sequence_ms))
 
 
-def one_pass_seconds(cost: PassCost, start: int, tokens: int) -> float:
-    """A one-sequence pass feeding ``tokens`` at ``start`` (what ``PlacedModel`` charges)."""
-    return cost.seconds(tokens, context=start + tokens)
+def one_pass_seconds(cost: PassCost, run: RunTarget | RunDraft) -> float:
+    """What ``PlacedModel`` charges for ``run`` alone."""
+    return cost.seconds(**pass_shape([run]))
 
 
 class RemoteSim:
@@ -233,11 +233,11 @@ class RemoteSim:
             elif isinstance(a, RunTarget):
                 first = a.start + len(a.tokens) - a.want + 1
                 done = TargetDone(a.op, world.choices(first, a.want))
-                cost = one_pass_seconds(self.target_cost, a.start, len(a.tokens))
+                cost = one_pass_seconds(self.target_cost, a)
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, RunDraft):
                 done = DraftDone(a.op, *world.draft(self.local_cache, a.start, a.tokens))
-                cost = one_pass_seconds(self.draft_cost, a.start, len(a.tokens))
+                cost = one_pass_seconds(self.draft_cost, a)
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, EmitTokens):
                 self.out.extend(a.tokens)
@@ -329,10 +329,7 @@ class RemoteSim:
             worker_cache(self.wcaches[a.rid], a)
         done = [(a.rid, DraftDone(a.run.op, *self.worlds[a.rid - 1].draft(
             self.wcaches[a.rid][a.cache], a.run.start, a.run.tokens))) for a in jobs]
-        cost = self.draft_cost.seconds(  # as the worker adapter's batched pass (placed._shape)
-            sum(len(a.run.tokens) for a in jobs), sequences=len(jobs),
-            longest=max(len(a.run.tokens) for a in jobs),
-            context=sum(a.run.start + len(a.run.tokens) for a in jobs))
+        cost = self.draft_cost.seconds(**pass_shape([a.run for a in jobs]))
         self.worker_busy += cost
         self._w_pass = (len(jobs), max(len(a.run.tokens) for a in jobs), cost)
         self.wrunning = True

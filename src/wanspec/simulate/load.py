@@ -68,12 +68,13 @@ from wanspec.emulate.load import (
 )
 from wanspec.protocol.messages import Message
 from wanspec.runtime.engine import GenerationResult
-from wanspec.simulate.config import SimConfig
+from wanspec.simulate.config import Roofline, SimConfig
 from wanspec.simulate.engine import (
     CONTROLLER_HELLO,
     GREEDY,
     WORKER_HELLO,
     controller_config,
+    device_costs,
     link_params,
     worker_cache,
 )
@@ -81,7 +82,7 @@ from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.trace import Trace
 from wanspec.simulate.worlds import worlds
-from wanspec.timing.device import DEFAULT_DRAFT_COST, DEFAULT_TARGET_COST, DeviceStats, PassCost
+from wanspec.timing.device import DEFAULT_DRAFT_COST, DEFAULT_TARGET_COST, DeviceStats, PassCost, pass_shape
 
 LOCAL_MODES = ("target", "sd")
 FORM = 1  # heap priority of forming a pass: after every other event of the same instant
@@ -89,11 +90,8 @@ FORM = 1  # heap priority of forming a pass: after every other event of the same
 
 def pass_costs(cfg: SimConfig) -> tuple[PassCost, PassCost]:
     """The point's target and draft costs, with the default roofline terms of a batched pass."""
-    t, d = DEFAULT_TARGET_COST, DEFAULT_DRAFT_COST
-    return (PassCost(cfg.target_ms, cfg.verify_per_token_ms, t.kv_ms_per_ktoken,
-                     t.compute_ms_per_token, t.per_sequence_ms),
-            PassCost(cfg.draft_ms, cfg.draft_per_token_ms, d.kv_ms_per_ktoken,
-                     d.compute_ms_per_token, d.per_sequence_ms))
+    return device_costs(dataclasses.replace(
+        cfg, roofline=Roofline.of(DEFAULT_TARGET_COST, DEFAULT_DRAFT_COST)))
 
 
 @dataclass
@@ -299,9 +297,7 @@ class LoadSim:
         if dev is not self.busy:  # worker passes: each branch's cache takes its copy first
             for owner, _ in jobs:
                 worker_cache(self.wcaches[owner.rid], owner)
-        cost = dev.costs[p.kind].seconds(
-            p.tokens, longest=max(len(a.tokens) for a in actions),
-            context=sum(a.start + len(a.tokens) for a in actions), sequences=len(jobs))
+        cost = dev.costs[p.kind].seconds(**pass_shape(actions))
         results = [self._compute(owner, a) for owner, a in jobs]
         st = dev.stats
         st.passes += 1

@@ -19,7 +19,7 @@ import asyncio
 import concurrent.futures
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from wanspec.errors import WanspecError
 from wanspec.timing import clock
@@ -73,6 +73,16 @@ class PassCost:
                   + self.kv_ms_per_ktoken * context / 1000.0)
         compute = self.compute_ms_per_token * n_tokens
         return (max(memory, compute) + self.per_sequence_ms * max(sequences - 1, 0)) / 1000.0
+
+
+def pass_shape(feeds: Sequence[Any]) -> dict[str, int]:
+    """What a pass's cost depends on (the keyword arguments of :meth:`PassCost.seconds`), for
+    ``feeds`` run as one pass, each with ``start`` and ``tokens`` (a ``RunTarget`` or
+    ``RunDraft``): tokens fed, sequences, the longest feed, KV read.  The one rule every driver
+    charges by: the runtime's placed models and both simulators."""
+    return {"n_tokens": sum(len(f.tokens) for f in feeds), "sequences": len(feeds),
+            "longest": max(len(f.tokens) for f in feeds),
+            "context": sum(f.start + len(f.tokens) for f in feeds)}
 
 
 # The documented deployment (docs/results.md, "What the default device costs represent"): a
