@@ -8,7 +8,10 @@
 
 With exact delays a pass's end and a message's arrival often fall on one instant, which the two
 order differently; ``--jitter-ms`` with ``--seeds`` compares means over seeded link draws (the
-same draws on both sides).  ``--reuse-emulated`` re-runs only the simulated side.
+same draws on both sides).  ``--reuse-emulated`` re-runs only the simulated side, on the
+emulated runs of one or more earlier ``--json`` files (e.g. more seeds of one policy, emulated
+with ``--policies adaptive --first-seed 3 --seeds 7``): each row compares the means over the
+seeds emulated for it, simulated with the same seeds.
 
 1. ``emulate`` (the asyncio runtime, real models, virtual clock, emulated device costs) sweeps the
    RTTs with every policy and records the draft's per-position outcomes (``--record``);
@@ -49,13 +52,18 @@ def main() -> None:
                     help="extra one-way delay, uniform in [0, J], the same seeded draws on both "
                          "sides (0: every delay exact, so events often tie)")
     ap.add_argument("--seeds", type=int, default=1,
-                    help="runs with link seeds 0..N-1 on both sides; compares their means")
+                    help="runs with N link seeds (from --first-seed) on both sides; compares "
+                         "their means")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--policies", default="",
+                    help="comma-separated policies to run (default: all); the baselines always")
     ap.add_argument("--json", default=str(RESULTS / "simulate_vs_emulate.json"))
     ap.add_argument("--plot", default=str(IMG / "simulate_vs_emulate.png"))
-    ap.add_argument("--reuse-emulated", metavar="JSON",
-                    help="take the emulated side from an earlier run's --json with the same "
-                         "settings (emulate does not depend on the simulator), record the "
-                         "trace again and re-run only simulate")
+    ap.add_argument("--reuse-emulated", metavar="JSON", nargs="+",
+                    help="take the emulated side from earlier runs' --json with the same "
+                         "settings (emulate does not depend on the simulator; several files: "
+                         "their seeds together), record the trace again and re-run only "
+                         "simulate")
     ap.add_argument("--quick", action="store_true", help="do not write results or plots")
     args = ap.parse_args()
 
@@ -69,7 +77,10 @@ def main() -> None:
     from wanspec.simulate.trace import read_trace, write_trace
 
     rtts = tuple(float(x) for x in args.rtts.split(","))
-    seeds = range(args.seeds)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    policies = tuple(args.policies.split(",")) if args.policies else POLICIES
+    if not set(policies) <= set(POLICIES):
+        raise SystemExit(f"--policies: choose from {', '.join(POLICIES)}")
     target, draft = load_models(None, None, need_draft=True)
     prompts = load_prompts(None, args.num_prompts)
     cfg = EmulationConfig(rtts_ms=rtts, max_tokens=args.max_tokens, jitter_ms=args.jitter_ms,
@@ -78,7 +89,9 @@ def main() -> None:
     emu = Emulation(target, draft, cfg)
     emulated: dict[tuple[float, str], list[dict[str, Any]]] = {}
     if args.reuse_emulated:
-        emulated = earlier_emulated(Path(args.reuse_emulated), args)
+        for path in args.reuse_emulated:
+            for key, runs in earlier_emulated(Path(path), args).items():
+                emulated.setdefault(key, []).extend(runs)
         emu.reference(prompts)  # (the trace is recorded from the target-only outputs)
     else:
         bases = emu.baselines(prompts)  # (local: the same whatever the link)
@@ -88,9 +101,10 @@ def main() -> None:
                 emu.reference(prompts)
             for rtt in rtts:
                 for mode in BASELINES:
-                    emulated.setdefault((rtt, mode), []).append(bases[mode])
-                for policy in POLICIES:
-                    emulated.setdefault((rtt, policy), []).append(emu.remote(policy, rtt, bases))
+                    emulated.setdefault((rtt, mode), []).append({**bases[mode], "seed": seed})
+                for policy in policies:
+                    emulated.setdefault((rtt, policy), []).append(
+                        {**emu.remote(policy, rtt, bases), "seed": seed})
     t_emu = time.perf_counter() - t0
     header, reqs = emu.trace()
     trace_path = RESULTS / "shipped_pair_trace.jsonl"
@@ -100,8 +114,8 @@ def main() -> None:
     trace = read_trace(trace_path)
 
     t0 = time.perf_counter()
-    simulated: dict[tuple[float, str], list[dict[str, Any]]] = {}
-    for seed in seeds:
+    simulated: dict[tuple[float, str, int], dict[str, Any]] = {}
+    for seed in sorted({r["seed"] for runs in emulated.values() for r in runs}):
         sim_cfg = SimConfig(match="trace", requests=len(trace.requests),
                             max_tokens=args.max_tokens, target_ms=header["target_ms"],
                             draft_ms=header["draft_ms"],
@@ -111,18 +125,19 @@ def main() -> None:
                             jitter_ms=args.jitter_ms, seed=seed)
         for r in run_sweep(sim_cfg, [parse_sweep("rtt=" + args.rtts)], POLICIES, trace=trace,
                            jobs=1):
-            simulated.setdefault((r["rtt_ms"], r["mode"]), []).append(r)
+            simulated[(r["rtt_ms"], r["mode"], seed)] = r
     t_sim = time.perf_counter() - t0
 
     rows: list[dict[str, Any]] = []
     print(f"trace: {len(trace.requests)} requests, per-token acceptance {trace.alpha:.3f}; "
-          f"jitter {args.jitter_ms:g} ms, {args.seeds} seed(s) (means); "
+          f"jitter {args.jitter_ms:g} ms, means over each row's seeds; "
           f"emulate {t_emu:.0f} s, simulate {t_sim:.2f} s")
     print(f"{'rtt':>5s} {'mode':9s} {'TPOT emu':>9s} {'TPOT sim':>9s} {'diff':>7s} "
           f"{'busy emu':>9s} {'busy sim':>9s} {'diff':>7s} {'passes':>7s}")
     for (rtt, mode), es in emulated.items():
-        ss = simulated[(rtt, mode)]
+        ss = [simulated[(rtt, mode, e["seed"])] for e in es]
         row = {"rtt_ms": rtt, "mode": mode, "tokens": es[0]["tokens"],
+               "seeds": [e["seed"] for e in es],
                "tpot_ms_emulate": mean(es, "tpot_ms_mean"),
                "tpot_ms_simulate": mean(ss, "tpot_ms_mean"),
                "busy_emulate": mean(es, "busy_site_draft_passes_per_token"),
@@ -147,7 +162,7 @@ def main() -> None:
         return
     out = {"trace": str(trace_path.relative_to(Path(__file__).parent.parent)),
            "trace_alpha": trace.alpha, "header": header, "jitter_ms": args.jitter_ms,
-           "seeds": args.seeds, "num_prompts": args.num_prompts, "max_tokens": args.max_tokens,
+           "seeds": sorted({s for r in rows for s in r["seeds"]}), "num_prompts": args.num_prompts, "max_tokens": args.max_tokens,
            "temperature": args.temperature, "emulated_from": args.reuse_emulated,
            "emulate_s": t_emu, "simulate_s": t_sim,
            "max_abs_tpot_rel_diff": worst_t, "max_abs_busy_rel_diff": worst_b, "rows": rows}
@@ -155,21 +170,29 @@ def main() -> None:
     plot(rows, Path(args.plot),
          f"shipped pair, {len(trace.requests)} prompts x {args.max_tokens} tokens, "
          f"target {header['target_ms']:g} ms, draft {header['draft_ms']:g} ms, "
-         f"jitter {args.jitter_ms:g} ms, {args.seeds} seed(s)")
+         f"jitter {args.jitter_ms:g} ms, means of {seed_counts(rows)} link seeds")
 
 
 def earlier_emulated(path: Path, args: argparse.Namespace
                      ) -> dict[tuple[float, str], list[dict[str, Any]]]:
     """The emulated side of an earlier run's rows, as per-seed records (TPOT: their mean)."""
     earlier = json.loads(path.read_text())
-    for key in ("jitter_ms", "seeds", "num_prompts", "max_tokens", "temperature"):
-        if key in earlier and earlier[key] != getattr(args, key):  # (older files: jitter, seeds)
+    for key in ("jitter_ms", "num_prompts", "max_tokens", "temperature"):
+        if key in earlier and earlier[key] != getattr(args, key):  # (older files: jitter)
             raise SystemExit(f"{path}: {key} {earlier.get(key)!r}, not {getattr(args, key)!r}")
     return {(r["rtt_ms"], r["mode"]): [
         {"tpot_ms_mean": r["tpot_ms_emulate"], "busy_site_draft_passes_per_token": b,
          "tokens": r.get("tokens", args.num_prompts * args.max_tokens),  # (older files: all
-         "identical_to_target_only": r["lossless_both"]}                 # ran to max_tokens)
-        for b in r["busy_emulate_seeds"]] for r in earlier["rows"]}
+         "identical_to_target_only": r["lossless_both"], "seed": seed}   # ran to max_tokens)
+        for seed, b in zip(r.get("seeds", range(len(r["busy_emulate_seeds"]))),
+                           r["busy_emulate_seeds"])]   # (older files: seeds 0..N-1)
+        for r in earlier["rows"]}
+
+
+def seed_counts(rows: list[dict[str, Any]]) -> str:
+    """How many seeds the rows' means are over: "3", or "3-10" when rows differ."""
+    n = sorted({len(r["seeds"]) for r in rows})
+    return str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
 
 
 def mean(records: list[dict[str, Any]], key: str) -> float:

@@ -1,6 +1,7 @@
 """``emulate --record`` ranks the target's token among a rejected draft's choices, and records
-the draft's probabilities of its token and alternatives (what a draft tree branches by), and
-after a miss what the draft proposes as it goes on from its own wrong token."""
+the draft's probabilities of its token and alternatives (what a draft tree branches by), after
+a miss what the draft proposes as it goes on from its own wrong token, and after each wrong
+alternative what it proposes going on from that (a tree's branch)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from wanspec.emulate.record import record_request, target_rank
 from wanspec.runtime.engine import LocalEngine
 from wanspec.sampling import SamplingParams, draft_choice
-from wanspec.simulate.trace import AFTER_MISS_DEPTH
+from wanspec.simulate.trace import AFTER_ALTERNATIVE_DEPTH, AFTER_MISS_DEPTH
 
 PROMPT = "To be, or not to be, that is"
 
@@ -54,6 +55,24 @@ def test_each_position_gets_what_a_draft_on_that_prefix_ranks_and_weighs(
                              sampling)
             assert step[0] == pytest.approx(c.entropy, abs=1e-4)
             assert step[1:] == pytest.approx((c.top_prob, *c.alt_probs), abs=2e-6)
+    # from each alternative that is not the target's token (recorded in batched passes)
+    for j in list(rec.drafts)[:-1]:
+        c = draft_choice(near_draft.forward(near_draft.new_cache(), 0, seq[:j])[-1], j, sampling)
+        wrong = [i for i, a in enumerate(c.alternatives) if a != seq[j]]
+        assert sorted(i for p, i in rec.after_alternative if p == j) == wrong
+        if j % 4:
+            continue  # (every fourth position checked step by step: a pass each)
+        for i in wrong:
+            chain = [*seq[:j], c.alternatives[i]]
+            steps = rec.after_alternative[(j, i)]
+            assert len(steps) == AFTER_ALTERNATIVE_DEPTH
+            for k, step in enumerate(steps, start=1):
+                d = draft_choice(near_draft.forward(near_draft.new_cache(), 0, chain)[-1], j + k,
+                                 sampling)
+                assert step[0] == pytest.approx(d.entropy, abs=1e-4)
+                assert step[1:] == pytest.approx((d.top_prob, *d.alt_probs), abs=1e-4)
+                chain.append(d.token)
+    assert not any(p == len(seq) - 1 for p, _ in rec.after_alternative)  # nothing follows it
 
 
 def test_target_rank():

@@ -24,11 +24,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from wanspec.models.backend import CausalLM
+from wanspec.models.backend import CausalLM, Feed, KVCache
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.sampling import DraftChoice, SamplingParams, draft_choice
 from wanspec.simulate.config import Roofline
-from wanspec.simulate.trace import AFTER_MISS_DEPTH, RANK_DEPTH, TraceRequest
+from wanspec.simulate.models import ALTERNATIVES
+from wanspec.simulate.trace import (
+    AFTER_ALTERNATIVE_DEPTH,
+    AFTER_MISS_DEPTH,
+    RANK_DEPTH,
+    TraceRequest,
+)
 
 
 def target_rank(ranking: Sequence[int], token: int) -> int:
@@ -51,39 +57,64 @@ def record_request(draft: CausalLM, prompt: Sequence[int], output: Sequence[int]
     of the target's token among the draft's choices and the entropy and probabilities of the
     draft's next proposals as it goes on from its own wrong token (:data:`AFTER_MISS_DEPTH`
     one-token passes per miss: what the worker's chain and a local round report there, and
-    what a policy reading entropies sees before the miss is found)."""
+    what a policy reading entropies sees before the miss is found).  At every position it also
+    drafts on from each of the draft's alternatives that is not the target's token
+    (:data:`AFTER_ALTERNATIVE_DEPTH` passes, the alternatives batched): what a draft tree's
+    branch from a wrong alternative proposes, and weighs its own branches by."""
     n_prompt = len(prompt)
     rec = TraceRequest(n_prompt, output_tokens=len(output) or None)
     if not output:
         return rec
     seq = [*prompt, *output]
-    # row i of the logits predicts position i + 1: rows n_prompt-1 .. len-2 cover the output
-    cache = draft.new_cache()
-    logits = draft.forward(cache, 0, seq[:-1])
+    # row i of the logits predicts position i + 1: rows n_prompt-1 .. len-2 cover the output.
+    # ``prefix`` keeps the whole committed sequence; every draft off it is a fork of it.
+    prefix = draft.new_cache()
+    logits = draft.forward(prefix, 0, seq[:-1])
     choices = [draft_choice(logits[j - 1], j, sampling) for j in range(n_prompt, len(seq))]
-    valid = len(seq) - 1  # the cache holds the committed prefix up to here
-    for j, c in zip(range(n_prompt, len(seq)), choices):
-        after = rank = after_probs = None
-        further: list[tuple[float, ...]] = []
-        if c.token != seq[j]:
-            rank = target_rank([c.token, *c.alternatives][:RANK_DEPTH], seq[j])
+    lanes = [draft.new_cache() for _ in range(1 + ALTERNATIVES)]
+    try:
+        for j, c in zip(range(n_prompt, len(seq)), choices):
+            after = rank = after_probs = None
+            further: list[tuple[float, ...]] = []
+            if c.token != seq[j]:
+                rank = target_rank([c.token, *c.alternatives][:RANK_DEPTH], seq[j])
+                if j + 1 < len(seq):
+                    # the chain (or a local round) goes on from its own wrong token
+                    steps = _draft_on(draft, prefix, lanes[:1], j, [c.token], sampling,
+                                      1 + AFTER_MISS_DEPTH)[0]
+                    after, after_probs = steps[0][0], steps[0][1:]
+                    further = steps[1:]
+            rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank, _probs(c),
+                    after_probs, further)
             if j + 1 < len(seq):
-                # the chain (or a local round) goes on from its own wrong token: keep the
-                # committed prefix before j (re-feeding what an earlier miss displaced), then
-                # the wrong token, then each of its own next proposals
-                start = min(valid, j)
-                feed, at = [*seq[start:j], c.token], start
-                for k in range(1 + AFTER_MISS_DEPTH):
-                    nxt = draft_choice(draft.forward(cache, at, feed)[-1], j + 1 + k, sampling)
-                    if k == 0:
-                        after, after_probs = round(nxt.entropy, 6), _probs(nxt)
-                    else:
-                        further.append((round(nxt.entropy, 6), *_probs(nxt)))
-                    at, feed = at + len(feed), [nxt.token]
-                valid = j
-        rec.add(j, c.token == seq[j], round(c.entropy, 6), after, rank, _probs(c), after_probs,
-                further)
+                wrong = [(i, a) for i, a in enumerate(c.alternatives[:ALTERNATIVES])
+                         if a != seq[j]]
+                if wrong:
+                    runs = _draft_on(draft, prefix, lanes[1:1 + len(wrong)], j,
+                                     [a for _, a in wrong], sampling, AFTER_ALTERNATIVE_DEPTH)
+                    for (i, _), steps in zip(wrong, runs):
+                        rec.after_alternative[(j, i)] = steps
+    finally:
+        for cache in (prefix, *lanes):
+            cache.close()
     return rec
+
+
+def _draft_on(draft: CausalLM, prefix: KVCache, caches: Sequence[KVCache], at: int,
+              firsts: Sequence[int], sampling: SamplingParams, depth: int
+              ) -> list[list[tuple[float, ...]]]:
+    """Per token of ``firsts``: put it at ``at`` after the committed prefix (a fork of
+    ``prefix`` in its own cache of ``caches``) and draft ``depth`` proposals on from it, each fed
+    back, in batched passes; each proposal's ``(entropy, top_prob, *alt_probs)``."""
+    out: list[list[tuple[float, ...]]] = [[] for _ in firsts]
+    feeds = [Feed(cache, at, [tok], prefix) for cache, tok in zip(caches, firsts)]
+    for k in range(depth):
+        rows = draft.forward_batch(feeds)
+        nxt = [draft_choice(row[-1], at + 1 + k, sampling) for row in rows]
+        for steps, c in zip(out, nxt):
+            steps.append((round(c.entropy, 6), *_probs(c)))
+        feeds = [Feed(f.cache, at + 1 + k, [c.token]) for f, c in zip(feeds, nxt)]
+    return out
 
 
 def record_trace(draft: CausalLM, prompts: Sequence[Sequence[int]],

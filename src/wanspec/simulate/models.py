@@ -15,7 +15,9 @@ drawn from random streams keyed by ``(seed, r)`` (so a pass costs a few list loo
   as with a real draft that conditions on a token the target did not choose.  Its entropy is the
   one right after the first wrong token (``entropy_bad``), or, where a replayed trace holds
   them, those the real draft had as it went on from its miss (``further_bad``, the last one past
-  their end): a policy reads the entropies of drafts past a miss it has not found yet.
+  their end): a policy reads the entropies of drafts past a miss it has not found yet.  A draft
+  that went wrong by taking one of its alternatives (a draft tree's branch) reports what the
+  real draft proposed going on from that alternative where a trace holds it (``after_alt``).
 
 So the worker's draft and the controller's local draft copy agree exactly, like two copies of a
 greedy draft model, and the per-position decision makes acceptance of standard SD exactly the
@@ -79,13 +81,15 @@ ALT_DECAY_BASE, ALT_DECAY_SLOPE = 0.2, 0.6
 
 
 class DraftCache:
-    """A draft model's KV cache, reduced to what matters: the first wrong position it holds, and
-    how many positions it holds (a pass may not feed past them, as with a real cache)."""
+    """A draft model's KV cache, reduced to what matters: the first wrong position it holds and
+    the token there, and how many positions it holds (a pass may not feed past them, as with a
+    real cache)."""
 
-    __slots__ = ("bad", "length")
+    __slots__ = ("bad", "bad_token", "length")
 
     def __init__(self) -> None:
         self.bad = NO_BAD
+        self.bad_token = -1
         self.length = 0
 
     def copy_from(self, source: "DraftCache", start: int) -> None:
@@ -95,6 +99,7 @@ class DraftCache:
             raise ValueError(f"cannot copy {start} positions of a draft cache holding "
                              f"{source.length}")
         self.bad = source.bad if source.bad < start else NO_BAD
+        self.bad_token = source.bad_token if source.bad < start else -1
         self.length = start
 
 
@@ -208,6 +213,10 @@ class RequestWorld:
     # j - 1 (a trace's record; without one every draft off the prefix reports entropy_bad[j])
     further_bad: dict[int, list[tuple[float, float, tuple[float, ...]]]] = field(
         default_factory=dict)
+    # (j, token) -> (entropy, top_prob, alt_probs) of a draft at j + 1, j + 2, ... going on from
+    # ``token``, a wrong alternative of the draft at j (a trace's record; else as further_bad)
+    after_alt: dict[tuple[int, int], list[tuple[float, float, tuple[float, ...]]]] = field(
+        default_factory=dict)
 
     @property
     def prompt(self) -> list[int]:
@@ -239,13 +248,19 @@ class RequestWorld:
             for tok in tokens:
                 if tok != target[p]:
                     bad = p
+                    cache.bad_token = tok
                     break
                 p += 1
             cache.bad = bad
         if bad < pos:
             # off the committed prefix since ``bad``: a draft that went wrong goes on about as
             # sure of itself as right after its miss (what real drafts do: a recorded trace
-            # holds that entropy, and the worker's chain and local rounds report it)
+            # holds that entropy, and the worker's chain and local rounds report it), or, from
+            # an alternative whose proposals a trace holds, as the real draft went on from it
+            steps = self.after_alt.get((bad, cache.bad_token)) if self.after_alt else None
+            if steps:
+                e, top, alt_p = steps[min(pos - bad, len(steps)) - 1]
+                return (self.wrong[pos], e, top, self.alts_off[pos], alt_p)
             b = bad + 1
             further = self.further_bad.get(b) if pos > b else None
             if further:
@@ -307,7 +322,8 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
                   rank_probs: tuple[float, float, float] | None = None,
                   probs: list[tuple[float, ...] | None] | None = None,
                   probs_after_miss: list[tuple[float, ...] | None] | None = None,
-                  further_after_miss: dict[int, list[tuple[float, ...]]] | None = None
+                  further_after_miss: dict[int, list[tuple[float, ...]]] | None = None,
+                  after_alternative: dict[tuple[int, int], list[tuple[float, ...]]] | None = None
                   ) -> RequestWorld:
     """One request's sequences; ``matches``/``entropies`` (trace replay) override the models.
 
@@ -322,6 +338,9 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
     distribution of the entropy there).
     ``further_after_miss[j]``: recorded ``(entropy, top_prob, *alt_probs)`` of the draft at
     ``j + 1``, ``j + 2``, ... as it goes on from its own miss at ``j - 1``.
+    ``after_alternative[(j, i)]``: recorded ``(entropy, top_prob, *alt_probs)`` of the draft at
+    ``j + 1``, ``j + 2``, ... as it goes on from its ``i + 2``-th choice at ``j`` (not the
+    target's token).
     """
     n = n_prompt + cfg.max_tokens + 8
     v = cfg.vocab
@@ -358,8 +377,15 @@ def build_request(cfg: SimConfig, request: int, n_prompt: int,
                         [t for t, _ in top_bad],
                         cfg.max_tokens if max_tokens is None else min(max_tokens, cfg.max_tokens),
                         rank, alts, alts_off, [a for _, a in top], [a for _, a in top_bad],
-                        {j: [(e, p[0], _padded(p[1:])) for e, *p in steps]
-                         for j, steps in (further_after_miss or {}).items()})
+                        {j: _steps(steps) for j, steps in (further_after_miss or {}).items()},
+                        {(j, alts[j][i]): _steps(steps)
+                         for (j, i), steps in (after_alternative or {}).items()
+                         if j < n and i < len(alts[j]) and alts[j][i] != target[j]})
+
+
+def _steps(recorded: Sequence[Sequence[float]]) -> list[tuple[float, float, tuple[float, ...]]]:
+    """Recorded ``(entropy, top_prob, *alt_probs)`` proposals as a pass reports them."""
+    return [(e, p[0], _padded(p[1:])) for e, *p in recorded]
 
 
 def _padded(alt_probs: Sequence[float]) -> tuple[float, ...]:

@@ -27,7 +27,12 @@ at ``position`` (as the fourth element of a drafts entry is its entropy).
 ``further_after_miss`` (optional) lists ``[position, [entropy, top_prob, p2, p3, p4], ...]``:
 the draft's proposals at ``position + 2``, ``+ 3``, ... as it goes on from its own wrong token
 at ``position`` (at most :data:`AFTER_MISS_DEPTH`; the worker's chain drafts on past its miss
-until a commit tells it, and a policy reads those drafts' entropies).  ``emulate --record`` writes every output position (one teacher-forced draft
+until a commit tells it, and a policy reads those drafts' entropies).
+``after_alternative`` (optional) lists ``[position, index, [entropy, top_prob, p2, p3, p4],
+...]``: the draft's proposals at ``position + 1``, ``+ 2``, ... (at most
+:data:`AFTER_ALTERNATIVE_DEPTH`) as it goes on from its ``index + 2``-th choice at ``position``,
+a token that is not the target's (what a draft tree's branch from that wrong alternative
+drafts).  ``emulate --record`` writes every output position (one teacher-forced draft
 pass, :mod:`wanspec.emulate.record`); a hand-made or logged trace may list only the drafts some
 verification tested (:meth:`TraceRequest.add_window`).  ``output_tokens`` (optional) is the
 recorded output's length: a replayed request stops there.  The header is free metadata, except
@@ -39,10 +44,11 @@ same for ``draft_``: :class:`~wanspec.simulate.config.Roofline`) what its passes
 Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r mod N``, its
 prompt length and output length.  A position in the trace gets its recorded outcome and entropy
 (and the position after a miss the recorded entropy and probabilities after it, a rejected
-position its recorded rank, a position with recorded probabilities those; a draft off the
-prefix where none was recorded, e.g. a draft tree's branch from a wrong alternative, one of the
-trace's recorded drafts after a miss, drawn at random, with what followed it; past the recorded
-proposals after a miss, the last one); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+position its recorded rank, a position with recorded probabilities those; a draft tree's
+branch from a wrong alternative the proposals recorded after it; a draft off the prefix where
+none was recorded, e.g. a branch from a branch's alternative, one of the trace's recorded drafts
+after a miss, drawn at random, with what followed it; past the recorded proposals, the last
+one); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
 configured entropy model, and a rejection without a recorded rank draws one from the trace's
 rank frequencies (:attr:`Trace.rank_probs`), or from the configured ``rank2``-``rank4`` when the
 trace records none (older traces).
@@ -68,6 +74,9 @@ RANKS = (0, 2, 3, 4)  # a rejected position's rank: 0 = not among them
 # window a policy reads entropies of (and where a chain this far past a miss is rare: the
 # commit that shows the miss comes a target pass and a round trip later)
 AFTER_MISS_DEPTH = 16
+# how many proposals a trace holds after each of the draft's wrong alternatives: a draft tree's
+# branch from one; the worker weighs how to grow it by these (deeper, the last one stands in)
+AFTER_ALTERNATIVE_DEPTH = 4
 
 
 @dataclass
@@ -86,6 +95,11 @@ class TraceRequest:
     # after_miss's position p -> (entropy, top_prob, *alt_probs) of the draft's proposals at
     # p + 2, p + 3, ... as it goes on from its own wrong token at p
     further_after_miss: dict[int, list[tuple[float, ...]]] = field(default_factory=dict)
+    # (position p, alternative index i) -> (entropy, top_prob, *alt_probs) of the draft's
+    # proposals at p + 1, p + 2, ... as it goes on from its (i + 2)-th choice at p, a token that
+    # is not the target's (a draft tree's branch from a wrong alternative)
+    after_alternative: dict[tuple[int, int], list[tuple[float, ...]]] = field(
+        default_factory=dict)
 
     def add(self, position: int, accepted: bool, entropy: float | None,
             entropy_after_miss: float | None = None, rank: int | None = None,
@@ -217,6 +231,20 @@ def _parse_request(obj: Any, where: str) -> TraceRequest:
                               "proposals) at a position whose drafts entry has an entropy after "
                               "the miss")
         req.further_after_miss.setdefault(d[0], [_proposal(x, where) for x in d[1:]])
+    after_alt = obj.get("after_alternative", [])
+    if not isinstance(after_alt, list):
+        raise _bad(where, "after_alternative must be a list of [position, index, [entropy, "
+                          "top_prob, ...], ...]")
+    for d in after_alt:
+        if (not isinstance(d, list) or not 3 <= len(d) <= 2 + AFTER_ALTERNATIVE_DEPTH
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in d[:2])
+                or d[0] < p or not 0 <= d[1] < RANK_DEPTH - 1
+                or req.ranks.get(d[0]) == d[1] + 2):
+            raise _bad(where, f"after_alternative entry {str(d)[:80]} is not [position >= "
+                              f"prompt_tokens, index 0-{RANK_DEPTH - 2}, [entropy, top_prob, "
+                              f"...], ...] (at most {AFTER_ALTERNATIVE_DEPTH} proposals) of an "
+                              "alternative that is not the target's token")
+        req.after_alternative.setdefault((d[0], d[1]), [_proposal(x, where) for x in d[2:]])
     return req
 
 
@@ -300,6 +328,9 @@ def write_trace(out: IO[str] | Path | str, requests: Iterable[TraceRequest],
         if r.further_after_miss:
             line["further_after_miss"] = [[p, *map(list, steps)] for p, steps
                                           in sorted(r.further_after_miss.items())]
+        if r.after_alternative:
+            line["after_alternative"] = [[p, i, *map(list, steps)] for (p, i), steps
+                                         in sorted(r.after_alternative.items())]
         out.write(json.dumps(line) + "\n")
 
 
@@ -346,4 +377,6 @@ def replay_request(cfg: SimConfig, trace: Trace, request: int) -> RequestWorld:
     return build_request(cfg, request, rec.prompt_tokens, matches, entropies, rec.output_tokens,
                          entropies_after_miss=after_miss, ranks=ranks,
                          rank_probs=trace.rank_probs, probs=probs, probs_after_miss=probs_after,
-                         further_after_miss=further)
+                         further_after_miss=further,
+                         after_alternative={k: v for k, v in rec.after_alternative.items()
+                                            if k[0] + 1 < n})
