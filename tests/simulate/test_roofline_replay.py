@@ -15,6 +15,7 @@ from wanspec.sampling import SamplingParams
 from wanspec.simulate.baselines import simulate_local
 from wanspec.simulate.config import Roofline, SimConfig
 from wanspec.simulate.engine import simulate_remote
+from wanspec.simulate.load import pass_costs
 from wanspec.simulate.records import aggregate
 from wanspec.simulate.trace import read_trace
 from wanspec.simulate.worlds import worlds
@@ -32,8 +33,22 @@ def test_the_header_records_the_roofline_terms_the_emulated_run_charged():
         DEFAULT_TARGET_COST.per_sequence_ms, DEFAULT_DRAFT_COST.kv_ms_per_ktoken,
         DEFAULT_DRAFT_COST.compute_ms_per_token, DEFAULT_DRAFT_COST.per_sequence_ms)
     flat = trace_header(_Named(), _Named(), TimingConfig.emulate(30, 4), 4, 64, SamplingParams())
-    assert not any(k.endswith(("kv_ms_per_ktoken", "per_sequence_ms")) for k in flat)
+    assert flat["target_per_sequence_ms"] == 0.0  # recorded: the run charged none
     assert Roofline.from_header(flat) == Roofline()
+    assert Roofline.from_header({"target_ms": 30}) is None  # a trace from before the terms
+
+
+def test_under_load_a_replay_charges_its_recorded_terms_and_otherwise_the_defaults():
+    defaults = Roofline.of(DEFAULT_TARGET_COST, DEFAULT_DRAFT_COST)
+    target, draft = pass_costs(SimConfig())  # no trace: a batched pass priced by its shape
+    assert (target.per_sequence_ms, draft.per_sequence_ms) == (
+        defaults.target_per_sequence_ms, defaults.draft_per_sequence_ms) != (0.0, 0.0)
+    target, draft = pass_costs(SimConfig(roofline=Roofline()))  # a flat-cost emulated run's
+    assert target == PassCost(30.0, 0.5) and draft == PassCost(4.0, 0.0)
+    recorded = Roofline(target_kv_ms_per_ktoken=1.5, draft_per_sequence_ms=0.25)
+    target, draft = pass_costs(SimConfig(roofline=recorded))
+    assert (target.kv_ms_per_ktoken, draft.per_sequence_ms) == (1.5, 0.25)
+    assert target.per_sequence_ms == 0.0
 
 
 def test_a_negative_roofline_term_in_a_header_is_a_one_line_error(tmp_path):

@@ -138,9 +138,9 @@ def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma:
         head.update(target_ms=timing.target.base_ms,
                     verify_per_token_ms=timing.target.per_token_ms,
                     draft_ms=timing.draft.base_ms, draft_per_token_ms=timing.draft.per_token_ms)
-        # the roofline terms a replay charges too (those the run charged: nonzero)
-        roofline = dataclasses.asdict(Roofline.of(timing.target, timing.draft))
-        head.update({term: value for term, value in roofline.items() if value})
+        # the roofline terms a replay charges too (every one, zeros included: a flat-cost run
+        # is replayed flat, under load as well)
+        head.update(dataclasses.asdict(Roofline.of(timing.target, timing.draft)))
         if timing.host_overhead:  # its times include this machine's host work (simulate's not)
             head["host_overhead"] = "measured"
     return head

@@ -104,10 +104,13 @@ class Roofline:
     (:class:`~wanspec.timing.device.PassCost`): KV read per 1,000 tokens of context, compute per
     token fed, and each sequence past the first of a batched pass, per device.
 
-    A single-request simulation charges none of them (all zero: the flat costs the closed forms
-    and the published sweeps use) unless it replays a trace whose emulated run charged them:
-    then it charges exactly what that run did (``emulate`` uses the documented deployment's
-    terms, :data:`~wanspec.timing.device.DEFAULT_TARGET_COST`), so the two compare like for like.
+    A replay of a trace whose header records them charges exactly what its emulated run did
+    (``emulate`` uses the documented deployment's terms,
+    :data:`~wanspec.timing.device.DEFAULT_TARGET_COST`, or none with flat costs), single-request
+    and under load, so the two compare like for like.  Without recorded terms
+    (``SimConfig.roofline`` None) a single-request simulation charges none of them (the flat
+    costs the closed forms and the published sweeps use) and one under load the defaults (a
+    batched pass is priced by its shape).
     """
 
     target_kv_ms_per_ktoken: float = 0.0
@@ -124,9 +127,13 @@ class Roofline:
                    draft.kv_ms_per_ktoken, draft.compute_ms_per_token, draft.per_sequence_ms)
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> "Roofline":
-        """What a trace header records (absent terms: 0)."""
-        return cls(**{f.name: float(header.get(f.name, 0.0)) for f in dataclasses.fields(cls)})
+    def from_header(cls, header: dict[str, Any]) -> "Roofline | None":
+        """What a trace header records (None: it records no term, as traces written before
+        the terms were; a term it leaves out: 0)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not any(name in header for name in names):
+            return None
+        return cls(**{name: float(header.get(name, 0.0)) for name in names})
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class SimConfig:
     draft_ms: float = 4.0
     verify_per_token_ms: float = 0.5
     draft_per_token_ms: float = 0.0
-    roofline: Roofline = Roofline()  # (a replayed trace's; not a command-line parameter)
+    roofline: Roofline | None = None  # (a replayed trace's; not a command-line parameter)
     # decoding and policies
     gamma: int = 4
     lookahead: int = 0

@@ -61,7 +61,7 @@ from wanspec.core.worker import (
 from wanspec.protocol.codec import PROTOCOL_VERSION
 from wanspec.protocol.messages import BUNDLES, Hello, Message
 from wanspec.sampling import SamplingParams
-from wanspec.simulate.config import SimConfig
+from wanspec.simulate.config import Roofline, SimConfig
 from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
@@ -109,7 +109,7 @@ def worker_cache(caches: dict[int, DraftCache], a: DraftFor) -> DraftCache:
 def device_costs(cfg: SimConfig) -> tuple[PassCost, PassCost]:
     """The target's and the draft's pass costs at one site's device: ``base + per_token *
     (longest feed - 1)``, plus the roofline terms of a replayed trace (:class:`Roofline`)."""
-    r = cfg.roofline
+    r = cfg.roofline if cfg.roofline is not None else Roofline()
     return (PassCost(cfg.target_ms, cfg.verify_per_token_ms, r.target_kv_ms_per_ktoken,
                      r.target_compute_ms_per_token, r.target_per_sequence_ms),
             PassCost(cfg.draft_ms, cfg.draft_per_token_ms, r.draft_kv_ms_per_ktoken,

@@ -89,7 +89,10 @@ FORM = 1  # heap priority of forming a pass: after every other event of the same
 
 
 def pass_costs(cfg: SimConfig) -> tuple[PassCost, PassCost]:
-    """The point's target and draft costs, with the default roofline terms of a batched pass."""
+    """The point's target and draft costs, with the roofline terms of a batched pass: a
+    replayed trace's, else the defaults."""
+    if cfg.roofline is not None:
+        return device_costs(cfg)
     return device_costs(dataclasses.replace(
         cfg, roofline=Roofline.of(DEFAULT_TARGET_COST, DEFAULT_DRAFT_COST)))
 
