@@ -267,3 +267,36 @@ def test_charging_the_host_makes_an_emulated_cost_a_floor(executor):
     assert slow_pass >= 0.05
     assert 0.02 <= fast_pass < 0.02 + 1.0  # its cost, plus whatever host work was charged
     assert clock.run(main, virtual=True)[0] == pytest.approx(0.002)  # uncharged: the cost
+
+
+def _spin(seconds: float) -> None:
+    """Burn ``seconds`` of this thread's CPU."""
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < seconds:
+        pass
+
+
+def test_idle_loop_cpu_is_the_loops_work_between_passes(executor):
+    """What the device waited on the loop for: its thread's CPU from one pass's end to the next
+    one's start; not before the first pass, not a pass's own off-loop compute, not waiting."""
+
+    def compute():
+        _spin(0.05)  # another thread's CPU
+        return 1
+
+    async def main():
+        dev = Device("gpu")
+        _spin(0.05)  # before the first pass: nothing to wait for yet
+        await dev.run(compute, executor=executor, cost=None, n_tokens=1)
+        _spin(0.03)  # the host work the next pass waits for
+        await asyncio.sleep(0.05)  # waiting costs no CPU
+        await dev.run(compute, executor=executor, cost=None, n_tokens=1)
+        before = dev.stats.copy()
+        await dev.run(compute, executor=executor, cost=None, n_tokens=1)  # back to back
+        return dev, before
+
+    dev, before = clock.run(main)
+    assert 0.03 <= dev.stats.idle_loop_cpu_s < 0.045
+    since = dev.stats.report(since=before)
+    assert since["passes"] == 1 and since["idle_loop_cpu_s"] < 0.01
+    assert dev.stats.report()["passes"] == 3

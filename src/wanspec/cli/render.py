@@ -42,6 +42,8 @@ def metrics_table(result: dict[str, Any], title: str = "metrics") -> Table:
     for name, d in m.get("devices", {}).items():
         t.add_row(f"device {name} busy / passes", f"{_ms(d['busy_s'])} / {d['passes']}")
         t.add_row(f"device {name} host compute", _ms(d["compute_s"]))
+        if "idle_loop_cpu_s" in d:
+            t.add_row(f"device {name} idle, loop CPU", _ms(d["idle_loop_cpu_s"]))
     return t
 
 

@@ -205,8 +205,7 @@ class RemoteEngine:
                                          else pool.estimates[placed.index]),
                               vocab_size=self.target.vocab_size)
         core.branches = self._branches_on(placed.index)
-        busy0, passes0 = self.device.stats.busy_s, self.device.stats.passes
-        compute0 = self.device.stats.compute_s
+        device0 = self.device.stats.copy()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         if placed.index is not None and pool is not None:
             pool.attach(placed.index, rid, queue)
@@ -247,10 +246,7 @@ class RemoteEngine:
         return GenerationResult(
             text=self.target.decode(out), token_ids=out, prompt_tokens=len(ids),
             finish_reason=reason, mode="remote", metrics=metrics,
-            devices={self.device.name: {"passes": self.device.stats.passes - passes0,
-                                        "busy_s": self.device.stats.busy_s - busy0,
-                                        "compute_s": self.device.stats.compute_s - compute0,
-                                        "passes_by_model": dict(self.device.stats.by_model)}},
+            devices={self.device.name: self.device.stats.report(since=device0)},
             timing=self.timing.describe(),
             token_gaps=list(core.metrics.token_gaps),
         )

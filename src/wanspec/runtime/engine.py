@@ -188,9 +188,7 @@ class LocalEngine:
             finish_reason=reason,
             mode=mode.value,
             metrics={**decoder.metrics.to_dict(), "queued_s": queued_s},
-            devices={device.name: {"passes": device.stats.passes, "busy_s": device.stats.busy_s,
-                                   "compute_s": device.stats.compute_s,
-                                   "passes_by_model": dict(device.stats.by_model)}},
+            devices={device.name: device.stats.report()},
             timing=self.timing.describe(),
             token_gaps=list(decoder.metrics.token_gaps),
         )

@@ -72,7 +72,7 @@ class InprocDeployment:
     async def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """One request; worker figures are this request's (the worker's own session account)."""
         st = self.worker_device.stats
-        passes0, busy0, compute0 = st.passes, st.busy_s, st.compute_s
+        worker0 = st.copy()
         up0, down0 = self._wire_bytes()
         result = await self.engine.agenerate(prompt, **kwargs)
         rid = result.metrics["request_id"]
@@ -80,7 +80,7 @@ class InprocDeployment:
         if result.metrics["worker_used"] and self.link.up:
             # the worker reports after our Cancel: about one RTT later (virtual time if emulated)
             stats = await self.link.wait_stats([rid], timeout=2 * self.params.rtt_ms / 1000 + 1.0)
-        passes = stats[rid].passes if rid in stats else st.passes - passes0
+        passes = stats[rid].passes if rid in stats else st.passes - worker0.passes
         result.metrics["draft_passes"]["worker"] = passes
         if rid in stats:
             result.metrics["worker_wasted_passes"] = stats[rid].wasted
@@ -89,11 +89,7 @@ class InprocDeployment:
         # shared with the requests that ran beside it otherwise): frames, headers included
         result.metrics["wire_bytes"] = {"worker_to_controller": down - down0,
                                         "controller_to_worker": up - up0}
-        result.devices[self.worker_device.name] = {
-            "passes": st.passes - passes0, "busy_s": st.busy_s - busy0,
-            "compute_s": st.compute_s - compute0,
-            "passes_by_model": dict(st.by_model),
-        }
+        result.devices[self.worker_device.name] = st.report(since=worker0)
         return result
 
     def _wire_bytes(self) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
@@ -105,6 +106,24 @@ class DeviceStats:
     busy_by_model: dict[str, float] = field(default_factory=dict)  # busy_s split by label
     compute_s: float = 0.0  # real wall time spent computing (the host's own cost)
     by_model: dict[str, int] = field(default_factory=dict)
+    # CPU time of the event loop's thread while the device sat idle, from the end of each pass
+    # to the start of the next: the host work the site's accelerator waited for (an upper bound
+    # on it: what the loop did meanwhile for anything else, or while a request waited for the
+    # network, counts too; what it did while a pass ran, overlapped, does not)
+    idle_loop_cpu_s: float = 0.0
+
+    def report(self, since: "DeviceStats | None" = None) -> dict[str, Any]:
+        """What a result reports of the device: its counts since ``since`` (a :meth:`copy`
+        taken earlier; None: since it started) and its passes by model so far."""
+        b = since or DeviceStats()
+        return {"passes": self.passes - b.passes, "busy_s": self.busy_s - b.busy_s,
+                "compute_s": self.compute_s - b.compute_s,
+                "idle_loop_cpu_s": self.idle_loop_cpu_s - b.idle_loop_cpu_s,
+                "passes_by_model": dict(self.by_model)}
+
+    def copy(self) -> "DeviceStats":
+        return dataclasses.replace(self, busy_by_model=dict(self.busy_by_model),
+                                   by_model=dict(self.by_model))
 
 
 class Device:
@@ -114,6 +133,7 @@ class Device:
         self.name = name
         self.stats = DeviceStats()
         self._lock: asyncio.Lock | None = None
+        self._idle_since: float | None = None  # loop thread's CPU clock when the last pass ended
 
     def _get_lock(self) -> asyncio.Lock:
         if self._lock is None:
@@ -136,6 +156,8 @@ class Device:
         loop = asyncio.get_running_loop()
         async with self._get_lock():
             start = loop.time()
+            if self._idle_since is not None:
+                self.stats.idle_loop_cpu_s += time.thread_time() - self._idle_since
             t0 = time.perf_counter()
             with clock.hold():
                 result = await loop.run_in_executor(executor, fn)
@@ -154,4 +176,5 @@ class Device:
             if label:
                 self.stats.by_model[label] = self.stats.by_model.get(label, 0) + 1
                 self.stats.busy_by_model[label] = self.stats.busy_by_model.get(label, 0.0) + busy
+            self._idle_since = time.thread_time()
         return result
