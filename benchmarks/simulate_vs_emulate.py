@@ -170,7 +170,8 @@ def main() -> None:
     plot(rows, Path(args.plot),
          f"shipped pair, {len(trace.requests)} prompts x {args.max_tokens} tokens, "
          f"target {header['target_ms']:g} ms, draft {header['draft_ms']:g} ms, "
-         f"jitter {args.jitter_ms:g} ms, means of {seed_counts(rows)} link seeds")
+         f"jitter {args.jitter_ms:g} ms, " + (
+             "one run" if seed_counts(rows) == "1" else f"means of {seed_counts(rows)} link seeds"))
 
 
 def earlier_emulated(path: Path, args: argparse.Namespace
