@@ -60,7 +60,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
     stall = sum(r["metrics"].get("stall_s", 0.0) for r in results)
     # the busy site's loop CPU while its accelerator sat idle (what its passes waited on the
     # host for, an upper bound: in-process, emulate's loop also runs the worker)
-    idle_cpu = sum(r["devices"].get("controller", {}).get("idle_loop_cpu_s", 0.0)
+    idle_cpu = sum(r["metrics"]["devices"].get("controller", {}).get("idle_loop_cpu_s", 0.0)
                    for r in results)
     return {"tokens": tokens,
             "busy_idle_loop_cpu_ms_per_token": 1000 * idle_cpu / max(tokens, 1),
