@@ -16,7 +16,6 @@ from wanspec.cli.common import check, check_output, write_file
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.baselines import BASELINES
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
-from wanspec.errors import WanspecError
 from wanspec.simulate.config import MATCH_MODELS, POLICIES, Roofline, SimConfig
 from wanspec.simulate.records import lossless
 from wanspec.simulate.report import mode_table, plot, sweep_table, write_csv, write_json

@@ -18,14 +18,14 @@ from wanspec.cli.common import SiteThreads, check, check_can_listen
 from wanspec.cli.loading import check_model_flags, load_models, timing_from_flags
 from wanspec.cli.render import print_generation, workers_table
 from wanspec.core.controller import ControllerConfig
-from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.core.policy import PolicyName
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH, WorkerLimits
 from wanspec.errors import WanspecError
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import draft_path
 from wanspec.protocol.auth import load_key
 from wanspec.protocol.codec import DEFAULT_FRAME_TIMEOUT_S
-from wanspec.runtime.controller import RemoteEngine, WorkerLink
+from wanspec.runtime.controller import WorkerLink
 from wanspec.runtime.worker import WorkerService
 from wanspec.sampling import SamplingParams
 from wanspec.timing.device import PassCost

@@ -3,7 +3,7 @@ as the controller receives it, is :class:`wanspec.core.tree.RemoteTree`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 
