@@ -91,6 +91,9 @@ def main() -> None:
     if args.reuse_emulated:
         for path in args.reuse_emulated:
             for key, runs in earlier_emulated(Path(path), args).items():
+                have = {r["seed"] for r in emulated.get(key, [])}
+                if any(r["seed"] in have for r in runs):
+                    raise SystemExit(f"{path}: seed emulated twice for RTT {key[0]:g}, {key[1]}")
                 emulated.setdefault(key, []).extend(runs)
         emu.reference(prompts)  # (the trace is recorded from the target-only outputs)
     else:

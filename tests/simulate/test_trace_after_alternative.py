@@ -10,7 +10,7 @@ import pytest
 from wanspec.errors import WanspecError
 from wanspec.simulate.config import SimConfig
 from wanspec.simulate.engine import simulate_remote
-from wanspec.simulate.models import DraftCache
+from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.trace import (
     AFTER_ALTERNATIVE_DEPTH,
     Trace,
@@ -86,11 +86,31 @@ def test_at_a_miss_the_target_token_is_on_the_prefix_and_the_others_have_their_r
     assert on[0] == w.target[13] and on[1] == 0.1  # back on the committed prefix
 
 
-def test_a_replay_with_proposals_after_alternatives_is_lossless():
-    cfg = SimConfig(match="trace", requests=2, max_tokens=8, rtt_ms=60.0, branches=8)
+def test_a_replay_with_proposals_after_alternatives_is_lossless(monkeypatch):
+    """Long enough that the worker's branches from wrong alternatives report the recorded
+    proposals (counted), and every output is still the target's."""
+    req = TraceRequest(10, output_tokens=64)
+    for pos in range(10, 74):
+        miss = pos % 5 == 0
+        req.add(pos, not miss, 1.0 if miss else 0.3, 0.8 if miss else None, 2 if miss else None)
+        for i in range(3):
+            if not (miss and i == 0):  # (at a miss the 2nd choice is the target's token)
+                req.after_alternative[(pos, i)] = [(1.2, 0.5, 0.3, 0.1), (0.4, 0.8, 0.1)]
+    hits = []
+    draft = RequestWorld.draft
+
+    def spy(world, cache, start, tokens):
+        out = draft(world, cache, start, tokens)
+        hits.append((cache.bad, cache.bad_token) in world.after_alt)
+        return out
+
+    monkeypatch.setattr(RequestWorld, "draft", spy)
+    cfg = SimConfig(match="trace", requests=2, max_tokens=64, rtt_ms=60.0, branches=4)
     for policy in ("remote", "always", "entropy", "adaptive"):
-        assert all(r.lossless for r in
-                   simulate_remote(cfg, policy, worlds(cfg, Trace([_request()]))).requests)
+        hits.clear()
+        result = simulate_remote(cfg, policy, worlds(cfg, Trace([req])))
+        assert all(r.lossless for r in result.requests)
+        assert sum(hits) > 20, policy  # the recorded proposals were drafted
 
 
 @pytest.mark.parametrize("entry, why", [

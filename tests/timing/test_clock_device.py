@@ -269,7 +269,7 @@ def test_charging_the_host_makes_an_emulated_cost_a_floor(executor):
     assert clock.run(main, virtual=True)[0] == pytest.approx(0.002)  # uncharged: the cost
 
 
-def _spin(seconds: float) -> None:
+def _burn_cpu(seconds: float) -> None:
     """Burn ``seconds`` of this thread's CPU."""
     t0 = time.thread_time()
     while time.thread_time() - t0 < seconds:
@@ -281,14 +281,14 @@ def test_idle_loop_cpu_is_the_loops_work_between_passes(executor):
     one's start; not before the first pass, not a pass's own off-loop compute, not waiting."""
 
     def compute():
-        _spin(0.05)  # another thread's CPU
+        _burn_cpu(0.05)  # another thread's CPU
         return 1
 
     async def main():
         dev = Device("gpu")
-        _spin(0.05)  # before the first pass: nothing to wait for yet
+        _burn_cpu(0.05)  # before the first pass: nothing to wait for yet
         await dev.run(compute, executor=executor, cost=None, n_tokens=1)
-        _spin(0.03)  # the host work the next pass waits for
+        _burn_cpu(0.03)  # the host work the next pass waits for
         await asyncio.sleep(0.05)  # waiting costs no CPU
         await dev.run(compute, executor=executor, cost=None, n_tokens=1)
         before = dev.stats.copy()

@@ -45,10 +45,10 @@ Replay (:func:`replay_request`): simulated request ``r`` uses trace request ``r 
 prompt length and output length.  A position in the trace gets its recorded outcome and entropy
 (and the position after a miss the recorded entropy and probabilities after it, a rejected
 position its recorded rank, a position with recorded probabilities those; a draft tree's
-branch from a wrong alternative the proposals recorded after it; a draft off the prefix where
-none was recorded, e.g. a branch from a branch's alternative, one of the trace's recorded drafts
-after a miss, drawn at random, with what followed it; past the recorded proposals, the last
-one); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
+branch from a wrong alternative the proposals recorded after it (and so does a branch off that
+branch: the first wrong token decides); a draft off the prefix where none was recorded, one of
+the trace's recorded drafts after a miss, drawn at random, with what followed it; past the
+recorded proposals, the last one); any other position is drawn i.i.d. with the trace's overall per-token acceptance and the
 configured entropy model, and a rejection without a recorded rank draws one from the trace's
 rank frequencies (:attr:`Trace.rank_probs`), or from the configured ``rank2``-``rank4`` when the
 trace records none (older traces).

@@ -108,8 +108,9 @@ class DeviceStats:
     by_model: dict[str, int] = field(default_factory=dict)
     # CPU time of the event loop's thread while the device sat idle, from the end of each pass
     # to the start of the next: the host work the site's accelerator waited for (an upper bound
-    # on it: what the loop did meanwhile for anything else, or while a request waited for the
-    # network, counts too; what it did while a pass ran, overlapped, does not)
+    # on it: what the loop did meanwhile for anything else, between requests, or while a
+    # request waited for the network, counts too; what it did while a pass ran, overlapped,
+    # does not)
     idle_loop_cpu_s: float = 0.0
 
     def report(self, since: "DeviceStats | None" = None) -> dict[str, Any]:
