@@ -17,7 +17,6 @@ are importable too but may change between versions.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -31,6 +30,7 @@ from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.engine import GenerationResult, LocalEngine, TimingConfig
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.sampling import SamplingParams
+from wanspec.timing import clock
 from wanspec.transport import factory
 from wanspec.transport.inproc import LinkParams
 from wanspec.units import parse_bandwidth_bps, parse_duration_ms
@@ -176,4 +176,4 @@ def serve(pair: ModelPair, *, workers: Sequence[str], listen: str = "127.0.0.1:8
                            model_name=model_name or pair.target.path.name, api_key=api_key,
                            grace_s=grace_s, console=Console(stderr=True, highlight=False))
 
-    asyncio.run(main())
+    clock.run(main)

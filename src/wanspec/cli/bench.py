@@ -7,7 +7,6 @@ start in well under a second.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -35,6 +34,7 @@ from wanspec.transport.tls import check_client_trust, client_ssl_context
 from wanspec.units import parse_duration_ms
 from wanspec.emulate.load import Closed, Load, Poisson
 from wanspec.emulate.prompts import load_prompts
+from wanspec.timing import clock
 
 
 def _slo_ms(text: str | None, flag: str) -> float | None:
@@ -88,7 +88,7 @@ def run_bench_cli(cfg: BenchConfig, *, as_json: bool, console: Console) -> bool:
         def tick(rec: RequestRecord) -> None:
             progress.update(task, advance=1)
 
-        run = asyncio.run(run_bench(cfg, tick))
+        run = clock.run(lambda: run_bench(cfg, tick))
     summary = summarize(run)
     if as_json:
         print(json.dumps({**summary, "requests_detail": [r.to_dict() for r in run.records]}))
@@ -147,7 +147,7 @@ def run_probe_cli(targets: list[Any], cfg: ProbeConfig, *, as_json: bool,
             if status is not None:
                 status.update(f"probing {target}")
 
-        records = asyncio.run(run_probe(targets, cfg, tick))
+        records = clock.run(lambda: run_probe(targets, cfg, tick))
     if as_json:
         print(json.dumps(records))
     else:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from rich.console import Console
 
 from wanspec.cli.common import check, check_can_listen
+from wanspec.timing import clock
 from wanspec.transport.delay_proxy import Delay, run_proxy
 from wanspec.transport.factory import parse_address
 from wanspec.units import parse_duration_ms
@@ -31,6 +30,7 @@ def run_delay_proxy(*, listen: str, to: str, rtt: str, jitter: str, udp: bool, s
                       "Ctrl-C stops")
 
     try:
-        asyncio.run(run_proxy(upstream, (host, port), delay, udp=udp, seed=seed, on_ready=ready))
+        clock.run(lambda: run_proxy(upstream, (host, port), delay, udp=udp, seed=seed,
+                                    on_ready=ready))  # its delays on time
     except KeyboardInterrupt:
         pass

@@ -29,6 +29,7 @@ from wanspec.runtime.controller import WorkerLink
 from wanspec.runtime.worker import WorkerService
 from wanspec.sampling import SamplingParams
 from wanspec.timing.device import PassCost
+from wanspec.timing import clock
 from wanspec.transport import factory
 from wanspec.transport.tls import client_ssl_context, require_file
 
@@ -183,7 +184,7 @@ def run_worker(*, listen: str, transport: str, draft: Path | None, cert: Path | 
         await server.close()
         console.print("wanspec worker stopped")
 
-    asyncio.run(main())
+    clock.run(main)  # real time, timers on time
 
 
 def run_controller(*, worker: str | Sequence[str], transport: str, target: Path | None, draft: Path | None,
@@ -287,7 +288,7 @@ def run_controller(*, worker: str | Sequence[str], transport: str, target: Path 
             print_generation(result, console)
 
     workers_state: list[dict[str, Any]] = []
-    failure = asyncio.run(main())
+    failure = clock.run(main)  # real time, timers on time
     if failure is not None:
         raise WorkerRequired(failure)
     if listen is None and not as_json and len(workers) > 1:
