@@ -57,6 +57,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
     tokens = sum(len(r["token_ids"]) for r in results)
     after_first = sum(r["metrics"]["wall_s"] - r["metrics"]["ttft_s"] for r in results)
     busy = sum(r["metrics"]["draft_passes"].get("controller", 0) for r in results)
+    target = sum(r["metrics"]["target_passes"] for r in results)
     stall = sum(r["metrics"].get("stall_s", 0.0) for r in results)
     # the busy site's loop CPU while its accelerator sat idle (what its passes waited on the
     # host for, an upper bound: in-process, emulate's loop also runs the worker)
@@ -66,6 +67,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
             "busy_idle_loop_cpu_ms_per_token": 1000 * idle_cpu / max(tokens, 1),
             "tpot_ms": 1000 * after_first / max(tokens - len(results), 1),
             "busy_passes_per_token": busy / max(tokens, 1),
+            # with the accelerator mostly busy, TPOT ~ target passes a token x their cost: a
+            # real run with more of them verified shorter windows (its drafts came later)
+            "target_passes_per_token": target / max(tokens, 1),
             "stall_ms_per_token": 1000 * stall / max(tokens, 1)}
 
 
@@ -157,6 +161,8 @@ def main() -> None:
     ap.add_argument("--draft-ms", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of each site (default: each site's own default)")
+    ap.add_argument("--worker-flags", default="",
+                    help="more flags for the real worker, e.g. --worker-flags=--no-fit-trees")
     ap.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -183,7 +189,7 @@ def main() -> None:
             tls_controller = ["--ca", str(certs / "ca.pem")]
         wlog = args.logs / f"realtime_fidelity.{kind}.worker.log"
         worker = start([*WANSPEC, "worker", "--listen", "127.0.0.1:0", "--transport", kind,
-                        "--draft-ms", str(args.draft_ms), *tls_worker,
+                        "--draft-ms", str(args.draft_ms), *tls_worker, *args.worker_flags.split(),
                         *(["--threads", str(args.threads)] if args.threads else [])],
                        wlog, read_stdout=True)
         try:
@@ -212,6 +218,9 @@ def main() -> None:
                                "busy_real": real["busy_passes_per_token"],
                                "busy_emulate": e["busy_passes_per_token"],
                                "busy_emulate_host": h["busy_passes_per_token"],
+                               "target_passes_real": real["target_passes_per_token"],
+                               "target_passes_emulate": e["target_passes_per_token"],
+                               "target_passes_emulate_host": h["target_passes_per_token"],
                                "stall_ms_real": real["stall_ms_per_token"],
                                "stall_ms_emulate": e["stall_ms_per_token"],
                                "controller_cpu_ms_per_token": real["controller_cpu_ms_per_token"],
@@ -238,16 +247,18 @@ def main() -> None:
             stop(worker)
 
     print("| transport | RTT | policy | TPOT real / emulate / emulate+host | diff: emulate, "
-          "+host | busy passes/token real / emulate / +host | stall ms/token real / emulate | "
+          "+host | busy passes/token real / emulate / +host | target passes/token real / "
+          "emulate / +host | stall ms/token real / emulate | "
           "host CPU ms/token controller / worker | busy-site loop CPU ms/token, accelerator "
           "idle | identical |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['transport']} | {r['rtt_ms']:g} ms | {r['policy']} | {r['tpot_ms_real']:.2f} / "
               f"{r['tpot_ms_emulate']:.2f} / {r['tpot_ms_emulate_host']:.2f} ms | "
               f"{100 * r['tpot_rel_diff']:+.1f}%, {100 * r['tpot_rel_diff_host']:+.1f}% | "
               f"{r['busy_real']:.3f} / {r['busy_emulate']:.3f} / {r['busy_emulate_host']:.3f} | "
-              f"{r['stall_ms_real']:.2f} / "
+              f"{r['target_passes_real']:.3f} / {r['target_passes_emulate']:.3f} / "
+              f"{r['target_passes_emulate_host']:.3f} | {r['stall_ms_real']:.2f} / "
               f"{r['stall_ms_emulate']:.2f} | {r['controller_cpu_ms_per_token']:.2f} / "
               f"{r['worker_cpu_ms_per_token']:.2f} | "
               f"{r['busy_idle_loop_cpu_ms_per_token']:.2f} | {'yes' if r['identical'] else 'NO'} |")
