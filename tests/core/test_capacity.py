@@ -148,3 +148,18 @@ def test_clocks_that_went_wrong_are_not_fitted():
     p.add(3, float("inf"))
     p.add(3, -1.0)
     assert len(p.samples) == 0 and p.fit() is None
+
+
+def test_an_emulated_floor_lets_lanes_grow_while_the_compute_fits_within_it():
+    # the shipped draft on one CPU thread (as above) behind a 4 ms emulated draft pass
+    cpu = fitted(lambda n: 0.0008 + 0.00025 * n, range(1, 18))
+    # the emulated device is flat: lanes go on while a pass computes within 4 ms (12 sequences:
+    # 3.8 ms), not only to twice the main line's 1.05 ms (5 sequences)
+    assert cheap_sequences(cpu, 1, floor_s=0.004) == 12
+    assert cheap_sequences(cpu, 1) == 5
+    load = WorkerLoad(max_batch=DEFAULT_WORKER_MAX_BATCH, sessions=1, passes=cpu, floor_s=0.004)
+    assert load.seats == 12
+    # a floor the CPU cannot meet even for the main lines: those alone, never fewer
+    assert cheap_sequences(cpu, 8, floor_s=0.001) == 8
+    # compute that does not grow with sequences: no limit, as without a floor
+    assert cheap_sequences(fitted(lambda n: 0.002, range(1, 18)), 1, floor_s=0.004) is None

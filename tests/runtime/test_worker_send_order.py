@@ -91,3 +91,42 @@ def test_a_commit_handled_while_a_send_waits_does_not_overtake_it(near_draft):
     assert len(order) >= 3 and {r for r, _ in order} == {1, 2}
     bases2 = [b for r, b in order if r == 2]
     assert bases2 == sorted(bases2), f"session 2's drafts out of order: {bases2}"
+
+
+def test_a_pass_drafts_leave_with_the_next_pass_already_on_the_device(near_draft):
+    """The next pass goes to the device before a pass's drafts are encoded and sent, so the
+    sending overlaps it (before: every send came first, the device idle meanwhile)."""
+    lm = near_draft.sibling("passes-first")
+
+    async def main():
+        svc = WorkerService(lm, cost=PassCost(4.0), max_batch=8)
+        ctl, w = inproc_pair(LinkParams())
+        tcp = TcpLike(w)
+        running_at_send: list[bool] = []
+        send = tcp.send
+
+        async def recording_send(msg):
+            if isinstance(msg, Drafts):
+                running_at_send.append(svc.accelerator.running)
+            await send(msg)
+
+        tcp.send = recording_send
+        handler = asyncio.create_task(svc.handle(tcp))
+        await ctl.send(Hello(PROTOCOL_VERSION, "controller", "t", svc.fingerprint, lm.vocab_size))
+        assert isinstance(await ctl.recv(), Hello)
+        await ctl.send(SessionStart(1, (5, 17, 33), lookahead=8))
+        drafts = []
+        while len(drafts) < 8:
+            m = await ctl.recv()
+            if isinstance(m, Drafts):
+                drafts.append(m)
+        await ctl.close()
+        await handler
+        return drafts, running_at_send
+
+    drafts, running = virtual(main)
+    lm.close()
+    assert [m.base for m in drafts] == list(range(3, 11))  # (one lane, in order)
+    # every pass but the last (its lane had reached the lookahead: no next pass) had the next
+    # one on the device as its drafts left
+    assert running[:7] == [True] * 7, running

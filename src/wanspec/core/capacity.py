@@ -83,11 +83,18 @@ def worker_pass_times() -> PassTimes:
     return PassTimes(window=WORKER_PASS_WINDOW)
 
 
-def cheap_sequences(passes: PassTimes | None, sessions: int) -> int | None:
+def cheap_sequences(passes: PassTimes | None, sessions: int, floor_s: float = 0.0
+                    ) -> int | None:
     """Sequences a draft pass may carry (main lines and branch lanes) before it costs
     :data:`CHEAP_PASS_FACTOR` times a pass of the ``sessions`` main lines alone; never fewer than
     the main lines.  None: no limit known (not measured, too few passes, or passes that do not
-    get slower with more tokens: memory-bound, or an emulated flat cost)."""
+    get slower with more tokens: memory-bound, or an emulated flat cost).
+
+    ``floor_s`` > 0: the worker emulates a device whose pass costs that, flat (``wanspec worker
+    --draft-ms``), and ``passes`` are its real compute under that floor.  The emulated device
+    has no knee, so lanes go on while the compute still fits within the floor, and stop where
+    a pass would outlast it: past that the site runs slower than the device it emulates, which
+    no emulated run would show."""
     if passes is None or len(passes.samples) < MIN_PASSES_FITTED:
         return None
     fitted = passes.fit()
@@ -96,7 +103,7 @@ def cheap_sequences(passes: PassTimes | None, sessions: int) -> int | None:
     if not b > 0.0:
         return None
     main = max(sessions, 1)
-    budget = CHEAP_PASS_FACTOR * max(a + b * main, 0.0)
+    budget = floor_s if floor_s > 0.0 else CHEAP_PASS_FACTOR * max(a + b * main, 0.0)
     cheap = (budget - a) / b
     if cheap >= 2**31:  # (a slope of rounding noise: flat)
         return None
@@ -120,6 +127,9 @@ class WorkerLoad:
     # the draft device's decoding passes, seconds against sequences (None: trees are not fitted)
     passes: PassTimes | None = None
     spread: float = 0.0  # recent mean absolute deviation of those passes from the fit (seconds)
+    # > 0: the device emulates a flat pass cost of this many seconds, a floor on real time, and
+    # ``passes`` are its real compute (cheap_sequences keeps it within the floor)
+    floor_s: float = 0.0
 
     def on_pass(self, sequences: int, longest: int, seconds: float) -> None:
         """A draft pass ran (``longest``: the most tokens one sequence fed).  Only decoding
@@ -149,7 +159,7 @@ class WorkerLoad:
     def seats(self) -> int:
         """Sequences a pass carries with branch lanes: ``max_batch`` (0: no limit), and no more
         than keep it cheap on the measured device (:func:`cheap_sequences`)."""
-        cheap = cheap_sequences(self.passes, self.sessions)
+        cheap = cheap_sequences(self.passes, self.sessions, self.floor_s)
         if cheap is None:
             return self.max_batch
         return cheap if self.max_batch <= 0 else min(self.max_batch, cheap)

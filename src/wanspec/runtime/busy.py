@@ -82,6 +82,9 @@ class SharedAccelerator:
         # took from its start to its results, as the requests waited for it)
         self.on_pass_done: Callable[[PassKind, int, int, float], None] | None = None
         self._admitted: dict[int, asyncio.Event] = {}
+        self._running = False  # a pass is on the device
+        self._handoffs: list[asyncio.Future[None]] = []  # waiting in handed_over()
+        self._last_caches: set[int] = set()  # id() of the caches the last pass carried
 
     @property
     def device(self):
@@ -165,6 +168,33 @@ class SharedAccelerator:
             self._pump = loop.create_task(self._run())
         return job.future
 
+    @property
+    def running(self) -> bool:
+        """Whether a pass is on the device now."""
+        return self._running
+
+    async def handed_over(self) -> None:
+        """Return once the passes queued so far have left for the device.
+
+        Why: a request's host work after a pass (sending the commit or the drafts, streaming
+        tokens) need not come before its next pass.  Done first, it delays that pass while the
+        device idles; done after this, it overlaps the pass (what vLLM's async scheduling does
+        with a step's output processing).  If a pass is running, at once: the queued passes
+        wait for it anyway, and the host work overlaps it.  Never longer than the pump takes to
+        form the next pass (a few turns of the loop)."""
+        if self._running or not self.batcher.waiting or self._pump is None or self._pump.done():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._handoffs.append(fut)
+        await fut
+
+    def _hand_over(self) -> None:
+        """The pass just formed is leaving for the device (or none will): wake handed_over()."""
+        handoffs, self._handoffs = self._handoffs, []
+        for fut in handoffs:
+            if not fut.done():
+                fut.set_result(None)
+
     async def submit(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
                      sampling: SamplingParams, source: KVCache | None = None) -> Any:
         return await self.enqueue(kind, cache, action, sampling, source)
@@ -181,6 +211,9 @@ class SharedAccelerator:
         waiting, quiet = -1, 0
         for _ in range(SETTLE_MAX_YIELDS):
             await asyncio.sleep(0)
+            if self._last_caches and self._last_caches <= {id(j.cache) for j in
+                                                           self._jobs.values()}:
+                return  # every request of the last pass has queued its next: none to wait for
             quiet = quiet + 1 if self.batcher.waiting == waiting else 0
             waiting = self.batcher.waiting
             if quiet >= 2:
@@ -193,7 +226,7 @@ class SharedAccelerator:
         waiting fails with it."""
         try:
             while await self._one_pass():
-                pass
+                self._hand_over()
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the accelerator stopped")
             for key, job in list(self._jobs.items()):
@@ -201,6 +234,9 @@ class SharedAccelerator:
                 if not job.future.done():
                     job.future.set_exception(error)
             raise
+        finally:
+            self._running = False
+            self._hand_over()
 
     def _offer_seats(self, now: float) -> None:
         """A target pass is about to leave: each rider may join while it has seats."""
@@ -238,6 +274,9 @@ class SharedAccelerator:
         placed = self.models[p.kind]
         assert placed is not None
         started = loop.time()
+        self._last_caches = {id(j.cache) for j in jobs}
+        self._running = True
+        self._hand_over()  # (the waiters run once the pass below is on its way)
         try:
             if p.kind is PassKind.TARGET:
                 results: list[Any] = await placed.run_targets(
@@ -250,6 +289,8 @@ class SharedAccelerator:
                 if not j.future.done():
                     j.future.set_exception(exc)
             return True
+        finally:
+            self._running = False
         tokens, seconds = sum(len(j.action.tokens) for j in jobs), loop.time() - started
         if self.on_pass_done is not None:
             try:

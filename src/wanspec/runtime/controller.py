@@ -328,14 +328,19 @@ class RemoteEngine:
                     task = asyncio.create_task(place_again(frozenset(placed.tried)))
                     tasks.add(task)
                     task.add_done_callback(done)
-                # the next passes first: queued before the host work of the last one (sending
-                # the commit, streaming tokens), which then overlaps the accelerator forming
-                # and running them rather than delaying them (the order of side effects only)
+                # the next passes first: queued, and on their way to the device, before the
+                # host work of the last one (sending the commit, streaming tokens), which then
+                # overlaps them rather than delaying them (the order of side effects only)
+                queued = False
                 for a in actions:
                     if isinstance(a, RunTarget):
                         run_target(a)
+                        queued = True
                     elif isinstance(a, RunDraft):
                         run_local(a)
+                        queued = True
+                if queued and any(isinstance(a, (Send, EmitTokens)) for a in actions):
+                    await self.accelerator.handed_over()
                 for a in actions:
                     if isinstance(a, (RunTarget, RunDraft)):
                         continue

@@ -49,6 +49,7 @@ from wanspec.protocol.codec import PROTOCOL_VERSION, ProtocolError
 from wanspec.protocol.messages import Hello
 from wanspec.runtime.busy import SharedAccelerator
 from wanspec.runtime.placed import PlacedModel
+from wanspec.timing import clock
 from wanspec.timing.device import Device, PassCost
 from wanspec.transport.base import Connection, ConnectionClosed
 
@@ -113,7 +114,8 @@ class WorkerService:
         # read by every connection's core; its trees grow only while passes stay cheap here
         self.load = WorkerLoad(max_batch=max_batch,
                                passes=worker_pass_times() if fit_trees else None)
-        self.accelerator.on_pass_done = lambda _, n, longest, s: self.load.on_pass(n, longest, s)
+        self.accelerator.on_pass_done = self._on_pass_done
+        self._compute_seen = 0.0  # the device's compute_s when the last pass was fitted
         self.fingerprint = tokenizer_fingerprint(draft.tokenizer)
         self.auth_key = auth_key
         self.connections = 0  # served since the start (a count, not state)
@@ -123,6 +125,18 @@ class WorkerService:
         self._refusing = 0  # connections being answered "overloaded" now
         self._busy = BusyMeter()
         self._warned: set[str] = set()  # notices already logged as warnings (log_once)
+
+    def _on_pass_done(self, _: PassKind, sequences: int, longest: int, seconds: float) -> None:
+        """Teach the tree fit a draft pass.  Its time, or, where ``--draft-ms`` is a floor on
+        real time, its real compute against that floor (the device runs one pass at a time, so
+        the compute since the last pass is this one's)."""
+        compute = self.device.stats.compute_s - self._compute_seen
+        self._compute_seen = self.device.stats.compute_s
+        cost = self.placed.cost
+        if cost is not None and clock.cost_is_floor():
+            self.load.floor_s = cost.seconds(1)
+            seconds = compute
+        self.load.on_pass(sequences, longest, seconds)
 
     @property
     def active(self) -> set[WorkerCore]:
@@ -244,11 +258,24 @@ class _Connection:
             self.svc.totals.add(self.core.stats)
             self.svc.refresh_load(loop.time())  # the others' sessions may draft further now
 
-    async def _execute(self, actions: Sequence[WorkerAction]) -> None:
+    async def _execute(self, actions: Sequence[WorkerAction], *,
+                       passes_first: bool = False) -> None:
         """Carry out the core's actions in order.  One caller at a time, first come first served
         (the lock): a send may wait for the socket, and what the core decided later -- another
-        pass's drafts, a commit's -- must not reach the wire before what it decided earlier."""
+        pass's drafts, a commit's -- must not reach the wire before what it decided earlier.
+
+        ``passes_first`` (a pass's outcome: its drafts to send, the next passes to run): the
+        passes go to the device before the drafts are encoded and sent, which then overlaps
+        them instead of delaying them.  Only where the actions are just those two kinds (a
+        Release or a Close keeps its place)."""
         async with self._writing:
+            if (passes_first and any(isinstance(a, DraftFor) for a in actions)
+                    and all(isinstance(a, (Send, DraftFor)) for a in actions)):
+                for a in actions:
+                    if isinstance(a, DraftFor):
+                        self.apply(a)
+                actions = [a for a in actions if isinstance(a, Send)]
+                await self.svc.accelerator.handed_over()
             for a in actions:
                 if isinstance(a, Send):
                     await self.conn.send(a.msg)
@@ -326,7 +353,7 @@ class _Connection:
         for a, exc in failed:
             actions.extend(self.core.on_draft_failed(a.rid, a.run.op, type(exc).__name__))
         try:
-            await self._execute(actions)
+            await self._execute(actions, passes_first=True)
         except ConnectionClosed:
             pass
 

@@ -170,6 +170,13 @@ def real_time_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def cost_is_floor() -> bool:
+    """Whether an emulated pass cost on the running loop is a floor on the pass's real compute
+    (real time, or a virtual clock charging the host) rather than exactly what it takes."""
+    loop = asyncio.get_running_loop()
+    return not isinstance(loop, VirtualTimeLoop) or loop.charge_host
+
+
 def run(main: Callable[[], Awaitable[T]], *, virtual: bool = False,
         charge_host: bool = False) -> T:
     """Run ``main()`` on a fresh loop: virtual time if asked (``charge_host``: charging the
