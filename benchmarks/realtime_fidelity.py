@@ -63,8 +63,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
     # host for, an upper bound: in-process, emulate's loop also runs the worker)
     idle_cpu = sum(r["metrics"]["devices"].get("controller", {}).get("idle_loop_cpu_s", 0.0)
                    for r in results)
+    # the busy device's idle time between a pass and the next that a request of it queued in
+    # its reaction (the host work on the critical path; a lower bound: passes started by a
+    # worker's message or a timer are not in it)
+    turn = [r["metrics"]["devices"].get("controller", {}) for r in results]
+    turn_s, turns = sum(d.get("turnaround_s", 0.0) for d in turn), sum(d.get("turnarounds", 0)
+                                                                     for d in turn)
     return {"tokens": tokens,
             "busy_idle_loop_cpu_ms_per_token": 1000 * idle_cpu / max(tokens, 1),
+            "busy_turnaround_ms_per_token": 1000 * turn_s / max(tokens, 1),
+            "busy_turnaround_ms_per_pass": 1000 * turn_s / max(turns, 1),
             "tpot_ms": 1000 * after_first / max(tokens - len(results), 1),
             "busy_passes_per_token": busy / max(tokens, 1),
             # with the accelerator mostly busy, TPOT ~ target passes a token x their cost: a
@@ -227,6 +235,9 @@ def main() -> None:
                                "worker_cpu_ms_per_token": real["worker_cpu_ms_per_token"],
                                "busy_idle_loop_cpu_ms_per_token":
                                    real["busy_idle_loop_cpu_ms_per_token"],
+                               "busy_turnaround_ms_per_token":
+                                   real["busy_turnaround_ms_per_token"],
+                               "busy_turnaround_ms_per_pass": real["busy_turnaround_ms_per_pass"],
                                "identical": [r["token_ids"] for r in real["results"]]
                                == [r["token_ids"] for r in e["results"]]
                                == [r["token_ids"] for r in h["results"]],
@@ -250,8 +261,8 @@ def main() -> None:
           "+host | busy passes/token real / emulate / +host | target passes/token real / "
           "emulate / +host | stall ms/token real / emulate | "
           "host CPU ms/token controller / worker | busy-site loop CPU ms/token, accelerator "
-          "idle | identical |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "idle | busy-site turnaround ms/token (ms/pass) | identical |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['transport']} | {r['rtt_ms']:g} ms | {r['policy']} | {r['tpot_ms_real']:.2f} / "
               f"{r['tpot_ms_emulate']:.2f} / {r['tpot_ms_emulate_host']:.2f} ms | "
@@ -261,7 +272,9 @@ def main() -> None:
               f"{r['target_passes_emulate_host']:.3f} | {r['stall_ms_real']:.2f} / "
               f"{r['stall_ms_emulate']:.2f} | {r['controller_cpu_ms_per_token']:.2f} / "
               f"{r['worker_cpu_ms_per_token']:.2f} | "
-              f"{r['busy_idle_loop_cpu_ms_per_token']:.2f} | {'yes' if r['identical'] else 'NO'} |")
+              f"{r['busy_idle_loop_cpu_ms_per_token']:.2f} | "
+              f"{r['busy_turnaround_ms_per_token']:.3f} ({r['busy_turnaround_ms_per_pass']:.2f}) | "
+              f"{'yes' if r['identical'] else 'NO'} |")
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=ROOT).stdout.strip()

@@ -40,7 +40,7 @@ def real(main):
     async def bounded():
         return await asyncio.wait_for(main(), BOUND_S)
 
-    return asyncio.run(bounded())
+    return clock.run(bounded)  # real time (the loop every real process runs on)
 
 
 def tcp_engine(target, local, address: str, *, hello_timeout: float = 5.0):

@@ -44,6 +44,9 @@ def metrics_table(result: dict[str, Any], title: str = "metrics") -> Table:
         t.add_row(f"device {name} host compute", _ms(d["compute_s"]))
         if "idle_loop_cpu_s" in d:
             t.add_row(f"device {name} idle, loop CPU", _ms(d["idle_loop_cpu_s"]))
+        if d.get("turnarounds"):
+            t.add_row(f"device {name} turnaround (host between passes)",
+                      f"{_ms(d['turnaround_s'] / d['turnarounds'])} x {d['turnarounds']}")
     return t
 
 

@@ -133,7 +133,7 @@ class WorkerService:
         compute = self.device.stats.compute_s - self._compute_seen
         self._compute_seen = self.device.stats.compute_s
         cost = self.placed.cost
-        if cost is not None and clock.cost_is_floor():
+        if cost is not None and clock.host_counts():
             self.load.floor_s = cost.seconds(1)
             seconds = compute
         self.load.on_pass(sequences, longest, seconds)

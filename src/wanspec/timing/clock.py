@@ -170,9 +170,10 @@ def real_time_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def cost_is_floor() -> bool:
-    """Whether an emulated pass cost on the running loop is a floor on the pass's real compute
-    (real time, or a virtual clock charging the host) rather than exactly what it takes."""
+def host_counts() -> bool:
+    """Whether host work takes time on the running loop's clock: real time, or a virtual clock
+    charging the host.  Then an emulated pass cost is a floor on the pass's real compute rather
+    than exactly what it takes, and each turn of the loop costs."""
     loop = asyncio.get_running_loop()
     return not isinstance(loop, VirtualTimeLoop) or loop.charge_host
 

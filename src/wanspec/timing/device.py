@@ -112,6 +112,13 @@ class DeviceStats:
     # request waited for the network, counts too; what it did while a pass ran, overlapped,
     # does not)
     idle_loop_cpu_s: float = 0.0
+    # passes that a request of the pass before queued in its reaction to that pass's result
+    # (the next verification after a commit, a local draft's next token), and the time from
+    # that result to their start: the host work between two passes of one request's critical
+    # path, the device idle meanwhile (set by the busy accelerator; a lower bound on what the
+    # passes waited on the host for: a pass a worker's message or a timer started is not in it)
+    turnarounds: int = 0
+    turnaround_s: float = 0.0
 
     def report(self, since: "DeviceStats | None" = None) -> dict[str, Any]:
         """What a result reports of the device: its counts since ``since`` (a :meth:`copy`
@@ -120,6 +127,8 @@ class DeviceStats:
         return {"passes": self.passes - b.passes, "busy_s": self.busy_s - b.busy_s,
                 "compute_s": self.compute_s - b.compute_s,
                 "idle_loop_cpu_s": self.idle_loop_cpu_s - b.idle_loop_cpu_s,
+                "turnarounds": self.turnarounds - b.turnarounds,
+                "turnaround_s": self.turnaround_s - b.turnaround_s,
                 "passes_by_model": dict(self.by_model)}
 
     def copy(self) -> "DeviceStats":
