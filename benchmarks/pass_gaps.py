@@ -124,6 +124,8 @@ def turnaround_summary(events: list) -> None:
         i = j
     n = len(hops["total"])
     print(f"controller: {n} passes followed a verification at once; ms p50 / mean / p90:")
+    if not n:
+        return
     for k, v in hops.items():
         print(f"  {k:32s} {ms(v, .5):.3f} / {1000 * statistics.mean(v):.3f} / {ms(v, .9):.3f}")
 

@@ -1,6 +1,7 @@
-"""The busy accelerator's turnaround count: passes a request of the pass before queued in its
-reaction to that pass's result, and the device's idle time between the two (the host work on a
-request's critical path between passes; ``DeviceStats.turnarounds`` / ``turnaround_s``)."""
+"""The busy accelerator's turnaround count: passes carrying a request of the pass before that
+went on at once (queued before the accelerator went idle), and the device's idle time between
+the two (the host work on a request's critical path between passes;
+``DeviceStats.turnarounds`` / ``turnaround_s``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from wanspec.runtime.inproc import InprocDeployment
 from wanspec.transport.inproc import LinkParams
 
 
-def run(target, near_draft, rtt_ms: float, on=virtual):
+def run(target, near_draft, rtt_ms: float, on=virtual, policy: str = "remote"):
     async def main():
         async with InprocDeployment(target, near_draft, link=LinkParams(rtt_ms=rtt_ms),
-                                    timing=TIMING, config=config("remote")) as dep:
+                                    timing=TIMING, config=config(policy)) as dep:
             return await dep.generate(PROMPT, max_tokens=MAX_TOKENS, ignore_eos=True)
 
     r = on(main)
@@ -35,9 +36,9 @@ def test_a_pass_that_waited_for_the_worker_is_not_a_turnaround(target, near_draf
     r, device = run(target, near_draft, rtt_ms=30)
     m = r.metrics
     # at 30 ms the worker's drafts after a rejection come a round trip later (the request
-    # stalls): the verification they allow was started by their message, not by the host's
-    # reaction to the pass before, and is not counted (counting every pass that a request of
-    # the pass before queued would count all of them)
+    # stalls): the verification they allow was started by their message after the accelerator
+    # went idle, and is not counted (counting every pass whose request was in the pass before
+    # would count all of them: one request)
     assert m["plain_steps"] == 0 and m["stall_s"] > 0
     assert 1 <= device["turnarounds"] < m["remote_windows"]
 
@@ -47,3 +48,14 @@ def test_on_real_time_the_turnaround_takes_the_hosts_time(target, near_draft, re
     assert r.token_ids == ref_greedy.token_ids
     assert device["turnarounds"] >= 1
     assert 0.0 < device["turnaround_s"] < r.metrics["wall_s"]
+
+
+def test_a_request_is_followed_across_its_caches(target, near_draft):
+    # `always` drafts at the busy site after a rejection: its local draft passes (its draft
+    # cache) follow its verifications (its target cache) at once, and its verifications follow
+    # its local drafts; each counts as the same request going on
+    r, device = run(target, near_draft, rtt_ms=30, policy="always")
+    m = r.metrics
+    local = m["draft_passes"]["controller"]
+    assert local >= 2
+    assert device["turnarounds"] >= local

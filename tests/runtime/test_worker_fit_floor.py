@@ -19,7 +19,7 @@ def one_pass(service: WorkerService, *, virtual: bool, charge_host: bool = False
     async def main():
         t0 = asyncio.get_running_loop().time()
 
-        def work():  # a forward that computes ~2 ms
+        def work():  # a forward that computes ~2 ms, far below the 50 ms floor
             import time
             time.sleep(0.002)
         await service.device.run(work, executor=service.draft.executor,
@@ -32,23 +32,23 @@ def one_pass(service: WorkerService, *, virtual: bool, charge_host: bool = False
 
 @pytest.fixture()
 def service(random_draft):
-    return WorkerService(random_draft, cost=PassCost(4.0))
+    return WorkerService(random_draft, cost=PassCost(50.0))
 
 
 def test_on_real_time_the_fit_learns_the_compute_under_the_floor(service):
     (sequences, seconds), floor = one_pass(service, virtual=False)
-    assert sequences == 3 and floor == pytest.approx(0.004)
-    assert 0.002 <= seconds < 0.004  # the compute (~2 ms), not the 4 ms the pass occupied
+    assert sequences == 3 and floor == pytest.approx(0.050)
+    assert 0.002 <= seconds < 0.045  # the compute (~2 ms), not the 50 ms the pass occupied
 
 
 def test_charging_the_host_the_cost_is_a_floor_too(service):
     (_, seconds), floor = one_pass(service, virtual=True, charge_host=True)
-    assert floor == pytest.approx(0.004) and 0.002 <= seconds < 0.004
+    assert floor == pytest.approx(0.050) and 0.002 <= seconds < 0.045
 
 
 def test_on_the_plain_virtual_clock_the_fit_sees_the_emulated_cost(service):
     (_, seconds), floor = one_pass(service, virtual=True)
-    assert floor == 0.0 and seconds == pytest.approx(0.004)  # exact: deterministic runs
+    assert floor == 0.0 and seconds == pytest.approx(0.050)  # exact: deterministic runs
 
 
 def test_without_an_emulated_cost_the_pass_time_is_fitted(random_draft):

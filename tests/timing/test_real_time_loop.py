@@ -47,7 +47,7 @@ def test_a_timed_wait_returns_the_events_that_arrive_during_it(monkeypatch, fd_l
         b.close()
 
 
-def test_timers_never_fire_early_and_sockets_still_work():
+def test_sleeps_and_sockets_work_on_the_real_time_loop():
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()
         early = []

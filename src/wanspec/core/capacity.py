@@ -90,11 +90,12 @@ def cheap_sequences(passes: PassTimes | None, sessions: int, floor_s: float = 0.
     the main lines.  None: no limit known (not measured, too few passes, or passes that do not
     get slower with more tokens: memory-bound, or an emulated flat cost).
 
-    ``floor_s`` > 0: the worker emulates a device whose pass costs that, flat (``wanspec worker
-    --draft-ms``), and ``passes`` are its real compute under that floor.  The emulated device
-    has no knee, so lanes go on while the compute still fits within the floor, and stop where
-    a pass would outlast it: past that the site runs slower than the device it emulates, which
-    no emulated run would show."""
+    ``floor_s`` > 0: the worker emulates a device whose one-sequence decoding pass costs that
+    (``wanspec worker --draft-ms``: a flat cost), and ``passes`` are its real compute under the
+    floor.  Lanes go on while the compute still fits within that floor and stop where a pass
+    would outlast it: past that the site runs slower than the device it emulates, which no
+    emulated run would show.  (For an emulated cost that grows with sequences the one-sequence
+    floor is the conservative budget.)"""
     if passes is None or len(passes.samples) < MIN_PASSES_FITTED:
         return None
     fitted = passes.fit()
@@ -127,8 +128,9 @@ class WorkerLoad:
     # the draft device's decoding passes, seconds against sequences (None: trees are not fitted)
     passes: PassTimes | None = None
     spread: float = 0.0  # recent mean absolute deviation of those passes from the fit (seconds)
-    # > 0: the device emulates a flat pass cost of this many seconds, a floor on real time, and
-    # ``passes`` are its real compute (cheap_sequences keeps it within the floor)
+    # > 0: the device emulates a cost, a floor on real time, of this many seconds for a
+    # one-sequence decoding pass, and ``passes`` are its real compute (cheap_sequences keeps it
+    # within the floor)
     floor_s: float = 0.0
 
     def on_pass(self, sequences: int, longest: int, seconds: float) -> None:

@@ -43,7 +43,7 @@ class _Job:
     sampling: SamplingParams
     future: asyncio.Future
     source: KVCache | None = None  # a draft pass's fork: the cache its cache copies a prefix of
-    queued_at: float = 0.0  # loop time of enqueue
+    owner: object = None  # the request it is for (the same for all its caches)
 
 
 @dataclass
@@ -86,8 +86,10 @@ class SharedAccelerator:
         self._admitted: dict[int, asyncio.Event] = {}
         self._running = False  # a pass is on the device
         self._handoffs: list[asyncio.Future[None]] = []  # waiting in handed_over()
-        self._last_caches: set[int] = set()  # id() of the caches the last pass carried
-        self._last_end: float | None = None  # loop time the last pass's results were released
+        self._last_owners: set[object] = set()  # the requests the last pass carried (held for
+        # one pass, so that no new request can be mistaken for one of them)
+        self._last_end: float | None = None  # loop time the last pass ended (None: the pump
+        # went idle since)
 
     @property
     def device(self):
@@ -148,7 +150,8 @@ class SharedAccelerator:
         self._riders.pop(key, None)
 
     def enqueue(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
-                sampling: SamplingParams, source: KVCache | None = None) -> asyncio.Future:
+                sampling: SamplingParams, source: KVCache | None = None,
+                owner: object = None) -> asyncio.Future:
         """Queue a pass now (synchronously: a rider's pass joins the pass being formed); the
         future gets its result.  Cancelling the future withdraws the pass if it has not run.
 
@@ -158,7 +161,8 @@ class SharedAccelerator:
             raise ValueError("only a draft pass forks a KV cache")
         loop = asyncio.get_running_loop()
         key = next(self._keys)
-        job = _Job(kind, cache, action, sampling, loop.create_future(), source, loop.time())
+        job = _Job(kind, cache, action, sampling, loop.create_future(), source,
+                   cache if owner is None else owner)
         self._jobs[key] = job
         self.batcher.submit(key, kind, len(action.tokens), loop.time())
 
@@ -173,11 +177,14 @@ class SharedAccelerator:
 
     @property
     def running(self) -> bool:
-        """Whether a pass is on the device now."""
+        """Whether a pass has been formed and not yet ended (on the device, or about to take
+        it)."""
         return self._running
 
     async def handed_over(self) -> None:
-        """Return once the passes queued so far have left for the device.
+        """Return once the pump has formed the next pass and sent it to the device (the
+        caller's own pass is in it unless it did not fit: drafts go first, and a pass takes at
+        most its limits).
 
         Why: a request's host work after a pass (sending the commit or the drafts, streaming
         tokens) need not come before its next pass.  Done first, it delays that pass while the
@@ -216,8 +223,8 @@ class SharedAccelerator:
         # then stays the simulator's: the pass forms after every other event of the instant)
         for _ in range(SETTLE_MAX_YIELDS):
             await asyncio.sleep(0)
-            if shortcut and self._last_caches and self._last_caches <= {
-                    id(j.cache) for j in self._jobs.values()}:
+            if shortcut and self._last_owners and self._last_owners <= {
+                    j.owner for j in self._jobs.values()}:
                 return  # every request of the last pass has queued its next: none to wait for
             quiet = quiet + 1 if self.batcher.waiting == waiting else 0
             waiting = self.batcher.waiting
@@ -242,6 +249,7 @@ class SharedAccelerator:
         finally:
             self._running = False
             self._last_end = None  # (the pump stops: nothing queued went on at once)
+            self._last_owners = set()
             self._hand_over()
 
     def _offer_seats(self, now: float) -> None:
@@ -280,13 +288,11 @@ class SharedAccelerator:
         placed = self.models[p.kind]
         assert placed is not None
         started = loop.time()
-        last_end = self._last_end
-        if last_end is not None and any(id(j.cache) in self._last_caches
-                                        and j.queued_at >= last_end for j in jobs):
-            stats = placed.device.stats  # a request of the last pass went on at once: the
-            stats.turnarounds += 1  # device idled while the host reacted
-            stats.turnaround_s += started - last_end
-        self._last_caches = {id(j.cache) for j in jobs}
+        if self._last_end is not None and any(j.owner in self._last_owners for j in jobs):
+            stats = placed.device.stats  # a request of the last pass went on before the pump
+            stats.turnarounds += 1  # went idle: the device idled while the host reacted
+            stats.turnaround_s += started - self._last_end
+        self._last_owners = {j.owner for j in jobs}
         self._running = True
         self._hand_over()  # (the waiters run once the pass below is on its way)
         try:

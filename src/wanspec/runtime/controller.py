@@ -268,12 +268,12 @@ class RemoteEngine:
 
         def run_target(a: RunTarget) -> None:
             # queued now (not from a task), so a rider's pass joins the pass being formed
-            fut = self.accelerator.enqueue(PassKind.TARGET, t_cache, a, sampling)
+            fut = self.accelerator.enqueue(PassKind.TARGET, t_cache, a, sampling, owner=core)
             start(fut)
 
         def run_local(a: RunDraft) -> None:
             assert l_cache is not None
-            start(self.accelerator.enqueue(PassKind.DRAFT, l_cache, a, sampling))
+            start(self.accelerator.enqueue(PassKind.DRAFT, l_cache, a, sampling, owner=core))
 
         def start(fut: asyncio.Future[Any]) -> None:
             passes.add(fut)

@@ -296,7 +296,8 @@ class _Connection:
             cache = self.caches.get(key)
             if cache is None:
                 cache = self.caches[key] = self.svc.draft.new_cache()
-            fut = self.svc.accelerator.enqueue(PassKind.DRAFT, cache, a.run, a.sampling, source)
+            fut = self.svc.accelerator.enqueue(PassKind.DRAFT, cache, a.run, a.sampling, source,
+                                               owner=(self, a.rid))
             self.waiting[key] = fut
             fut.add_done_callback(lambda f: self._pass_ended(a, f, cache, source))
         elif isinstance(a, Release):

@@ -112,11 +112,13 @@ class DeviceStats:
     # request waited for the network, counts too; what it did while a pass ran, overlapped,
     # does not)
     idle_loop_cpu_s: float = 0.0
-    # passes that a request of the pass before queued in its reaction to that pass's result
-    # (the next verification after a commit, a local draft's next token), and the time from
-    # that result to their start: the host work between two passes of one request's critical
-    # path, the device idle meanwhile (set by the busy accelerator; a lower bound on what the
-    # passes waited on the host for: a pass a worker's message or a timer started is not in it)
+    # passes carrying a request of the pass before that went on at once (queued before the
+    # accelerator went idle: the next verification after a commit, a local draft's next token;
+    # also a rider, or a request whose drafts arrived within those few turns of the loop), and
+    # the time from that pass's end to their start: the host work between two passes of a
+    # request's critical path, the device idle meanwhile (set by the shared accelerator; a
+    # lower bound on what passes waited on the host for: a pass that a worker's message or a
+    # timer started after the accelerator went idle is not in it)
     turnarounds: int = 0
     turnaround_s: float = 0.0
 
