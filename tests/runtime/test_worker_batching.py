@@ -254,12 +254,12 @@ def test_a_failed_pass_ends_its_session_with_an_error_and_spares_the_others(work
         service = WorkerService(worker_lm, cost=COST)
         real_enqueue = service.accelerator.enqueue
 
-        def flaky(kind, cache, run, sampling, source=None):
+        def flaky(kind, cache, run, sampling, source=None, owner=None):
             if len(run.tokens) == len(PROMPTS[3]):  # session 2's prefill
                 failed = asyncio.get_running_loop().create_future()
                 failed.set_exception(ValueError("device fell over"))
                 return failed
-            return real_enqueue(kind, cache, run, sampling, source)
+            return real_enqueue(kind, cache, run, sampling, source, owner)
 
         service.accelerator.enqueue = flaky  # type: ignore[method-assign]
         c = await Controller(service, auto_commit=True).open()

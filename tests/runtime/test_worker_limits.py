@@ -221,13 +221,13 @@ class FailingPasses:
         self.enqueue = enqueue
         self.poisoned: set[int] = set()
 
-    def __call__(self, kind, cache, run, sampling, source=None):
+    def __call__(self, kind, cache, run, sampling, source=None, owner=None):
         if POISON in run.tokens or id(cache) in self.poisoned or id(source) in self.poisoned:
             self.poisoned.add(id(cache))
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(RuntimeError("device lost"))
             return failed
-        return self.enqueue(kind, cache, run, sampling, source)
+        return self.enqueue(kind, cache, run, sampling, source, owner)
 
 
 def test_a_failing_draft_pass_ends_its_session_only(worker_lm):
