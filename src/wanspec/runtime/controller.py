@@ -331,15 +331,13 @@ class RemoteEngine:
                 # the next passes first: queued, and on their way to the device, before the
                 # host work of the last one (sending the commit, streaming tokens), which then
                 # overlaps them rather than delaying them (the order of side effects only)
-                queued = False
                 for a in actions:
                     if isinstance(a, RunTarget):
                         run_target(a)
-                        queued = True
                     elif isinstance(a, RunDraft):
                         run_local(a)
-                        queued = True
-                if queued and any(isinstance(a, (Send, EmitTokens)) for a in actions):
+                kinds = {type(a) for a in actions}
+                if kinds & {RunTarget, RunDraft} and kinds & {Send, EmitTokens}:
                     await self.accelerator.handed_over()
                 for a in actions:
                     if isinstance(a, (RunTarget, RunDraft)):
