@@ -219,13 +219,11 @@ def test_measured_mode_records_real_compute(executor):
     assert dev.stats.busy_s >= 0.04
 
 
-def test_hold_is_a_no_op_on_a_real_loop():
+def test_off_loop_work_runs_on_a_real_loop_too(executor):
     async def main():
-        with clock.hold():
-            await asyncio.sleep(0)
-        return True
+        return await clock.off_loop(executor, lambda: 7)
 
-    assert clock.run(main)
+    assert clock.run(main) == 7
 
 
 def _spin(seconds: float) -> None:

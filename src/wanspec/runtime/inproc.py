@@ -17,6 +17,7 @@ from wanspec.models.backend import CausalLM
 from wanspec.runtime.controller import RemoteEngine, WorkerLink
 from wanspec.runtime.engine import GenerationResult, TimingConfig
 from wanspec.runtime.worker import WorkerService
+from wanspec.timing import clock
 from wanspec.timing.device import Device
 from wanspec.transport.base import Connection, ConnectionClosed
 from wanspec.transport.inproc import InprocConnection, LinkParams, inproc_pair
@@ -60,7 +61,10 @@ class InprocDeployment:
         self._seed += 1
         controller_end, worker_end = inproc_pair(params)
         self._ends += [controller_end, worker_end]
-        self._handlers.append(asyncio.create_task(self.service.handle(worker_end)))
+        # the worker's tasks are its site's host work (a loop charging the host keeps each
+        # site's on its own timeline, as on two machines)
+        self._handlers.append(asyncio.create_task(self.service.handle(worker_end),
+                                                  context=clock.site_context("worker")))
         return controller_end
 
     def kill_worker(self) -> None:

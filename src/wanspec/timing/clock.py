@@ -3,19 +3,28 @@
 Everything in wanspec reads time from ``loop.time()`` and waits with ``asyncio.sleep``, so the
 clock is injected by choosing the loop.  :class:`VirtualTimeLoop` makes the loop's clock virtual:
 when nothing is ready to run it jumps straight to the next timer instead of sleeping.  Work that
-really executes off-loop (a model forward in a thread) holds the clock with :func:`hold`, so
+really executes off-loop (a model forward in a thread) runs through :func:`off_loop`, so
 virtual time stands still while it runs; an emulated device then charges its configured cost on
 the virtual clock.  Result: emulated runs are deterministic and take only the real compute time.
 
 A real deployment also pays for its host work: the event loop's own Python (protocol, policies,
 bookkeeping) and model passes that take longer than their emulated cost.  With
 ``charge_host=True`` the virtual clock charges both, measured as the run goes (``wanspec emulate
---host-overhead measured``): the real time each loop iteration spends running callbacks is added
-to the clock, and a pass occupies its device for the larger of its emulated cost and its real
-compute (what ``--target-ms`` means for a real site: a floor on real time).  Runs then vary
-with the machine, as real ones do.  Both sites of an in-process deployment share the one loop,
-so their host work is charged to one clock: an upper bound when the sites run on different
-machines, about right when they share one.
+--host-overhead measured``): each callback's real time is charged to the *site* that ran it,
+and a pass occupies its device for the larger of its emulated cost and its real compute (what
+``--target-ms`` means for a real site: a floor on real time).  Runs then vary with the machine,
+as real ones do.
+
+Sites.  The two sites of an in-process deployment share one loop, but as real processes on two
+machines each has its own host: the worker's Python must not delay the busy site's.  So every
+site keeps its own host timeline (:class:`_HostTimelines`).  A callback runs in the context of
+the task it resumes, and :data:`SITE` in that context names the site (``site_context`` tags the
+tasks a site starts; whatever ``main`` starts is the ``"main"`` site).  A site's callback that
+runs at virtual time ``t`` and takes ``h`` seconds of real time makes that site busy until
+``t + h``: its later callbacks wait until then (in their order), while other sites' callbacks
+still run at ``t``; inside a callback ``time()`` is ``t`` plus the work done so far.  Callbacks
+of no site (a model thread reporting its result, a link delivering a message) are neither
+charged nor held back: they stand for work no host does.
 
 On real time, :func:`real_time_loop` is the loop every wanspec process runs on: asyncio's own
 waits for its next timer through epoll, whose timeout is whole milliseconds rounded up, so every
@@ -27,22 +36,103 @@ waits for the timer with microsecond resolution instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
+import concurrent.futures
+import contextvars
 import select
 import selectors
 import time
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 T = TypeVar("T")
+
+
+SITE: contextvars.ContextVar[str | None] = contextvars.ContextVar("wanspec_site", default=None)
+MAIN_SITE = "main"  # the site of whatever :func:`run`'s ``main`` starts
+
+
+def site_context(name: str) -> contextvars.Context:
+    """A copy of the current context whose callbacks are site ``name``'s host work: pass it to
+    ``asyncio.create_task(..., context=...)`` for the task a site starts (its own tasks inherit
+    it).  Only a loop charging the host reads it."""
+    ctx = contextvars.copy_context()
+    ctx.run(SITE.set, name)
+    return ctx
+
+
+def no_site_context() -> contextvars.Context:
+    """A context of no site: a callback run in it is charged to no host and waits for none (a
+    link delivering a message: the wire, not a host, does that work)."""
+    return contextvars.Context()
+
+
+class _HostTimelines(collections.deque):  # type: ignore[type-arg]
+    """The ready queue of a :class:`VirtualTimeLoop` charging the host, one timeline per site.
+
+    asyncio's ``_run_once`` takes each ready callback with ``popleft()`` and runs it unless it
+    is cancelled, so the queue sees every callback start, and the next ``popleft()`` (or
+    :meth:`settle`, after the iteration) sees it end.  A callback whose site is still busy at
+    the current virtual time is held back: it joins its site's waiting line (kept in order) and
+    the loop is handed a cancelled stand-in instead; a timer at the site's free time puts the
+    line back in the ready queue.
+    """
+
+    def __init__(self, loop: "VirtualTimeLoop") -> None:
+        super().__init__()
+        self._loop = loop
+        self.free_at: dict[str, float] = {}  # virtual time each site's host is next free
+        self.spent: dict[str, float] = {}  # host seconds charged to each site so far
+        self._waiting: dict[str, collections.deque[asyncio.Handle]] = {}
+        self._running: tuple[str, float] | None = None  # the site running now, since when
+        self._skip = asyncio.Handle(lambda: None, (), loop)
+        self._skip.cancel()
+
+    def popleft(self) -> asyncio.Handle:
+        self.settle()
+        handle: asyncio.Handle = super().popleft()
+        site = handle._context.get(SITE) if not handle.cancelled() else None  # type: ignore[attr-defined]
+        if site is None:
+            return handle
+        now = self._loop._virtual_now
+        if self._waiting.get(site) or self.free_at.get(site, 0.0) > now:
+            self._wait(site, handle)
+            return self._skip
+        self._running = (site, time.perf_counter())
+        return handle
+
+    def elapsed(self) -> float:
+        """Real time the callback running now has taken so far (0 between callbacks)."""
+        return 0.0 if self._running is None else time.perf_counter() - self._running[1]
+
+    def settle(self) -> None:
+        """Charge the callback that just ran to its site."""
+        if self._running is None:
+            return
+        spent = self.elapsed()
+        site = self._running[0]
+        self._running = None
+        self.free_at[site] = self._loop._virtual_now + spent
+        self.spent[site] = self.spent.get(site, 0.0) + spent
+
+    def _wait(self, site: str, handle: asyncio.Handle) -> None:
+        line = self._waiting.setdefault(site, collections.deque())
+        if not line:  # the first to wait arms the timer that releases the line
+            self._loop.call_at(self.free_at[site], self._release, site, context=no_site_context())
+        line.append(handle)
+
+    def _release(self, site: str) -> None:
+        self.extend(self._waiting.pop(site, ()))
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose ``time()`` is virtual and advances only when idle.
 
-    "Idle" means: no callback ready, no I/O event pending and no :func:`hold` active.  Then the
+    "Idle" means: no callback ready, no I/O event pending and no :func:`off_loop` work running.  Then the
     selector's timeout (the delay to the next timer) is added to the virtual clock instead of
     being slept.  Real sockets still work (they are polled without blocking), but their timing
     is not meaningful on virtual time; use the in-process transport for virtual-time runs.
+    With ``charge_host`` each site's callbacks take their real time on that site's timeline
+    (see the module).
     """
 
     def __init__(self, charge_host: bool = False) -> None:
@@ -50,59 +140,54 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._virtual_now = 0.0
         self._holds = 0
         self.charge_host = charge_host
-        self.host_s = 0.0  # host time charged so far (charge_host)
-        self._select_s = 0.0  # real time the current iteration spent in select
-        self._iteration_t0: float | None = None  # when the current iteration began (charging)
+        self._timelines: _HostTimelines | None = None
+        if charge_host:
+            self._timelines = _HostTimelines(self)
+            self._ready = self._timelines  # type: ignore[assignment]
         real_select = self._selector.select  # type: ignore[attr-defined]
 
-        def timed_select(timeout: float | None) -> list[Any]:
-            t0 = time.perf_counter()
-            try:
-                return real_select(timeout)
-            finally:
-                self._select_s += time.perf_counter() - t0
-
         def select(timeout: float | None = None) -> list[Any]:
-            poll = timed_select if self.charge_host else real_select
             if timeout is not None and timeout <= 0:
-                return poll(0)
+                return real_select(0)
             if self._holds > 0:
                 # off-loop work in flight: wait for it for real, with the clock frozen
-                return poll(None if timeout is None else max(timeout, 0.05))
-            ready = poll(0)
+                return real_select(None if timeout is None else max(timeout, 0.05))
+            ready = real_select(0)
             if ready:
                 return ready
             if timeout is None:
-                return poll(None)
+                return real_select(None)
             self._virtual_now += timeout
             return []
 
         self._selector.select = select  # type: ignore[attr-defined,method-assign]
 
-    def _run_once(self) -> None:
-        """One iteration; with ``charge_host``, its callbacks' real time moves the clock on
-        (as they run: ``time()`` inside a callback includes the work done so far)."""
-        if not self.charge_host:
-            return super()._run_once()  # type: ignore[misc,no-any-return]
-        self._select_s = 0.0
-        self._iteration_t0 = time.perf_counter()
-        try:
-            super()._run_once()  # type: ignore[misc]
-        finally:
-            spent = self._host_spent()
-            self._iteration_t0 = None
-            self._virtual_now += spent
-            self.host_s += spent
-        return None
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+                             context: contextvars.Context | None = None) -> asyncio.Handle:
+        """Another thread's callback (a model pass handing back its result) is no site's host
+        work, whatever context that thread happens to run in."""
+        return super().call_soon_threadsafe(callback, *args,
+                                            context=context or no_site_context())
 
-    def _host_spent(self) -> float:
-        """Real time this iteration has spent outside select (its callbacks' host work)."""
-        if self._iteration_t0 is None:
-            return 0.0
-        return max(time.perf_counter() - self._iteration_t0 - self._select_s, 0.0)
+    def _run_once(self) -> None:
+        super()._run_once()  # type: ignore[misc]
+        if self._timelines is not None:
+            self._timelines.settle()  # the iteration's last callback
+
+    @property
+    def host_s(self) -> float:
+        """Host time charged so far, all sites together (``charge_host``)."""
+        return sum(self.host_by_site.values())
+
+    @property
+    def host_by_site(self) -> dict[str, float]:
+        """Host time charged so far to each site (``charge_host``)."""
+        return dict(self._timelines.spent) if self._timelines is not None else {}
 
     def time(self) -> float:
-        return self._virtual_now + self._host_spent()
+        if self._timelines is None:
+            return self._virtual_now
+        return self._virtual_now + self._timelines.elapsed()
 
     def hold(self) -> None:
         self._holds += 1
@@ -111,18 +196,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._holds -= 1
 
 
-@contextlib.contextmanager
-def hold() -> Iterator[None]:
-    """Freeze virtual time while off-loop work runs (no-op on a real-time loop)."""
+async def off_loop(executor: concurrent.futures.Executor, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on ``executor``, freezing virtual time while it runs (on a real-time loop:
+    just run it).  The clock is released the moment ``fn`` returns, not when the awaiting task
+    resumes: with the host charged, that task's site may still be busy, and its resuming is
+    then a later point on the clock, which must be free to move."""
     loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(executor, fn)
     if isinstance(loop, VirtualTimeLoop):
         loop.hold()
-        try:
-            yield
-        finally:
-            loop.release()
-    else:
-        yield
+        future.add_done_callback(lambda _: loop.release(), context=no_site_context())
+    return await future
 
 
 def now() -> float:
@@ -181,7 +265,8 @@ def host_counts() -> bool:
 def run(main: Callable[[], Awaitable[T]], *, virtual: bool = False,
         charge_host: bool = False) -> T:
     """Run ``main()`` on a fresh loop: virtual time if asked (``charge_host``: charging the
-    host work measured as it runs; virtual time only), else :func:`real_time_loop`."""
+    host work measured as it runs, ``main``'s own to :data:`MAIN_SITE`; virtual time only),
+    else :func:`real_time_loop`."""
     factory = (lambda: VirtualTimeLoop(charge_host)) if virtual else real_time_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())  # type: ignore[arg-type]
+        return runner.run(main(), context=site_context(MAIN_SITE))  # type: ignore[arg-type]

@@ -171,8 +171,7 @@ class Device:
             if self._idle_since is not None:
                 self.stats.idle_loop_cpu_s += time.thread_time() - self._idle_since
             t0 = time.perf_counter()
-            with clock.hold():
-                result = await loop.run_in_executor(executor, fn)
+            result = await clock.off_loop(executor, fn)
             compute = time.perf_counter() - t0
             if cost is not None:
                 seconds = cost.seconds(n_tokens, longest=longest, context=context,

@@ -1,0 +1,118 @@
+"""Charging the host per site: each site's Python takes time on its own timeline only.
+
+In an in-process deployment both sites share one loop, but as real processes they run on two
+hosts; a virtual clock charging the host (``emulate --host-overhead measured``) must not make
+the worker's Python delay the busy site's, nor let a site's own callbacks overlap each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import pytest
+
+from wanspec.timing import clock
+
+
+def _spin(seconds: float) -> None:
+    """Host work: Python on the loop's own thread."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.fixture
+def executor():
+    ex = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+def _run(main):
+    return clock.run(main, virtual=True, charge_host=True)
+
+
+def test_one_sites_work_does_not_delay_another_site():
+    async def worker(log):
+        _spin(0.05)  # 50 ms of the worker's host
+        await asyncio.sleep(0)  # its next callback: after its own work
+        log["worker_next"] = clock.now()
+
+    async def main():
+        log = {}
+        task = asyncio.create_task(worker(log), context=clock.site_context("worker"))
+        await asyncio.sleep(0.01)  # the main site's timer, due while the worker is busy
+        log["main_woke"] = clock.now()
+        await task
+        return log, asyncio.get_running_loop()
+
+    log, loop = _run(main)
+    # the main site woke on time: the worker's 50 ms were not on its timeline
+    assert 0.01 <= log["main_woke"] < 0.04
+    assert log["worker_next"] >= 0.05
+    assert set(loop.host_by_site) == {"main", "worker"}
+    assert loop.host_by_site["worker"] >= 0.05
+
+
+def test_a_sites_callbacks_run_one_after_another_in_order():
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[str, float]] = []
+
+        def step(name: str) -> None:
+            seen.append((name, clock.now()))
+            _spin(0.01)
+
+        for name in "abc":
+            loop.call_soon(step, name)
+        await asyncio.sleep(0.1)
+        return seen
+
+    seen = _run(main)
+    assert [name for name, _ in seen] == ["a", "b", "c"]
+    starts = [t for _, t in seen]
+    # each started only once the one before had taken its 10 ms of the site's host
+    assert starts[1] - starts[0] >= 0.01 and starts[2] - starts[1] >= 0.01
+
+
+def test_work_of_no_site_is_neither_charged_nor_held_back():
+    async def main():
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        loop.call_at(0.005, lambda: fired.append(loop.time()), context=clock.no_site_context())
+        _spin(0.03)  # the main site is busy until ~0.03
+        await asyncio.sleep(0.05)
+        return fired, loop
+
+    fired, loop = _run(main)
+    assert fired == [pytest.approx(0.005)]
+    assert set(loop.host_by_site) == {"main"}
+
+
+def test_off_loop_work_releases_the_clock_while_its_site_is_busy(executor):
+    """The thread's end frees the clock even though the awaiting task cannot resume until its
+    site's host is free (that resumption needs the clock to move)."""
+
+    async def busy_sibling():
+        _spin(0.03)
+
+    async def main():
+        sibling = asyncio.create_task(busy_sibling())  # same site: the main one
+        value = await clock.off_loop(executor, lambda: 3)
+        await sibling
+        return value, clock.now()
+
+    value, t = _run(main)
+    assert value == 3 and t >= 0.03
+
+
+def test_without_charging_the_host_no_time_passes():
+    async def main():
+        task = asyncio.create_task(asyncio.sleep(0), context=clock.site_context("worker"))
+        _spin(0.02)
+        await task
+        return clock.now(), asyncio.get_running_loop().host_by_site
+
+    assert clock.run(main, virtual=True) == (0.0, {})
