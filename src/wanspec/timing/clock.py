@@ -90,7 +90,9 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
     def popleft(self) -> asyncio.Handle:
         self.settle()
         handle: asyncio.Handle = super().popleft()
-        site = handle._context.get(SITE) if not handle.cancelled() else None  # type: ignore[attr-defined]
+        if handle.cancelled():
+            return handle
+        site = handle._context.get(SITE)  # type: ignore[attr-defined]
         if site is None:
             return handle
         now = self._loop._virtual_now
@@ -127,10 +129,11 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose ``time()`` is virtual and advances only when idle.
 
-    "Idle" means: no callback ready, no I/O event pending and no :func:`off_loop` work running.  Then the
-    selector's timeout (the delay to the next timer) is added to the virtual clock instead of
-    being slept.  Real sockets still work (they are polled without blocking), but their timing
-    is not meaningful on virtual time; use the in-process transport for virtual-time runs.
+    "Idle" means: no callback ready, no I/O event pending and no :func:`off_loop` work running.
+    Then the selector's timeout (the delay to the next timer) is added to the virtual clock
+    instead of being slept.  Real sockets still work (they are polled without blocking), but
+    their timing is not meaningful on virtual time; use the in-process transport for
+    virtual-time runs.
     With ``charge_host`` each site's callbacks take their real time on that site's timeline
     (see the module).
     """
@@ -139,7 +142,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(selectors.DefaultSelector())
         self._virtual_now = 0.0
         self._holds = 0
-        self.charge_host = charge_host
         self._timelines: _HostTimelines | None = None
         if charge_host:
             self._timelines = _HostTimelines(self)
@@ -173,6 +175,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super()._run_once()  # type: ignore[misc]
         if self._timelines is not None:
             self._timelines.settle()  # the iteration's last callback
+
+    @property
+    def charge_host(self) -> bool:
+        """Whether host work is charged (the loop then keeps a timeline per site)."""
+        return self._timelines is not None
 
     @property
     def host_s(self) -> float:
