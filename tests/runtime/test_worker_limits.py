@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import weakref
 from collections import defaultdict
 
 import pytest
@@ -215,15 +216,20 @@ def test_a_trickled_half_frame_is_dropped_and_the_connection_forgotten(worker_lm
 
 class FailingPasses:
     """The worker accelerator's queue, failing every pass of a session whose prompt holds
-    ``POISON`` (its future fails at once, as a pass failing on the device does)."""
+    ``POISON`` (its future fails at once, as a pass failing on the device does).
+
+    The poisoned caches are held weakly, not by ``id()``: a freed cache's id is reused by the
+    next one allocated, which would poison a healthy session (it did, depending on test order).
+    """
 
     def __init__(self, enqueue) -> None:
         self.enqueue = enqueue
-        self.poisoned: set[int] = set()
+        self.poisoned: weakref.WeakSet = weakref.WeakSet()
 
     def __call__(self, kind, cache, run, sampling, source=None, owner=None):
-        if POISON in run.tokens or id(cache) in self.poisoned or id(source) in self.poisoned:
-            self.poisoned.add(id(cache))
+        prompt = run.start == 0  # a session's first pass feeds its prompt (drafts may hold 13 too)
+        if (prompt and POISON in run.tokens) or cache in self.poisoned or source in self.poisoned:
+            self.poisoned.add(cache)
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(RuntimeError("device lost"))
             return failed
