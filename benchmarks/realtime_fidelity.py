@@ -14,8 +14,10 @@ pass).  Per (transport, RTT, policy) it reports, side by side:
   from /proc, over the measured requests; the worker serves only this controller);
 * whether every output was token-identical to emulate's (both are lossless).
 
-`emulate` runs twice: on its plain virtual clock (device costs only) and with
-`--host-overhead measured` (the loop's own work and passes slower than their cost charged).
+`emulate` runs on its plain virtual clock (device costs only), with `--host-overhead measured`
+(each site's own Python and passes slower than their cost charged), and for each transport with
+`--host-overhead measured --host-transport T` too (also that transport's stack, measured on
+loopback first: host work a message the in-process link does not do).
 
 The first prompt warms each controller up (connection, first passes) and is not measured.
 Both processes use their default torch threads (on one machine the sites split the CPUs) unless
@@ -125,9 +127,11 @@ def real_run(args: argparse.Namespace, worker: subprocess.Popen[str], address: s
 
 
 def emulated(args: argparse.Namespace, prompts: list[str], rtts: list[float],
-             policies: list[str], host_overhead: bool) -> dict[tuple[float, str], dict[str, Any]]:
+             policies: list[str], host_overhead: bool, stack_ms: float = 0.0
+             ) -> dict[tuple[float, str], dict[str, Any]]:
     """The same prompts on emulate's in-process deployment, virtual clock, same flat costs
-    (``host_overhead``: also charging the host work measured as it runs)."""
+    (``host_overhead``: also charging the host work measured as it runs; ``stack_ms``: and a
+    transport stack's, per message and end)."""
     import dataclasses
 
     import torch
@@ -142,7 +146,7 @@ def emulated(args: argparse.Namespace, prompts: list[str], rtts: list[float],
                           timing=dataclasses.replace(
                               TimingConfig.emulate(args.target_ms, args.draft_ms),
                               host_overhead=host_overhead),
-                          max_tokens=args.max_tokens)
+                          max_tokens=args.max_tokens, host_stack_ms=stack_ms)
     emu = Emulation(CausalLM(DEFAULT_TARGET, name="target"), CausalLM(DEFAULT_DRAFT, name="draft"),
                     cfg)
     out = {}
@@ -180,9 +184,16 @@ def main() -> None:
 
     prompts, prompts_file = held_out(args.prompts, args.logs / "realtime_fidelity.prompts.jsonl")
 
+    from wanspec.transport.stack_cost import measure
+
+    stack_ms = {kind: measure(kind).per_side_ms for kind in transports}
+    print("transport stacks, host ms a message at each end: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in stack_ms.items()), file=sys.stderr)
     t0 = time.time()
     emu = emulated(args, prompts, rtts, policies, host_overhead=False)
-    emu_host = emulated(args, prompts, rtts, policies, host_overhead=True)
+    emu_bare_host = emulated(args, prompts, rtts, policies, host_overhead=True)
+    emu_host = {kind: emulated(args, prompts, rtts, policies, host_overhead=True,
+                               stack_ms=stack_ms[kind]) for kind in transports}
     print(f"emulated in {time.time() - t0:.0f} s", file=sys.stderr)
 
     rows: list[dict[str, Any]] = []
@@ -217,12 +228,17 @@ def main() -> None:
                         log = args.logs / f"realtime_fidelity.{kind}.{policy}.log"
                         real = real_run(args, worker, address, kind, policy, prompts_file,
                                         tls_controller, log)
-                        e, h = emu[rtt, policy], emu_host[rtt, policy]
+                        e, b = emu[rtt, policy], emu_bare_host[rtt, policy]
+                        h = emu_host[kind][rtt, policy]
                         row = {"transport": kind, "rtt_ms": rtt, "policy": policy,
                                "tpot_ms_real": real["tpot_ms"], "tpot_ms_emulate": e["tpot_ms"],
                                "tpot_rel_diff": rel(real["tpot_ms"], e["tpot_ms"]),
                                "tpot_ms_emulate_host": h["tpot_ms"],
                                "tpot_rel_diff_host": rel(real["tpot_ms"], h["tpot_ms"]),
+                               "stack_ms_per_side": stack_ms[kind],
+                               "tpot_ms_emulate_host_no_stack": b["tpot_ms"],
+                               "tpot_rel_diff_host_no_stack": rel(real["tpot_ms"], b["tpot_ms"]),
+                               "busy_emulate_host_no_stack": b["busy_passes_per_token"],
                                "busy_real": real["busy_passes_per_token"],
                                "busy_emulate": e["busy_passes_per_token"],
                                "busy_emulate_host": h["busy_passes_per_token"],
@@ -240,7 +256,8 @@ def main() -> None:
                                "busy_turnaround_ms_per_pass": real["busy_turnaround_ms_per_pass"],
                                "identical": [r["token_ids"] for r in real["results"]]
                                == [r["token_ids"] for r in e["results"]]
-                               == [r["token_ids"] for r in h["results"]],
+                               == [r["token_ids"] for r in h["results"]]
+                               == [r["token_ids"] for r in b["results"]],
                                "command": real["command"]}
                         rows.append(row)
                         print(f"{kind} {rtt:g} ms {policy}: TPOT {row['tpot_ms_real']:.2f} real / "
@@ -257,17 +274,20 @@ def main() -> None:
         finally:
             stop(worker)
 
-    print("| transport | RTT | policy | TPOT real / emulate / emulate+host | diff: emulate, "
-          "+host | busy passes/token real / emulate / +host | target passes/token real / "
-          "emulate / +host | stall ms/token real / emulate | "
+    print("| transport | RTT | policy | TPOT real / emulate / +host / +host+stack | diff: "
+          "emulate, +host, +host+stack | busy passes/token real / emulate / +host / +host+stack "
+          "| target passes/token real / emulate / +host+stack | stall ms/token real / emulate | "
           "host CPU ms/token controller / worker | busy-site loop CPU ms/token, accelerator "
           "idle | busy-site turnaround ms/token (ms/pass) | identical |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['transport']} | {r['rtt_ms']:g} ms | {r['policy']} | {r['tpot_ms_real']:.2f} / "
-              f"{r['tpot_ms_emulate']:.2f} / {r['tpot_ms_emulate_host']:.2f} ms | "
-              f"{100 * r['tpot_rel_diff']:+.1f}%, {100 * r['tpot_rel_diff_host']:+.1f}% | "
-              f"{r['busy_real']:.3f} / {r['busy_emulate']:.3f} / {r['busy_emulate_host']:.3f} | "
+              f"{r['tpot_ms_emulate']:.2f} / {r['tpot_ms_emulate_host_no_stack']:.2f} / "
+              f"{r['tpot_ms_emulate_host']:.2f} ms | "
+              f"{100 * r['tpot_rel_diff']:+.1f}%, {100 * r['tpot_rel_diff_host_no_stack']:+.1f}%, "
+              f"{100 * r['tpot_rel_diff_host']:+.1f}% | "
+              f"{r['busy_real']:.3f} / {r['busy_emulate']:.3f} / "
+              f"{r['busy_emulate_host_no_stack']:.3f} / {r['busy_emulate_host']:.3f} | "
               f"{r['target_passes_real']:.3f} / {r['target_passes_emulate']:.3f} / "
               f"{r['target_passes_emulate_host']:.3f} | {r['stall_ms_real']:.2f} / "
               f"{r['stall_ms_emulate']:.2f} | {r['controller_cpu_ms_per_token']:.2f} / "
@@ -281,7 +301,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1) + "\n")
+            "args": {k: str(v) for k, v in vars(args).items()}, "stack_ms_per_side": stack_ms,
+            "rows": rows}, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
 
 

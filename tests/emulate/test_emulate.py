@@ -156,6 +156,8 @@ def test_tables_report_losslessness(setup):
     (["--max-slowdown", "0.9"], "--max-slowdown must be >= 1"),
     (["--host-overhead", "some"], "--host-overhead must be 0 or measured"),
     (["--measured", "--host-overhead", "measured"], "--measured already pays it"),
+    (["--host-transport", "udp"], "--host-transport must be one of inproc, tcp, quic"),
+    (["--host-transport", "quic"], "it needs --host-overhead measured"),
 ])
 def test_bad_values(args, needle, setup):
     r = emulate(setup, *args)
@@ -193,6 +195,22 @@ def test_charging_measured_host_overhead_slows_the_clock_and_loses_nothing(targe
         assert free[mode]["identical_to_target_only"] and charged[mode]["identical_to_target_only"]
         assert charged[mode]["e2e_ms_per_token"] > free[mode]["e2e_ms_per_token"]
     assert free["target"]["tpot_ms_mean"] == pytest.approx(2.0)  # deterministic: the cost
+
+
+def test_a_transport_stacks_host_work_slows_the_remote_path_only(target, near_draft):
+    """--host-transport: each message costs both sites the stack's share (here a heavy 10 ms
+    at each end, far above this machine's noise): the remote path slows, target-only (no
+    messages) does not, and outputs stay identical."""
+    def run(stack_ms: float) -> dict:
+        timing = dataclasses.replace(TimingConfig.emulate(30, 4), host_overhead=True)
+        cfg = EmulationConfig(rtts_ms=(0.0,), policies=("remote",), max_tokens=8, timing=timing,
+                              sd_gammas=(4,), host_stack_ms=stack_ms)
+        return {r["mode"]: r for r in Emulation(target, near_draft, cfg).run(PROMPTS[:1])}
+
+    bare, stacked = run(0.0), run(10.0)
+    assert all(r["identical_to_target_only"] for r in (*bare.values(), *stacked.values()))
+    assert stacked["remote"]["e2e_ms_per_token"] > bare["remote"]["e2e_ms_per_token"] + 10
+    assert stacked["target"]["e2e_ms_per_token"] < bare["target"]["e2e_ms_per_token"] + 5
 
 
 def test_host_overhead_is_for_emulated_costs_only():

@@ -116,3 +116,35 @@ def test_without_charging_the_host_no_time_passes():
         return clock.now(), asyncio.get_running_loop().host_by_site
 
     assert clock.run(main, virtual=True) == (0.0, {})
+
+
+def test_declared_host_work_delays_only_its_own_site():
+    """``clock.charge_host``: work a real site does that this process does not (a transport's
+    stack) moves the running site's timeline, like its own Python, and no other site's."""
+
+    async def worker(log):
+        clock.charge_host(0.2)  # 200 ms declared, none spent
+        await asyncio.sleep(0)
+        log["worker_next"] = clock.now()
+
+    async def main():
+        log = {}
+        task = asyncio.create_task(worker(log), context=clock.site_context("worker"))
+        await asyncio.sleep(0.01)
+        log["main_woke"] = clock.now()
+        await task
+        return log, asyncio.get_running_loop()
+
+    log, loop = _run(main)
+    assert 0.2 <= log["worker_next"] < 0.25
+    assert 0.01 <= log["main_woke"] < 0.05
+    assert 0.2 <= loop.host_by_site["worker"] < 0.25
+
+
+def test_declared_host_work_is_ignored_unless_the_host_is_charged():
+    async def main():
+        clock.charge_host(0.2)
+        await asyncio.sleep(0)
+        return clock.now()
+
+    assert clock.run(main, virtual=True) == 0.0

@@ -228,6 +228,7 @@ def emulate(
     admission: bool = typer.Option(False, "--admission", help="Under load: admit a request only while the running ones are predicted to meet --slo-tpot (the rest queue, first come first served, never refused)."),
     host_overhead: str = typer.Option("0", "--host-overhead", help="0: the virtual clock charges device costs only (deterministic). measured: it also charges the host work measured as the run goes (the event loop's own Python; passes slower on this machine than their cost), as real sites pay it (docs/results.md §10)."),
     worker_max_batch: int = typer.Option(DEFAULT_WORKER_MAX_BATCH, "--worker-max-batch", help="Most sequences one worker draft pass carries: sessions and their branch lanes (as wanspec worker --max-batch)."),
+    host_transport: str = typer.Option("inproc", "--host-transport", help="With --host-overhead measured: also charge both sites the host work this transport's stack does a message (tcp or quic: measured on loopback on this machine before the run, about a second); inproc: none, the in-process link's own work only."),
 ) -> None:
     """Compare target-only, standard SD and every remote policy over an emulated WAN (one request
     at a time, or under load with --concurrency / --request-rate)."""
@@ -254,7 +255,7 @@ def emulate(
             plot_path=plot_path, record=record, console=console, sd_gammas=sd_gammas, exact=exact,
             concurrency=concurrency, request_rate=request_rate, slo_tpot=slo_tpot,
             max_batch=max_batch, worker_max_batch=worker_max_batch, admission=admission,
-            branches=branches, host_overhead=host_overhead)
+            branches=branches, host_overhead=host_overhead, host_transport=host_transport)
     if not ok:
         raise typer.Exit(1)
 

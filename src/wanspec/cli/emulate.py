@@ -32,6 +32,8 @@ from wanspec.runtime.engine import TimingConfig
 from wanspec.sampling import SamplingParams
 from wanspec.simulate.trace import Trace, write_trace
 from wanspec.timing.device import DEFAULT_DRAFT_COST
+from wanspec.transport.stack_cost import TRANSPORTS
+from wanspec.transport.stack_cost import measure as measure_stack
 
 
 def parse_rtt_sweep(text: str) -> tuple[float, ...]:
@@ -145,7 +147,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
                 worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
                 compute_ms_per_token: float = 0.0, kv_ms_per_ktoken: float = 0.0,
                 per_sequence_ms: float = 0.0, branches: int = ControllerConfig.branches,
-                host_overhead: str = "0") -> bool:
+                host_overhead: str = "0", host_transport: str = "inproc") -> bool:
     """Run the comparison; returns False if any output differed from target-only."""
     rtts = parse_rtt_sweep(sweep) if sweep else (parse_duration_ms(rtt, "--rtt"),)
     loads = parse_loads(concurrency, request_rate, seed)
@@ -171,6 +173,10 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(not (measured and host_overhead == "measured"),
           "--host-overhead measured charges host work to emulated costs; --measured already "
           "pays it for real")
+    check(host_transport in TRANSPORTS,
+          f"--host-transport must be one of {', '.join(TRANSPORTS)}, got {host_transport!r}")
+    check(host_transport == "inproc" or host_overhead == "measured",
+          "--host-transport charges a transport's host work; it needs --host-overhead measured")
     check(min(target_ms, draft_ms, verify_per_token_ms, compute_ms_per_token,
               kv_ms_per_ktoken, per_sequence_ms) >= 0, "device costs must be >= 0 ms")
     timing = TimingConfig() if measured else TimingConfig.emulate(
@@ -193,6 +199,12 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     for path, flag in ((record, "--record"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_output(path, flag)  # fail before minutes of emulation, not after
     prompt_list = load_prompts(prompts, num_prompts)
+    if host_transport != "inproc":  # before the models load: a second on loopback
+        stack = measure_stack(host_transport)
+        cfg = dataclasses.replace(cfg, host_stack_ms=stack.per_side_ms)
+        Console(stderr=True).print(
+            f"{host_transport} stack on this machine: {stack.per_side_ms * 1e3:.0f} us of host "
+            f"work a message at each end, charged to both sites")
     configure_threads(threads)
     tgt, drf = load_models(target, draft, need_draft=True, exact=exact)
     assert drf is not None

@@ -60,6 +60,9 @@ class EmulationConfig:
     worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH  # sequences per worker draft pass
     slo_tpot_ms: float = 50.0  # goodput counts requests whose TPOT meets this
     admission: bool = False  # admit requests only while the running ones meet slo_tpot_ms
+    # with the host charged (timing.host_overhead): host work a message costs each end in a real
+    # transport's stack, which the in-process link lacks (transport/stack_cost.py measures it)
+    host_stack_ms: float = 0.0
 
 
 @dataclass
@@ -162,7 +165,7 @@ class Emulation:
         c = self.config
         return LinkParams(rtt_ms=rtt, jitter_ms=c.jitter_ms if jitter_ms is None else jitter_ms,
                           bandwidth_bps=c.bandwidth_bps, spike_prob=c.spike_prob,
-                          spike_ms=c.spike_ms, seed=c.seed)
+                          spike_ms=c.spike_ms, seed=c.seed, stack_ms=c.host_stack_ms)
 
     def _controller_config(self, policy: str) -> ControllerConfig:
         c = self.config

@@ -84,6 +84,7 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
         self.spent: dict[str, float] = {}  # host seconds charged to each site so far
         self._waiting: dict[str, collections.deque[asyncio.Handle]] = {}
         self._running: tuple[str, float] | None = None  # the site running now, since when
+        self._charged = 0.0  # host seconds the running callback declared beyond its real time
         self._skip = asyncio.Handle(lambda: None, (), loop)
         self._skip.cancel()
 
@@ -104,7 +105,15 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
 
     def elapsed(self) -> float:
         """Real time the callback running now has taken so far (0 between callbacks)."""
-        return 0.0 if self._running is None else time.perf_counter() - self._running[1]
+        if self._running is None:
+            return 0.0
+        return time.perf_counter() - self._running[1] + self._charged
+
+    def charge(self, seconds: float) -> None:
+        """Charge the running callback's site ``seconds`` more than its real time (work this
+        process does not do but a real site would); nothing between callbacks or for no site."""
+        if self._running is not None:
+            self._charged += seconds
 
     def settle(self) -> None:
         """Charge the callback that just ran to its site."""
@@ -113,6 +122,7 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
         spent = self.elapsed()
         site = self._running[0]
         self._running = None
+        self._charged = 0.0
         self.free_at[site] = self._loop._virtual_now + spent
         self.spent[site] = self.spent.get(site, 0.0) + spent
 
@@ -234,6 +244,15 @@ def charges_host() -> bool:
     """Whether the running loop's virtual clock charges measured host work (see the module)."""
     loop = asyncio.get_running_loop()
     return isinstance(loop, VirtualTimeLoop) and loop.charge_host
+
+
+def charge_host(seconds: float) -> None:
+    """Charge the site whose callback is running ``seconds`` of host work it did not do here
+    (a real transport's stack, which the in-process link has none of); a no-op unless the loop
+    charges the host."""
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, VirtualTimeLoop) and loop._timelines is not None:
+        loop._timelines.charge(seconds)
 
 
 _SELECT_FD_LIMIT = 1024  # select() takes descriptors below FD_SETSIZE only

@@ -5,7 +5,9 @@ time.  Every delay is a ``loop.call_at`` timer, so on :class:`~wanspec.timing.cl
 a 300 ms RTT run finishes instantly with exact timestamps.  Messages really go through
 :func:`~wanspec.protocol.codec.encode_frame` / :func:`decode_message`, so sizes (and hence
 bandwidth costs) are the real wire sizes, oversize frames are refused like on a socket, and the
-receiver gets a fresh object, never one shared with the sender.
+receiver gets a fresh object, never one shared with the sender.  A loop charging the host also
+charges each end ``LinkParams.stack_ms`` a message, the host work a real transport's stack would
+do there (:mod:`~wanspec.transport.stack_cost`).
 
 Latency model, per direction (each direction is a FIFO, like one TCP/QUIC stream)::
 
@@ -26,6 +28,7 @@ import contextvars
 
 from wanspec.protocol.codec import DEFAULT_MAX_FRAME, decode_message, encode_frame
 from wanspec.protocol.messages import Message
+from wanspec.timing import clock
 from wanspec.transport.base import Connection, ConnectionClosed
 from wanspec.transport.common import Inbox, Traffic
 from wanspec.transport.latency import FifoLink, LinkParams
@@ -45,6 +48,7 @@ class _Pipe:
 
     def __init__(self, params: LinkParams, one_way_ms: float, name: str) -> None:
         self._schedule = FifoLink(params, one_way_ms, name)  # the delay arithmetic
+        self.stack_s = params.stack_ms / 1e3  # each end's share of a real stack's host work
         self._pending: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -128,10 +132,14 @@ class InprocConnection(Connection):
         if self._closed_reason is not None:
             raise ConnectionClosed(f"{self.peer}: {self._closed_reason}")
         frame = encode_frame(msg, self._max_frame)  # refuses oversize, like a socket adapter
+        if self._out.stack_s:  # a real stack's work comes before the message is on the wire
+            clock.charge_host(self._out.stack_s)
         self._out.push(frame[_HEADER_BYTES:])
 
     async def recv(self) -> Message:
         body = await self._inbox.get()
+        if self._in.stack_s:
+            clock.charge_host(self._in.stack_s)
         return decode_message(body)
 
     async def close(self) -> None:

@@ -29,9 +29,13 @@ class LinkParams:
     spike_ms: float = 0.0
     up_share: float = 0.5  # fraction of the RTT spent controller -> worker
     seed: int = 0
+    # host work each end of a message does in a real transport's stack and this link does not:
+    # charged to the sending and the receiving site by a loop that charges the host, else unused
+    # (transport/stack_cost.py measures it)
+    stack_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rtt_ms", "jitter_ms", "bandwidth_bps", "spike_ms"):
+        for name in ("rtt_ms", "jitter_ms", "bandwidth_bps", "spike_ms", "stack_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise WanspecError(f"link {name} must be a non-negative number, got {value!r}")
