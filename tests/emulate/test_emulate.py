@@ -198,19 +198,19 @@ def test_charging_measured_host_overhead_slows_the_clock_and_loses_nothing(targe
 
 
 def test_a_transport_stacks_host_work_slows_the_remote_path_only(target, near_draft):
-    """--host-transport: each message costs both sites the stack's share (here a heavy 10 ms
-    at each end, far above this machine's noise): the remote path slows, target-only (no
-    messages) does not, and outputs stay identical."""
+    """--host-transport: each message costs both sites the stack's share (here a heavy 50 ms
+    at each end, far above this machine's noise): the remote path slows by at least half of one
+    end's share a token (a verification round carries a few tokens and two messages), and outputs
+    stay identical."""
     def run(stack_ms: float) -> dict:
         timing = dataclasses.replace(TimingConfig.emulate(30, 4), host_overhead=True)
         cfg = EmulationConfig(rtts_ms=(0.0,), policies=("remote",), max_tokens=8, timing=timing,
                               sd_gammas=(4,), host_stack_ms=stack_ms)
         return {r["mode"]: r for r in Emulation(target, near_draft, cfg).run(PROMPTS[:1])}
 
-    bare, stacked = run(0.0), run(10.0)
+    bare, stacked = run(0.0), run(50.0)
     assert all(r["identical_to_target_only"] for r in (*bare.values(), *stacked.values()))
-    assert stacked["remote"]["e2e_ms_per_token"] > bare["remote"]["e2e_ms_per_token"] + 10
-    assert stacked["target"]["e2e_ms_per_token"] < bare["target"]["e2e_ms_per_token"] + 5
+    assert stacked["remote"]["e2e_ms_per_token"] > bare["remote"]["e2e_ms_per_token"] + 25
 
 
 def test_host_overhead_is_for_emulated_costs_only():

@@ -204,7 +204,9 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         cfg = dataclasses.replace(cfg, host_stack_ms=stack.per_side_ms)
         Console(stderr=True).print(
             f"{host_transport} stack on this machine: {stack.per_side_ms * 1e3:.0f} us of host "
-            f"work a message at each end, charged to both sites")
+            f"work a message at each end, charged to both sites" if stack.per_side_ms else
+            f"{host_transport} stack on this machine: no more host work than the in-process "
+            f"link's own (nothing more charged)")
     configure_threads(threads)
     tgt, drf = load_models(target, draft, need_draft=True, exact=exact)
     assert drf is not None

@@ -112,6 +112,8 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
     def charge(self, seconds: float) -> None:
         """Charge the running callback's site ``seconds`` more than its real time (work this
         process does not do but a real site would); nothing between callbacks or for no site."""
+        if seconds < 0:
+            raise ValueError(f"host work cannot be negative, got {seconds}")
         if self._running is not None:
             self._charged += seconds
 
@@ -178,13 +180,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                              context: contextvars.Context | None = None) -> asyncio.Handle:
         """Another thread's callback (a model pass handing back its result) is no site's host
         work, whatever context that thread happens to run in."""
-        return super().call_soon_threadsafe(callback, *args,
-                                            context=context or no_site_context())
+        return super().call_soon_threadsafe(
+            callback, *args, context=no_site_context() if context is None else context)
 
     def _run_once(self) -> None:
-        super()._run_once()  # type: ignore[misc]
-        if self._timelines is not None:
-            self._timelines.settle()  # the iteration's last callback
+        try:
+            super()._run_once()  # type: ignore[misc]
+        finally:
+            if self._timelines is not None:
+                self._timelines.settle()  # the iteration's last callback
 
     @property
     def charge_host(self) -> bool:
@@ -215,9 +219,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 async def off_loop(executor: concurrent.futures.Executor, fn: Callable[[], T]) -> T:
     """Run ``fn`` on ``executor``, freezing virtual time while it runs (on a real-time loop:
-    just run it).  The clock is released the moment ``fn`` returns, not when the awaiting task
-    resumes: with the host charged, that task's site may still be busy, and its resuming is
-    then a later point on the clock, which must be free to move."""
+    just run it).  The clock is released as soon as the loop has ``fn``'s result (the next
+    turn of the loop after it returns), not when the awaiting task resumes: with the host
+    charged, that task's site may still be busy, and its resuming is then a later point on the
+    clock, which must be free to move."""
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(executor, fn)
     if isinstance(loop, VirtualTimeLoop):

@@ -138,6 +138,12 @@ class DeviceStats:
                                    by_model=dict(self.by_model))
 
 
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
 class Device:
     """One site's accelerator: serialises passes and accounts for their time."""
 
@@ -170,9 +176,9 @@ class Device:
             start = loop.time()
             if self._idle_since is not None:
                 self.stats.idle_loop_cpu_s += time.thread_time() - self._idle_since
-            t0 = time.perf_counter()
-            result = await clock.off_loop(executor, fn)
-            compute = time.perf_counter() - t0
+            # timed in the thread: the awaiting task may resume later than the pass ends (with
+            # the host charged, when its site is busy), and that wait is not the pass's compute
+            result, compute = await clock.off_loop(executor, lambda: _timed(fn))
             if cost is not None:
                 seconds = cost.seconds(n_tokens, longest=longest, context=context,
                                        sequences=sequences)
