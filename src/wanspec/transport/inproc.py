@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 
 from wanspec.protocol.codec import DEFAULT_MAX_FRAME, decode_message, encode_frame
 from wanspec.protocol.messages import Message
@@ -87,9 +86,9 @@ class _Pipe:
     def _arm(self) -> None:
         if self._timer is None and self._pending and self._loop is not None:
             self._timer_when = self._pending[0][0]
-            # delivering is the wire's work, no site's host's (clock.no_site_context)
+            # delivering is the wire's work, no site's host's
             self._timer = self._loop.call_at(self._timer_when, self._fire,
-                                             context=contextvars.Context())
+                                             context=clock.no_site_context())
 
     def _fire(self) -> None:
         self._timer = None
