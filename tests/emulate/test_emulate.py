@@ -158,6 +158,7 @@ def test_tables_report_losslessness(setup):
     (["--measured", "--host-overhead", "measured"], "--measured already pays it"),
     (["--host-transport", "udp"], "--host-transport must be one of inproc, tcp, quic"),
     (["--host-transport", "quic"], "it needs --host-overhead measured"),
+    (["--host-transport", "TCP"], "it needs --host-overhead measured"),  # a name: any case
 ])
 def test_bad_values(args, needle, setup):
     r = emulate(setup, *args)
@@ -211,6 +212,10 @@ def test_a_transport_stacks_host_work_slows_the_remote_path_only(target, near_dr
     bare, stacked = run(0.0), run(50.0)
     assert all(r["identical_to_target_only"] for r in (*bare.values(), *stacked.values()))
     assert stacked["remote"]["e2e_ms_per_token"] > bare["remote"]["e2e_ms_per_token"] + 25
+    # every record says what host work its times include
+    assert {(r["host_overhead"], r["host_stack_ms"]) for r in stacked.values()} == {
+        ("measured", 50.0)}
+    assert {(r["host_overhead"], r["host_stack_ms"]) for r in bare.values()} == {("measured", 0.0)}
 
 
 def test_host_overhead_is_for_emulated_costs_only():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -9,7 +11,7 @@ from typer.testing import CliRunner
 
 from helpers import save_tiny_model
 from wanspec.cli.app import app
-from wanspec.emulate.record import record_request
+from wanspec.emulate.record import record_request, trace_header
 from wanspec.runtime.engine import LocalEngine, TimingConfig
 from wanspec.sampling import SamplingParams, draft_choice
 from wanspec.simulate.trace import read_trace
@@ -118,6 +120,13 @@ def test_a_trace_recorded_with_host_overhead_says_so_and_simulate_notes_it(pair)
     plain = pair["root"] / "plain_trace.jsonl"
     assert _emulate(pair, "--policy", "remote", "--record", str(plain)).exit_code == 0
     assert "host_overhead" not in read_trace(plain).header
+    assert "host_stack_ms" not in read_trace(path).header  # no transport stack charged
+
+
+def test_a_trace_header_carries_the_transport_stack_charged(target, near_draft):
+    charged = dataclasses.replace(TimingConfig.emulate(30, 4), host_overhead=True)
+    head = trace_header(target, near_draft, charged, 4, 8, SamplingParams(), host_stack_ms=0.042)
+    assert (head["host_overhead"], head["host_stack_ms"]) == ("measured", 0.042)
 
 
 def test_cli_record_to_an_unwritable_path_is_a_user_error(pair, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import time
 
 import pytest
@@ -75,6 +76,66 @@ def test_a_sites_callbacks_run_one_after_another_in_order():
     starts = [t for _, t in seen]
     # each started only once the one before had taken its 10 ms of the site's host
     assert starts[1] - starts[0] >= 0.01 and starts[2] - starts[1] >= 0.01
+
+
+def test_a_timer_due_when_the_site_frees_does_not_overtake_the_waiting_line():
+    """A site's timer that fires at the very time its waiting line is released still waits its
+    turn: callbacks of one site run in the order they became ready."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        site = contextvars.copy_context()  # the main site's
+        order: list[str] = []
+
+        def first() -> None:
+            clock.charge_host(0.01)  # the site is busy until ~0.01
+            loop.call_soon(order.append, "waiting")  # ready now: must wait for ~0.01
+
+        def arm_timer() -> None:  # no site: runs after "waiting" has joined its line
+            due = loop._timelines.free_at[clock.MAIN_SITE]  # the line's release time
+            loop.call_at(due, order.append, "timer", context=site)
+
+        loop.call_soon(first)
+        await asyncio.sleep(0)  # (let first run before arm_timer is queued behind "waiting")
+        loop.call_soon(arm_timer, context=clock.no_site_context())
+        await asyncio.sleep(0.05)
+        return order
+
+    assert _run(main) == ["waiting", "timer"]
+
+
+def test_each_held_back_callback_waits_once():
+    """Releasing a line puts back its head alone: n callbacks behind a busy site are held back
+    n times, not n(n+1)/2 (each re-deferred after every release)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        timelines = loop._timelines
+        waits = 0
+        wait = timelines._wait
+
+        def counting_wait(site, handle):
+            nonlocal waits
+            waits += 1
+            wait(site, handle)
+
+        timelines._wait = counting_wait
+        order: list[int] = []
+
+        def step(i: int) -> None:
+            order.append(i)
+            clock.charge_host(0.001)
+
+        clock.charge_host(0.01)  # busy until ~0.01, then each step takes 1 ms
+        for i in range(40):
+            loop.call_soon(step, i)
+        await asyncio.sleep(0.2)
+        return order, waits
+
+    order, waits = _run(main)
+    assert order == list(range(40))
+    # every step (and main's own wake-up, queued behind them) is held back once
+    assert waits <= 42
 
 
 def test_work_of_no_site_is_neither_charged_nor_held_back():

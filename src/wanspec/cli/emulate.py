@@ -82,6 +82,15 @@ def parse_loads(concurrency: str | None, request_rate: float | None, seed: int) 
     return loads
 
 
+def _timing_text(cfg: EmulationConfig) -> str:
+    """The device timing as report headers state it, with the transport stack's host work when
+    it is charged (``--host-transport``)."""
+    text = cfg.timing.describe()
+    if cfg.host_stack_ms:
+        text += f" + {cfg.host_stack_ms * 1e3:.0f} us of transport stack a message an end"
+    return text
+
+
 def _run_load(emu: Emulation, prompts: list[str], loads: list[Load], *, as_json: bool,
               csv_path: Path | None, plot_path: Path | None, console: Console) -> bool:
     cfg = emu.config
@@ -94,14 +103,14 @@ def _run_load(emu: Emulation, prompts: list[str], loads: list[Load], *, as_json:
         emu.progress = lambda label: progress.update(task, advance=1, description=label)
         records = emu.run_load(prompts, loads)
     header = (f"[bold]wanspec emulate[/] under load: {len(prompts)} prompts x "
-              f"{cfg.max_tokens} tokens, timing {cfg.timing.describe()}, link "
+              f"{cfg.max_tokens} tokens, timing {_timing_text(cfg)}, link "
               f"{describe_link(cfg.jitter_ms, cfg.bandwidth_bps, cfg.spike_prob)}, at most "
               f"{cfg.limits.max_sequences} requests per busy pass, {cfg.worker_max_batch} sequences "
               f"per worker pass, TPOT SLO {cfg.slo_tpot_ms:g} ms"
               f"{' (admission on)' if cfg.admission else ''}")
     return report_load(records, loads, cfg.rtts_ms, header=header, as_json=as_json,
                        csv_path=csv_path, plot_path=plot_path, console=console,
-                       plot_title=f"{cfg.timing.describe()}, {len(prompts)} prompts x "
+                       plot_title=f"{_timing_text(cfg)}, {len(prompts)} prompts x "
                                   f"{cfg.max_tokens} tokens")
 
 
@@ -173,6 +182,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(not (measured and host_overhead == "measured"),
           "--host-overhead measured charges host work to emulated costs; --measured already "
           "pays it for real")
+    host_transport = host_transport.strip().lower()  # a name: TCP is tcp
     check(host_transport in TRANSPORTS,
           f"--host-transport must be one of {', '.join(TRANSPORTS)}, got {host_transport!r}")
     check(host_transport == "inproc" or host_overhead == "measured",
@@ -240,7 +250,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     if csv_path:
         write_csv(records, csv_path)
     if plot_path:
-        plot(records, plot_path, title=f"{timing.describe()}, gamma={gamma}, "
+        plot(records, plot_path, title=f"{_timing_text(cfg)}, gamma={gamma}, "
                                        f"{len(prompt_list)} prompts x {max_tokens} tokens")
     if as_json:
         print(write_json(records, None))
@@ -249,7 +259,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
             console = Console(width=170, highlight=False)  # files and pipes: no squeezing
         best = next(r for r in records if r["mode"] == "sd-best")
         console.print(f"[bold]wanspec emulate[/]: {len(prompt_list)} prompts x {max_tokens} tokens, "
-                      f"gamma={gamma}, timing {timing.describe()}, link "
+                      f"gamma={gamma}, timing {_timing_text(cfg)}, link "
                       f"{describe_link(cfg.jitter_ms, cfg.bandwidth_bps, cfg.spike_prob)}; "
                       f"best SD: window {best['sd_gamma']} of {min(gammas)}-{max(gammas)}")
         for r in rtts:

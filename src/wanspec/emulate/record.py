@@ -128,7 +128,8 @@ def record_trace(draft: CausalLM, prompts: Sequence[Sequence[int]],
 
 
 def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma: int,
-                 max_tokens: int, sampling: SamplingParams) -> dict[str, Any]:
+                 max_tokens: int, sampling: SamplingParams, host_stack_ms: float = 0.0
+                 ) -> dict[str, Any]:
     """What the run was, so a replay can use the same device costs (``simulate`` reads these)."""
     head: dict[str, Any] = {"source": "wanspec emulate --record", "target": target.name,
                             "draft": draft.name, "gamma": gamma, "max_tokens": max_tokens,
@@ -143,4 +144,6 @@ def trace_header(target: CausalLM, draft: CausalLM, timing: TimingConfig, gamma:
         head.update(dataclasses.asdict(Roofline.of(timing.target, timing.draft)))
         if timing.host_overhead:  # its times include this machine's host work (simulate's not)
             head["host_overhead"] = "measured"
+            if host_stack_ms:  # and a transport stack's, charged a message at each end
+                head["host_stack_ms"] = host_stack_ms
     return head

@@ -18,7 +18,7 @@ COLUMNS = [
     "worker_draft_passes_per_token", "target_passes_per_token", "wasted_drafts_per_token",
     "stall_ms_per_token", "branch_hits_per_token", "worker_bytes_per_token",
     "controller_bytes_per_token", "acceptance_rate", "mean_acceptance_length",
-    "identical_to_target_only",
+    "host_overhead", "host_stack_ms", "identical_to_target_only",
 ]
 
 
@@ -59,7 +59,7 @@ LOAD_COLUMNS = [
     "tpot_ms_p50", "tpot_ms_p95", "tpot_ms_p99", "tpot_p95_vs_best_sd", "best_sd_gamma",
     "busy_target_frac", "busy_draft_frac", "busy_idle_frac", "busy_passes", "busy_mean_batch",
     "busy_site_draft_passes_per_token", "worker_utilisation", "worker_mean_batch",
-    "identical_to_target_only",
+    "host_overhead", "host_stack_ms", "identical_to_target_only",
 ]
 
 

@@ -226,7 +226,14 @@ class Emulation:
                 records.append(with_ratios({**bases[mode], "rtt_ms": rtt}, t, sd, best))
             for policy in self.config.policies:
                 records.append(self.remote(policy, rtt, bases))
-        return records
+        return [{**r, **self.host_fields()} for r in records]
+
+    def host_fields(self) -> dict[str, Any]:
+        """What every record says of the host work its times include: none (the plain virtual
+        clock) or this machine's measured, with the transport stack charged a message an end."""
+        c = self.config
+        return {"host_overhead": "measured" if c.timing.host_overhead else "0",
+                "host_stack_ms": c.host_stack_ms}
 
     # ---- under load --------------------------------------------------------------------------
     def reference(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -315,7 +322,7 @@ class Emulation:
                     run = self.serve_remote(policy, rtt, prompts, load)
                     records.append(with_load_ratios(summarize(run, reference, c.slo_tpot_ms),
                                                     target, best))
-        return records
+        return [{**r, **self.host_fields()} for r in records]
 
     def trace(self) -> tuple[dict[str, Any], list[TraceRequest]]:
         """The acceptance trace of the last :meth:`run` (``--record``): header and requests."""
@@ -324,6 +331,6 @@ class Emulation:
         c = self.config
         ids = [self.target.encode(p) for p in self._prompts]
         header = trace_header(self.target, self.draft, c.timing, c.gamma, c.max_tokens,
-                              c.sampling)
+                              c.sampling, host_stack_ms=c.host_stack_ms)
         return header, record_trace(self.draft, ids, self.target_only.results, c.sampling)
 

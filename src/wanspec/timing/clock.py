@@ -72,9 +72,12 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
     asyncio's ``_run_once`` takes each ready callback with ``popleft()`` and runs it unless it
     is cancelled, so the queue sees every callback start, and the next ``popleft()`` (or
     :meth:`settle`, after the iteration) sees it end.  A callback whose site is still busy at
-    the current virtual time is held back: it joins its site's waiting line (kept in order) and
-    the loop is handed a cancelled stand-in instead; a timer at the site's free time puts the
-    line back in the ready queue.
+    the current virtual time, or has a line waiting, is held back: it joins its site's waiting
+    line (kept in order) and the loop is handed a cancelled stand-in instead.  A timer at the
+    site's free time releases the line's *head* alone; when the head has run, the next release
+    is armed at the site's new free time.  So a site's callbacks run in the order they became
+    ready (one released at the very time another of the site's timers fires still goes first),
+    and each waits once, however long its line.
     """
 
     def __init__(self, loop: "VirtualTimeLoop") -> None:
@@ -83,6 +86,9 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
         self.free_at: dict[str, float] = {}  # virtual time each site's host is next free
         self.spent: dict[str, float] = {}  # host seconds charged to each site so far
         self._waiting: dict[str, collections.deque[asyncio.Handle]] = {}
+        # sites whose line is being released: a timer armed, or its head back in the ready queue
+        self._releasing: set[str] = set()
+        self._released: dict[str, asyncio.Handle] = {}  # each such site's head, not run yet
         self._running: tuple[str, float] | None = None  # the site running now, since when
         self._charged = 0.0  # host seconds the running callback declared beyond its real time
         self._skip = asyncio.Handle(lambda: None, (), loop)
@@ -91,13 +97,17 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
     def popleft(self) -> asyncio.Handle:
         self.settle()
         handle: asyncio.Handle = super().popleft()
-        if handle.cancelled():
-            return handle
         site = handle._context.get(SITE)  # type: ignore[attr-defined]
         if site is None:
             return handle
-        now = self._loop._virtual_now
-        if self._waiting.get(site) or self.free_at.get(site, 0.0) > now:
+        if self._released.get(site) is handle:  # its line's head, released: its turn
+            del self._released[site]
+            if handle.cancelled():
+                self._release(site)
+                return handle
+        elif handle.cancelled():
+            return handle
+        elif site in self._releasing or self.free_at.get(site, 0.0) > self._loop._virtual_now:
             self._wait(site, handle)
             return self._skip
         self._running = (site, time.perf_counter())
@@ -127,15 +137,35 @@ class _HostTimelines(collections.deque):  # type: ignore[type-arg]
         self._charged = 0.0
         self.free_at[site] = self._loop._virtual_now + spent
         self.spent[site] = self.spent.get(site, 0.0) + spent
+        if site in self._releasing:  # a released head has run: release the next when free
+            self._arm(site)
 
     def _wait(self, site: str, handle: asyncio.Handle) -> None:
-        line = self._waiting.setdefault(site, collections.deque())
-        if not line:  # the first to wait arms the timer that releases the line
+        self._waiting.setdefault(site, collections.deque()).append(handle)
+        if site not in self._releasing:
+            self._releasing.add(site)
+            self._arm(site)
+
+    def _arm(self, site: str) -> None:
+        """Release the line's head at the site's free time (the line's end: nothing to do)."""
+        if self._waiting.get(site):
             self._loop.call_at(self.free_at[site], self._release, site, context=no_site_context())
-        line.append(handle)
+        else:
+            self._waiting.pop(site, None)
+            self._releasing.discard(site)
 
     def _release(self, site: str) -> None:
-        self.extend(self._waiting.pop(site, ()))
+        """Put the line's first live callback back in the ready queue (cancelled ones are
+        dropped); its run arms the next release (:meth:`settle`)."""
+        line = self._waiting.get(site)
+        while line and line[0].cancelled():
+            line.popleft()
+        if not line:
+            self._arm(site)
+            return
+        head = line.popleft()
+        self._released[site] = head
+        self.append(head)
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
