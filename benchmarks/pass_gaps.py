@@ -96,9 +96,10 @@ def site_summary(events: list) -> None:
           f"p50 {ms(gaps, .5):.3f}, p75 {ms(gaps, .75):.3f} ms")
 
 
-def turnaround_summary(events: list) -> None:
-    """The busy site's passes that followed a verification at once: from the pass's end to the
-    next pass's start, hop by hop."""
+def turnaround_summary(events: list, after: str = "TargetDone") -> None:
+    """The busy site's passes that followed a pass of kind ``after`` (a verification:
+    ``TargetDone``; a local draft: ``DraftDone``) at once: from the pass's end to the next
+    pass's start, hop by hop."""
     hops: dict[str, list[float]] = {k: [] for k in (
         "end -> core", "core (verify, commit, decide)", "core -> queued", "queued -> formed",
         "formed -> device", "total")}
@@ -111,19 +112,20 @@ def turnaround_summary(events: list) -> None:
         while j < len(events) and events[j][0] != "start":
             seen.setdefault(events[j][0], events[j][1])
             j += 1
-        if (j < len(events) and "core_in:TargetDone" in seen and "enqueue" in seen
+        if (j < len(events) and f"core_in:{after}" in seen and "enqueue" in seen
                 and "formed" in seen and seen["enqueue"] - seen["core_out"] < 2e-4):
             t_end, t_next = events[i][1], events[j][1]
-            hops["end -> core"].append(seen["core_in:TargetDone"] - t_end)
+            hops["end -> core"].append(seen[f"core_in:{after}"] - t_end)
             hops["core (verify, commit, decide)"].append(seen["core_out"]
-                                                         - seen["core_in:TargetDone"])
+                                                         - seen[f"core_in:{after}"])
             hops["core -> queued"].append(seen["enqueue"] - seen["core_out"])
             hops["queued -> formed"].append(seen["formed"] - seen["enqueue"])
             hops["formed -> device"].append(t_next - seen["formed"])
             hops["total"].append(t_next - t_end)
         i = j
     n = len(hops["total"])
-    print(f"controller: {n} passes followed a verification at once; ms p50 / mean / p90:")
+    what = "a verification" if after == "TargetDone" else "a local draft pass"
+    print(f"controller: {n} passes followed {what} at once; ms p50 / mean / p90:")
     if not n:
         return
     for k, v in hops.items():
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--target-ms", type=float, default=30.0)
     ap.add_argument("--draft-ms", type=float, default=4.0)
     ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--policy", default="remote",
+                    help="the controller's policy (always / entropy: it drafts at the busy site)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pass_gaps."))
     (tmp / "hook").mkdir()
@@ -152,7 +156,7 @@ def main() -> None:
         env = {**base, "WANSPEC_PASS_TRACE": str(busy_trace), "WANSPEC_PASS_TRACE_BUSY": "1"}
         t0 = time.time()
         out = subprocess.run([*WANSPEC, "controller", "--worker", address, "--prompts",
-                              str(prompts_file), "--json", "-n", "48", "--policy", "remote",
+                              str(prompts_file), "--json", "-n", "48", "--policy", args.policy,
                               "--target-ms", str(args.target_ms), "--draft-ms",
                               str(args.draft_ms), "--require-worker"],
                              env=env, capture_output=True, text=True, timeout=1800)
@@ -168,7 +172,9 @@ def main() -> None:
           f"{passes / tokens:.3f} target passes a token")
     for trace in (worker_trace, busy_trace):
         site_summary(json.loads(trace.read_text()))
-    turnaround_summary(json.loads(busy_trace.read_text()))
+    busy = json.loads(busy_trace.read_text())
+    turnaround_summary(busy)
+    turnaround_summary(busy, "DraftDone")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def of(actions, cls):
     return [a for a in actions if isinstance(a, cls)]
 
 
+def round_done(op: int, *tokens: int) -> DraftDone:
+    """What a round of ``len(tokens)`` local draft passes answers (``RunDraft.count``)."""
+    rest = tuple(DraftDone(op, t, 0.1, 0.9) for t in tokens[1:])
+    return DraftDone(op, tokens[0], 0.1, 0.9, rest=rest)
+
+
 def worker_msgs(actions):
     return [a.msg for a in actions if isinstance(a, Send)]
 
@@ -240,32 +246,40 @@ def test_worker_lost_while_busy_only_logs_then_uses_the_local_draft():
     assert len(out) == 1 and isinstance(out[0], Log)
     assert "local speculative decoding" in out[0].message
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
-    # no commit to the dead worker; standard SD with the local draft from here on
-    assert out == [EmitTokens((50,)), RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50))]
-    out = c.on_draft_done(DraftDone(2, 51, 0.1, 0.9), 0.12)
-    assert out == [RunDraft(3, Site.CONTROLLER, 4, (51,))]
+    # no commit to the dead worker; standard SD with the local draft from here on: a round of
+    # gamma draft passes in one call to the device
+    assert out == [EmitTokens((50,)), RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50), 3)]
+    out = c.on_draft_done(round_done(2, 51, 52, 53), 0.12)
+    assert out == [RunTarget(3, 3, (50, 51, 52, 53), 4)]
+
+
+def test_a_round_answered_with_the_wrong_number_of_proposals_is_refused():
+    c = make(PolicyName.ALWAYS, has_local=True)
+    c.start(0.0)
+    out = c.on_target_done(TargetDone(1, (50,)), 0.1)
+    assert out[-1].count == 3
+    with pytest.raises(RuntimeError, match="a round of 3 draft passes proposed 1"):
+        c.on_draft_done(DraftDone(2, 51, 0.1, 0.9), 0.12)
 
 
 def test_always_drafts_locally_and_rolls_back_the_local_cache():
     c = make(PolicyName.ALWAYS, has_local=True)
     c.start(0.0)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50))
-    out = c.on_draft_done(DraftDone(2, 51, 0.1, 0.9), 0.12)
-    assert out == [RunDraft(3, Site.CONTROLLER, 4, (51,))]
+    # the whole window drafted in one round of three passes
+    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50), 3)
     # worker drafts arrive during a local round: kept, but the round is finished first
     assert c.on_message(Drafts(RID, 0, 3, (50, 51)), 0.125) == []
-    out = c.on_draft_done(DraftDone(3, 52, 0.1, 0.9), 0.14)
-    assert out == [RunDraft(4, Site.CONTROLLER, 5, (52,))]
-    out = c.on_draft_done(DraftDone(4, 53, 0.1, 0.9), 0.16)
-    assert out == [RunTarget(5, 3, (50, 51, 52, 53), 4)]
+    out = c.on_draft_done(round_done(2, 51, 52, 53), 0.16)
+    assert out == [RunTarget(3, 3, (50, 51, 52, 53), 4)]
     assert c.stats.local_windows == 1
-    out = c.on_target_done(TargetDone(5, (51, 52, 99, 100)), 0.26)
+    out = c.on_target_done(TargetDone(3, (51, 52, 99, 100)), 0.26)
     assert out[0] == EmitTokens((51, 52, 99))
     assert out[1] == Send(Commit(RID, 0, 4, (51, 52, 99)))
-    # the local cache keeps 1 2 3 50 51 52 (valid); it is fed only the correction
-    assert out[2] == RunDraft(6, Site.CONTROLLER, 6, (99,))
-    assert c.metrics.draft_passes[Site.CONTROLLER.value] == 4
+    # the local cache keeps 1 2 3 50 51 52 (valid); it is fed only the correction (then drafts
+    # the rest of the next window: the worker's 99-less chain is void)
+    assert out[2] == RunDraft(4, Site.CONTROLLER, 6, (99,), 3)
+    assert c.metrics.draft_passes[Site.CONTROLLER.value] == 6  # two rounds of three passes
 
 
 def test_always_extends_a_partial_remote_window_with_local_drafts():
@@ -274,11 +288,10 @@ def test_always_extends_a_partial_remote_window_with_local_drafts():
     c.on_message(Drafts(RID, 0, 3, (50, 51)), 0.05)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
     # proposal = the worker's 51, then local drafts from position 5 (the local cache is empty)
-    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50, 51))
-    c.on_draft_done(DraftDone(2, 52, 0.1, 0.9), 0.12)
-    out = c.on_draft_done(DraftDone(3, 53, 0.1, 0.9), 0.14)
-    assert out == [RunTarget(4, 3, (50, 51, 52, 53), 4)]
-    out = c.on_target_done(TargetDone(4, (51, 52, 53, 54)), 0.24)
+    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50, 51), 2)
+    out = c.on_draft_done(round_done(2, 52, 53), 0.14)
+    assert out == [RunTarget(3, 3, (50, 51, 52, 53), 4)]
+    out = c.on_target_done(TargetDone(3, (51, 52, 53, 54)), 0.24)
     assert out[0] == EmitTokens((51, 52, 53, 54))
     assert c.stats.remote_accepted == 1  # only the leading worker draft counts as remote
 
@@ -417,8 +430,9 @@ def test_events_are_dispatched_by_type():
     assert "link killed" in out[0].message and not c.worker_ok
     out = c.on_event(TargetDone(1, (50,)), 0.1)
     assert out[0] == EmitTokens((50,)) and isinstance(out[-1], RunDraft)
-    out = c.on_event(DraftDone(out[-1].op, 51, 0.1, 0.9), 0.12)
-    assert isinstance(out[-1], RunDraft)
+    run = out[-1]
+    out = c.on_event(round_done(run.op, *range(51, 51 + run.count)), 0.12)
+    assert isinstance(out[-1], RunTarget)
 
 
 def test_config_validation_of_the_adaptive_budget():

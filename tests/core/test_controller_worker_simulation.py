@@ -148,8 +148,15 @@ class Sim:
                 assert self.local_cache[: a.start] == full[: a.start]
                 assert list(a.tokens) == full[a.start:]
                 self.local_cache = full[:]
-                tok = self.pred(self.local_wrong, a.position)
-                self.at(now + self.draft_s, self.ctrl_event, DraftDone(a.op, tok, 0.3, 0.8))
+                # a round (a.count passes): each later pass feeds the token the one before chose
+                proposals = []
+                for i in range(a.count):
+                    tok = self.pred(self.local_wrong, a.position + i)
+                    proposals.append(DraftDone(a.op, tok, 0.3, 0.8))
+                    self.local_cache.append(tok)
+                self.local_cache.pop()  # (the last proposal is not fed)
+                done = DraftDone(a.op, proposals[0].token, 0.3, 0.8, rest=tuple(proposals[1:]))
+                self.at(now + a.count * self.draft_s, self.ctrl_event, done)
             elif isinstance(a, Send):
                 assert self.ctrl.worker_ok
                 if isinstance(a.msg, Commit):

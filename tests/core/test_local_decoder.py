@@ -23,8 +23,11 @@ def target_done(action: RunTarget, *choices: int) -> TargetDone:
     return TargetDone(action.op, tuple(choices))
 
 
-def draft_done(action: RunDraft, token: int) -> DraftDone:
-    return DraftDone(action.op, token, 0.5, 0.9)
+def draft_done(action: RunDraft, *tokens: int) -> DraftDone:
+    """The proposals of a draft round (``action.count`` passes, one token each)."""
+    assert len(tokens) == action.count
+    rest = tuple(DraftDone(action.op, t, 0.5, 0.9) for t in tokens[1:])
+    return DraftDone(action.op, tokens[0], 0.5, 0.9, rest=rest)
 
 
 def only_run(actions):
@@ -42,44 +45,36 @@ def test_sd_full_round_trip_with_catch_up_rollback_and_clamp():
     acts = d.on_event(target_done(a, 10), 1.0)
     assert acts[0] == EmitTokens((10,))
     a = only_run(acts)
-    # first draft pass catches up on prompt + committed token in one pass
-    assert a == RunDraft(op=2, site=Site.CONTROLLER, start=0, tokens=(1, 2, 3, 10))
+    # one round of gamma draft passes, in one call to the device; its first pass catches up on
+    # prompt + committed token
+    assert a == RunDraft(op=2, site=Site.CONTROLLER, start=0, tokens=(1, 2, 3, 10), count=3)
     assert a.position == 4
 
-    a = only_run(d.on_event(draft_done(a, 11), 1.1))
-    assert a == RunDraft(op=3, site=Site.CONTROLLER, start=4, tokens=(11,))
-    a = only_run(d.on_event(draft_done(a, 12), 1.2))
-    assert a == RunDraft(op=4, site=Site.CONTROLLER, start=5, tokens=(12,))
-    a = only_run(d.on_event(draft_done(a, 13), 1.3))
+    a = only_run(d.on_event(draft_done(a, 11, 12, 13), 1.3))
     # verification: start == n - 1, the last committed token + the window, want == len(window)+1
-    assert a == RunTarget(op=5, start=3, tokens=(10, 11, 12, 13), want=4)
+    assert a == RunTarget(op=3, start=3, tokens=(10, 11, 12, 13), want=4)
 
     # full acceptance + bonus 14
     acts = d.on_event(target_done(a, 11, 12, 13, 14), 2.0)
     assert acts[0] == EmitTokens((11, 12, 13, 14))
     a = only_run(acts)
-    # catch-up after a full acceptance: the last draft and the bonus in ONE pass
-    assert a == RunDraft(op=6, site=Site.CONTROLLER, start=6, tokens=(13, 14))
+    # catch-up after a full acceptance: the last draft and the bonus in the round's first pass
+    assert a == RunDraft(op=4, site=Site.CONTROLLER, start=6, tokens=(13, 14), count=3)
 
-    a = only_run(d.on_event(draft_done(a, 15), 2.1))
-    a = only_run(d.on_event(draft_done(a, 16), 2.2))
-    assert a == RunDraft(op=8, site=Site.CONTROLLER, start=9, tokens=(16,))
-    a = only_run(d.on_event(draft_done(a, 17), 2.3))
-    assert a == RunTarget(op=9, start=7, tokens=(14, 15, 16, 17), want=4)
+    a = only_run(d.on_event(draft_done(a, 15, 16, 17), 2.3))
+    assert a == RunTarget(op=5, start=7, tokens=(14, 15, 16, 17), want=4)
 
     # reject at the second draft: accept 15, correction 99
     acts = d.on_event(target_done(a, 15, 99, 50, 51), 3.0)
     assert acts[0] == EmitTokens((15, 99))
     a = only_run(acts)
-    # rollback: the draft cache is cut to the end of the accepted prefix, then the correction fed
-    assert a == RunDraft(op=10, site=Site.CONTROLLER, start=9, tokens=(99,))
+    # rollback: the draft cache is cut to the end of the accepted prefix, then the correction
+    # fed; 3 tokens left: gamma is clamped to remaining - 1 == 2
+    assert a == RunDraft(op=6, site=Site.CONTROLLER, start=9, tokens=(99,), count=2)
     assert d.transcript.output == [10, 11, 12, 13, 14, 15, 99]
 
-    # 3 tokens left: gamma is clamped to remaining - 1 == 2
-    a = only_run(d.on_event(draft_done(a, 20), 3.1))
-    assert a == RunDraft(op=11, site=Site.CONTROLLER, start=10, tokens=(20,))
-    a = only_run(d.on_event(draft_done(a, 21), 3.2))
-    assert a == RunTarget(op=12, start=9, tokens=(99, 20, 21), want=3)
+    a = only_run(d.on_event(draft_done(a, 20, 21), 3.2))
+    assert a == RunTarget(op=7, start=9, tokens=(99, 20, 21), want=3)
 
     acts = d.on_event(target_done(a, 20, 21, 22), 4.0)
     assert acts == [EmitTokens((20, 21, 22)), Finished("max_tokens")]
@@ -139,14 +134,13 @@ def test_gamma_clamped_to_one():
 def test_rejection_of_the_first_draft_rolls_the_draft_back_fully():
     d = LocalDecoder([1], StopCriteria(max_tokens=20), gamma=2)
     (a,) = d.start(0.0)
-    a = only_run(d.on_event(target_done(a, 2), 0.1))  # draft start 0, (1, 2)
-    a = only_run(d.on_event(draft_done(a, 30), 0.2))  # draft start 2, (30,)
-    a = only_run(d.on_event(draft_done(a, 31), 0.3))
-    assert a == RunTarget(op=4, start=1, tokens=(2, 30, 31), want=3)
+    a = only_run(d.on_event(target_done(a, 2), 0.1))  # draft start 0, (1, 2); then (30,)
+    a = only_run(d.on_event(draft_done(a, 30, 31), 0.3))
+    assert a == RunTarget(op=3, start=1, tokens=(2, 30, 31), want=3)
     acts = d.on_event(target_done(a, 3, 40, 41), 0.4)
     assert acts[0] == EmitTokens((3,))
     # the draft cache held [1, 2, 30]; only [1, 2] is still valid
-    assert acts[-1] == RunDraft(op=5, site=Site.CONTROLLER, start=2, tokens=(3,))
+    assert acts[-1] == RunDraft(op=4, site=Site.CONTROLLER, start=2, tokens=(3,), count=2)
     assert d.metrics.accepted_tokens == 0 and d.metrics.drafted_tokens == 2
 
 
@@ -154,8 +148,7 @@ def test_eos_inside_an_accepted_window_finishes_there():
     d = LocalDecoder([1], StopCriteria(max_tokens=20, eos_ids=frozenset({0})), gamma=3)
     (a,) = d.start(0.0)
     a = only_run(d.on_event(target_done(a, 2), 0.1))
-    for tok in (3, 0, 5):
-        a = only_run(d.on_event(draft_done(a, tok), 0.2))
+    a = only_run(d.on_event(draft_done(a, 3, 0, 5), 0.2))
     acts = d.on_event(target_done(a, 3, 0, 5, 6), 0.5)
     assert acts == [EmitTokens((3, 0)), Finished("eos")]
     assert d.transcript.output == [2, 3, 0]
@@ -179,7 +172,7 @@ def test_worker_draft_site_is_reported():
     (a,) = d.start(0.0)
     a = only_run(d.on_event(target_done(a, 2), 0.1))
     assert a.site is Site.WORKER
-    assert d.metrics.draft_passes == {"controller": 0, "worker": 1}
+    assert d.metrics.draft_passes == {"controller": 0, "worker": 2}  # a round of two passes
 
 
 def test_protocol_errors():
@@ -203,8 +196,8 @@ def _round(d: LocalDecoder, first, verdicts: list[bool], now: float):
     ``verdicts[i]`` (up to the first rejection); returns the window length and the next pass."""
     a, window, token = first, 0, 100
     while isinstance(a, RunDraft):
-        a = only_run(d.on_event(draft_done(a, token + window), now))
-        window += 1
+        a, window = only_run(d.on_event(draft_done(a, *range(token + window, token + window
+                                                             + a.count)), now)), window + a.count
     assert isinstance(a, RunTarget) and a.want == window + 1
     choices, k = [], 0
     while k < window and verdicts[k]:

@@ -23,15 +23,17 @@ REMOTE = PolicyConfig(PolicyName.REMOTE)
 ALWAYS = PolicyConfig(PolicyName.ALWAYS)
 ENTROPY = PolicyConfig(PolicyName.ENTROPY, entropy_threshold=1.0)
 ALL = [REMOTE, ALWAYS, ENTROPY]
-LOCAL = Decision(Kind.LOCAL_DRAFT)
+LOCAL = Decision(Kind.LOCAL_DRAFT)  # one more local draft (the last of the window)
 
 
 def verify(window: int) -> Decision:
     return Decision(Kind.VERIFY_REMOTE, window=window)
 
 
-def start_local(remote: int = 0) -> Decision:
-    return Decision(Kind.LOCAL_DRAFT, window=remote)
+def start_local(remote: int = 0, gamma: int = 4) -> Decision:
+    """A local round: the worker's ``remote`` drafts, then the rest of the window drafted
+    locally in one round (its length decided now)."""
+    return Decision(Kind.LOCAL_DRAFT, window=remote, drafts=gamma - remote)
 
 
 def wait_for(expected: float, now: float = 1.0) -> Decision:
@@ -173,7 +175,7 @@ def test_always_without_local_draft_behaves_like_remote():
 
 def test_entropy_finishes_a_local_round_under_way():
     v = view(remote=drafts(1), proposal_remote=1, local=1, expect_full_by=1.001)
-    assert decide(ENTROPY, v) == LOCAL
+    assert decide(ENTROPY, v) == Decision(Kind.LOCAL_DRAFT, drafts=2)  # the window's rest
     v = view(remote=drafts(1), proposal_remote=1, local=3)
     assert decide(ENTROPY, v) == Decision(Kind.VERIFY_LOCAL)
 

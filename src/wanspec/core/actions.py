@@ -47,12 +47,20 @@ class RunDraft:
     propose the token for absolute position ``start + len(tokens)``.
 
     Feeding several tokens in one pass is how a draft catches up on committed tokens cheaply.
+
+    ``count`` > 1: a *round* of that many passes in one call to the device, each after the first
+    feeding the token the one before proposed (:func:`wanspec.core.rounds.run_round`).  Why: a
+    local round whose length is decided when it starts (standard SD, the fixed policies) gains
+    nothing from a return to the event loop between its passes, and each return costs the busy
+    accelerator a host turnaround (docs/results.md §10).  The result is one
+    :class:`DraftDone` whose ``rest`` holds the later passes' proposals.
     """
 
     op: int
     site: Site
     start: int
     tokens: tuple[int, ...]
+    count: int = 1
 
     @property
     def position(self) -> int:
@@ -115,6 +123,12 @@ class DraftDone:
     top_prob: float
     alternatives: tuple[int, ...] = ()
     alt_probs: tuple[float, ...] = ()
+    rest: tuple["DraftDone", ...] = ()  # a round's later proposals (``RunDraft.count``), in order
+
+    @property
+    def proposals(self) -> tuple["DraftDone", ...]:
+        """Every proposal of the pass or round, in order (this one first)."""
+        return (self, *self.rest)
 
 
 @dataclass(slots=True)

@@ -372,8 +372,14 @@ class ControllerCore:
 
     def on_draft_done(self, ev: DraftDone, now: float) -> list[ControllerAction]:
         run = self._finish_busy(ev.op, now)
-        self.est.local_draft_pass.update(len(run.tokens), now - self._busy_since)
-        self._proposal.local.append(DraftToken(ev.token, ev.entropy, ev.top_prob))
+        assert isinstance(run, RunDraft)
+        proposals = ev.proposals
+        if len(proposals) != run.count:
+            raise RuntimeError(f"a round of {run.count} draft passes proposed {len(proposals)}")
+        each = (now - self._busy_since) / run.count  # (a round's passes: alike but the first)
+        for i, p in enumerate(proposals):
+            self.est.local_draft_pass.update(len(run.tokens) if i == 0 else 1, each)
+            self._proposal.local.append(DraftToken(p.token, p.entropy, p.top_prob))
         return self._schedule(now)
 
     # ---- internals ----------------------------------------------------------------------------
@@ -424,7 +430,7 @@ class ControllerCore:
         if isinstance(action, RunTarget):
             self.metrics.on_target_pass()
         else:
-            self.metrics.on_draft_pass(Site.CONTROLLER)
+            self.metrics.on_draft_pass(Site.CONTROLLER, action.count)
         return action
 
     def _finish_busy(self, op: int, now: float) -> RunTarget | RunDraft:
@@ -552,9 +558,9 @@ class ControllerCore:
         tokens = proposal.tokens
         length = n + len(tokens)
         start = min(self._local_cache, length - 1)
-        self._local_cache = length
+        self._local_cache = length + d.drafts - 1  # a round's later passes feed its proposals
         return [self._run(RunDraft(self._next_op(), Site.CONTROLLER, start,
-                                   feed_from(seq, tokens, start)), now)]
+                                   feed_from(seq, tokens, start), d.drafts), now)]
 
     def _verify(self, n: int, now: float) -> RunTarget:
         seq = self.transcript.tokens

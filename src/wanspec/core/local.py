@@ -2,8 +2,9 @@
 
 Standard SD round, with ``n`` committed tokens ``s[0:n]``:
 
-1. the draft proposes ``d[n], d[n+1], ...`` one pass each; its first pass also feeds every
-   committed token it has not seen yet (catch-up in one pass, no separate prefill pass);
+1. the draft proposes ``d[n], d[n+1], ...`` one pass each, all ``g`` in one round (one call to
+   the device, ``RunDraft.count``); its first pass also feeds every committed token it has not
+   seen yet (catch-up in one pass, no separate prefill pass);
 2. one target pass over ``[s[n-1], d[n], ..., d[n+g-1]]`` yields the target's own choice for
    positions ``n .. n+g``;
 3. the longest matching prefix is accepted, plus the target's correction/bonus token; both
@@ -96,7 +97,7 @@ class LocalDecoder:
             assert isinstance(pending, RunTarget)
             return self._on_target(pending, event, now)
         assert isinstance(pending, RunDraft)
-        return self._on_draft(event)
+        return self._on_draft(pending, event)
 
     # ---- internals ----------------------------------------------------------------------------
     def _op(self) -> int:
@@ -108,7 +109,7 @@ class LocalDecoder:
         if isinstance(action, RunTarget):
             self.metrics.on_target_pass()
         else:
-            self.metrics.on_draft_pass(action.site)
+            self.metrics.on_draft_pass(action.site, action.count)
         return action
 
     def _on_target(self, run: RunTarget, ev: TargetDone, now: float) -> list[Action]:
@@ -129,8 +130,11 @@ class LocalDecoder:
             taken = self.transcript.commit([ev.choices[-1]])
         return self._after_commit(taken, now)
 
-    def _on_draft(self, ev: DraftDone) -> list[Action]:
-        self._window.append(ev.token)
+    def _on_draft(self, run: RunDraft, ev: DraftDone) -> list[Action]:
+        proposals = ev.proposals
+        if len(proposals) != run.count:
+            raise RuntimeError(f"a round of {run.count} draft passes proposed {len(proposals)}")
+        self._window.extend(p.token for p in proposals)
         return [self._next_pass()]
 
     def _after_commit(self, taken: list[int], now: float) -> list[Action]:
@@ -154,9 +158,11 @@ class LocalDecoder:
         seq = self.transcript.tokens
         n = len(seq)
         if self.mode is LocalMode.SD and len(self._window) < self._gamma_now():
+            # the round's drafts in one call to the device: its length is known now
+            count = self._gamma_now() - len(self._window)
             start = self._draft_cache
-            self._draft_cache = n + len(self._window)
+            self._draft_cache = n + len(self._window) + count - 1
             return self._issue(RunDraft(self._op(), self.draft_site, start,
-                                        feed_from(seq, self._window, start)))
+                                        feed_from(seq, self._window, start), count))
         feed = (seq[n - 1], *self._window)
         return self._issue(RunTarget(self._op(), n - 1, feed, len(feed)))

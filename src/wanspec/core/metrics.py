@@ -51,8 +51,8 @@ class RequestMetrics:
     def on_target_pass(self) -> None:
         self.target_passes += 1
 
-    def on_draft_pass(self, site: Site) -> None:
-        self.draft_passes[site.value] += 1
+    def on_draft_pass(self, site: Site, passes: int = 1) -> None:
+        self.draft_passes[site.value] += passes
 
     def on_verify(self, window: int, accepted: int, committed: int) -> None:
         self.verify_rounds += 1

@@ -21,7 +21,6 @@ from __future__ import annotations
 from wanspec.core.adaptive import decide_adaptive
 from wanspec.core.rates import expected_tokens_iid
 from wanspec.core.view import (
-    LOCAL_DRAFT,
     PLAIN,
     VERIFY_LOCAL,
     Decision,
@@ -53,10 +52,13 @@ def decide_fixed(policy: PolicyConfig, v: View) -> Decision:
     """``remote``, ``always`` and ``entropy``: windows of ``gamma`` drafts."""
     gamma = min(v.gamma, v.budget)
     if v.proposal_local:  # a local round is under way: finish it
-        return LOCAL_DRAFT if len(v.proposal) < gamma else VERIFY_LOCAL
+        left = gamma - len(v.proposal)
+        return Decision(Kind.LOCAL_DRAFT, drafts=left) if left > 0 else VERIFY_LOCAL
     remote = v.remote[:gamma]
     k = len(remote)
-    local_round = Decision(Kind.LOCAL_DRAFT, window=k)  # the worker's drafts, then local ones
+    # the worker's drafts, then local ones up to the window, drafted in one round (its length
+    # is decided now: nothing that arrives meanwhile changes it)
+    local_round = Decision(Kind.LOCAL_DRAFT, window=k, drafts=gamma - k)
     if not v.worker_ok:  # fallback: plain local SD, or target-only without a local draft
         return local_round if v.has_local_draft else PLAIN
     if k >= gamma:

@@ -18,7 +18,7 @@ class PolicyName(str, Enum):
 
 class Kind(str, Enum):
     VERIFY_REMOTE = "verify_remote"  # verify (a prefix of) the worker's usable drafts
-    LOCAL_DRAFT = "local_draft"  # one more local draft pass, extending the proposal
+    LOCAL_DRAFT = "local_draft"  # local draft passes (Decision.drafts), extending the proposal
     VERIFY_LOCAL = "verify_local"  # verify the proposal built with local drafts
     PLAIN = "plain"  # a plain target step (no drafts)
     WAIT = "wait"  # leave the accelerator idle until ``until`` or the next message
@@ -29,6 +29,7 @@ class Decision:
     kind: Kind
     until: float | None = None  # WAIT: when to decide again if nothing arrives
     window: int | None = None  # VERIFY_REMOTE: how many of the usable worker drafts to verify
+    drafts: int = 1  # LOCAL_DRAFT: local drafts to make in a row before deciding again
 
 
 @dataclass(frozen=True)
@@ -69,5 +70,4 @@ class View:
 
 
 PLAIN = Decision(Kind.PLAIN)
-LOCAL_DRAFT = Decision(Kind.LOCAL_DRAFT)
 VERIFY_LOCAL = Decision(Kind.VERIFY_LOCAL)

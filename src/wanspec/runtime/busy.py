@@ -277,12 +277,18 @@ class SharedAccelerator:
         jobs = [j for j in jobs if not j.future.done()]
         if not jobs:
             return True
-        self.stats.passes += 1
-        self.stats.sequences += len(jobs)
+        # a local draft round (RunDraft.count) runs its later passes in the same call, each
+        # carrying the rounds still drafting, a token each
+        rounds = [j.action.count for j in jobs if isinstance(j.action, RunDraft)]
+        later = [sum(1 for c in rounds if c > step) for step in range(1, max(rounds, default=1))]
+        self.stats.passes += 1 + len(later)
+        self.stats.sequences += len(jobs) + sum(later)
         self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
         if self.on_pass is not None:
             try:
                 self.on_pass(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs))
+                for requests in later:
+                    self.on_pass(p.kind, requests, 1)
             except Exception:  # an observer's failure is not the pass's
                 log.exception("the pass observer failed")
         placed = self.models[p.kind]

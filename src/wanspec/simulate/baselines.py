@@ -55,7 +55,7 @@ def simulate_local(cfg: SimConfig, mode: str, requests: list[RequestWorld],
                 ev = TargetDone(run.op, world.choices(first, run.want))
             else:
                 now += one_pass_seconds(draft_cost, run)
-                ev = DraftDone(run.op, *world.draft(cache, run.start, run.tokens))
+                ev = world.draft_round(cache, run)
             actions = dec.on_event(ev, now)
         ref = world.reference()
         result.requests.append(RequestResult(dec.metrics, dec.transcript.output == ref and out == ref))

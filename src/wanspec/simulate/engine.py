@@ -65,7 +65,7 @@ from wanspec.simulate.config import Roofline, SimConfig
 from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.records import ModeResult, RequestResult
-from wanspec.timing.device import PassCost, pass_shape
+from wanspec.timing.device import PassCost, pass_shape, round_pass_shapes
 from wanspec.transport.inproc import LinkParams
 
 # "branches": the worker core grows draft trees when the controller asks (ControllerConfig.branches);
@@ -117,7 +117,9 @@ def device_costs(cfg: SimConfig) -> tuple[PassCost, PassCost]:
 
 
 def one_pass_seconds(cost: PassCost, run: RunTarget | RunDraft) -> float:
-    """What ``PlacedModel`` charges for ``run`` alone."""
+    """What ``PlacedModel`` charges for ``run`` alone (a draft round: all its passes)."""
+    if isinstance(run, RunDraft) and run.count > 1:
+        return sum(cost.seconds(**shape) for shape in round_pass_shapes([run]))
     return cost.seconds(**pass_shape([run]))
 
 
@@ -236,7 +238,7 @@ class RemoteSim:
                 cost = one_pass_seconds(self.target_cost, a)
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, RunDraft):
-                done = DraftDone(a.op, *world.draft(self.local_cache, a.start, a.tokens))
+                done = world.draft_round(self.local_cache, a)
                 cost = one_pass_seconds(self.draft_cost, a)
                 self._at(now + cost, self._c_done, done)
             elif isinstance(a, EmitTokens):

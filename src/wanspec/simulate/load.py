@@ -82,7 +82,14 @@ from wanspec.simulate.link import frame_size, link_pair
 from wanspec.simulate.models import DraftCache, RequestWorld
 from wanspec.simulate.trace import Trace
 from wanspec.simulate.worlds import worlds
-from wanspec.timing.device import DEFAULT_DRAFT_COST, DEFAULT_TARGET_COST, DeviceStats, PassCost, pass_shape
+from wanspec.timing.device import (
+    DEFAULT_DRAFT_COST,
+    DEFAULT_TARGET_COST,
+    DeviceStats,
+    PassCost,
+    pass_shape,
+    round_pass_shapes,
+)
 
 LOCAL_MODES = ("target", "sd")
 FORM = 1  # heap priority of forming a pass: after every other event of the same instant
@@ -300,14 +307,17 @@ class LoadSim:
         if dev is not self.busy:  # worker passes: each branch's cache takes its copy first
             for owner, _ in jobs:
                 worker_cache(self.wcaches[owner.rid], owner)
-        cost = dev.costs[p.kind].seconds(**pass_shape(actions))
+        # a local draft round (RunDraft.count) runs its later passes at once, as the runtime does
+        shapes = (round_pass_shapes(actions) if p.kind is PassKind.DRAFT
+                  else [pass_shape(actions)])
+        cost = sum(dev.costs[p.kind].seconds(**shape) for shape in shapes)
         results = [self._compute(owner, a) for owner, a in jobs]
         st = dev.stats
-        st.passes += 1
-        st.sequences += len(jobs)
+        st.passes += len(shapes)
+        st.sequences += sum(shape["sequences"] for shape in shapes)
         st.busy_s += cost
         label = dev.labels[p.kind]
-        st.by_model[label] = st.by_model.get(label, 0) + 1
+        st.by_model[label] = st.by_model.get(label, 0) + len(shapes)
         st.busy_by_model[label] = st.busy_by_model.get(label, 0.0) + cost
         dev.running = True
         if dev is not self.busy:
@@ -316,6 +326,8 @@ class LoadSim:
             if self.remote:
                 self.estimates.observe_busy_pass(p.kind is PassKind.TARGET, len(jobs),
                                                  max(len(a.tokens) for a in actions))
+                for shape in shapes[1:]:
+                    self.estimates.observe_busy_pass(False, shape["sequences"], 1)
             if p.kind is PassKind.TARGET:
                 self.admission.on_pass(p.tokens, cost)
         self._at(now + cost, done, list(zip(jobs, results)))
@@ -327,7 +339,7 @@ class LoadSim:
             if isinstance(a, RunTarget):
                 first = a.start + len(a.tokens) - a.want + 1
                 return TargetDone(a.op, world.choices(first, a.want))
-            return DraftDone(a.op, *world.draft(owner.local_cache, a.start, a.tokens))
+            return world.draft_round(owner.local_cache, a)
         # a worker session's pass (owner: its DraftFor), on the cache it names (copied above)
         cache = self.wcaches[owner.rid][owner.cache]
         return DraftDone(a.op, *self.worlds[owner.rid - 1].draft(cache, a.start, a.tokens))

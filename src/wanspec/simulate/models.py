@@ -66,6 +66,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from wanspec.core.actions import DraftDone, RunDraft
+from wanspec.core.rounds import run_rounds
 from wanspec.simulate.config import SimConfig
 
 NO_BAD = 1 << 62  # "no wrong token in the cache"
@@ -228,6 +230,14 @@ class RequestWorld:
 
     def choices(self, first: int, want: int) -> tuple[int, ...]:
         return tuple(self.target[first : first + want])
+
+    def draft_round(self, cache: DraftCache, action: RunDraft) -> DraftDone:
+        """``action``'s pass, or round of passes (``RunDraft.count``), on ``cache``: what each
+        pass feeds as the runtime feeds it (:func:`~wanspec.core.rounds.run_rounds`)."""
+        done = run_rounds([action], lambda _, feeds: [
+            DraftDone(action.op, *self.draft(cache, f.start, f.tokens)) for f in feeds])[0]
+        assert done is not None
+        return done
 
     def draft(self, cache: DraftCache, start: int, tokens: Sequence[int]
               ) -> tuple[int, float, float, tuple[int, ...], tuple[float, ...]]:

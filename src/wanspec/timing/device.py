@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
+from wanspec.core.rounds import round_shapes
 from wanspec.errors import WanspecError
 from wanspec.timing import clock
 
@@ -74,6 +75,12 @@ class PassCost:
                   + self.kv_ms_per_ktoken * context / 1000.0)
         compute = self.compute_ms_per_token * n_tokens
         return (max(memory, compute) + self.per_sequence_ms * max(sequences - 1, 0)) / 1000.0
+
+
+def round_pass_shapes(actions: Sequence[Any]) -> list[dict[str, int]]:
+    """:func:`pass_shape` of each pass of ``actions`` (``RunDraft`` actions) run as rounds
+    (``RunDraft.count``; one pass each for plain passes): the first pass, then the rest."""
+    return [pass_shape(feeds) for feeds in round_shapes(actions)]
 
 
 def pass_shape(feeds: Sequence[Any]) -> dict[str, int]:
@@ -169,8 +176,12 @@ class Device:
         sequences: int = 1,
         longest: int | None = None,
         context: int = 0,
+        more: Sequence[dict[str, int]] = (),
     ) -> T:
-        """Run ``fn`` (a forward pass) off-loop; emulated if ``cost`` is given, else measured."""
+        """Run ``fn`` (a forward pass) off-loop; emulated if ``cost`` is given, else measured.
+
+        ``more``: the shapes (:func:`pass_shape`) of further passes ``fn`` runs after the first
+        (a local draft round, ``RunDraft.count``): charged one after the other, and counted."""
         loop = asyncio.get_running_loop()
         async with self._get_lock():
             start = loop.time()
@@ -182,16 +193,18 @@ class Device:
             if cost is not None:
                 seconds = cost.seconds(n_tokens, longest=longest, context=context,
                                        sequences=sequences)
+                seconds += sum(cost.seconds(**shape) for shape in more)
                 if clock.charges_host():  # a floor, as on a real site: slower compute shows
                     seconds = max(seconds, compute)
                 await clock.sleep_until(start + seconds)
-            self.stats.passes += 1
-            self.stats.sequences += sequences
+            passes = 1 + len(more)
+            self.stats.passes += passes
+            self.stats.sequences += sequences + sum(shape["sequences"] for shape in more)
             busy = loop.time() - start
             self.stats.busy_s += busy
             self.stats.compute_s += compute
             if label:
-                self.stats.by_model[label] = self.stats.by_model.get(label, 0) + 1
+                self.stats.by_model[label] = self.stats.by_model.get(label, 0) + passes
                 self.stats.busy_by_model[label] = self.stats.busy_by_model.get(label, 0.0) + busy
             self._idle_since = time.thread_time()
         return result
