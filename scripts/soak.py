@@ -55,6 +55,7 @@ from wanspec.core.controller import ControllerConfig, ControllerCore
 from wanspec.core.estimates import Estimates
 from wanspec.core.link import LinkCore, Route
 from wanspec.core.policy import PolicyConfig, PolicyName
+from wanspec.core.rounds import RoundFeed, run_rounds
 from wanspec.core.stopping import StopCriteria
 from wanspec.models.backend import CausalLM
 from wanspec.models.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -702,10 +703,15 @@ class CoreHarness:
                 choices = tuple(synthetic_choice(run.start + i + 1, run.tokens[i])
                                 for i in range(k - run.want, k))
                 self._take(self.core.on_event(TargetDone(run.op, choices), self.now))
-            else:
-                guess = synthetic_choice(run.start + len(run.tokens), run.tokens[-1])
-                token = guess if self.rng.random() < 0.7 else self.rng.randrange(VOCAB)
-                self._take(self.core.on_event(DraftDone(run.op, token, 0.5, 0.5), self.now))
+            else:  # a pass, or a round of them (RunDraft.count), as the runtime runs it
+                def one_pass(_: int, feeds: list[RoundFeed]) -> list[DraftDone]:
+                    guess = synthetic_choice(feeds[0].start + len(feeds[0].tokens),
+                                             feeds[0].tokens[-1])
+                    token = guess if self.rng.random() < 0.7 else self.rng.randrange(VOCAB)
+                    return [DraftDone(run.op, token, 0.5, 0.5)]
+
+                self.now += 0.003 * (run.count - 1)
+                self._take(self.core.on_event(run_rounds([run], one_pass)[0], self.now))
             return True
         deadline = self.core.next_timer()
         if deadline is None:
