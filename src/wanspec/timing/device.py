@@ -181,7 +181,9 @@ class Device:
         """Run ``fn`` (a forward pass) off-loop; emulated if ``cost`` is given, else measured.
 
         ``more``: the shapes (:func:`pass_shape`) of further passes ``fn`` runs after the first
-        (a local draft round, ``RunDraft.count``): charged one after the other, and counted."""
+        (a local draft round, ``RunDraft.count``): charged one after the other, and counted.
+        With the host charged the round as a whole takes at least its real compute (a floor on
+        the round, not on each of its passes)."""
         loop = asyncio.get_running_loop()
         async with self._get_lock():
             start = loop.time()
