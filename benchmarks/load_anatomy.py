@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from wanspec.core.actions import RunTarget
 from wanspec.core.batcher import PassKind
 from wanspec.core.controller import ControllerCore
+from wanspec.core.rounds import round_shapes
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.emulate.load import Closed
 from wanspec.simulate.config import SimConfig
@@ -56,6 +57,8 @@ def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = Non
             plain = sum(1 for a in actions if isinstance(a, RunTarget) and len(a.tokens) == 1
                         and a.start > 0)
             passes.append((p.kind, len(p.keys), plain))
+            if p.kind is PassKind.DRAFT:  # a local round's later passes (RunDraft.count)
+                passes.extend((p.kind, len(feeds), 0) for feeds in round_shapes(actions)[1:])
         return p
 
     batcher.next_pass = next_pass  # type: ignore[method-assign]

@@ -7,7 +7,8 @@ Runs a real ``wanspec worker --draft-ms D`` and a real ``wanspec controller --ta
 devices (a ``sitecustomize`` put on ``PYTHONPATH``: it wraps ``Device.run`` and, at the busy
 site, ``ControllerCore.on_event``, ``SharedAccelerator.enqueue`` and ``Batcher.next_pass``).
 Prints per site: passes, their duration and compute, sequences a pass, and the gaps between
-passes; for the busy site, the passes that followed a verification at once, split into the
+passes (a local draft round, ``RunDraft.count``, is one call to the device and counts as one
+pass here); for the busy site, the passes that followed a verification at once, split into the
 hops from the pass's end to the next pass's start.  Profiles other code the same way with
 ``PYTHONPATH=<its checkout>/src`` (the hook goes in front)::
 
