@@ -544,3 +544,20 @@ def test_a_position_is_judged_once_even_when_a_tree_walk_reaches_it_late():
     for position in range(10, 30):  # then a late walk of the worker's tree reaches them again
         c._judge(position, DraftToken(c.transcript.tokens[position] + (position % 3 == 0)))
     assert c.est.acceptance.trials == after_first
+
+
+def test_a_round_teaches_the_one_token_pass_time_and_leaves_the_slope():
+    """A round's elapsed time is one total: its later passes feed one token each, its first
+    may catch up on several; the slope (learned from single passes) is not re-learned from it."""
+    c = make(PolicyName.ALWAYS, has_local=True)
+    c.start(0.0)
+    run = c.on_target_done(TargetDone(1, (50,)), 0.1)[-1]
+    assert run.count == 3 and len(run.tokens) == 4
+    pass_time = c.est.local_draft_pass
+    slope, base = pass_time.per_token.get, pass_time.base.get
+    one_token = 0.004
+    elapsed = one_token * 3 + slope * 3  # three one-token passes, the first catching up on 3 more
+    c.on_draft_done(round_done(run.op, 51, 52, 53), 0.1 + elapsed)
+    assert pass_time.per_token.get == slope
+    assert base > one_token  # (the prior) ... moved toward the rounds' one-token pass
+    assert one_token - 1e-9 <= pass_time.base.get < base

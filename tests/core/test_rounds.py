@@ -3,6 +3,8 @@ lengths side by side, and a request leaving mid-round."""
 
 from __future__ import annotations
 
+import pytest
+
 from wanspec.core.actions import DraftDone, RunDraft, Site
 from wanspec.core.rounds import RoundFeed, round_shapes, run_rounds
 
@@ -54,3 +56,8 @@ def test_a_request_that_leaves_mid_round_gets_none_and_is_not_fed_again():
 def test_a_single_pass_is_a_round_of_one():
     out = run_rounds([rd(1, 3, (4,), 1)], lambda _, feeds: [DraftDone(1, 8, 0.5, 0.9)])
     assert out[0] == DraftDone(1, 8, 0.5, 0.9) and out[0].proposals == (out[0],)
+
+
+def test_a_round_has_at_least_one_pass():
+    with pytest.raises(ValueError, match="at least one pass"):
+        rd(1, 0, (5,), 0)

@@ -225,3 +225,13 @@ def test_host_overhead_is_for_emulated_costs_only():
         TimingConfig(host_overhead=True)
     charged = dataclasses.replace(TimingConfig.emulate(30, 4), host_overhead=True)
     assert "host overhead measured" in charged.describe()
+
+
+def test_records_say_what_host_work_their_times_include(target, near_draft):
+    def fields(timing):
+        return Emulation(target, near_draft, EmulationConfig(timing=timing)).host_fields()
+
+    assert fields(TimingConfig.emulate(30, 4))["host_overhead"] == "0"
+    charged = dataclasses.replace(TimingConfig.emulate(30, 4), host_overhead=True)
+    assert fields(charged)["host_overhead"] == "measured"
+    assert fields(TimingConfig())["host_overhead"] == "real"  # --measured: real time, all of it

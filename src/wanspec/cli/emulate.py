@@ -177,6 +177,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     policies = POLICIES if policy == "all" else tuple(p.strip() for p in policy.split(","))
     for p in policies:
         check(p in POLICIES, f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all")
+    host_overhead = host_overhead.strip().lower()
     check(host_overhead in ("0", "measured"),
           f"--host-overhead must be 0 or measured, got {host_overhead!r}")
     check(not (measured and host_overhead == "measured"),

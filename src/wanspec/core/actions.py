@@ -49,7 +49,7 @@ class RunDraft:
     Feeding several tokens in one pass is how a draft catches up on committed tokens cheaply.
 
     ``count`` > 1: a *round* of that many passes in one call to the device, each after the first
-    feeding the token the one before proposed (:func:`wanspec.core.rounds.run_round`).  Why: a
+    feeding the token the one before proposed (:func:`wanspec.core.rounds.run_rounds`).  Why: a
     local round whose length is decided when it starts (standard SD, the fixed policies) gains
     nothing from a return to the event loop between its passes, and each return costs the busy
     accelerator a host turnaround (docs/results.md §10).  The result is one
@@ -61,6 +61,10 @@ class RunDraft:
     start: int
     tokens: tuple[int, ...]
     count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"a draft round has at least one pass, got count={self.count}")
 
     @property
     def position(self) -> int:

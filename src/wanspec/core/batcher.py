@@ -14,7 +14,8 @@ This is the lockstep of batched speculative decoding in vLLM or SGLang (everyone
 verification carries everyone), reached without a global round: requests joining or leaving at
 any pass fall into step.  It never starves a target pass, because a request's drafts end with its
 window; as a guard against any decoder that drafts without end, a target pass that has waited
-through ``max_draft_streak`` draft passes runs next.  Within a kind, the oldest passes go first,
+through ``max_draft_streak`` draft passes runs next (a pass formed here: a local draft round,
+``RunDraft.count``, runs its passes in one call to the device and counts as one).  Within a kind, the oldest passes go first,
 so the limits never starve anyone either.
 
 The busy site runs the target's verifications and plain steps and the controller's local drafts
@@ -38,7 +39,7 @@ class BatchLimits:
 
     max_sequences: int = 64
     max_tokens: int = 4096
-    max_draft_streak: int = 64  # draft passes a waiting target pass lets go first, at most
+    max_draft_streak: int = 64  # draft passes (rounds) a waiting target pass lets go first, at most
 
     def __post_init__(self) -> None:
         if min(self.max_sequences, self.max_tokens, self.max_draft_streak) < 1:

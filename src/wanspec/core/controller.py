@@ -376,9 +376,14 @@ class ControllerCore:
         proposals = ev.proposals
         if len(proposals) != run.count:
             raise RuntimeError(f"a round of {run.count} draft passes proposed {len(proposals)}")
-        each = (now - self._busy_since) / run.count  # (a round's passes: alike but the first)
-        for i, p in enumerate(proposals):
-            self.est.local_draft_pass.update(len(run.tokens) if i == 0 else 1, each)
+        pass_time, elapsed = self.est.local_draft_pass, now - self._busy_since
+        if run.count == 1:
+            pass_time.update(len(run.tokens), elapsed)
+        else:  # a round: one-token passes after a first that may catch up on several tokens
+            catch_up = pass_time.seconds(len(run.tokens)) - pass_time.seconds(1)  # (its slope
+            # is learned from single passes: a round's total cannot tell it from the base)
+            pass_time.update(1, max(elapsed - catch_up, 0.0) / run.count)
+        for p in proposals:
             self._proposal.local.append(DraftToken(p.token, p.entropy, p.top_prob))
         return self._schedule(now)
 

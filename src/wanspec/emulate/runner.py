@@ -229,11 +229,13 @@ class Emulation:
         return [{**r, **self.host_fields()} for r in records]
 
     def host_fields(self) -> dict[str, Any]:
-        """What every record says of the host work its times include: none (the plain virtual
-        clock) or this machine's measured, with the transport stack charged a message an end."""
+        """What every record says of the host work its times include: none (``"0"``: the plain
+        virtual clock), this machine's measured (``"measured"``, with the transport stack
+        charged a message an end), or all of it (``"real"``: ``--measured``, real time)."""
         c = self.config
-        return {"host_overhead": "measured" if c.timing.host_overhead else "0",
-                "host_stack_ms": c.host_stack_ms}
+        kind = ("real" if not c.timing.emulated else "measured" if c.timing.host_overhead
+                else "0")
+        return {"host_overhead": kind, "host_stack_ms": c.host_stack_ms}
 
     # ---- under load --------------------------------------------------------------------------
     def reference(self, prompts: Sequence[str]) -> list[list[int]]:

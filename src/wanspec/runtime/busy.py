@@ -81,7 +81,9 @@ class SharedAccelerator:
         self.on_pass: Callable[[PassKind, int, int], None] | None = None
         self.admission = admission or Admission(None)  # default: everyone runs at once
         # told after every pass: (kind, requests carried, longest feed in tokens, seconds it
-        # took from its start to its results, as the requests waited for it)
+        # took from its start to its results, as the requests waited for it); a local draft
+        # round (RunDraft.count) is told once, as the one call to the device it is (only a
+        # worker listens, and a worker's passes are never rounds)
         self.on_pass_done: Callable[[PassKind, int, int, float], None] | None = None
         self._admitted: dict[int, asyncio.Event] = {}
         self._running = False  # a pass is on the device
