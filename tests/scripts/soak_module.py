@@ -1,20 +1,17 @@
-"""scripts/soak.py imported as a module (it is a script, not part of the package)."""
+"""scripts/soak.py and its parts imported as modules (they are scripts, not part of the package):
+``soak_common`` (the shipped pair, shared settings), ``soak_faults``, ``soak_fuzz``, ``soak``
+(the command line)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def load():
-    if "soak" in sys.modules:
-        return sys.modules["soak"]
-    spec = importlib.util.spec_from_file_location("soak", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["soak"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+def load(name: str = "soak"):
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))  # as when the script runs: its parts beside it
+    return importlib.import_module(name)

@@ -1,4 +1,4 @@
-"""scripts/soak.py faults, CI-sized: randomized fault schedules on the virtual clock.
+"""scripts/soak.py faults (scripts/soak_faults.py), CI-sized: randomized fault schedules on the virtual clock.
 
 The full run (1,000 schedules) and its figures are in docs/reliability.md; this runs the first
 25 schedules of another seed, and shows that the harness does see a divergence and a hang.
@@ -11,15 +11,15 @@ import asyncio
 import pytest
 from soak_module import load
 
-soak = load()
+common, soak = load("soak_common"), load("soak_faults")
 SCHEDULES = 25
 SEED = 12  # the soak's recorded run uses seed 1: CI covers other schedules
 
 
 @pytest.fixture(scope="module")
 def pair():
-    with soak.one_thread():
-        p = soak.Pair()
+    with common.one_thread():
+        p = common.Pair()
         yield p
         p.close()
 

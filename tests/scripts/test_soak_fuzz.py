@@ -1,4 +1,4 @@
-"""scripts/soak.py fuzz, CI-sized: mutated frames into a live worker and the controller's side.
+"""scripts/soak.py fuzz (scripts/soak_fuzz.py), CI-sized: mutated frames into a live worker and the controller's side.
 
 The full run (100,000 frames each) and its figures are in docs/reliability.md; this feeds 2,000
 mutated frames to each (another seed), and shows that the harness does see a crash.
@@ -9,15 +9,15 @@ from __future__ import annotations
 import pytest
 from soak_module import load
 
-soak = load()
+common, soak, cli = load("soak_common"), load("soak_fuzz"), load("soak")
 FRAMES = 2000
 SEED = 12  # the soak's recorded run uses seed 1
 
 
 @pytest.fixture(scope="module")
 def pair():
-    with soak.one_thread():
-        p = soak.Pair()
+    with common.one_thread():
+        p = common.Pair()
         yield p
         p.close()
 
@@ -31,7 +31,7 @@ def test_fuzzed_frames_crash_nothing_and_the_worker_serves_identically_afterward
     assert report["hangs"] == report["divergences"] == 0, controller["failed"]
     assert worker["open_connections_after"] == worker["sessions_after"] == 0
     assert report["worker_serves_identically_afterwards"], worker["afterwards"]
-    assert soak.fuzz_verdict(report)
+    assert cli.fuzz_verdict(report)
 
 
 def test_the_harness_sees_crashes(pair, monkeypatch):
@@ -49,7 +49,7 @@ def test_the_harness_sees_crashes(pair, monkeypatch):
 
     monkeypatch.setattr(WorkerCore, "on_message", raising(WorkerCore.on_message, Ping))
     monkeypatch.setattr(LinkCore, "on_message", raising(LinkCore.on_message, Pong))
-    pair.prepare((soak.PROMPTS[0], name) for name in soak.SAMPLINGS)
+    pair.prepare((common.PROMPTS[0], name) for name in common.SAMPLINGS)
     worker = soak.asyncio.run(soak._fuzz_worker(pair, 300, SEED))
     controller = soak.fuzz_controller(300, SEED)
     assert worker["crashes"] > 0 and controller["crashes"] > 0
