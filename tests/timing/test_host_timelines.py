@@ -104,6 +104,34 @@ def test_a_timer_due_when_the_site_frees_does_not_overtake_the_waiting_line():
     assert _run(main) == ["waiting", "timer"]
 
 
+def test_a_released_callback_cancelled_before_it_runs_passes_its_turn_on():
+    """The head of a waiting line is put back in the ready queue; cancelled before it runs, the
+    next in line still runs (the line is never left without a release)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = clock.site_context("worker")  # (not main's site: a stuck line cannot hang main)
+        ran: list[str] = []
+        loop.call_soon(clock.charge_host, 0.01, context=worker)  # busy until ~0.01
+        a = loop.call_soon(ran.append, "a", context=worker)  # both wait for it, in this order
+        loop.call_soon(ran.append, "b", context=worker)
+        timelines = loop._timelines
+        release = timelines._release
+
+        def release_then_cancel(site: str) -> None:  # "a" cancelled once back in the queue
+            release(site)
+            if timelines._released.get(site) is a:
+                a.cancel()
+
+        timelines._release = release_then_cancel
+        await asyncio.sleep(0.05)
+        return ran, timelines
+
+    ran, timelines = _run(main)
+    assert ran == ["b"]
+    assert not timelines._waiting and not timelines._releasing and not timelines._released
+
+
 def test_each_held_back_callback_waits_once():
     """Releasing a line puts back its head alone: n callbacks behind a busy site are held back
     n times, not n(n+1)/2 (each re-deferred after every release)."""
