@@ -4,6 +4,7 @@ link to both sites when the host is charged (``emulate --host-transport``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -60,3 +61,25 @@ def test_the_link_charges_each_end_its_share_of_the_stack():
 def test_the_stack_is_not_charged_on_a_plain_virtual_clock():
     at, host = _exchange(stack_ms=200.0, charge_host=False)
     assert at == pytest.approx(0.005) and host == {}
+
+
+def test_the_in_process_links_delivery_is_left_out_of_its_side(monkeypatch):
+    """The emulation charges the link's delivery timers to no site: their CPU must not be
+    subtracted from a real stack's (it would charge the stack short)."""
+    from wanspec.transport import inproc, stack_cost
+
+    def cpu_per_message() -> float:
+        return clock.run(lambda: stack_cost._cpu_per_message("inproc", 100))
+
+    fire = inproc._Pipe._fire
+
+    def slow_fire(self) -> None:  # each delivery burns 1 ms of the loop thread's CPU
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+        fire(self)
+
+    plain = cpu_per_message()
+    monkeypatch.setattr(inproc._Pipe, "_fire", slow_fire)
+    slowed = cpu_per_message()
+    assert slowed < plain + 0.0003  # not the 0.5 ms a message the deliveries took
