@@ -23,13 +23,19 @@ class RoundFeed(NamedTuple):
     tokens: tuple[int, ...]
 
 
+def _feed(index: int, action: RunDraft, step: int, last: int) -> RoundFeed:
+    """Pass ``step`` of ``action``'s round: its own tokens first, then the token ``last`` that
+    the pass before proposed, at the position it was proposed for."""
+    if step == 0:
+        return RoundFeed(index, action.start, action.tokens)
+    return RoundFeed(index, action.position + step - 1, (last,))
+
+
 def round_feeds(actions: Sequence[RunDraft], step: int,
                 proposed: Sequence[Sequence[DraftDone]]) -> list[RoundFeed]:
     """The feeds of pass ``step`` of ``actions``' rounds, given what each proposed so far
     (rounds that stopped early, having proposed fewer than ``step``, are left out)."""
-    if step == 0:
-        return [RoundFeed(i, a.start, a.tokens) for i, a in enumerate(actions)]
-    return [RoundFeed(i, a.position + step - 1, (proposed[i][-1].token,))
+    return [_feed(i, a, step, proposed[i][-1].token if step else 0)
             for i, a in enumerate(actions) if step < a.count and len(proposed[i]) == step]
 
 
@@ -58,9 +64,5 @@ def run_rounds(actions: Sequence[RunDraft],
 def round_shapes(actions: Sequence[RunDraft]) -> list[list[RoundFeed]]:
     """Each pass's feeds for ``actions`` run to their full ``count`` (what the device is charged:
     the tokens a later pass feeds are known in number before they are drafted)."""
-    shapes: list[list[RoundFeed]] = []
-    for step in range(max((a.count for a in actions), default=0)):
-        shapes.append([RoundFeed(i, a.start if step == 0 else a.position + step - 1,
-                                 a.tokens if step == 0 else (0,))
-                       for i, a in enumerate(actions) if step < a.count])
-    return shapes
+    return [[_feed(i, a, step, 0) for i, a in enumerate(actions) if step < a.count]
+            for step in range(max((a.count for a in actions), default=0))]

@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 from wanspec.core.actions import DraftDone, RunDraft, RunTarget, TargetDone
 from wanspec.core.admission import Admission
 from wanspec.core.batcher import Batcher, BatchLimits, PassKind
+from wanspec.core.rounds import round_shapes
 from wanspec.models.backend import KVCache
 from wanspec.runtime.placed import PlacedModel
 from wanspec.sampling import SamplingParams
@@ -281,8 +282,8 @@ class SharedAccelerator:
             return True
         # a local draft round (RunDraft.count) runs its later passes in the same call, each
         # carrying the rounds still drafting, a token each
-        rounds = [j.action.count for j in jobs if isinstance(j.action, RunDraft)]
-        later = [sum(1 for c in rounds if c > step) for step in range(1, max(rounds, default=1))]
+        later = ([len(feeds) for feeds in round_shapes([j.action for j in jobs])[1:]]
+                 if p.kind is PassKind.DRAFT else [])
         self.stats.passes += 1 + len(later)
         self.stats.sequences += len(jobs) + sum(later)
         self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
