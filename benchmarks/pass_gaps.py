@@ -9,7 +9,8 @@ site, ``ControllerCore.on_event``, ``SharedAccelerator.enqueue`` and ``Batcher.n
 Prints per site: passes, their duration and compute, sequences a pass, and the gaps between
 passes (a local draft round, ``RunDraft.count``, is one call to the device and counts as one
 pass here); for the busy site, the passes that followed a verification at once, split into the
-hops from the pass's end to the next pass's start.  Profiles other code the same way with
+hops from the pass's end to the next pass's start, and the verifications started as the local
+round before them ended (``RunDraft.then_verify``).  Profiles other code the same way with
 ``PYTHONPATH=<its checkout>/src`` (the hook goes in front)::
 
     .venv/bin/python benchmarks/pass_gaps.py
@@ -64,6 +65,13 @@ if os.environ.get("WANSPEC_PASS_TRACE_BUSY"):
         _events.append(("enqueue", _now()))
         return _enqueue(self, *a, **k)
     _busy.SharedAccelerator.enqueue = _traced_enqueue
+    _early = _busy.SharedAccelerator._early_verifications
+    def _traced_early(self, *a, **k):
+        e = _early(self, *a, **k)
+        if e is not None:
+            _events.append(("early", _now()))
+        return e
+    _busy.SharedAccelerator._early_verifications = _traced_early
     _next_pass = _b.Batcher.next_pass
     def _traced_next_pass(self, *a, **k):
         p = _next_pass(self, *a, **k)
@@ -133,6 +141,26 @@ def turnaround_summary(events: list, after: str = "TargetDone") -> None:
         print(f"  {k:32s} {ms(v, .5):.3f} / {1000 * statistics.mean(v):.3f} / {ms(v, .9):.3f}")
 
 
+def early_summary(events: list) -> None:
+    """The busy site's verifications started as the local draft round before them ended
+    (``RunDraft.then_verify``): from the round's end to the verification's start."""
+    gaps = []
+    for i, e in enumerate(events):
+        if e[0] != "end":
+            continue
+        j = i + 1
+        while j < len(events) and events[j][0] not in ("start", "end"):
+            j += 1
+        if (j < len(events) and events[j][0] == "start"
+                and any(x[0] == "early" for x in events[i + 1:j])):
+            gaps.append(events[j][1] - e[1])
+    print(f"controller: {len(gaps)} verifications started as their round ended; ms p50 / mean "
+          f"/ p90:")
+    if gaps:
+        print(f"  {'round end -> verification':32s} {ms(gaps, .5):.3f} / "
+              f"{1000 * statistics.mean(gaps):.3f} / {ms(gaps, .9):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,6 +204,7 @@ def main() -> None:
     busy = json.loads(busy_trace.read_text())
     turnaround_summary(busy)
     turnaround_summary(busy, "DraftDone")
+    early_summary(busy)
 
 
 if __name__ == "__main__":

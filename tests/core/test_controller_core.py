@@ -16,6 +16,7 @@ from wanspec.core.actions import (
     Send,
     Site,
     TargetDone,
+    ThenVerify,
     WorkerLost,
 )
 from wanspec.core.chain import DraftToken
@@ -248,7 +249,8 @@ def test_worker_lost_while_busy_only_logs_then_uses_the_local_draft():
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
     # no commit to the dead worker; standard SD with the local draft from here on: a round of
     # gamma draft passes in one call to the device
-    assert out == [EmitTokens((50,)), RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50), 3)]
+    assert out == [EmitTokens((50,)), RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50), 3,
+                                     ThenVerify(3, (50,)))]
     out = c.on_draft_done(round_done(2, 51, 52, 53), 0.12)
     assert out == [RunTarget(3, 3, (50, 51, 52, 53), 4)]
 
@@ -267,18 +269,22 @@ def test_always_drafts_locally_and_rolls_back_the_local_cache():
     c.start(0.0)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
     # the whole window drafted in one round of three passes
-    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50), 3)
+    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50), 3,
+                                     ThenVerify(3, (50,)))
+    promised = out[-1].then_verify
     # worker drafts arrive during a local round: kept, but the round is finished first
     assert c.on_message(Drafts(RID, 0, 3, (50, 51)), 0.125) == []
-    out = c.on_draft_done(round_done(2, 51, 52, 53), 0.16)
+    done = round_done(2, 51, 52, 53)
+    out = c.on_draft_done(done, 0.16)
     assert out == [RunTarget(3, 3, (50, 51, 52, 53), 4)]
+    assert out == [promised.action(3, done)]  # the verification the round promised
     assert c.stats.local_windows == 1
     out = c.on_target_done(TargetDone(3, (51, 52, 99, 100)), 0.26)
     assert out[0] == EmitTokens((51, 52, 99))
     assert out[1] == Send(Commit(RID, 0, 4, (51, 52, 99)))
     # the local cache keeps 1 2 3 50 51 52 (valid); it is fed only the correction (then drafts
     # the rest of the next window: the worker's 99-less chain is void)
-    assert out[2] == RunDraft(4, Site.CONTROLLER, 6, (99,), 3)
+    assert out[2] == RunDraft(4, Site.CONTROLLER, 6, (99,), 3, ThenVerify(6, (99,)))
     assert c.metrics.draft_passes[Site.CONTROLLER.value] == 6  # two rounds of three passes
 
 
@@ -288,7 +294,8 @@ def test_always_extends_a_partial_remote_window_with_local_drafts():
     c.on_message(Drafts(RID, 0, 3, (50, 51)), 0.05)
     out = c.on_target_done(TargetDone(1, (50,)), 0.1)
     # proposal = the worker's 51, then local drafts from position 5 (the local cache is empty)
-    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50, 51), 2)
+    assert out[-1] == RunDraft(2, Site.CONTROLLER, 0, (1, 2, 3, 50, 51), 2,
+                                 ThenVerify(3, (50, 51)))
     out = c.on_draft_done(round_done(2, 52, 53), 0.14)
     assert out == [RunTarget(3, 3, (50, 51, 52, 53), 4)]
     out = c.on_target_done(TargetDone(3, (51, 52, 53, 54)), 0.24)

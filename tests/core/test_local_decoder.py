@@ -12,6 +12,7 @@ from wanspec.core.actions import (
     RunTarget,
     Site,
     TargetDone,
+    ThenVerify,
 )
 from wanspec.core.local import LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
@@ -47,19 +48,23 @@ def test_sd_full_round_trip_with_catch_up_rollback_and_clamp():
     a = only_run(acts)
     # one round of gamma draft passes, in one call to the device; its first pass catches up on
     # prompt + committed token
-    assert a == RunDraft(op=2, site=Site.CONTROLLER, start=0, tokens=(1, 2, 3, 10), count=3)
+    assert a == RunDraft(op=2, site=Site.CONTROLLER, start=0, tokens=(1, 2, 3, 10), count=3,
+                        then_verify=ThenVerify(3, (10,)))
     assert a.position == 4
 
-    a = only_run(d.on_event(draft_done(a, 11, 12, 13), 1.3))
+    promised, done = a.then_verify, draft_done(a, 11, 12, 13)
+    a = only_run(d.on_event(done, 1.3))
     # verification: start == n - 1, the last committed token + the window, want == len(window)+1
     assert a == RunTarget(op=3, start=3, tokens=(10, 11, 12, 13), want=4)
+    assert a == promised.action(3, done)  # the verification the round promised
 
     # full acceptance + bonus 14
     acts = d.on_event(target_done(a, 11, 12, 13, 14), 2.0)
     assert acts[0] == EmitTokens((11, 12, 13, 14))
     a = only_run(acts)
     # catch-up after a full acceptance: the last draft and the bonus in the round's first pass
-    assert a == RunDraft(op=4, site=Site.CONTROLLER, start=6, tokens=(13, 14), count=3)
+    assert a == RunDraft(op=4, site=Site.CONTROLLER, start=6, tokens=(13, 14), count=3,
+                    then_verify=ThenVerify(7, (14,)))
 
     a = only_run(d.on_event(draft_done(a, 15, 16, 17), 2.3))
     assert a == RunTarget(op=5, start=7, tokens=(14, 15, 16, 17), want=4)
@@ -70,7 +75,8 @@ def test_sd_full_round_trip_with_catch_up_rollback_and_clamp():
     a = only_run(acts)
     # rollback: the draft cache is cut to the end of the accepted prefix, then the correction
     # fed; 3 tokens left: gamma is clamped to remaining - 1 == 2
-    assert a == RunDraft(op=6, site=Site.CONTROLLER, start=9, tokens=(99,), count=2)
+    assert a == RunDraft(op=6, site=Site.CONTROLLER, start=9, tokens=(99,), count=2,
+                    then_verify=ThenVerify(9, (99,)))
     assert d.transcript.output == [10, 11, 12, 13, 14, 15, 99]
 
     a = only_run(d.on_event(draft_done(a, 20, 21), 3.2))
@@ -125,7 +131,8 @@ def test_gamma_clamped_to_one():
     d = LocalDecoder([4], StopCriteria(max_tokens=3), mode=LocalMode.SD, gamma=4)
     (a,) = d.start(0.0)
     a = only_run(d.on_event(target_done(a, 9), 0.5))
-    assert a == RunDraft(op=2, site=Site.CONTROLLER, start=0, tokens=(4, 9))
+    assert a == RunDraft(op=2, site=Site.CONTROLLER, start=0, tokens=(4, 9),
+                        then_verify=ThenVerify(1, (9,)))
     a = only_run(d.on_event(draft_done(a, 7), 0.6))
     assert a == RunTarget(op=3, start=1, tokens=(9, 7), want=2)
     assert d.on_event(target_done(a, 7, 6), 1.0) == [EmitTokens((7, 6)), Finished("max_tokens")]
@@ -140,7 +147,8 @@ def test_rejection_of_the_first_draft_rolls_the_draft_back_fully():
     acts = d.on_event(target_done(a, 3, 40, 41), 0.4)
     assert acts[0] == EmitTokens((3,))
     # the draft cache held [1, 2, 30]; only [1, 2] is still valid
-    assert acts[-1] == RunDraft(op=4, site=Site.CONTROLLER, start=2, tokens=(3,), count=2)
+    assert acts[-1] == RunDraft(op=4, site=Site.CONTROLLER, start=2, tokens=(3,), count=2,
+                               then_verify=ThenVerify(2, (3,)))
     assert d.metrics.accepted_tokens == 0 and d.metrics.drafted_tokens == 2
 
 

@@ -23,7 +23,8 @@ REMOTE = PolicyConfig(PolicyName.REMOTE)
 ALWAYS = PolicyConfig(PolicyName.ALWAYS)
 ENTROPY = PolicyConfig(PolicyName.ENTROPY, entropy_threshold=1.0)
 ALL = [REMOTE, ALWAYS, ENTROPY]
-LOCAL = Decision(Kind.LOCAL_DRAFT)  # one more local draft (the last of the window)
+LOCAL = Decision(Kind.LOCAL_DRAFT, then_verify=True)  # the last local draft of the window (then
+# its verification)
 
 
 def verify(window: int) -> Decision:
@@ -33,7 +34,7 @@ def verify(window: int) -> Decision:
 def start_local(remote: int = 0, gamma: int = 4) -> Decision:
     """A local round: the worker's ``remote`` drafts, then the rest of the window drafted
     locally in one round (its length decided now)."""
-    return Decision(Kind.LOCAL_DRAFT, window=remote, drafts=gamma - remote)
+    return Decision(Kind.LOCAL_DRAFT, window=remote, drafts=gamma - remote, then_verify=True)
 
 
 def wait_for(expected: float, now: float = 1.0) -> Decision:
@@ -175,7 +176,7 @@ def test_always_without_local_draft_behaves_like_remote():
 
 def test_entropy_finishes_a_local_round_under_way():
     v = view(remote=drafts(1), proposal_remote=1, local=1, expect_full_by=1.001)
-    assert decide(ENTROPY, v) == Decision(Kind.LOCAL_DRAFT, drafts=2)  # the window's rest
+    assert decide(ENTROPY, v) == Decision(Kind.LOCAL_DRAFT, drafts=2, then_verify=True)  # the window's rest
     v = view(remote=drafts(1), proposal_remote=1, local=3)
     assert decide(ENTROPY, v) == Decision(Kind.VERIFY_LOCAL)
 

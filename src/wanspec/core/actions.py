@@ -61,6 +61,8 @@ class RunDraft:
     start: int
     tokens: tuple[int, ...]
     count: int = 1
+    then_verify: ThenVerify | None = None  # the verification that follows the round, if
+    # already decided when it starts
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -69,6 +71,30 @@ class RunDraft:
     @property
     def position(self) -> int:
         return self.start + len(self.tokens)
+
+
+@dataclass(slots=True)
+class ThenVerify:
+    """The verification a state machine will queue the moment a draft round ends, decided when
+    the round started: a round that fills its window (standard SD, the fixed policies) is always
+    verified next, whatever its time brings.
+
+    Why say so in advance: the busy site may then start that verification as the round leaves
+    the device, before the state machine has even seen the drafts (vLLM's async scheduling: the
+    next step is prepared while the last one's output is processed), saving the host turnaround
+    between the two passes.  The state machine still queues the verification itself, built the
+    same way; a driver that started it early hands over that pass's result only if the two are
+    equal (:mod:`wanspec.runtime.busy`), so a broken promise costs time, never a token.
+    """
+
+    start: int  # the verification's start (its first fed token is the last committed one)
+    prefix: tuple[int, ...]  # what it feeds before the round's proposals
+
+    def action(self, op: int, done: DraftDone) -> RunTarget:
+        """The verification of the round that ended with ``done``: the prefix, then every
+        proposal of the round, each position's choice wanted."""
+        feed = (*self.prefix, *(p.token for p in done.proposals))
+        return RunTarget(op, self.start, feed, len(feed))
 
 
 @dataclass(slots=True)

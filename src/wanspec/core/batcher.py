@@ -106,6 +106,18 @@ class Batcher:
             del self._waiting[k]
         return Pass(kind, tuple(keys), tokens, tuple(since))
 
+    def verify_at_once(self, carried: int, promised: int, live: int) -> bool:
+        """A draft pass carrying ``carried`` requests just ended, ``promised`` of them having
+        said which verification follows their round (``RunDraft.then_verify``): run those
+        verifications as the next pass now, before their requests have seen their drafts?
+
+        Yes when that pass carried every live request (``live``), each promised, and nothing
+        else waits: the next pass would carry exactly them, and starting it at once saves the
+        host turnaround between the two passes (docs/results.md §10).  Otherwise the requests
+        queue their verifications as usual, so that a pass still carries everyone who is ready
+        (under load that batching is worth more than one request's turnaround)."""
+        return carried == promised == live and not self._waiting
+
     def seats_left(self, kind: PassKind) -> int:
         """How many more passes of ``kind`` the next pass of that kind could carry (by the
         sequence limit): a rider is offered a seat only while one is left."""

@@ -24,6 +24,7 @@ from wanspec.core.actions import (
     Send,
     Site,
     TargetDone,
+    ThenVerify,
     WorkerLost,
 )
 from wanspec.core.adaptive import budget_tpot
@@ -385,6 +386,10 @@ class ControllerCore:
             pass_time.update(1, max(elapsed - catch_up, 0.0) / run.count)
         for p in proposals:
             self._proposal.local.append(DraftToken(p.token, p.entropy, p.top_prob))
+        if run.then_verify is not None:  # decided with the round (the busy site may have
+            # started this very verification as the round ended: RunDraft.then_verify)
+            self.stats.local_windows += 1
+            return [self._verify(len(self.transcript.tokens), now)]
         return self._schedule(now)
 
     # ---- internals ----------------------------------------------------------------------------
@@ -564,12 +569,16 @@ class ControllerCore:
         length = n + len(tokens)
         start = min(self._local_cache, length - 1)
         self._local_cache = length + d.drafts - 1  # a round's later passes feed its proposals
+        then = ThenVerify(n - 1, self._verify_feed(n)) if d.then_verify else None
         return [self._run(RunDraft(self._next_op(), Site.CONTROLLER, start,
-                                   feed_from(seq, tokens, start), d.drafts), now)]
+                                   feed_from(seq, tokens, start), d.drafts, then), now)]
+
+    def _verify_feed(self, n: int) -> tuple[int, ...]:
+        """A verification's feed: the last committed token, then the proposal's drafts."""
+        return (self.transcript.tokens[n - 1], *self._proposal.tokens)
 
     def _verify(self, n: int, now: float) -> RunTarget:
-        seq = self.transcript.tokens
-        feed = (seq[n - 1], *self._proposal.tokens)
+        feed = self._verify_feed(n)
         run = RunTarget(self._next_op(), n - 1, feed, len(feed))
         self._run(run, now)
         return run

@@ -26,6 +26,7 @@ from wanspec.core.actions import (
     RunTarget,
     Site,
     TargetDone,
+    ThenVerify,
 )
 from wanspec.core.chain import feed_from
 from wanspec.core.metrics import RequestMetrics
@@ -162,7 +163,13 @@ class LocalDecoder:
             count = self._gamma_now() - len(self._window)
             start = self._draft_cache
             self._draft_cache = n + len(self._window) + count - 1
+            # (it fills the window, so its verification follows: said now, RunDraft.then_verify)
             return self._issue(RunDraft(self._op(), self.draft_site, start,
-                                        feed_from(seq, self._window, start), count))
-        feed = (seq[n - 1], *self._window)
+                                        feed_from(seq, self._window, start), count,
+                                        ThenVerify(n - 1, self._verify_feed())))
+        feed = self._verify_feed()
         return self._issue(RunTarget(self._op(), n - 1, feed, len(feed)))
+
+    def _verify_feed(self) -> tuple[int, ...]:
+        """A verification's feed: the last committed token, then the window's drafts."""
+        return (self.transcript.tokens[-1], *self._window)

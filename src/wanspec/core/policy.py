@@ -53,12 +53,13 @@ def decide_fixed(policy: PolicyConfig, v: View) -> Decision:
     gamma = min(v.gamma, v.budget)
     if v.proposal_local:  # a local round is under way: finish it
         left = gamma - len(v.proposal)
-        return Decision(Kind.LOCAL_DRAFT, drafts=left) if left > 0 else VERIFY_LOCAL
+        return (Decision(Kind.LOCAL_DRAFT, drafts=left, then_verify=True) if left > 0
+                else VERIFY_LOCAL)
     remote = v.remote[:gamma]
     k = len(remote)
     # the worker's drafts, then local ones up to the window, drafted in one round (its length
-    # is decided now: nothing that arrives meanwhile changes it)
-    local_round = Decision(Kind.LOCAL_DRAFT, window=k, drafts=gamma - k)
+    # is decided now: nothing that arrives meanwhile changes it, and it is verified next)
+    local_round = Decision(Kind.LOCAL_DRAFT, window=k, drafts=gamma - k, then_verify=True)
     if not v.worker_ok:  # fallback: plain local SD, or target-only without a local draft
         return local_round if v.has_local_draft else PLAIN
     if k >= gamma:

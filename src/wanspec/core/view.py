@@ -30,6 +30,8 @@ class Decision:
     until: float | None = None  # WAIT: when to decide again if nothing arrives
     window: int | None = None  # VERIFY_REMOTE: how many of the usable worker drafts to verify
     drafts: int = 1  # LOCAL_DRAFT: local drafts to make in a row before deciding again
+    then_verify: bool = False  # LOCAL_DRAFT: the round fills the window and its verification
+    # follows at once, decided now (RunDraft.then_verify)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,53 @@ class _Job:
     future: asyncio.Future
     source: KVCache | None = None  # a draft pass's fork: the cache its cache copies a prefix of
     owner: object = None  # the request it is for (the same for all its caches)
+    then_cache: KVCache | None = None  # a draft round's: its request's target cache, where the
+    # verification it promises (RunDraft.then_verify) runs
+
+
+@dataclass
+class _EarlyVerify:
+    """Verifications started as their draft rounds ended, before their requests asked for them
+    (``RunDraft.then_verify``).  A request that then queues the same pass (same cache, start,
+    feed) gets this one's result instead of a pass of its own; one that queues anything else
+    goes through the batcher as usual, and the early pass was wasted time, never a wrong token
+    (the request's cache is cut back to its next pass's start either way)."""
+
+    jobs: list[_Job]
+    claims: dict[int, tuple[asyncio.Future, int]] = field(default_factory=dict)  # job index ->
+    # (the asking request's future, its op)
+    results: list[Any] | None = None  # once the pass ended
+    error: BaseException | None = None
+
+    def claim(self, cache: KVCache, action: RunTarget) -> asyncio.Future | None:
+        """The future for ``action`` if it is one of these passes (then it runs no other)."""
+        for i, j in enumerate(self.jobs):
+            a = j.action
+            if (i not in self.claims and j.cache is cache and a.start == action.start
+                    and a.tokens == action.tokens and a.want == action.want):
+                fut = asyncio.get_running_loop().create_future()
+                self.claims[i] = (fut, action.op)
+                if self.results is not None or self.error is not None:
+                    self._deliver(i)
+                return fut
+        return None
+
+    def finish(self, results: list[Any] | None, error: BaseException | None = None) -> None:
+        self.results, self.error = results, error
+        for i in self.claims:
+            self._deliver(i)
+
+    def _deliver(self, i: int) -> None:
+        fut, op = self.claims[i]
+        if fut.done():
+            return  # the request left
+        r = None if self.results is None else self.results[i]
+        if self.error is not None:
+            fut.set_exception(self.error)
+        elif r is None:
+            fut.set_exception(RuntimeError("the request's KV cache was closed"))
+        else:
+            fut.set_result(TargetDone(op, r.choices))
 
 
 @dataclass
@@ -52,6 +99,8 @@ class QueueStats:
     passes: int = 0
     sequences: int = 0
     queued_s: float = 0.0  # time passes waited between submission and the start of their pass
+    early: int = 0  # verifications started as their rounds ended (RunDraft.then_verify)
+    early_unclaimed: int = 0  # of those, asked for by no request (wasted; a promise broken)
 
     @property
     def mean_batch(self) -> float:
@@ -93,6 +142,7 @@ class SharedAccelerator:
         # one pass, so that no new request can be mistaken for one of them)
         self._last_end: float | None = None  # loop time the last pass ended (None: the pump
         # went idle since)
+        self._early: _EarlyVerify | None = None  # verifications started before they were asked
 
     @property
     def device(self):
@@ -154,18 +204,26 @@ class SharedAccelerator:
 
     def enqueue(self, kind: PassKind, cache: KVCache, action: RunTarget | RunDraft,
                 sampling: SamplingParams, source: KVCache | None = None,
-                owner: object = None) -> asyncio.Future:
+                owner: object = None, then_cache: KVCache | None = None) -> asyncio.Future:
         """Queue a pass now (synchronously: a rider's pass joins the pass being formed); the
         future gets its result.  Cancelling the future withdraws the pass if it has not run.
 
         ``source`` (draft passes only): ``cache`` first takes ``source``'s first
-        ``action.start`` positions (:class:`~wanspec.models.backend.Feed`)."""
+        ``action.start`` positions (:class:`~wanspec.models.backend.Feed`).  ``then_cache``
+        (a draft round whose verification is decided, ``RunDraft.then_verify``): the target
+        cache that verification runs on, so that it may start as the round ends
+        (:meth:`~wanspec.core.batcher.Batcher.verify_at_once`)."""
         if source is not None and kind is not PassKind.DRAFT:
             raise ValueError("only a draft pass forks a KV cache")
+        if kind is PassKind.TARGET and self._early is not None:
+            assert isinstance(action, RunTarget)
+            early = self._early.claim(cache, action)
+            if early is not None:
+                return early  # started already: the request's own pass, as it asked for it
         loop = asyncio.get_running_loop()
         key = next(self._keys)
         job = _Job(kind, cache, action, sampling, loop.create_future(), source,
-                   cache if owner is None else owner)
+                   cache if owner is None else owner, then_cache)
         self._jobs[key] = job
         self.batcher.submit(key, kind, len(action.tokens), loop.time())
 
@@ -248,6 +306,9 @@ class SharedAccelerator:
                 self.batcher.withdraw(key)
                 if not job.future.done():
                     job.future.set_exception(error)
+            early = self._early
+            if early is not None and early.results is None and early.error is None:
+                early.finish(None, error)
             raise
         finally:
             self._running = False
@@ -270,7 +331,15 @@ class SharedAccelerator:
         """Form and run the next pass, once the last one's requests have reacted; False when
         nothing waits."""
         loop = asyncio.get_running_loop()
+        early = self._early
+        if early is not None and early.results is None and early.error is None:
+            await self._run_pass(PassKind.TARGET, early.jobs, [loop.time()] * len(early.jobs),
+                                 early)
+            return True
         await self._settle()
+        if early is not None:  # its requests have queued their next passes since it ended
+            self.stats.early_unclaimed += len(early.jobs) - len(early.claims)
+            self._early = None
         if self.batcher.next_kind() is PassKind.TARGET:
             self._offer_seats(loop.time())
         p = self.batcher.next_pass()
@@ -278,23 +347,30 @@ class SharedAccelerator:
             return False
         jobs = [self._jobs[k] for k in p.keys if k in self._jobs]
         jobs = [j for j in jobs if not j.future.done()]
-        if not jobs:
-            return True
+        if jobs:
+            await self._run_pass(p.kind, jobs, p.submitted)
+        return True
+
+    async def _run_pass(self, kind: PassKind, jobs: list[_Job], submitted: Sequence[float],
+                        early: _EarlyVerify | None = None) -> None:
+        """Run one pass carrying ``jobs`` and hand each its result (``early``: the
+        verifications started before they were asked, whose results go to their claims)."""
+        loop = asyncio.get_running_loop()
         # a local draft round (RunDraft.count) runs its later passes in the same call, each
         # carrying the rounds still drafting, a token each
         later = ([len(feeds) for feeds in round_shapes([j.action for j in jobs])[1:]]
-                 if p.kind is PassKind.DRAFT else [])
+                 if kind is PassKind.DRAFT else [])
         self.stats.passes += 1 + len(later)
         self.stats.sequences += len(jobs) + sum(later)
-        self.stats.queued_s += sum(loop.time() - t for t in p.submitted)
+        self.stats.queued_s += sum(loop.time() - t for t in submitted)
         if self.on_pass is not None:
             try:
-                self.on_pass(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs))
+                self.on_pass(kind, len(jobs), max(len(j.action.tokens) for j in jobs))
                 for requests in later:
-                    self.on_pass(p.kind, requests, 1)
+                    self.on_pass(kind, requests, 1)
             except Exception:  # an observer's failure is not the pass's
                 log.exception("the pass observer failed")
-        placed = self.models[p.kind]
+        placed = self.models[kind]
         assert placed is not None
         started = loop.time()
         if self._last_end is not None and any(j.owner in self._last_owners for j in jobs):
@@ -305,30 +381,38 @@ class SharedAccelerator:
         self._running = True
         self._hand_over()  # (the waiters run once the pass below is on its way)
         try:
-            if p.kind is PassKind.TARGET:
+            if kind is PassKind.TARGET:
                 results: list[Any] = await placed.run_targets(
                     [(j.cache, j.action, j.sampling) for j in jobs])  # type: ignore[misc]
             else:
                 results = await placed.run_drafts(
                     [(j.cache, j.action, j.sampling, j.source) for j in jobs])  # type: ignore[misc]
         except Exception as exc:  # a failed pass fails its requests, not the accelerator
+            if early is not None:
+                early.finish(None, exc)
+                return
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(exc)
-            return True
+            return
         finally:
             self._running = False
             self._last_end = loop.time()
         tokens, seconds = sum(len(j.action.tokens) for j in jobs), loop.time() - started
         if self.on_pass_done is not None:
             try:
-                self.on_pass_done(p.kind, len(jobs), max(len(j.action.tokens) for j in jobs),
+                self.on_pass_done(kind, len(jobs), max(len(j.action.tokens) for j in jobs),
                                   seconds)
             except Exception:  # an observer's failure is not the pass's
                 log.exception("the pass observer failed")
-        if p.kind is PassKind.TARGET:
+        if kind is PassKind.TARGET:
             self.admission.on_pass(tokens, seconds)
             self._admit()
+        if early is not None:
+            early.finish(results)
+            return
+        if kind is PassKind.DRAFT:
+            self._early = self._early_verifications(jobs, results)
         for j, r in zip(jobs, results):
             if j.future.done():
                 continue  # cancelled meanwhile
@@ -336,7 +420,21 @@ class SharedAccelerator:
                 j.future.set_exception(RuntimeError("the request's KV cache was closed"))
             else:
                 j.future.set_result(r)
-        return True
+
+    def _early_verifications(self, jobs: list[_Job], results: list[Any]
+                             ) -> _EarlyVerify | None:
+        """The verifications a draft pass's rounds promised, to start as the next pass now,
+        if the batcher says so (:meth:`~wanspec.core.batcher.Batcher.verify_at_once`)."""
+        promised = [(j, r) for j, r in zip(jobs, results) if r is not None
+                    and isinstance(j.action, RunDraft) and j.action.then_verify is not None
+                    and j.then_cache is not None and not j.future.done()]
+        if not self.batcher.verify_at_once(len(jobs), len(promised), len(self._admitted)):
+            return None
+        self.stats.early += len(promised)
+        return _EarlyVerify([  # (each job's future is its round's, done: the claims get
+            # the results)
+            _Job(PassKind.TARGET, j.then_cache, j.action.then_verify.action(-1, r), j.sampling,
+                 j.future, owner=j.owner) for j, r in promised])
 
 
 @dataclass
@@ -364,7 +462,10 @@ class BatchedModel:
         return await self.accelerator.submit(PassKind.TARGET, cache, action, sampling)
 
     async def run_draft(self, cache: KVCache, action: RunDraft, sampling: SamplingParams,
-                        source: KVCache | None = None) -> DraftDone:
+                        source: KVCache | None = None, then_cache: KVCache | None = None
+                        ) -> DraftDone:
         """A draft pass; with ``source``, ``cache`` first takes ``source``'s first
-        ``action.start`` positions (a fork, see :class:`~wanspec.models.backend.Feed`)."""
-        return await self.accelerator.submit(PassKind.DRAFT, cache, action, sampling, source)
+        ``action.start`` positions (a fork, see :class:`~wanspec.models.backend.Feed`);
+        ``then_cache``: see :meth:`SharedAccelerator.enqueue`."""
+        return await self.accelerator.enqueue(PassKind.DRAFT, cache, action, sampling, source,
+                                              then_cache=then_cache)

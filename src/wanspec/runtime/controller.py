@@ -273,7 +273,8 @@ class RemoteEngine:
 
         def run_local(a: RunDraft) -> None:
             assert l_cache is not None
-            start(self.accelerator.enqueue(PassKind.DRAFT, l_cache, a, sampling, owner=core))
+            start(self.accelerator.enqueue(PassKind.DRAFT, l_cache, a, sampling, owner=core,
+                                           then_cache=t_cache))
 
         def start(fut: asyncio.Future[Any]) -> None:
             passes.add(fut)

@@ -48,7 +48,7 @@ async def drive_local(
                 assert isinstance(run, RunDraft)
                 if draft is None or d_cache is None:
                     raise RuntimeError("decoder asked for a draft pass but no draft model is loaded")
-                event = await draft.run_draft(d_cache, run, sampling)
+                event = await draft.run_draft(d_cache, run, sampling, then_cache=t_cache)
             actions = decoder.on_event(event, loop.time())
     finally:  # the slots go back now (or when a pass still writing into them ends)
         t_cache.close()

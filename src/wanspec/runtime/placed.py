@@ -51,11 +51,14 @@ class PlacedModel:
         return TargetDone(action.op, choices)
 
     async def run_draft(self, cache: KVCache, action: RunDraft, sampling: SamplingParams,
-                        source: KVCache | None = None) -> DraftDone:
+                        source: KVCache | None = None, then_cache: KVCache | None = None
+                        ) -> DraftDone:
         """One draft pass (or round: ``action.count``); with ``source``, ``cache`` first takes
         ``source``'s first ``action.start`` positions (:class:`~wanspec.models.backend.Feed`).
         The pass's emulated cost is the same either way (the copy is negligible next to a pass,
-        see :func:`_shape`)."""
+        see :func:`_shape`).  ``then_cache`` is for a shared accelerator, which may start a
+        round's promised verification early (:meth:`~wanspec.runtime.busy.SharedAccelerator.
+        enqueue`); a model with a device of its own runs each pass when asked."""
         done = await self.run_drafts([(cache, action, sampling, source)], skip_closed=False)
         assert done[0] is not None
         return done[0]
