@@ -2,14 +2,14 @@
 
 The link stays up for the other requests, so without a Cancel the worker's session would hold a
 KV slot and a place under its session limit until the connection closed.  Harness: the fake
-worker of tests/runtime/test_hostile_worker.py, over TCP on 127.0.0.1.
+worker of tests/runtime/hostile_worker_harness.py, over TCP on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from test_hostile_worker import (  # noqa: F401  (pair: the module's fixture)
+from hostile_worker_harness import (  # noqa: F401  (pair: the harness's fixture)
     FakeWorker,
     drafts_frame,
     handshake,

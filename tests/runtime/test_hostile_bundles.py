@@ -1,7 +1,8 @@
 """The controller against a hostile worker's DraftsBundle messages, over a real TCP socket.
 
-Same harness as tests/runtime/test_hostile_worker.py (a fake worker speaking the protocol by
-hand, the shipped pair, greedy and seeded sampling, a hard deadline): whatever a bundle holds,
+Same harness as tests/runtime/test_hostile_worker.py (tests/runtime/hostile_worker_harness.py:
+a fake worker speaking the protocol by hand, the shipped pair, greedy and seeded sampling, a
+hard deadline): whatever a bundle holds,
 the output is target-only decoding's, and a bundle no honest worker sends drops the worker.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_hostile_worker import (  # noqa: F401  (pair: the module's fixture)
+from hostile_worker_harness import (  # noqa: F401  (pair: the harness's fixture)
     SAMPLINGS,
     FakeWorker,
     announce_branches,
