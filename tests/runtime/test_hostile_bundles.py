@@ -2,8 +2,8 @@
 
 Same harness as tests/runtime/test_hostile_worker.py (tests/runtime/hostile_worker_harness.py:
 a fake worker speaking the protocol by hand, the shipped pair, greedy and seeded sampling, a
-hard deadline): whatever a bundle holds,
-the output is target-only decoding's, and a bundle no honest worker sends drops the worker.
+hard deadline): whatever a bundle holds, the output is target-only decoding's, and a bundle no
+honest worker sends drops the worker.
 """
 
 from __future__ import annotations
