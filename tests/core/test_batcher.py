@@ -97,3 +97,27 @@ def test_seats_left_counts_what_the_next_pass_of_a_kind_can_still_take():
     b.submit(3, T, 1, 0.0)
     b.submit(4, T, 1, 0.0)
     assert b.seats_left(T) == 0  # a rider offered a seat now would wait a whole pass
+
+
+def test_a_rounds_verifications_go_at_once_only_for_everyone_live_within_the_limits():
+    b = Batcher(BatchLimits(max_sequences=2, max_tokens=10))
+    assert b.verify_at_once(carried=2, promised=2, live=2, tokens=10)
+    assert not b.verify_at_once(2, 1, 2, 5)  # one request's round promised nothing
+    assert not b.verify_at_once(2, 2, 3, 10)  # a third request may join the verification
+    assert not b.verify_at_once(2, 2, 2, 11)  # over the token limit: the batcher splits them
+    assert not b.verify_at_once(3, 3, 3, 9)  # over the sequence limit
+    assert b.verify_at_once(1, 1, 1, 50)  # one alone always goes (as the oldest pass does)
+    b.submit(1, T, 1, now=0.0)
+    assert not b.verify_at_once(1, 1, 1, 5)  # something else waits: queue as usual
+
+
+def test_a_rounds_verification_formed_at_once_is_a_target_pass_for_the_draft_streak():
+    b = Batcher(BatchLimits(max_draft_streak=1))
+    b.submit(1, T, 1, now=0.0)
+    b.submit(2, D, 1, now=0.0)
+    assert b.next_pass().kind is D  # the target pass waits through one draft pass
+    b.withdraw(1)
+    assert b.verify_at_once(1, 1, 1, 4)  # (a target pass: the streak starts again)
+    b.submit(3, T, 1, now=1.0)
+    b.submit(4, D, 1, now=1.0)
+    assert b.next_pass().kind is D

@@ -10,8 +10,8 @@ import pytest
 
 from remote_support import MAX_TOKENS, PROMPT, TIMING, config, real, reference, virtual
 from wanspec.core.actions import RunDraft, RunTarget, Site, TargetDone, ThenVerify
-from wanspec.core.batcher import Batcher, PassKind
-from wanspec.runtime.busy import SharedAccelerator
+from wanspec.core.batcher import Batcher, BatchLimits, PassKind
+from wanspec.runtime.busy import SharedAccelerator, _EarlyVerify, _Job
 from wanspec.runtime.engine import LocalEngine
 from wanspec.runtime.inproc import InprocDeployment
 from wanspec.runtime.placed import PlacedModel
@@ -62,24 +62,36 @@ def test_on_real_time_too(target, near_draft, ref_greedy):
     assert stats.early == r.metrics["local_windows"] >= 1 and stats.early_unclaimed == 0
 
 
-def test_standard_sd_gets_it_alone_and_in_lockstep(target, near_draft):
-    """The baseline every policy is measured against: its rounds fill their windows."""
+@pytest.mark.parametrize("n, limits, early", [
+    (1, BatchLimits(), "all"),
+    (2, BatchLimits(), "all"),  # started together, they draft in lockstep: a pass carries both
+    (2, BatchLimits(max_tokens=8), "fewer"),  # two windows of 5 do not fit one pass: split
+    # (the last windows, cut short by the token budget, do)
+])
+def test_standard_sd_gets_it_alone_and_in_lockstep_within_the_limits(
+        target, near_draft, monkeypatch, n, limits, early):
+    """The baseline every policy is measured against: its rounds fill their windows.  Every
+    figure is the same with the verifications started early or asked for."""
     engine = LocalEngine(target, near_draft, TIMING)
     ref = reference(target)
 
-    async def main(n: int):
-        acc = engine.accelerator()
+    async def main():
+        acc = engine.accelerator(limits)
         out = await asyncio.gather(*(engine.agenerate(PROMPT, mode="sd", max_tokens=MAX_TOKENS,
                                                       ignore_eos=True, accelerator=acc)
                                      for _ in range(n)))
         return out, acc.stats
 
-    for n in (1, 2):
-        out, stats = virtual(lambda: main(n))
-        assert all(o.token_ids == ref.token_ids for o in out)
-        rounds = sum(o.metrics["verify_rounds"] for o in out)
-        # two requests started together draft in lockstep: each draft pass carries both
-        assert stats.early == rounds and stats.early_unclaimed == 0
+    out, stats = virtual(main)
+    assert all(o.token_ids == ref.token_ids for o in out)
+    rounds = sum(o.metrics["verify_rounds"] for o in out)
+    assert stats.early == rounds if early == "all" else 0 < stats.early < rounds
+    assert stats.early_unclaimed == 0
+    monkeypatch.setattr(Batcher, "verify_at_once", lambda self, *a: False)
+    asked, _ = virtual(main)
+    for a, o in zip(asked, out):
+        assert a.metrics == o.metrics and a.token_gaps == o.token_gaps
+        assert _virtual_figures(a.devices) == _virtual_figures(o.devices)
 
 
 def _acc(target, near_draft):
@@ -88,9 +100,10 @@ def _acc(target, near_draft):
                              PlacedModel(near_draft, device, PassCost(4.0, 0.0), "draft"))
 
 
-async def _round_then(acc, target, near_draft, then_verify, ask, *, leave=False):
+async def _round_then(acc, target, near_draft, then_verify, ask, *, leave=False, late=0.0):
     """A lone request: a prefill, a round of 3 drafts promising ``then_verify``, then the
-    verification ``ask(done)`` (or it leaves as the round ends)."""
+    verification ``ask(done)``, ``late`` seconds after the round (or it leaves as the round
+    ends)."""
     t_cache, d_cache = target.new_cache(), near_draft.new_cache()
     try:
         async with acc.admitted():
@@ -102,6 +115,7 @@ async def _round_then(acc, target, near_draft, then_verify, ask, *, leave=False)
             if leave:
                 t_cache.close()
                 return done, None
+            await asyncio.sleep(late)
             return done, await acc.enqueue(PassKind.TARGET, t_cache, ask(done), SamplingParams())
     finally:
         t_cache.close()
@@ -203,3 +217,37 @@ def test_a_failing_early_pass_fails_the_request_that_asks_for_it(target, near_dr
 
     stats = virtual(main)
     assert (stats.early, stats.early_unclaimed) == (1, 0)
+
+
+def test_asked_for_long_after_it_ended_the_pass_runs_again(target, near_draft):
+    """(On the virtual clock the accelerator waits two quiet turns of the loop after a pass
+    before it drops an unclaimed one; a request that asks later gets a pass of its own.)"""
+    async def main():
+        acc = _acc(target, near_draft)
+        done, got = await _round_then(acc, target, near_draft, _promise(),
+                                      lambda d: _promise().action(7, d), late=0.1)
+        return got, acc.stats, acc.device.stats
+
+    got, stats, device = virtual(main)
+    want = virtual(lambda: _round_then(_acc(target, near_draft), target, near_draft, None,
+                                       lambda d: _promise().action(7, d)))[1]
+    assert got == want
+    assert (stats.early, stats.early_unclaimed, device.passes) == (1, 1, 1 + 3 + 2)
+
+
+def test_a_claim_is_told_how_long_the_pass_ran_before_it_asked():
+    """The core times its verification from when it asked; the pass began earlier."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        action = RunTarget(-1, 4, (1, 2), 2)
+        cache, sampling = object(), SamplingParams()
+        early = _EarlyVerify([_Job(PassKind.TARGET, cache, action, sampling,
+                                   loop.create_future())])
+        early.started = loop.time() - 0.25
+        assert early.claim(cache, RunTarget(9, 4, (1, 2), 2), SamplingParams(seed=1)) is None
+        fut = early.claim(cache, RunTarget(9, 4, (1, 2), 2), sampling)
+        early.finish([TargetDone(-1, (5, 6))])
+        return await fut
+
+    got = real(main)
+    assert got.op == 9 and got.choices == (5, 6) and got.head_start >= 0.25

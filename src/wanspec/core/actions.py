@@ -135,6 +135,9 @@ Action = RunTarget | RunDraft | EmitTokens | Finished
 class TargetDone:
     op: int
     choices: tuple[int, ...]
+    head_start: float = 0.0  # seconds the pass had run when the request asked for it (a
+    # verification started as its round ended, RunDraft.then_verify): the pass took that much
+    # longer than the request saw
 
 
 @dataclass(slots=True)

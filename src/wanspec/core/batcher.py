@@ -106,17 +106,24 @@ class Batcher:
             del self._waiting[k]
         return Pass(kind, tuple(keys), tokens, tuple(since))
 
-    def verify_at_once(self, carried: int, promised: int, live: int) -> bool:
+    def verify_at_once(self, carried: int, promised: int, live: int, tokens: int) -> bool:
         """A draft pass carrying ``carried`` requests just ended, ``promised`` of them having
-        said which verification follows their round (``RunDraft.then_verify``): run those
-        verifications as the next pass now, before their requests have seen their drafts?
+        said which verification follows their round (``RunDraft.then_verify``, feeding
+        ``tokens`` in all): run those verifications as the next pass now, before their requests
+        have seen their drafts?  (If so, that is the target pass formed now.)
 
-        Yes when that pass carried every live request (``live``), each promised, and nothing
-        else waits: the next pass would carry exactly them, and starting it at once saves the
-        host turnaround between the two passes (docs/results.md §10).  Otherwise the requests
-        queue their verifications as usual, so that a pass still carries everyone who is ready
-        (under load that batching is worth more than one request's turnaround)."""
-        return carried == promised == live and not self._waiting
+        Yes when that pass carried every live request (``live``), each promised, nothing else
+        waits, and the verifications fit in one pass (the limits of :meth:`next_pass`): the next
+        pass would carry exactly them, and starting it at once saves the host turnaround
+        between the two passes (docs/results.md §10).  Otherwise the requests queue their
+        verifications as usual, so that a pass still carries everyone who is ready (under load
+        that batching is worth more than one request's turnaround) and no more than it may."""
+        fits = promised == 1 or (promised <= self.limits.max_sequences
+                                 and tokens <= self.limits.max_tokens)
+        if carried == promised == live and fits and not self._waiting:
+            self._draft_streak = 0
+            return True
+        return False
 
     def seats_left(self, kind: PassKind) -> int:
         """How many more passes of ``kind`` the next pass of that kind could carry (by the

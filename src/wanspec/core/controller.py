@@ -351,7 +351,7 @@ class ControllerCore:
 
     def on_target_done(self, ev: TargetDone, now: float) -> list[ControllerAction]:
         run = self._finish_busy(ev.op, now)
-        self.est.target_pass.update(len(run.tokens), now - self._busy_since)
+        self.est.target_pass.update(len(run.tokens), now - self._busy_since + ev.head_start)
         transcript, proposal = self.transcript, self._proposal
         n_before = len(transcript.tokens)
         drafts = proposal.drafts
@@ -386,6 +386,8 @@ class ControllerCore:
             pass_time.update(1, max(elapsed - catch_up, 0.0) / run.count)
         for p in proposals:
             self._proposal.local.append(DraftToken(p.token, p.entropy, p.top_prob))
+        if self.finished:
+            return []
         if run.then_verify is not None:  # decided with the round (the busy site may have
             # started this very verification as the round ended: RunDraft.then_verify)
             self.stats.local_windows += 1

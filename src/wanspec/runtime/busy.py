@@ -58,19 +58,23 @@ class _EarlyVerify:
     (the request's cache is cut back to its next pass's start either way)."""
 
     jobs: list[_Job]
-    claims: dict[int, tuple[asyncio.Future, int]] = field(default_factory=dict)  # job index ->
-    # (the asking request's future, its op)
+    claims: dict[int, tuple[asyncio.Future, int, float]] = field(default_factory=dict)  # job
+    # index -> (the asking request's future, its op, when it asked)
+    started: float | None = None  # loop time the pass started
     results: list[Any] | None = None  # once the pass ended
     error: BaseException | None = None
 
-    def claim(self, cache: KVCache, action: RunTarget) -> asyncio.Future | None:
+    def claim(self, cache: KVCache, action: RunTarget, sampling: SamplingParams
+              ) -> asyncio.Future | None:
         """The future for ``action`` if it is one of these passes (then it runs no other)."""
         for i, j in enumerate(self.jobs):
             a = j.action
             if (i not in self.claims and j.cache is cache and a.start == action.start
-                    and a.tokens == action.tokens and a.want == action.want):
-                fut = asyncio.get_running_loop().create_future()
-                self.claims[i] = (fut, action.op)
+                    and a.tokens == action.tokens and a.want == action.want
+                    and j.sampling == sampling):
+                loop = asyncio.get_running_loop()
+                fut = loop.create_future()
+                self.claims[i] = (fut, action.op, loop.time())
                 if self.results is not None or self.error is not None:
                     self._deliver(i)
                 return fut
@@ -82,7 +86,7 @@ class _EarlyVerify:
             self._deliver(i)
 
     def _deliver(self, i: int) -> None:
-        fut, op = self.claims[i]
+        fut, op, asked = self.claims[i]
         if fut.done():
             return  # the request left
         r = None if self.results is None else self.results[i]
@@ -91,7 +95,8 @@ class _EarlyVerify:
         elif r is None:
             fut.set_exception(RuntimeError("the request's KV cache was closed"))
         else:
-            fut.set_result(TargetDone(op, r.choices))
+            head_start = max(asked - self.started, 0.0) if self.started is not None else 0.0
+            fut.set_result(TargetDone(op, r.choices, head_start))
 
 
 @dataclass
@@ -217,7 +222,7 @@ class SharedAccelerator:
             raise ValueError("only a draft pass forks a KV cache")
         if kind is PassKind.TARGET and self._early is not None:
             assert isinstance(action, RunTarget)
-            early = self._early.claim(cache, action)
+            early = self._early.claim(cache, action, sampling)
             if early is not None:
                 return early  # started already: the request's own pass, as it asked for it
         loop = asyncio.get_running_loop()
@@ -306,7 +311,7 @@ class SharedAccelerator:
                 self.batcher.withdraw(key)
                 if not job.future.done():
                     job.future.set_exception(error)
-            early = self._early
+            early, self._early = self._early, None
             if early is not None and early.results is None and early.error is None:
                 early.finish(None, error)
             raise
@@ -373,6 +378,8 @@ class SharedAccelerator:
         placed = self.models[kind]
         assert placed is not None
         started = loop.time()
+        if early is not None:
+            early.started = started
         if self._last_end is not None and any(j.owner in self._last_owners for j in jobs):
             stats = placed.device.stats  # a request of the last pass went on before the pump
             stats.turnarounds += 1  # went idle: the device idled while the host reacted
@@ -428,13 +435,18 @@ class SharedAccelerator:
         promised = [(j, r) for j, r in zip(jobs, results) if r is not None
                     and isinstance(j.action, RunDraft) and j.action.then_verify is not None
                     and j.then_cache is not None and not j.future.done()]
-        if not self.batcher.verify_at_once(len(jobs), len(promised), len(self._admitted)):
+        verifications = [j.action.then_verify.action(-1, r) for j, r in promised]
+        live = sum(1 for admitted in self._admitted.values() if admitted.is_set())
+        if not self.batcher.verify_at_once(len(jobs), len(promised), live,
+                                           sum(len(v.tokens) for v in verifications)):
             return None
         self.stats.early += len(promised)
-        return _EarlyVerify([  # (each job's future is its round's, done: the claims get
-            # the results)
-            _Job(PassKind.TARGET, j.then_cache, j.action.then_verify.action(-1, r), j.sampling,
-                 j.future, owner=j.owner) for j, r in promised])
+        # each job's future is its round's, done (the claims get the results); its owner is
+        # the one the request's own pass would have (enqueue's default: its cache)
+        return _EarlyVerify([
+            _Job(PassKind.TARGET, j.then_cache, v, j.sampling, j.future,
+                 owner=j.then_cache if j.owner is j.cache else j.owner)
+            for (j, _), v in zip(promised, verifications)])
 
 
 @dataclass
