@@ -288,6 +288,27 @@ def test_always_drafts_locally_and_rolls_back_the_local_cache():
     assert c.metrics.draft_passes[Site.CONTROLLER.value] == 6  # two rounds of three passes
 
 
+def test_a_round_ending_after_the_request_was_abandoned_asks_for_nothing():
+    c = make(PolicyName.ALWAYS, has_local=True)
+    c.start(0.0)
+    assert c.on_target_done(TargetDone(1, (50,)), 0.1)[-1].then_verify is not None
+    c.on_abandoned()
+    assert c.on_draft_done(round_done(2, 51, 52, 53), 0.16) == []
+
+
+def test_a_verification_started_early_is_timed_from_its_start():
+    """``TargetDone.head_start``: the pass ran that long before the core asked for it."""
+    times = []
+    for head_start in (0.0, 0.05):
+        c = make(PolicyName.ALWAYS, has_local=True)
+        c.start(0.0)
+        c.on_target_done(TargetDone(1, (50,)), 0.1)
+        c.on_draft_done(round_done(2, 51, 52, 53), 0.16)
+        c.on_target_done(TargetDone(3, (51, 52, 53, 54), head_start), 0.31)
+        times.append(c.est.target_pass.seconds(4))
+    assert times[1] > times[0]
+
+
 def test_always_extends_a_partial_remote_window_with_local_drafts():
     c = make(PolicyName.ALWAYS, has_local=True)
     c.start(0.0)
