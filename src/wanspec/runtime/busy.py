@@ -11,6 +11,10 @@ Requests that are idle -- waiting for their worker's drafts -- can register as *
 before a target pass leaves, each rider is offered a seat (its state machine decides, see
 :meth:`~wanspec.core.controller.ControllerCore.on_pass_departing`), so a request that would
 otherwise wait joins a pass that runs anyway, at the cost of its own tokens only.
+
+A draft round that promised its verification (``RunDraft.then_verify``) may have it started the
+moment the round ends, before its request has seen the drafts (:class:`_EarlyVerify`, when the
+batcher says so): the request that then asks for that very pass is handed its result.
 """
 
 from __future__ import annotations
