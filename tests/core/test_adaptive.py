@@ -8,6 +8,7 @@ import pytest
 
 from policy_views import drafts, view
 from wanspec.core.adaptive import (
+    LatencyAccount,
     budget_tpot,
     decide_adaptive,
     fresh_options,
@@ -192,3 +193,24 @@ def test_under_load_a_window_longer_than_the_pass_carries_is_charged_for_the_oth
     assert by(shared, 2).seconds == pytest.approx(by(alone, 2).seconds)  # as long as the rest
     extra = by(alone, 8).seconds - by(alone, 2).seconds  # six more tokens in the pass
     assert by(shared, 8).seconds == pytest.approx(by(alone, 8).seconds + 31 * extra)
+
+
+def test_the_latency_account_keeps_the_first_token_off_and_reprices_every_token_so_far():
+    account = LatencyAccount(credit_per_token_s=0.001)
+    account.earn(1, now=1.0, budget_tpot_s=0.02)  # the first token: time to first token
+    assert (account.first_token_at, account.tokens) == (1.0, 0)
+    account.earn(3, now=1.05, budget_tpot_s=0.02)  # 3 tokens allowed 60 ms, took 50
+    assert account.slack(1.05, tokens_to_come=0) == pytest.approx(0.010)
+    assert account.slack(1.05, tokens_to_come=10) == pytest.approx(0.020)  # credit lent ahead
+    account.earn(1, now=1.08, budget_tpot_s=0.01)  # a new estimate applies to all 4 tokens
+    assert account.slack(1.08, tokens_to_come=0) == pytest.approx(4 * 0.01 - 0.08)
+    assert account.unspent_per_token(1.08) == pytest.approx((4 * 0.01 - 0.08) / 4)
+    account.earn(1, now=1.09)  # no new estimate (not adaptive): the allowance stands
+    assert account.budget_tpot_s == 0.01
+
+
+def test_an_account_without_tokens_has_no_slack_and_left_nothing():
+    account = LatencyAccount(credit_per_token_s=0.5)
+    assert account.slack(3.0, tokens_to_come=10) == 0.0
+    account.earn(1, now=3.0)
+    assert account.unspent_per_token(4.0) == 0.0

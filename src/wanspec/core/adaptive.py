@@ -33,11 +33,52 @@ draft to the whole batch, where joining a target pass that runs anyway costs nex
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from wanspec.core.estimates import Estimates
 from wanspec.core.rates import best_local_tpot, expected_tokens_by_window
 from wanspec.core.view import Decision, Kind, View
+
+
+@dataclass
+class LatencyAccount:
+    """The time the tokens committed after the first may take, minus the time they took.
+
+    The allowance per token is re-estimated at every commit and applies to *all* tokens so far:
+    the budget is a multiple of what the best local decoding would have taken for this request,
+    and the latest estimate of that is the best one (an early, rough estimate leaves no lasting
+    debt or credit).  ``credit_per_token`` is what past requests left unspent per token: it is
+    lent up front for the tokens still to come, so that the budget is spent evenly over the
+    request (pacing) rather than saved up and lost at its end.
+    """
+
+    first_token_at: float | None = None
+    tokens: int = 0  # committed after the first token
+    budget_tpot_s: float = 0.0  # allowed time per token (adaptive policy)
+    credit_per_token_s: float = 0.0
+
+    def earn(self, tokens: int, now: float, budget_tpot_s: float | None = None) -> None:
+        """``tokens`` were committed (the request's first is its time to first token, not on
+        the account); ``budget_tpot_s``: the allowance per token as re-estimated now."""
+        if budget_tpot_s is not None:
+            self.budget_tpot_s = budget_tpot_s
+        if self.first_token_at is None:
+            self.first_token_at = now
+            tokens -= 1
+        self.tokens += tokens
+
+    def slack(self, now: float, tokens_to_come: int) -> float:
+        """What the request has to spare now: its tokens' allowance minus the time they took,
+        plus the credit lent for the ``tokens_to_come``."""
+        if self.first_token_at is None:
+            return 0.0
+        spent = self.tokens * self.budget_tpot_s - (now - self.first_token_at)
+        return spent + self.credit_per_token_s * tokens_to_come
+
+    def unspent_per_token(self, now: float) -> float:
+        """At the end of the request: what it left unspent, per token."""
+        return self.slack(now, 0) / self.tokens if self.tokens else 0.0
 
 
 def budget_tpot(estimates: Estimates, max_slowdown: float, has_local_draft: bool,

@@ -27,7 +27,7 @@ from wanspec.core.actions import (
     ThenVerify,
     WorkerLost,
 )
-from wanspec.core.adaptive import budget_tpot
+from wanspec.core.adaptive import LatencyAccount, budget_tpot
 from wanspec.core.chain import DraftToken, feed_from
 from wanspec.core.estimates import Estimates
 from wanspec.core.metrics import RequestMetrics
@@ -97,34 +97,6 @@ class ControllerStats:
 
 
 @dataclass
-class _LatencyAccount:
-    """The time the tokens committed after the first may take, minus the time they took.
-
-    The allowance per token is re-estimated at every commit and applies to *all* tokens so far:
-    the budget is a multiple of what the best local decoding would have taken for this request,
-    and the latest estimate of that is the best one (an early, rough estimate leaves no lasting
-    debt or credit).  ``credit_per_token`` is what past requests left unspent per token: it is
-    lent up front for the tokens still to come, so that the budget is spent evenly over the
-    request (pacing) rather than saved up and lost at its end.
-    """
-
-    first_token_at: float | None = None
-    tokens: int = 0  # committed after the first token
-    budget_tpot_s: float = 0.0  # allowed time per token (adaptive policy)
-    credit_per_token_s: float = 0.0
-
-    def slack(self, now: float, tokens_to_come: int) -> float:
-        if self.first_token_at is None:
-            return 0.0
-        spent = self.tokens * self.budget_tpot_s - (now - self.first_token_at)
-        return spent + self.credit_per_token_s * tokens_to_come
-
-    def unspent_per_token(self, now: float) -> float:
-        """At the end of the request: what it left unspent, per token."""
-        return self.slack(now, 0) / self.tokens if self.tokens else 0.0
-
-
-@dataclass
 class _Proposal:
     """The drafts the next verification will carry: worker drafts first, then local ones."""
 
@@ -175,7 +147,7 @@ class ControllerCore:
         self._wait_until: float | None = None
         self._idle_since: float | None = None
         # lend what past requests left unspent (an overspent request does not tax the next one)
-        self._account = _LatencyAccount(
+        self._account = LatencyAccount(
             credit_per_token_s=max(self.est.unspent_per_token.get, 0.0))
         self._worker_lookahead = 0  # set when the session starts
         self._drafts_messages = 0  # Drafts received for this request, stale ones included
@@ -478,16 +450,13 @@ class ControllerCore:
         return out
 
     def _earn(self, tokens: int, now: float) -> None:
-        """``tokens`` were committed: update the latency account (the first token's is TTFT)."""
-        account = self._account
+        """``tokens`` were committed: put them on the latency account, at the allowance per
+        token re-estimated now (adaptive)."""
+        budget = None
         if self.config.policy.name is PolicyName.ADAPTIVE:
-            account.budget_tpot_s = budget_tpot(self.est, self.config.policy.max_slowdown,
-                                                self.has_local_draft,
-                                                self.transcript.stop.max_tokens - 1)
-        if account.first_token_at is None:
-            account.first_token_at = now
-            tokens -= 1
-        account.tokens += tokens
+            budget = budget_tpot(self.est, self.config.policy.max_slowdown, self.has_local_draft,
+                                 self.transcript.stop.max_tokens - 1)
+        self._account.earn(tokens, now, budget)
 
     def _arrivals(self, n: int, have: int, want: int, now: float) -> tuple[float, ...]:
         """When worker drafts ``have+1 .. want`` (for positions ``n+have ..``) should arrive."""
