@@ -1,10 +1,9 @@
 """The worker's sans-I/O state machine: one controller connection, draft ahead, roll back.
 
-The connection starts with a handshake (the controller's :class:`Hello`, checked against ours:
-protocol version and tokenizer).  A worker with a pre-shared key then requires the controller to
-prove it: the worker answers with its Hello (its nonce) and its own :class:`Auth`, and serves
-nothing until the controller's Auth has checked out (see :mod:`wanspec.protocol.auth`).  After
-the handshake, any number of sessions run side by side.  Per session
+The connection starts with a handshake (:mod:`wanspec.core.worker_handshake`: the controller's
+:class:`Hello` checked against ours, and with a pre-shared key, proofs of it both ways); nothing
+is served before it completes, within the hello timeout.  After the handshake, any number of
+sessions run side by side.  Per session
 the worker knows the committed prefix (prompt + commits received) and its own *chain* of drafts
 beyond it.  It drafts whenever the chain is shorter than the lookahead cap, streaming each draft at
 once, without waiting for verification.  A commit either consumes the head of the chain (every
@@ -30,7 +29,6 @@ controller decodes locally at once.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -49,12 +47,11 @@ from wanspec.core.capacity import (  # re-exported: the worker's limits and load
 )
 from wanspec.core.chain import DraftToken
 from wanspec.core.tree import TreeShape
+from wanspec.core.worker_handshake import Refusal, RefusedByPeer, WorkerHandshake
 from wanspec.errors import WanspecError
-from wanspec.protocol.auth import NONCE_BYTES, proof, proof_matches
-from wanspec.protocol.codec import MAX_DEMAND, ProtocolError, check_hello
+from wanspec.protocol.codec import MAX_DEMAND
 from wanspec.protocol.messages import (
     BUNDLES,
-    Auth,
     Cancel,
     Commit,
     Drafts,
@@ -69,8 +66,6 @@ from wanspec.protocol.messages import (
 )
 from wanspec.sampling import SamplingParams
 
-KEY_MISMATCH = ("authentication failed: the controller's key does not match the worker's "
-                "(--auth-key-file must hold the same key at both sites)")
 OVERLOADED = "overloaded"  # Error.code of a refusal for capacity: the controller decodes locally
 
 
@@ -195,12 +190,7 @@ class WorkerCore:
                  random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
         """``auth_key``: the pre-shared key the controller must prove (None: no such check);
         ``random_bytes``: the source of this connection's nonce (injectable for tests)."""
-        self.auth_key = auth_key
-        # ours: what the controller's Hello is checked against; with a key, our fresh challenge
-        nonce = random_bytes(NONCE_BYTES) if auth_key is not None else b""
-        if auth_key is not None and len(nonce) != NONCE_BYTES:
-            raise ValueError(f"random_bytes gave {len(nonce)} bytes, not {NONCE_BYTES}")
-        self.hello = dataclasses.replace(hello, nonce=nonce)
+        self.handshake = WorkerHandshake(hello, auth_key=auth_key, random_bytes=random_bytes)
         # shared with the other connections' cores; by default never over capacity
         self.load = load if load is not None else WorkerLoad()
         self.limits = limits or WorkerLimits()
@@ -209,8 +199,6 @@ class WorkerCore:
         self.sessions: dict[int, _Session] = {}
         self.odds = BranchOdds()  # shared by the connection's sessions: one draft, one target
         self.stats = WorkerStats()
-        self.peer: Hello | None = None  # the controller's Hello, once accepted
-        self.authenticated = False  # the controller proved the key (or none is required)
         self.closed = False
         self._hello_deadline: float | None = now + self.limits.hello_timeout_s
         self._last_heard = now  # when the controller last sent anything (the idle timeout)
@@ -226,10 +214,8 @@ class WorkerCore:
             n = self.limits.max_connections
             return self._refuse(f"the worker is serving its limit of {n} connections; "
                                 "try again later", OVERLOADED)
-        if self.peer is None:
-            return self._on_hello(msg)
         if not self.authenticated:
-            return self._on_auth(msg)
+            return self._on_handshake(msg)
         if isinstance(msg, Commit):
             return self._on_commit(msg)
         if isinstance(msg, SessionStart):
@@ -333,7 +319,7 @@ class WorkerCore:
         if not self.authenticated:
             if self._hello_deadline is not None and now >= self._hello_deadline:
                 self.closed = True
-                missing = "Hello" if self.peer is None else "proof of the pre-shared key (Auth)"
+                missing = self.handshake.missing
                 return [Log(f"no {missing} within {self.limits.hello_timeout_s:g} s"),
                         Close(f"no {missing} in time")]
             return []
@@ -351,51 +337,33 @@ class WorkerCore:
         return [a for rid in list(self.sessions) for a in self._drop(rid)]
 
     # ---- handshake ------------------------------------------------------------------------------
-    def _on_hello(self, msg: Message) -> list[WorkerAction]:
-        if not isinstance(msg, Hello):
-            return self._refuse("expected Hello first", "handshake")
-        try:
-            check_hello(self.hello, msg)
-        except ProtocolError as exc:
-            return self._refuse(str(exc), "handshake")
-        if self.auth_key is None:
-            if msg.nonce:
-                return self._refuse(
-                    "authentication failed: the controller has a pre-shared key but the worker "
-                    "has none (start the worker with --auth-key-file, the controller's key)",
-                    "auth")
-            self.peer, self.authenticated = msg, True
-            self._hello_deadline = None
-            return [Send(self.hello)]
-        if not msg.nonce:
-            return self._refuse(
-                "authentication failed: the worker requires a pre-shared key and the controller "
-                "has none (start the controller with --auth-key-file, the worker's key)", "auth")
-        # our proof goes with our Hello (one round trip in all); the role in the transcript
-        # keeps it from ever passing for the controller's proof
-        self.peer = msg
-        mine = proof(self.auth_key, version=self.hello.version, prover="worker",
-                     controller_nonce=msg.nonce, worker_nonce=self.hello.nonce)
-        return [Send(self.hello), Send(Auth(mine))]
+    @property
+    def hello(self) -> Hello:
+        """Our Hello (with our nonce when a key is required)."""
+        return self.handshake.hello
 
-    def _on_auth(self, msg: Message) -> list[WorkerAction]:
-        """The controller's proof of the key: nothing else is served before it checks out."""
-        assert self.peer is not None and self.auth_key is not None
-        if isinstance(msg, Error):  # it refused us (our proof did not check out there)
+    @property
+    def peer(self) -> Hello | None:
+        """The controller's Hello, once accepted."""
+        return self.handshake.peer
+
+    @property
+    def authenticated(self) -> bool:
+        """The handshake completed: the controller proved the key (or none is required)."""
+        return self.handshake.authenticated
+
+    def _on_handshake(self, msg: Message) -> list[WorkerAction]:
+        step = self.handshake.on_message(msg)
+        if isinstance(step, Refusal):
+            return self._refuse(step.message, step.code)
+        if isinstance(step, RefusedByPeer):
             self.closed = True
             self._hello_deadline = None
-            return [Log(f"controller refused the connection: {msg.message}"),
-                    Close(msg.message)]
-        if not isinstance(msg, Auth):
-            return self._refuse(f"authentication required: the controller sent "
-                                f"{type(msg).__name__} before proving its key", "auth")
-        expected = proof(self.auth_key, version=self.hello.version, prover="controller",
-                         controller_nonce=self.peer.nonce, worker_nonce=self.hello.nonce)
-        if not proof_matches(msg.mac, expected):
-            return self._refuse(KEY_MISMATCH, "auth")
-        self.authenticated = True
-        self._hello_deadline = None
-        return []
+            return [Log(f"controller refused the connection: {step.message}"),
+                    Close(step.message)]
+        if self.authenticated:
+            self._hello_deadline = None
+        return list(step)
 
     def _pong(self, ping: Ping) -> Pong:
         """The Ping's echo, with the worker's load (kept inside the ranges the codec accepts)."""
