@@ -43,10 +43,17 @@ from wanspec.simulate.worlds import worlds
 
 
 def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
-            worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH) -> dict[str, Any]:
-    """One closed-loop run of ``mode``, with its pass anatomy."""
+            worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
+            worker_pass_flat: bool = False) -> dict[str, Any]:
+    """One closed-loop run of ``mode``, with its pass anatomy.  ``worker_pass_flat``: the
+    worker's draft passes cost no more for the sequences and KV they carry (only the compute
+    floor), a bound on what any ordering of the worker's passes could gain."""
     sim = LoadSim(cfg, mode, worlds(cfg), Closed(concurrency), gamma=gamma,
                   worker_max_batch=worker_max_batch)
+    if worker_pass_flat and sim.remote:
+        cost = sim.wdev.costs[PassKind.DRAFT]
+        sim.wdev.costs[PassKind.DRAFT] = dataclasses.replace(cost, per_sequence_ms=0.0,
+                                                             kv_ms_per_ktoken=0.0)
     batcher, passes = sim.busy.batcher, []
     form = batcher.next_pass
 
@@ -148,10 +155,20 @@ def main() -> None:
     ap.add_argument("--sd-windows", default="1,2,3,4,5,6,8")
     ap.add_argument("--worker-max-batch", type=int, default=DEFAULT_WORKER_MAX_BATCH,
                     help="sequences per worker draft pass")
+    ap.add_argument("--ranks", default=None, metavar="R2,R3,R4",
+                    help="where a rejected draft's correction sits among its choices (2nd, 3rd, "
+                         "4th; default: measured on the shipped pair); 1,0,0 is the ceiling of "
+                         "a draft tree that branches only on runner-ups: every correction is one")
+    ap.add_argument("--worker-pass-flat", action="store_true",
+                    help="the worker's passes cost nothing per sequence or KV token carried (a "
+                         "bound, not a device: what the worker's drafting speed limits)")
     ap.add_argument("--seats", action="store_true",
                     help="also print what follows a rejection, per remote policy")
     args = ap.parse_args()
     base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
+    if args.ranks:
+        rank2, rank3, rank4 = (float(x) for x in args.ranks.split(","))
+        base = dataclasses.replace(base, rank2=rank2, rank3=rank3, rank4=rank4)
     head = (f"{'mode':>12} {'tok/s':>7} {'x best':>6} {'tok/seat':>8} {'plain':>6} {'ride':>5} "
             f"{'D/T':>5} {'D batch':>7} {'T batch':>7} {'T ms':>6} {'D ms':>5} {'draft%':>6}")
     for c in (int(x) for x in args.concurrency.split(",")):
@@ -161,7 +178,9 @@ def main() -> None:
         for rtt in (float(x) for x in args.rtt.split(",")):
             point = dataclasses.replace(base, rtt_ms=rtt)
             print(f"\nc={c}, RTT {rtt:g} ms, alpha {args.alpha:g}\n{head}")
-            for r in rows_sd + [anatomy(point, p, c, worker_max_batch=args.worker_max_batch) for p in args.policies.split(",")]:
+            for r in rows_sd + [anatomy(point, p, c, worker_max_batch=args.worker_max_batch,
+                                       worker_pass_flat=args.worker_pass_flat)
+                               for p in args.policies.split(",")]:
                 print(f"{r['mode']:>12} {r['tok_s']:7.0f} {r['tok_s'] / best:6.3f} "
                       f"{r['tok_per_seat']:8.2f} {r['plain']:6.2f} {r['ride']:5.2f} "
                       f"{r['d_per_t']:5.2f} {r['d_batch']:7.1f} {r['t_batch']:7.1f} "
