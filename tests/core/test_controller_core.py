@@ -35,34 +35,7 @@ from wanspec.protocol.messages import (
 )
 from wanspec.sampling import SamplingParams
 
-PROMPT = [1, 2, 3]
-RID = 7
-
-
-def make(policy: PolicyName = PolicyName.REMOTE, *, gamma: int = 3, max_tokens: int = 8,
-         has_local: bool = False, use_worker: bool = True, eos=frozenset(),
-         sampling: SamplingParams = SamplingParams(), lookahead: int = 0) -> ControllerCore:
-    est = Estimates.with_priors(rtt_s=0.05, target_s=0.1, draft_s=0.02)
-    return ControllerCore(RID, PROMPT, StopCriteria(max_tokens=max_tokens, eos_ids=frozenset(eos)),
-                          sampling,
-                          ControllerConfig(gamma=gamma, lookahead=lookahead,
-                                           policy=PolicyConfig(policy)),
-                          has_local_draft=has_local, use_worker=use_worker, estimates=est)
-
-
-def of(actions, cls):
-    return [a for a in actions if isinstance(a, cls)]
-
-
-def round_done(op: int, *tokens: int) -> DraftDone:
-    """What a round of ``len(tokens)`` local draft passes answers (``RunDraft.count``)."""
-    rest = tuple(DraftDone(op, t, 0.1, 0.9) for t in tokens[1:])
-    return DraftDone(op, tokens[0], 0.1, 0.9, rest=rest)
-
-
-def worker_msgs(actions):
-    return [a.msg for a in actions if isinstance(a, Send)]
-
+from controller_scenarios import PROMPT, RID, make, prefilled, round_done, worker_msgs
 
 # ---- hand-driven scenarios --------------------------------------------------------------------
 
@@ -96,13 +69,6 @@ def test_without_worker_no_message_is_sent():
     assert actions == [EmitTokens((50,)), RunTarget(2, 3, (50,), 1)]
 
 
-def _prefilled(**kw) -> ControllerCore:
-    c = make(**kw)
-    c.start(0.0)
-    out = c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert out[:2] == [EmitTokens((50,)), Send(Commit(RID, 0, 3, (50,)))]
-    return c
-
 
 def test_waits_for_the_first_chain_then_verifies_remote_drafts():
     c = make()
@@ -124,7 +90,7 @@ def test_waits_for_the_first_chain_then_verifies_remote_drafts():
 
 
 def test_timer_fires_a_plain_step_when_the_worker_is_late():
-    c = _prefilled()
+    c = prefilled()
     deadline = c.next_timer()
     assert deadline is not None
     assert c.on_timer(deadline - 0.01) == []  # too early: nothing happens
@@ -137,7 +103,7 @@ def test_timer_fires_a_plain_step_when_the_worker_is_late():
 
 
 def test_full_request_with_rejection_and_new_epoch():
-    c = _prefilled()
+    c = prefilled()
     out = c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.12)
     assert out == [RunTarget(2, 3, (50, 51, 52, 53), 4)]
     # the target accepts 51 52 and corrects 53 -> 60
@@ -169,7 +135,7 @@ def test_full_request_with_rejection_and_new_epoch():
 
 
 def test_drafts_for_another_request_are_ignored():
-    c = _prefilled()
+    c = prefilled()
     assert c.on_message(Drafts(RID + 1, 0, 3, (50, 51, 52, 53)), 0.12) == []
     assert c.stats.remote_received == 0
 
@@ -225,7 +191,7 @@ def test_eos_inside_an_accepted_window_truncates_the_commit():
 
 
 def test_worker_lost_while_waiting_falls_back_to_target_only():
-    c = _prefilled()
+    c = prefilled()
     assert c.next_timer() is not None
     out = c.on_worker_lost("link killed", 0.11)
     assert len(out) == 2 and isinstance(out[0], Log)
@@ -345,7 +311,7 @@ def test_entropy_verifies_uncertain_drafts_early():
 
 
 def test_drafts_without_confidence_signals_are_accepted():
-    c = _prefilled()
+    c = prefilled()
     out = c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53), entropy=(), top_prob=()), 0.12)
     assert out == [RunTarget(2, 3, (50, 51, 52, 53), 4)]
 
@@ -390,7 +356,7 @@ def test_adaptive_local_round_livelock():
 def test_worker_drafts_are_judged_even_when_never_verified():
     """The acceptance model learns from the worker's drafts for positions committed by plain
     steps too: every draft on the right prefix is scored once, against the committed token."""
-    c = _prefilled()  # committed: prompt + 50 (position 3)
+    c = prefilled()  # committed: prompt + 50 (position 3)
     c.on_timer(c.next_timer())  # gave up waiting: plain step for position 4
     # the worker's chain arrives late: drafts for 3 (= 50), 4 and 5
     c.on_message(Drafts(RID, 0, 3, (50, 51, 52)), 0.15)
@@ -402,7 +368,7 @@ def test_worker_drafts_are_judged_even_when_never_verified():
 
 
 def test_a_position_is_judged_once_whoever_drafted_it():
-    c = _prefilled()
+    c = prefilled()
     c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.12)  # verified as a remote window
     c.on_target_done(TargetDone(2, (51, 52, 60, 61)), 0.22)
     judged = sum(c.est.acceptance.trials)
@@ -434,7 +400,7 @@ def test_invalid_drafts_drop_the_worker_and_decoding_goes_on(bad, reason):
 
 
 def test_an_error_for_this_request_drops_the_worker_and_others_are_ignored():
-    c = _prefilled()
+    c = prefilled()
     assert c.on_message(Error("too busy", rid=RID + 1), 0.11) == []
     out = c.on_message(Error("too busy", rid=RID, code="session"), 0.12)
     assert "worker refused the request: too busy" in out[0].message and not c.worker_ok
@@ -470,101 +436,12 @@ def test_config_validation_of_the_adaptive_budget():
         ControllerConfig(max_window=0)
 
 
-# ---- riding other requests' target passes (on_pass_departing) -------------------------------
-
-
-def test_a_waiting_request_rides_with_a_plain_step_when_it_has_no_drafts():
-    c = _prefilled()
-    assert c.next_timer() is not None  # waiting for the worker's first chain
-    out = c.on_pass_departing(0.11)
-    assert out == [RunTarget(2, 3, (50,), 1)]
-    assert c.next_timer() is None  # the wait is over: it has a pass in flight
-    assert c.stats.plain_steps == 1
-
-
-def test_a_waiting_request_rides_with_the_drafts_it_has():
-    c = _prefilled(gamma=3)
-    # two of the three drafts of a window are here; remote waits for the third ...
-    assert c.on_message(Drafts(RID, 0, 3, (50, 51, 52)), 0.11) == []
-    # ... unless a pass leaves now: it joins with the two it has
-    assert c.on_pass_departing(0.12) == [RunTarget(2, 3, (50, 51, 52), 3)]
-    assert c.stats.remote_windows == 1
-
-
-def test_the_offer_is_ignored_while_a_pass_is_in_flight_or_after_the_end():
-    c = make()
-    c.start(0.0)  # the prefill is in flight
-    assert c.on_pass_departing(0.01) == []
-    c = make(max_tokens=1)
-    c.start(0.0)
-    c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert c.finished and c.on_pass_departing(0.2) == []
-
-
-def test_a_local_round_is_not_interrupted_by_an_offer():
-    c = _prefilled(policy=PolicyName.ALWAYS, has_local=True)
-    # `always` drafts locally at once instead of waiting: it is busy, the offer does nothing
-    assert c.next_timer() is None
-    assert c.on_pass_departing(0.11) == []
-
-
-def test_every_policy_rides_and_stays_lossless_on_the_commit():
-    for policy in PolicyName:
-        c = _prefilled(policy=policy, has_local=False)
-        assert c.next_timer() is not None, policy  # without a local draft, all wait for the worker
-        (run,) = c.on_pass_departing(0.11)
-        assert isinstance(run, RunTarget) and not isinstance(run, RunDraft)
-        out = c.on_target_done(TargetDone(run.op, (60,) * run.want), 0.14)
-        assert c.transcript.output[:2] == [50, 60], policy
-        assert not any(isinstance(a, DraftDone) for a in out)
-
-
-def test_drafts_past_the_lookahead_or_the_session_end_are_a_hostile_worker():
-    """An honest worker drafts at most its lookahead past our commits and never past the end it
-    was given; a chain growing beyond is a worker filling our memory: the request drops it."""
-    c = make(max_tokens=200, lookahead=12)
-    c.start(0.0)
-    ok = c.on_message(Drafts(RID, 0, 3, tuple(range(50, 62))), 0.05)  # positions 3..14: allowed
-    assert not any(isinstance(a, Log) for a in ok) and c.worker_ok
-    out = c.on_message(Drafts(RID, 0, 15, (70,)), 0.06)  # position 15: past 3 + 12
-    assert any(isinstance(a, Log) and "allowed" in a.message for a in out)
-    assert not c.worker_ok
-    c = make(max_tokens=4, lookahead=64)
-    c.start(0.0)
-    c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53, 54)), 0.05)  # 3 + 4 = 7 is the end
-    assert not c.worker_ok
-
-
-def test_a_request_moved_to_another_worker_starts_a_session_from_its_committed_prefix():
-    c = _prefilled()
-    out = c.on_message(Drafts(RID, 0, 3, (50, 51, 52, 53)), 0.12)
-    c.on_target_done(TargetDone(2, (51, 52, 60, 61)), 0.22)  # commits 51 52 60
-    c.on_worker_lost("connection closed", 0.23)  # (a plain step starts: target-only now)
-    assert c.on_worker_attached(0.24) == [Send(SessionStart(
-        RID, (1, 2, 3, 50, 51, 52, 60), lookahead=c.lookahead, max_position=len(PROMPT) + 8,
-        branches=c.branches))]
-    assert c.worker_ok and c.stats.worker_moves == 1
-    assert c.on_worker_attached(0.25) == []  # already has a worker
-    # the new worker's chain has its own epochs, starting at 0: it is not stale
-    out = c.on_target_done(TargetDone(3, (62,)), 0.3)
-    assert out[:2] == [EmitTokens((62,)), Send(Commit(RID, 0, 7, (62,)))]
-    out = c.on_message(Drafts(RID, 0, 8, (63, 64, 65)), 0.35)
-    assert out == [RunTarget(4, 7, (62, 63, 64), 3)]  # (3 tokens left: a window of 2)
-
-
-def test_a_finished_request_is_not_moved():
-    c = make(max_tokens=1)
-    c.start(0.0)
-    c.on_target_done(TargetDone(1, (50,)), 0.1)
-    assert c.finished and c.on_worker_attached(0.2) == []
-
-
 def test_a_position_is_judged_once_even_when_a_tree_walk_reaches_it_late():
     """A draft tree's walk can judge drafts far behind the committed end (a new epoch catching
     up from where the worker heard of a rejection).  Judging them a second time skewed the
     acceptance estimate after rejections (under-estimated by ~10% at long RTTs), and with it the
     adaptive policy's latency budget."""
-    c = _prefilled(max_tokens=64)
+    c = prefilled(max_tokens=64)
     c.transcript.commit(list(range(200, 240)))
     for position in range(4, 44):  # e.g. the local rounds judge them first
         c._judge(position, DraftToken(c.transcript.tokens[position] + (position % 3 == 0)))
