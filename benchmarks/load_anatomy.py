@@ -19,8 +19,9 @@ the share whose correction a branch of the draft tree held (*hit*), by the targe
 among the draft's choices; and after a hit, a miss and a plain step, how often the request's
 next seat in a target pass was a plain step.
 
-Nothing is written; it is a diagnostic (the numbers of docs/results.md §7 come from
-``bench_load.py`` and ``wanspec simulate --concurrency``).
+Nothing is written; it is a diagnostic.  docs/results.md §7 quotes it for the simulated ceilings
+at 32 clients (the outputs, with their commands: benchmarks/results/load_anatomy_c32.txt); its
+load tables come from ``bench_load.py`` and ``wanspec simulate --concurrency``.
 """
 
 from __future__ import annotations
@@ -42,18 +43,27 @@ from wanspec.simulate.load import LoadSim
 from wanspec.simulate.worlds import worlds
 
 
-def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
-            worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
-            worker_pass_flat: bool = False) -> dict[str, Any]:
-    """One closed-loop run of ``mode``, with its pass anatomy.  ``worker_pass_flat``: the
-    worker's draft passes cost no more for the sequences and KV they carry (only the compute
-    floor), a bound on what any ordering of the worker's passes could gain."""
-    sim = LoadSim(cfg, mode, worlds(cfg), Closed(concurrency), gamma=gamma,
-                  worker_max_batch=worker_max_batch)
+def load_sim(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
+             worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
+             worker_pass_flat: bool = False, ws: Any = None) -> LoadSim:
+    """The closed-loop run of ``mode``.  ``worker_pass_flat``: the worker's draft passes cost
+    nothing for the sequences and KV they carry (their compute floor stays), so its drafting is
+    as fast with every lane as alone -- and, passes no longer slowing with lanes, its trees are
+    held back by ``worker_max_batch`` only.  A bound, not a device."""
+    sim = LoadSim(cfg, mode, ws if ws is not None else worlds(cfg), Closed(concurrency),
+                  gamma=gamma, worker_max_batch=worker_max_batch)
     if worker_pass_flat and sim.remote:
         cost = sim.wdev.costs[PassKind.DRAFT]
         sim.wdev.costs[PassKind.DRAFT] = dataclasses.replace(cost, per_sequence_ms=0.0,
                                                              kv_ms_per_ktoken=0.0)
+    return sim
+
+
+def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
+            worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
+            worker_pass_flat: bool = False) -> dict[str, Any]:
+    """One closed-loop run of ``mode`` (:func:`load_sim`), with its pass anatomy."""
+    sim = load_sim(cfg, mode, concurrency, gamma, worker_max_batch, worker_pass_flat)
     batcher, passes = sim.busy.batcher, []
     form = batcher.next_pass
 
@@ -116,11 +126,12 @@ def seat_log() -> Iterator[dict[int, list[tuple[int, int, int]]]]:
         ControllerCore.on_target_done = original  # type: ignore[method-assign]
 
 
-def seats(cfg: SimConfig, policy: str, concurrency: int, worker_max_batch: int) -> str:
+def seats(cfg: SimConfig, policy: str, concurrency: int, worker_max_batch: int,
+          worker_pass_flat: bool = False) -> str:
     """What follows a rejection, for one run of a remote ``policy`` (see the module)."""
     ws = worlds(cfg)
     with seat_log() as log:
-        LoadSim(cfg, policy, ws, Closed(concurrency), worker_max_batch=worker_max_batch).run()
+        load_sim(cfg, policy, concurrency, None, worker_max_batch, worker_pass_flat, ws).run()
     ranks: collections.Counter[tuple[str, str]] = collections.Counter()
     after: collections.Counter[tuple[str, bool]] = collections.Counter()
     for rid, passes in log.items():
@@ -167,7 +178,10 @@ def main() -> None:
     args = ap.parse_args()
     base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
     if args.ranks:
-        rank2, rank3, rank4 = (float(x) for x in args.ranks.split(","))
+        ranks = [float(x) for x in args.ranks.split(",")]
+        if len(ranks) != 3 or min(ranks) < 0 or sum(ranks) > 1:
+            ap.error("--ranks takes three probabilities (2nd, 3rd, 4th choice) summing to <= 1")
+        rank2, rank3, rank4 = ranks
         base = dataclasses.replace(base, rank2=rank2, rank3=rank3, rank4=rank4)
     head = (f"{'mode':>12} {'tok/s':>7} {'x best':>6} {'tok/seat':>8} {'plain':>6} {'ride':>5} "
             f"{'D/T':>5} {'D batch':>7} {'T batch':>7} {'T ms':>6} {'D ms':>5} {'draft%':>6}")
@@ -187,7 +201,7 @@ def main() -> None:
                       f"{r['t_ms']:6.1f} {r['d_ms']:5.1f} {100 * r['draft_frac']:6.0f}")
             if args.seats:
                 for p in args.policies.split(","):
-                    print(seats(point, p, c, args.worker_max_batch))
+                    print(seats(point, p, c, args.worker_max_batch, args.worker_pass_flat))
 
 
 if __name__ == "__main__":

@@ -212,5 +212,7 @@ def test_the_latency_account_keeps_the_first_token_off_and_reprices_every_token_
 def test_an_account_without_tokens_has_no_slack_and_left_nothing():
     account = LatencyAccount(credit_per_token_s=0.5)
     assert account.slack(3.0, tokens_to_come=10) == 0.0
+    account.earn(0, now=2.0)  # nothing committed: nothing on the account, not even TTFT
+    assert account.first_token_at is None
     account.earn(1, now=3.0)
     assert account.unspent_per_token(4.0) == 0.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from wanspec.core.actions import Send
 from wanspec.core.worker_handshake import KEY_MISMATCH, Refusal, RefusedByPeer, WorkerHandshake
 from wanspec.protocol.auth import NONCE_BYTES, proof
@@ -59,3 +61,25 @@ def test_what_it_refuses_and_why():
     hs.on_message(keyed_hello)
     assert hs.on_message(Error("your proof is wrong")) == RefusedByPeer("your proof is wrong")
     assert not hs.authenticated
+
+
+def test_a_failed_handshake_stays_failed():
+    hs = keyed()
+    hello = dataclasses.replace(CONTROLLER_HELLO, nonce=CONTROLLER_NONCE)
+    hs.on_message(hello)
+    wrong = Auth(b"x" * len(proof(KEY, version=hs.hello.version, prover="controller",
+                                    controller_nonce=CONTROLLER_NONCE,
+                                    worker_nonce=b"w" * NONCE_BYTES)))
+    refusal = hs.on_message(wrong)
+    assert refusal == Refusal(KEY_MISMATCH, "auth")
+    right = Auth(proof(KEY, version=hs.hello.version, prover="controller",
+                       controller_nonce=CONTROLLER_NONCE, worker_nonce=b"w" * NONCE_BYTES))
+    assert hs.on_message(right) == refusal and not hs.authenticated  # no second try
+    hs = WorkerHandshake(WORKER_HELLO)
+    first = hs.on_message(Ping(0.0, 1))
+    assert hs.on_message(CONTROLLER_HELLO) == first and not hs.authenticated
+
+
+def test_a_nonce_source_giving_the_wrong_length_is_a_programming_error():
+    with pytest.raises(ValueError, match="bytes, not"):
+        WorkerHandshake(WORKER_HELLO, auth_key=KEY, random_bytes=lambda n: b"short")

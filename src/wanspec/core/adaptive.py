@@ -61,6 +61,8 @@ class LatencyAccount:
     def earn(self, tokens: int, now: float, budget_tpot_s: float | None = None) -> None:
         """``tokens`` were committed (the request's first is its time to first token, not on
         the account); ``budget_tpot_s``: the allowance per token as re-estimated now."""
+        if tokens <= 0:
+            return
         if budget_tpot_s is not None:
             self.budget_tpot_s = budget_tpot_s
         if self.first_token_at is None:

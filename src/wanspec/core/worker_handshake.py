@@ -55,6 +55,7 @@ class WorkerHandshake:
         self.hello = dataclasses.replace(hello, nonce=nonce)
         self.peer: Hello | None = None  # the controller's Hello, once accepted
         self.authenticated = False  # the controller proved the key (or none is required)
+        self.refused: Refusal | RefusedByPeer | None = None  # how it ended, if it failed
 
     @property
     def missing(self) -> str:
@@ -62,9 +63,15 @@ class WorkerHandshake:
         return "Hello" if self.peer is None else "proof of the pre-shared key (Auth)"
 
     def on_message(self, msg: Message) -> list[Send] | Refusal | RefusedByPeer:
-        """A message before the handshake completed."""
+        """A message before the handshake completed.  A failed handshake stays failed: whatever
+        comes after a refusal gets the same answer, never a second chance at the key."""
         assert not self.authenticated
-        return self._on_hello(msg) if self.peer is None else self._on_auth(msg)
+        if self.refused is not None:
+            return self.refused
+        step = self._on_hello(msg) if self.peer is None else self._on_auth(msg)
+        if isinstance(step, (Refusal, RefusedByPeer)):
+            self.refused = step
+        return step
 
     def _on_hello(self, msg: Message) -> list[Send] | Refusal:
         if not isinstance(msg, Hello):
