@@ -31,6 +31,8 @@ CASES = [
     (["emulate", "--bandwidth", "100 furlongs"], "invalid --bandwidth"),
     (["emulate", "--csv", "/nonexistent/dir/out.csv"], "cannot write --csv"),
     (["emulate", "--plot", "/nonexistent/dir/out.png"], "cannot write --plot"),
+    (["emulate", "--plot", "out.txt"], ".txt is not an image format"),
+    (["simulate", "--plot", "out.csv"], ".csv is not an image format"),
     (["emulate", "--prompts", "/nonexistent/prompts.txt"], "prompts file not found"),
     (["emulate", "--threads", "0"], "threads must be >= 1"),
     (["emulate", "--concurrency", "0"], "client counts must be >= 1"),

@@ -197,12 +197,22 @@ def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
 
 
+# image formats a --plot file may name (matplotlib writes these without extra packages); no
+# extension: PNG, with .png added
+PLOT_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp", "eps", "tif", "tiff")
+
+
 def check_output(path: Path | None, flag: str) -> None:
     """Refuse an output file that cannot be written before minutes of work, not after."""
     if path is not None:
         parent = Path(path).expanduser().parent
         check(parent.is_dir(), f"cannot write {flag} {path}: no directory {parent}")
         check(not Path(path).is_dir(), f"cannot write {flag} {path}: it is a directory")
+        suffix = Path(path).suffix.lower().lstrip(".")
+        if flag == "--plot":
+            check(suffix in ("", *PLOT_FORMATS),
+                  f"cannot draw --plot {path}: .{suffix} is not an image format; use "
+                  f"{', '.join('.' + f for f in PLOT_FORMATS)}")
 
 
 def read_prompt(text: str) -> str:
