@@ -139,3 +139,14 @@ def test_adaptive_stops_using_a_useless_draft_within_a_few_tokens(rtt, costs):
     assert all(m.drafted_tokens == 0 for m in metrics[1:])
     recs = {r["mode"]: r for r in run_sweep(cfg, [], ["adaptive"], jobs=1)}
     assert recs["adaptive"]["speedup_vs_target"] >= 0.995
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_round_trip_past_the_handshake_deadline_decodes_without_the_worker(policy):
+    """At 10 s or more no worker completes the handshake (its deadline): the requests decode at
+    the busy site alone, as the runtime's do, instead of waiting for a link that never comes."""
+    cfg = SMALL.with_values({"rtt": 12_000.0})
+    res = simulate_remote(cfg, policy, worlds(cfg))
+    assert len(res.requests) == cfg.requests and all(r.lossless for r in res.requests)
+    assert res.link_messages > 0  # it tried
+    assert all(r.stats.remote_windows == 0 for r in res.requests)

@@ -112,3 +112,9 @@ def test_simulate_load_flags_are_checked(args, needle):
     r = CliRunner().invoke(app, ["simulate", *args])
     assert r.exit_code == 2, r.output
     assert needle in " ".join(r.stderr.split())
+
+
+def test_under_load_a_round_trip_past_the_handshake_deadline_decodes_without_the_worker():
+    cfg = SimConfig(requests=4, max_tokens=8, rtt_ms=12_000.0)
+    rec = record("adaptive", Closed(2), cfg=cfg)
+    assert rec["identical_to_target_only"] and rec["tokens"] == 4 * 8

@@ -212,9 +212,11 @@ class RemoteSim:
             elif isinstance(a, Up):
                 if self.core is None:
                     self._start_request(now)
-            elif isinstance(a, Lost):  # (a simulated worker never fails, but be exact about it)
+            elif isinstance(a, Lost):  # e.g. no handshake within its deadline (RTT >= 10 s)
                 for core in self.cores.values():
                     self._c_exec(core, core.on_worker_lost(a.reason, now), now)
+                if self.core is None and self.index == 0 and not self.results:
+                    self._start_request(now)  # as the runtime does: decode without the worker
         self._arm("link", self.link.next_timer(), now, self._link_timer)
 
     # ---- the controller ----------------------------------------------------------------------

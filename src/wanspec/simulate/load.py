@@ -43,7 +43,7 @@ from wanspec.core.batcher import Batcher, BatchLimits, PassKind
 from wanspec.core.capacity import worker_pass_times
 from wanspec.core.controller import ControllerCore
 from wanspec.core.estimates import Estimates
-from wanspec.core.link import LinkAction, LinkCore, Route, Up
+from wanspec.core.link import LinkAction, LinkCore, Lost, Route, Up
 from wanspec.core.local import LocalDecoder, LocalMode
 from wanspec.core.stopping import StopCriteria
 from wanspec.core.worker import (
@@ -379,8 +379,8 @@ class LoadSim:
                 req = self.live.get(a.rid)
                 if req is not None:
                     self._exec(req, req.core.on_message(a.msg, now), now)
-            elif isinstance(a, Up):
-                if not self.requests:
+            elif isinstance(a, Up | Lost):  # Lost: e.g. no handshake within its deadline:
+                if not self.requests:     # the requests decode without the worker
                     self._arrivals(now)
         deadline = self.link.next_timer()
         if deadline is not None:  # pings keep the RTT estimate fresh while requests run
