@@ -32,6 +32,8 @@ CASES = [
     (["emulate", "--csv", "/nonexistent/dir/out.csv"], "cannot write --csv"),
     (["emulate", "--plot", "/nonexistent/dir/out.png"], "cannot write --plot"),
     (["emulate", "--plot", "out.txt"], ".txt is not an image format"),
+    (["emulate", "--num-prompts", "200"], "--num-prompts 200: the prompts file holds only 16"),
+    (["emulate", "--prompts", "/"], "prompts file / is a directory"),
     (["simulate", "--plot", "out.csv"], ".csv is not an image format"),
     (["emulate", "--prompts", "/nonexistent/prompts.txt"], "prompts file not found"),
     (["emulate", "--threads", "0"], "threads must be >= 1"),

@@ -118,3 +118,13 @@ def test_under_load_a_round_trip_past_the_handshake_deadline_decodes_without_the
     cfg = SimConfig(requests=4, max_tokens=8, rtt_ms=12_000.0)
     rec = record("adaptive", Closed(2), cfg=cfg)
     assert rec["identical_to_target_only"] and rec["tokens"] == 4 * 8
+
+
+def test_more_clients_than_requests_is_said():
+    r = CliRunner().invoke(app, ["simulate", "--concurrency", "1,4", "--requests", "2",
+                                 "--max-tokens", "4", "--policy", "adaptive"])
+    assert r.exit_code == 0, r.output
+    assert "--concurrency 4 with 2 requests: at most 2 are ever in flight" in r.output
+    r = CliRunner().invoke(app, ["simulate", "--concurrency", "2", "--requests", "2",
+                                 "--max-tokens", "4", "--policy", "adaptive"])
+    assert "ever in flight" not in r.output

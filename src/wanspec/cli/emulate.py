@@ -64,6 +64,17 @@ def parse_gammas(text: str) -> tuple[int, ...]:
     return values
 
 
+def note_unfilled(loads: Sequence[Load], requests: int, remedy: str) -> None:
+    """Say so when a closed loop has more clients than requests to send: the table is labelled
+    with the client count, but no more than ``requests`` are ever in flight."""
+    over = [load.concurrency for load in loads
+            if isinstance(load, Closed) and load.concurrency > requests]
+    if over:
+        Console(stderr=True).print(
+            f"note: --concurrency {','.join(map(str, over))} with {requests} requests: at most "
+            f"{requests} are ever in flight (give {remedy})", soft_wrap=True)
+
+
 def parse_loads(concurrency: str | None, request_rate: float | None, seed: int) -> list[Load]:
     """``--concurrency 1,8,32`` and ``--request-rate R`` -> the loads to serve, in that order."""
     loads: list[Load] = []
@@ -210,6 +221,9 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     for path, flag in ((record, "--record"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_output(path, flag)  # fail before minutes of emulation, not after
     prompt_list = load_prompts(prompts, num_prompts)
+    check(num_prompts is None or len(prompt_list) == num_prompts,
+          f"--num-prompts {num_prompts}: the prompts file holds only {len(prompt_list)}")
+    note_unfilled(loads, len(prompt_list), "--prompts FILE with more")
     if host_transport != "inproc":  # before the models load: a second on loopback
         stack = measure_stack(host_transport)
         cfg = dataclasses.replace(cfg, host_stack_ms=stack.per_side_ms)

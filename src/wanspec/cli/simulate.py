@@ -48,7 +48,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     """Run the sweep and print/write its records; returns False if any output was not lossless.
 
     ``branches``: the draft tree's branch lanes (None: the controller's default)."""
-    from wanspec.cli.emulate import parse_loads
+    from wanspec.cli.emulate import note_unfilled, parse_loads
 
     loads = parse_loads(concurrency, request_rate, seed)
     slo_tpot_ms = parse_duration_ms(slo_tpot, "--slo-tpot")
@@ -95,6 +95,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
         alpha=alpha, burst=burst, separation=separation, entropy_sd=entropy_sd,
         max_tokens=max_tokens, requests=requests, prompt_tokens=prompt_tokens, seed=seed)
     if loads:
+        note_unfilled(loads, requests, "--requests")
         rtts = None
         if sweeps:
             check(len(sweeps) == 1 and swept_names(sweeps) == ["rtt_ms"],

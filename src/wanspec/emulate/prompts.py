@@ -14,6 +14,8 @@ def load_prompts(path: Path | None = None, limit: int | None = None) -> list[str
     """Read prompts: ``.jsonl`` (a JSON string or ``{"prompt": ...}`` per line) or plain text
     (one prompt per line, ``\\n`` escapes allowed)."""
     p = Path(path).expanduser() if path else DEFAULT_PROMPTS
+    if p.is_dir():
+        raise WanspecError(f"prompts file {p} is a directory")
     if not p.is_file():
         raise WanspecError(f"prompts file not found: {p}")
     prompts: list[str] = []
