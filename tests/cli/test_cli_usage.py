@@ -3,6 +3,8 @@ and the same one-line ``error: ...`` for a bad choice as for any other bad value
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import typer.main
 from rich.text import Text
@@ -71,3 +73,10 @@ def test_usage_errors_are_one_line(runner, narrow_stderr, args, needle):
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert needle in err and "--help" in err, err
     assert r.stdout == "" and "Traceback" not in r.output
+
+
+def test_an_error_before_click_knows_the_command_still_names_it(runner, narrow_stderr,
+                                                                monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["wanspec", "generate", "-p"])
+    r = runner.invoke(app, ["generate", "-p"])
+    assert r.exit_code == 2 and "(see wanspec generate --help)" in r.stderr, r.stderr

@@ -55,12 +55,19 @@ class _OneLineErrors(TyperGroup):
             raise
 
 
+def _argv_command() -> str:
+    """``wanspec NAME`` from the command line, for an error raised before click knew which
+    command it parsed (a flag missing its value)."""
+    words = [w for w in sys.argv[1:2] if not w.startswith("-")]
+    return " ".join(["wanspec", *words]) if words else "wanspec COMMAND"
+
+
 def _usage_error(exc: Any) -> None:
     """Print ``exc`` as the one-line error (and exit 2), unless it is the help of a bare
     ``wanspec``, which it re-raises to show."""
     if isinstance(exc, getattr(_click_errors, "NoArgsIsHelpError", ())):
         return
-    path = exc.ctx.command_path if exc.ctx is not None else "wanspec COMMAND"
+    path = exc.ctx.command_path if exc.ctx is not None else _argv_command()
     message = exc.format_message().replace("Value error, ", "").rstrip(".")
     fail(f"{message[:1].lower()}{message[1:]} (see {path} --help)")
 
@@ -157,11 +164,10 @@ def generate(
         check_count("--branches", branches, minimum=0)
         check_count("--max-tokens", max_tokens)
         rtt_ms, jitter_ms = parse_duration_ms(rtt, "--rtt"), parse_duration_ms(jitter, "--jitter")
-        if mode is GenerateMode.remote:
-            from wanspec.core.policy import PolicyName
+        from wanspec.core.policy import PolicyName  # checked whatever the mode: a typo is a typo
 
-            check(policy in {p.value for p in PolicyName}, f"unknown policy {policy!r}; choose "
-                  f"from {', '.join(p.value for p in PolicyName)}")
+        check(policy in {p.value for p in PolicyName}, f"unknown policy {policy!r}; choose "
+              f"from {', '.join(p.value for p in PolicyName)}")
         timing = timing_from_flags(_ms(target_ms, "--target-ms"), _ms(draft_ms, "--draft-ms"),
                                    _ms(verify_per_token_ms, "--verify-per-token-ms") or 0.0)
         check_model_flags(dtype, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -53,9 +54,10 @@ def parse_gammas(text: str) -> tuple[int, ...]:
     try:
         if "-" in text:
             lo, hi = (int(v) for v in text.split("-", 1))
+            check(lo <= hi, f"invalid --sd-gammas {text!r}: a range runs from low to high")
             values = tuple(range(lo, hi + 1))
         else:
-            values = tuple(int(v) for v in text.split(",") if v.strip())
+            values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise WanspecError(f"invalid --sd-gammas {text!r}: use a range like 1-10 or a list like "
                            "2,4,6") from None
@@ -80,7 +82,7 @@ def parse_loads(concurrency: str | None, request_rate: float | None, seed: int) 
     loads: list[Load] = []
     if concurrency is not None:
         try:
-            levels = [int(v) for v in concurrency.split(",") if v.strip()]
+            levels = [int(v) for v in concurrency.split(",")]
         except ValueError:
             raise WanspecError(f"invalid --concurrency {concurrency!r}: use comma-separated "
                                "client counts, e.g. 1,8,32,64") from None
@@ -88,7 +90,8 @@ def parse_loads(concurrency: str | None, request_rate: float | None, seed: int) 
               f"invalid --concurrency {concurrency!r}: client counts must be >= 1")
         loads += [Closed(v) for v in levels]
     if request_rate is not None:
-        check(request_rate > 0, f"--request-rate must be > 0 requests/s, got {request_rate}")
+        check(math.isfinite(request_rate) and request_rate > 0,
+              f"--request-rate must be > 0 requests/s, got {request_rate}")
         loads.append(Poisson(request_rate, seed))
     return loads
 
@@ -182,6 +185,8 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
+    check(0.0 <= entropy_threshold <= 100.0,
+          f"--entropy-threshold must be between 0 and 100 nats, got {entropy_threshold}")
     gammas = parse_gammas(sd_gammas)
     jitter_ms = parse_duration_ms(jitter, "--jitter")
     bandwidth_bps = parse_bandwidth_bps(bandwidth, "--bandwidth")

@@ -101,7 +101,7 @@ def _refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         names = ", ".join(str(p) for p in existing)
-        raise WanspecError(f"refusing to overwrite existing {names} (pass overwrite to replace)")
+        raise WanspecError(f"refusing to overwrite existing {names} (--overwrite replaces them)")
 
 
 def _mkdir(directory: Path) -> None:

@@ -110,7 +110,7 @@ async def serve(
     k = _kind(kind)
     host, port = parse_address(listen)
     if (cert is None) != (key is None):
-        raise WanspecError("TLS needs both a certificate and its private key")
+        raise WanspecError("TLS needs both a certificate and its private key (--cert and --key)")
     if client_ca is not None and cert is None:
         raise WanspecError("--client-ca (mutual TLS) needs TLS: give the worker --cert and --key")
     if k == "quic":
