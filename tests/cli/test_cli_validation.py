@@ -6,6 +6,8 @@ error came from the flag check, ahead of any loading (and of any import-time cos
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wanspec.cli.app import app
@@ -19,6 +21,8 @@ def no_model_loads(monkeypatch):
 
     monkeypatch.setattr(CausalLM, "__init__", refuse)
 
+
+TRACE = str(Path(__file__).parents[2] / "benchmarks" / "results" / "shipped_pair_trace.jsonl")
 
 CASES = [
     (["generate", "-p", "x", "--mode", "remote", "--rtt", "abc"], "invalid --rtt 'abc'"),
@@ -38,6 +42,16 @@ CASES = [
     (["emulate", "--concurrency", "2,,4"], "invalid --concurrency '2,,4'"),
     (["emulate", "--request-rate", "inf"], "--request-rate must be > 0"),
     (["generate", "-p", "x", "--policy", "bogus"], "unknown policy 'bogus'"),
+    (["emulate", "--admission"], "--admission only applies with --concurrency or --request-rate"),
+    (["emulate", "--max-batch", "8"], "--max-batch only applies with --concurrency"),
+    (["simulate", "--slo-tpot", "30ms"], "--slo-tpot only applies with --concurrency"),
+    (["simulate", "--worker-max-batch", "8"], "--worker-max-batch only applies with"),
+    (["simulate", "--burst", "0.3"], "--burst only applies with --match markov"),
+    (["simulate", "--sweep", "burst=0.1,0.9"], "--sweep burst only applies with --match markov"),
+    (["simulate", "--trace", TRACE, "--alpha", "0.5"],
+     "--alpha only applies with the synthetic acceptance model"),
+    (["simulate", "--trace", TRACE, "--sweep",
+      "alpha=0.5,0.6"], "--sweep alpha: a --trace replays its recorded acceptance"),
     (["emulate", "--num-prompts", "200"], "--num-prompts 200: the prompts file holds only 16"),
     (["emulate", "--prompts", "/"], "prompts file / is a directory"),
     (["simulate", "--plot", "out.csv"], ".csv is not an image format"),

@@ -192,8 +192,14 @@ def generate(
         print_generation(result, console)
 
 
+# flags that shape serving under load only: refused without a load rather than ignored
+LOAD_ONLY_FLAGS = {"--slo-tpot": "slo_tpot", "--max-batch": "max_batch",
+                   "--worker-max-batch": "worker_max_batch", "--admission": "admission"}
+
+
 @app.command()
 def emulate(
+    ctx: typer.Context,
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="RTTs to compare, in the syntax of simulate --sweep: 0,10,20,30,50 or rtt=0:150:10 (ms unless a unit is given, e.g. 0.1s; overrides --rtt)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message (never reorders)."),
@@ -240,8 +246,11 @@ def emulate(
     at a time, or under load with --concurrency / --request-rate)."""
     quiet_libraries()
     with user_errors():
+        from wanspec.cli.common import check_only_with
         from wanspec.cli.emulate import run_emulate
 
+        check_only_with(ctx, "--concurrency or --request-rate",
+                        concurrency is not None or request_rate is not None, LOAD_ONLY_FLAGS)
         check_count("--gamma", gamma)
         check_count("--branches", branches, minimum=0)
         check_count("--max-tokens", max_tokens)
@@ -268,6 +277,7 @@ def emulate(
 
 @app.command()
 def simulate(
+    ctx: typer.Context,
     sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="NAME=START:STOP:STEP (stop included when it lands on it) or NAME=V1,V2,...; repeat for a grid. Names: rtt, jitter, spike, target_ms, draft_ms, verify_per_token_ms, draft_per_token_ms (durations, as --rtt: bare numbers are ms); bandwidth (as --bandwidth: 100Mbit/s, 12.5MB/s; bare numbers are Mbit/s); loss, alpha, burst, rank2, rank3, rank4 (probabilities); separation, entropy_sd, entropy_threshold (nats); max_slowdown; gamma, lookahead, branches, max_tokens, requests, prompt_tokens, seed. Without NAME= the values are RTTs."),
     rtt: str = typer.Option("40ms", "--rtt", help="Round-trip time controller<->worker (e.g. 40ms)."),
     jitter: str = typer.Option("0ms", "--jitter", help="One-way jitter per message, uniform in [0, jitter] (never reorders)."),
@@ -307,8 +317,17 @@ def simulate(
 ) -> None:
     """Simulate the real controller/worker state machines with synthetic models (seconds per sweep)."""
     with user_errors():
+        from wanspec.cli.common import check_only_with
         from wanspec.cli.simulate import run_simulate
 
+        check_only_with(ctx, "--concurrency or --request-rate",
+                        concurrency is not None or request_rate is not None, LOAD_ONLY_FLAGS)
+        check_only_with(ctx, "the synthetic acceptance model (a --trace replays its own)",
+                        trace is None, {"--alpha": "alpha", "--burst": "burst",
+                                        "--separation": "separation",
+                                        "--entropy-sd": "entropy_sd",
+                                        "--prompt-tokens": "prompt_tokens"})
+        check_only_with(ctx, "--match markov", match == "markov", {"--burst": "burst"})
         if gamma is not None:
             check_count("--gamma", gamma)
         check_count("--max-tokens", max_tokens)

@@ -32,6 +32,11 @@ def parse_policies(text: str) -> tuple[str, ...]:
     return policies
 
 
+# what only the synthetic acceptance model reads (a trace replays its own)
+SYNTHETIC_ONLY = {"alpha", "burst", "separation", "entropy_sd", "prompt_tokens", "rank2", "rank3",
+                  "rank4"}
+
+
 def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, loss: float,
                  spike: str | None, target_ms: float | None, draft_ms: float | None,
                  verify_per_token_ms: float | None, draft_per_token_ms: float | None,
@@ -67,6 +72,12 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     policies = parse_policies(policy)
     sweeps = [parse_sweep(s) for s in sweep]
     loaded = read_trace(trace) if match == "trace" and trace is not None else None
+    swept = set(swept_names(sweeps))
+    if loaded is not None:
+        idle = sorted(swept & SYNTHETIC_ONLY)
+        check(not idle, f"--sweep {', '.join(idle)}: a --trace replays its recorded acceptance, "
+                        "so the synthetic model's parameters change nothing")
+    check("burst" not in swept or match == "markov", "--sweep burst only applies with --match markov")
     # unset costs and gamma: the trace's recorded values (so a replay matches its emulate run)
     recorded = loaded.header if loaded is not None else {}
     if recorded.get("host_overhead") == "measured":
