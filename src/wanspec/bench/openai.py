@@ -293,6 +293,9 @@ async def first_model(client: httpx.AsyncClient, endpoint: Endpoint) -> str:
     hint = "; give --model"
     try:
         resp = await client.get(endpoint.models_url)
+    except httpx.TransportError as exc:  # nothing answered: --model would not help
+        raise WanspecError(f"cannot reach {endpoint.models_url}: "
+                           f"{str(exc) or type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise WanspecError(f"cannot list models at {endpoint.models_url}: "
                            f"{str(exc) or type(exc).__name__}{hint}") from None

@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from wanspec import __version__
-from wanspec.cli.common import (check_count, configure_threads, fail, quiet_libraries,
+from wanspec.cli.common import (check, check_count, configure_threads, fail, quiet_libraries,
                                 site_threads, user_errors)
 from wanspec.cli.render import print_generation
 from wanspec.core.controller import ControllerConfig
@@ -148,7 +148,7 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help=_H_THREADS),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token_ids, metrics)."),
 ) -> None:
-    """Decode one prompt at a single site: target-only or standard speculative decoding."""
+    """Decode one prompt: at one site (target-only or standard speculative decoding), or at both in one process (--mode remote)."""
     quiet_libraries()
     with user_errors():
         from wanspec.cli.common import check, read_prompt
@@ -555,6 +555,7 @@ def bench(
         from wanspec.cli.bench import bench_config, run_bench_cli
 
         check_count("--max-tokens", max_tokens)
+        check(seed >= 0, f"--seed must be >= 0, got {seed}")  # as every other command's
 
         cfg = bench_config(url=url, chat=chat, concurrency=concurrency,
                            request_rate=request_rate, prompts=prompts, num_prompts=num_prompts,
