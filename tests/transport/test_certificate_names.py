@@ -10,6 +10,7 @@ import pytest
 from wanspec.protocol.messages import Ping
 from wanspec.transport import factory
 from wanspec.transport.base import ConnectError
+from wanspec.errors import WanspecError
 from wanspec.transport.certs import create_certs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="127.0.0.2 is local on Linux")
@@ -50,3 +51,17 @@ def test_certs_with_host_cover_that_name(arun, echo, tmp_path, transport):
             await server.close()
 
     arun(main(), timeout=20)
+
+
+@pytest.mark.parametrize("host", ["worker:7700", "http://worker", "bad host!", "999.1.1.1",
+                                  "-worker", "a..b"])
+def test_a_host_that_is_not_a_name_or_an_address_is_refused_before_anything_is_written(
+        tmp_path, host):
+    with pytest.raises(WanspecError, match="neither an IP address nor a DNS name"):
+        create_certs(tmp_path / "c", hosts=(host,))
+    assert not (tmp_path / "c").exists()
+
+
+def test_names_addresses_and_wildcards_are_certified(tmp_path):
+    create_certs(tmp_path / "c", hosts=("worker.example.com", "10.0.0.5", "[::1]",
+                                        "*.example.com", "gpu-7"))

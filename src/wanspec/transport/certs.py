@@ -59,6 +59,17 @@ def _name(common_name: str) -> x509.Name:
     ])
 
 
+# a DNS name as a certificate names it: dot-separated labels of letters, digits and hyphens (not
+# at a label's ends), a leading "*." wildcard allowed; 253 characters at most
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _dns_name(host: str) -> bool:
+    labels = host[2:].split(".") if host.startswith("*.") else host.split(".")
+    return (len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())  # 999.1.1.1 is a mistyped address, not a name
+
+
 def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -67,8 +78,13 @@ def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
             continue
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            continue
         except ValueError:
-            names.append(x509.DNSName(host))
+            pass
+        if not _dns_name(host):
+            raise WanspecError(f"--host {host!r} is neither an IP address nor a DNS name (give "
+                               "the name or address alone: no port, scheme or path)")
+        names.append(x509.DNSName(host))
     if not names:
         raise WanspecError("certificate needs at least one host name or IP address")
     return x509.SubjectAlternativeName(names)
