@@ -30,6 +30,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+from pathlib import Path
 from typing import Any, Iterator
 
 from wanspec.core.actions import RunTarget
@@ -38,9 +39,25 @@ from wanspec.core.controller import ControllerCore
 from wanspec.core.rounds import round_shapes
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
 from wanspec.emulate.load import Closed
-from wanspec.simulate.config import SimConfig
+from wanspec.simulate.config import Roofline, SimConfig
 from wanspec.simulate.load import LoadSim
+from wanspec.simulate.trace import Trace, read_trace
 from wanspec.simulate.worlds import worlds
+
+
+TRACE: Trace | None = None  # --trace: the recorded acceptance every run replays
+
+
+def traced_config(base: SimConfig, trace: Trace) -> SimConfig:
+    """``base`` replaying ``trace`` with the device costs and window it was recorded with, as
+    ``wanspec simulate --trace`` does."""
+    h = trace.header
+    return dataclasses.replace(
+        base, match="trace", roofline=Roofline.from_header(h),
+        target_ms=h.get("target_ms", base.target_ms), draft_ms=h.get("draft_ms", base.draft_ms),
+        verify_per_token_ms=h.get("verify_per_token_ms", base.verify_per_token_ms),
+        draft_per_token_ms=h.get("draft_per_token_ms", base.draft_per_token_ms),
+        gamma=h.get("gamma", base.gamma))
 
 
 def load_sim(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
@@ -50,7 +67,7 @@ def load_sim(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = No
     nothing for the sequences and KV they carry (their compute floor stays), so its drafting is
     as fast with every lane as alone -- and, passes no longer slowing with lanes, its trees are
     held back by ``worker_max_batch`` only.  A bound, not a device."""
-    sim = LoadSim(cfg, mode, ws if ws is not None else worlds(cfg), Closed(concurrency),
+    sim = LoadSim(cfg, mode, ws if ws is not None else worlds(cfg, TRACE), Closed(concurrency),
                   gamma=gamma, worker_max_batch=worker_max_batch)
     if worker_pass_flat and sim.remote:
         cost = sim.wdev.costs[PassKind.DRAFT]
@@ -129,7 +146,7 @@ def seat_log() -> Iterator[dict[int, list[tuple[int, int, int]]]]:
 def seats(cfg: SimConfig, policy: str, concurrency: int, worker_max_batch: int,
           worker_pass_flat: bool = False) -> str:
     """What follows a rejection, for one run of a remote ``policy`` (see the module)."""
-    ws = worlds(cfg)
+    ws = worlds(cfg, TRACE)
     with seat_log() as log:
         load_sim(cfg, policy, concurrency, None, worker_max_batch, worker_pass_flat, ws).run()
     ranks: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -170,6 +187,9 @@ def main() -> None:
                     help="where a rejected draft's correction sits among its choices (2nd, 3rd, "
                          "4th; default: measured on the shipped pair); 1,0,0 is the ceiling of "
                          "a draft tree that branches only on runner-ups: every correction is one")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="replay a recorded trace (wanspec emulate --record) instead of the "
+                         "synthetic acceptance (--alpha, --ranks), with its device costs")
     ap.add_argument("--worker-pass-flat", action="store_true",
                     help="the worker's passes cost nothing per sequence or KV token carried (a "
                          "bound, not a device: what the worker's drafting speed limits)")
@@ -177,6 +197,12 @@ def main() -> None:
                     help="also print what follows a rejection, per remote policy")
     args = ap.parse_args()
     base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
+    if args.trace is not None:
+        if args.ranks:
+            ap.error("--ranks is the synthetic model's; a trace replays its recorded ranks")
+        global TRACE
+        TRACE = read_trace(args.trace)
+        base = traced_config(base, TRACE)
     if args.ranks:
         ranks = [float(x) for x in args.ranks.split(",")]
         if len(ranks) != 3 or min(ranks) < 0 or sum(ranks) > 1:
@@ -191,7 +217,9 @@ def main() -> None:
         rows_sd = [anatomy(base, "target", c)] + sd
         for rtt in (float(x) for x in args.rtt.split(",")):
             point = dataclasses.replace(base, rtt_ms=rtt)
-            print(f"\nc={c}, RTT {rtt:g} ms, alpha {args.alpha:g}\n{head}")
+            acceptance = (f"trace {args.trace.name}" if TRACE is not None
+                          else f"alpha {args.alpha:g}")
+            print(f"\nc={c}, RTT {rtt:g} ms, {acceptance}\n{head}")
             for r in rows_sd + [anatomy(point, p, c, worker_max_batch=args.worker_max_batch,
                                        worker_pass_flat=args.worker_pass_flat)
                                for p in args.policies.split(",")]:
