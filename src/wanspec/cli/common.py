@@ -208,11 +208,16 @@ def check_output(path: Path | None, flag: str) -> None:
         parent = Path(path).expanduser().parent
         check(parent.is_dir(), f"cannot write {flag} {path}: no directory {parent}")
         check(not Path(path).is_dir(), f"cannot write {flag} {path}: it is a directory")
+
+
+def check_plot(path: Path | None) -> None:
+    """:func:`check_output` for ``--plot``, and an image format matplotlib can write."""
+    check_output(path, "--plot")
+    if path is not None:
         suffix = Path(path).suffix.lower().lstrip(".")
-        if flag == "--plot":
-            check(suffix in ("", *PLOT_FORMATS),
-                  f"cannot draw --plot {path}: .{suffix} is not an image format; use "
-                  f"{', '.join('.' + f for f in PLOT_FORMATS)}")
+        check(suffix in ("", *PLOT_FORMATS),
+              f"cannot draw --plot {path}: .{suffix} is not an image format; use "
+              f"{', '.join('.' + f for f in PLOT_FORMATS)}")
 
 
 def read_prompt(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, check_output, configure_threads, write_file
+from wanspec.cli.common import check, check_output, check_plot, configure_threads, write_file
 from wanspec.cli.loading import load_models
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.emulate.prompts import load_prompts
@@ -223,8 +223,9 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         seed=seed, sd_gammas=gammas, limits=BatchLimits(max_sequences=max_batch),
         worker_max_batch=worker_max_batch, slo_tpot_ms=slo_tpot_ms, admission=admission)
-    for path, flag in ((record, "--record"), (csv_path, "--csv"), (plot_path, "--plot")):
+    for path, flag in ((record, "--record"), (csv_path, "--csv")):
         check_output(path, flag)  # fail before minutes of emulation, not after
+    check_plot(plot_path)
     prompt_list = load_prompts(prompts, num_prompts)
     check(num_prompts is None or len(prompt_list) == num_prompts,
           f"--num-prompts {num_prompts}: the prompts file holds only {len(prompt_list)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wanspec.cli.common import check, check_output, write_file
+from wanspec.cli.common import check, check_output, check_plot, write_file
 from wanspec.units import describe_link, parse_bandwidth_bps, parse_duration_ms
 from wanspec.baselines import BASELINES
 from wanspec.core.worker import DEFAULT_WORKER_MAX_BATCH
@@ -68,7 +68,7 @@ def run_simulate(*, rtt: str, sweep: list[str], jitter: str, bandwidth: str, los
     check(match != "trace" or trace is not None, "--match trace needs --trace FILE")
     check(jobs >= 0, f"--jobs must be >= 0 (0 = automatic), got {jobs}")
     check_output(csv_path, "--csv")
-    check_output(plot_path, "--plot")
+    check_plot(plot_path)
     policies = parse_policies(policy)
     sweeps = [parse_sweep(s) for s in sweep]
     loaded = read_trace(trace) if match == "trace" and trace is not None else None
