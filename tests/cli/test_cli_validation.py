@@ -36,7 +36,7 @@ CASES = [
     (["emulate", "--csv", "/nonexistent/dir/out.csv"], "cannot write --csv"),
     (["emulate", "--plot", "/nonexistent/dir/out.png"], "cannot write --plot"),
     (["emulate", "--plot", "out.txt"], ".txt is not an image format"),
-    (["emulate", "--entropy-threshold", "-1"], "--entropy-threshold must be between 0 and 100"),
+    (["emulate", "--entropy-threshold", "-1"], "entropy_threshold must be >= 0 and <= 100"),
     (["emulate", "--sd-gammas", "5-2"], "a range runs from low to high"),
     (["emulate", "--sd-gammas", "1,,3"], "invalid --sd-gammas '1,,3'"),
     (["emulate", "--concurrency", "2,,4"], "invalid --concurrency '2,,4'"),

@@ -31,6 +31,7 @@ from wanspec.emulate.runner import POLICIES, Emulation, EmulationConfig
 from wanspec.errors import WanspecError
 from wanspec.runtime.engine import TimingConfig
 from wanspec.sampling import SamplingParams
+from wanspec.simulate.config import PARAMS, check_value
 from wanspec.simulate.trace import Trace, write_trace
 from wanspec.timing.device import DEFAULT_DRAFT_COST
 from wanspec.transport.stack_cost import TRANSPORTS
@@ -185,8 +186,7 @@ def run_emulate(*, rtt: str, sweep: str | None, jitter: str, bandwidth: str, los
     check(max_tokens >= 1, f"--max-tokens must be >= 1, got {max_tokens}")
     check(0.0 <= loss <= 1.0, f"--loss must be between 0 and 1, got {loss}")
     check(max_slowdown >= 1.0, f"--max-slowdown must be >= 1, got {max_slowdown}")
-    check(0.0 <= entropy_threshold <= 100.0,
-          f"--entropy-threshold must be between 0 and 100 nats, got {entropy_threshold}")
+    check_value(PARAMS["entropy_threshold"], entropy_threshold)  # simulate's range, one rule
     gammas = parse_gammas(sd_gammas)
     jitter_ms = parse_duration_ms(jitter, "--jitter")
     bandwidth_bps = parse_bandwidth_bps(bandwidth, "--bandwidth")
