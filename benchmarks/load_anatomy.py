@@ -45,9 +45,6 @@ from wanspec.simulate.trace import Trace, read_trace
 from wanspec.simulate.worlds import worlds
 
 
-TRACE: Trace | None = None  # --trace: the recorded acceptance every run replays
-
-
 def traced_config(base: SimConfig, trace: Trace) -> SimConfig:
     """``base`` replaying ``trace`` with the device costs and window it was recorded with, as
     ``wanspec simulate --trace`` does."""
@@ -62,12 +59,13 @@ def traced_config(base: SimConfig, trace: Trace) -> SimConfig:
 
 def load_sim(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
              worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
-             worker_pass_flat: bool = False, ws: Any = None) -> LoadSim:
+             worker_pass_flat: bool = False, ws: Any = None,
+             trace: Trace | None = None) -> LoadSim:
     """The closed-loop run of ``mode``.  ``worker_pass_flat``: the worker's draft passes cost
     nothing for the sequences and KV they carry (their compute floor stays), so its drafting is
     as fast with every lane as alone -- and, passes no longer slowing with lanes, its trees are
     held back by ``worker_max_batch`` only.  A bound, not a device."""
-    sim = LoadSim(cfg, mode, ws if ws is not None else worlds(cfg, TRACE), Closed(concurrency),
+    sim = LoadSim(cfg, mode, ws if ws is not None else worlds(cfg, trace), Closed(concurrency),
                   gamma=gamma, worker_max_batch=worker_max_batch)
     if worker_pass_flat and sim.remote:
         cost = sim.wdev.costs[PassKind.DRAFT]
@@ -78,9 +76,11 @@ def load_sim(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = No
 
 def anatomy(cfg: SimConfig, mode: str, concurrency: int, gamma: int | None = None,
             worker_max_batch: int = DEFAULT_WORKER_MAX_BATCH,
-            worker_pass_flat: bool = False) -> dict[str, Any]:
-    """One closed-loop run of ``mode`` (:func:`load_sim`), with its pass anatomy."""
-    sim = load_sim(cfg, mode, concurrency, gamma, worker_max_batch, worker_pass_flat)
+            worker_pass_flat: bool = False, trace: Trace | None = None) -> dict[str, Any]:
+    """One closed-loop run of ``mode`` (:func:`load_sim`), with its pass anatomy; ``trace``:
+    the recorded acceptance it replays (None: the synthetic model)."""
+    sim = load_sim(cfg, mode, concurrency, gamma, worker_max_batch, worker_pass_flat,
+                   trace=trace)
     batcher, passes = sim.busy.batcher, []
     form = batcher.next_pass
 
@@ -144,9 +144,9 @@ def seat_log() -> Iterator[dict[int, list[tuple[int, int, int]]]]:
 
 
 def seats(cfg: SimConfig, policy: str, concurrency: int, worker_max_batch: int,
-          worker_pass_flat: bool = False) -> str:
+          worker_pass_flat: bool = False, trace: Trace | None = None) -> str:
     """What follows a rejection, for one run of a remote ``policy`` (see the module)."""
-    ws = worlds(cfg, TRACE)
+    ws = worlds(cfg, trace)
     with seat_log() as log:
         load_sim(cfg, policy, concurrency, None, worker_max_batch, worker_pass_flat, ws).run()
     ranks: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -196,13 +196,13 @@ def main() -> None:
     ap.add_argument("--seats", action="store_true",
                     help="also print what follows a rejection, per remote policy")
     args = ap.parse_args()
+    trace: Trace | None = None
     base = SimConfig(requests=args.requests, max_tokens=args.max_tokens, alpha=args.alpha)
     if args.trace is not None:
         if args.ranks:
             ap.error("--ranks is the synthetic model's; a trace replays its recorded ranks")
-        global TRACE
-        TRACE = read_trace(args.trace)
-        base = traced_config(base, TRACE)
+        trace = read_trace(args.trace)
+        base = traced_config(base, trace)
     if args.ranks:
         ranks = [float(x) for x in args.ranks.split(",")]
         if len(ranks) != 3 or min(ranks) < 0 or sum(ranks) > 1:
@@ -212,16 +212,16 @@ def main() -> None:
     head = (f"{'mode':>12} {'tok/s':>7} {'x best':>6} {'tok/seat':>8} {'plain':>6} {'ride':>5} "
             f"{'D/T':>5} {'D batch':>7} {'T batch':>7} {'T ms':>6} {'D ms':>5} {'draft%':>6}")
     for c in (int(x) for x in args.concurrency.split(",")):
-        sd = [anatomy(base, "sd", c, g) for g in (int(x) for x in args.sd_windows.split(","))]
+        sd = [anatomy(base, "sd", c, g, trace=trace) for g in (int(x) for x in args.sd_windows.split(","))]
         best = max(r["tok_s"] for r in sd)
-        rows_sd = [anatomy(base, "target", c)] + sd
+        rows_sd = [anatomy(base, "target", c, trace=trace)] + sd
         for rtt in (float(x) for x in args.rtt.split(",")):
             point = dataclasses.replace(base, rtt_ms=rtt)
-            acceptance = (f"trace {args.trace.name}" if TRACE is not None
+            acceptance = (f"trace {args.trace.name}" if trace is not None
                           else f"alpha {args.alpha:g}")
             print(f"\nc={c}, RTT {rtt:g} ms, {acceptance}\n{head}")
             for r in rows_sd + [anatomy(point, p, c, worker_max_batch=args.worker_max_batch,
-                                       worker_pass_flat=args.worker_pass_flat)
+                                       worker_pass_flat=args.worker_pass_flat, trace=trace)
                                for p in args.policies.split(",")]:
                 print(f"{r['mode']:>12} {r['tok_s']:7.0f} {r['tok_s'] / best:6.3f} "
                       f"{r['tok_per_seat']:8.2f} {r['plain']:6.2f} {r['ride']:5.2f} "
@@ -229,7 +229,7 @@ def main() -> None:
                       f"{r['t_ms']:6.1f} {r['d_ms']:5.1f} {100 * r['draft_frac']:6.0f}")
             if args.seats:
                 for p in args.policies.split(","):
-                    print(seats(point, p, c, args.worker_max_batch, args.worker_pass_flat))
+                    print(seats(point, p, c, args.worker_max_batch, args.worker_pass_flat, trace))
 
 
 if __name__ == "__main__":
